@@ -1,0 +1,153 @@
+"""Benchmark: the same classifier and step budget per arm and seed, scored on untouched real val/test."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+from augment import manifest
+from augment.classifier import predict_proba, train_classifier
+from augment.config import Config
+from augment.data import ingest_info, load_split
+from augment.runtime import atomic_path, combine, derive_seed, resolve_device, run_stage, stage_fingerprint, write_json
+
+log = logging.getLogger("augment")
+
+ARM_SOURCES = {
+    "real": ("real",),
+    "real+classical": ("real", "classical"),
+    "real+smote": ("real", "smote"),
+    "real+gan": ("real", "gan"),
+    "real+classical+gan": ("real", "classical", "gan"),
+}
+# Arms whose images came from no generative model: a synthetic arm must beat the best of these.
+BASELINE_ARMS = ("real", "real+classical")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+PRIMARY = "balanced_accuracy"
+SIGNIFICANCE = 0.05
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    return {
+        "accuracy": accuracy_score(y_true, y_pred),
+        "balanced_accuracy": balanced_accuracy_score(y_true, y_pred),
+        "macro_f1": f1_score(y_true, y_pred, average="macro", zero_division=0),
+    }
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean, standard deviation and Student-t confidence interval of per-seed values."""
+    values = np.asarray(values, float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan"), float("nan")
+    sd = float(values.std(ddof=1))
+    lo, hi = stats.t.interval(level, len(values) - 1, loc=mean, scale=stats.sem(values)) if sd > 0 else (mean, mean)
+    return mean, sd, float(lo), float(hi)
+
+
+def paired_gain(arm: np.ndarray, base: np.ndarray, level: float = 0.95) -> dict:
+    """Mean per-seed gain of arm over base, its t interval and a paired t-test p-value."""
+    diff = np.asarray(arm, float) - np.asarray(base, float)
+    mean, _, lo, hi = mean_ci(diff, level)
+    if len(diff) < 2:
+        p = float("nan")
+    elif np.ptp(diff) == 0:  # no spread: the t statistic is 0/0 or x/0
+        p = 1.0 if diff[0] == 0 else 0.0
+    else:
+        p = float(stats.ttest_rel(arm, base).pvalue)
+    return {"gain": mean, "ci_low": lo, "ci_high": hi, "p_value": p, "seeds": int(len(diff))}
+
+
+def summarise(results: pd.DataFrame, arms: list[str]) -> dict:
+    """Per-arm mean and CI per split and metric; gains over the baselines on test; the recommendation."""
+    summary: dict = {"arms": {}, "gains": {}, "primary_metric": PRIMARY}
+    for (arm, split, metric), group in results.groupby(["arm", "split", "metric"]):
+        mean, sd, lo, hi = mean_ci(group.sort_values("seed")["value"].to_numpy())
+        summary["arms"].setdefault(arm, {}).setdefault(split, {})[metric] = {
+            "mean": mean, "std": sd, "ci_low": lo, "ci_high": hi}
+    summary["arms"] = {a: summary["arms"][a] for a in arms}  # the configured order
+
+    def per_seed(arm: str, split: str) -> np.ndarray:
+        sel = results[(results["arm"] == arm) & (results["split"] == split) & (results["metric"] == PRIMARY)]
+        return sel.sort_values("seed")["value"].to_numpy()
+
+    for base in [a for a in BASELINE_ARMS if a in arms]:
+        for arm in arms:
+            if arm != base and not (base != "real" and arm in BASELINE_ARMS):
+                summary["gains"][f"{arm} vs {base}"] = {
+                    split: paired_gain(per_seed(arm, split), per_seed(base, split)) for split in ("val", "test")}
+
+    def val_mean(arm: str) -> float:
+        return summary["arms"][arm]["val"][PRIMARY]["mean"]
+
+    best_baseline = max((a for a in arms if a in BASELINE_ARMS), key=val_mean)
+    synthetic = [a for a in arms if a not in BASELINE_ARMS]
+    best_synthetic = max(synthetic, key=val_mean) if synthetic else None
+    # A synthetic arm is recommended only if it beats the best arm without synthetic images on
+    # val by a margin the seeds support (paired test), never on test and never on a tie.
+    val_gain = paired_gain(per_seed(best_synthetic, "val"), per_seed(best_baseline, "val")) if synthetic else None
+    helps = bool(val_gain and val_gain["gain"] > 0 and val_gain["p_value"] < SIGNIFICANCE)
+    best = best_synthetic if helps else best_baseline
+    summary["recommendation"] = {
+        "arm": best,
+        "chosen_on": "val",
+        "rule": f"best synthetic arm if its paired val gain over the best baseline is > 0 with p < {SIGNIFICANCE}",
+        "best_baseline": best_baseline,
+        "best_synthetic": best_synthetic,
+        "synthetic_val_gain_over_best_baseline": val_gain,
+        "synthetic_helps_on_val": helps,
+        "test_gain_over_real": paired_gain(per_seed(best, "test"), per_seed("real", "test")),
+        "test_gain_over_best_baseline": paired_gain(per_seed(best, "test"), per_seed(best_baseline, "test")),
+    }
+    return summary
+
+
+def benchmark_fingerprint(cfg: Config, run_dir: Path) -> str:
+    upstream = [stage_fingerprint(run_dir, s) for s in ("ingest", "classical", "smote", "synthesize")]
+    return combine(*upstream, cfg.section_hash("seed", "device", "benchmark"))
+
+
+def benchmark_stage(cfg: Config, run_dir: Path) -> dict:
+    """Train the classifier per arm and seed; write benchmark/results.parquet and summary.json."""
+    run_dir = Path(run_dir)
+
+    def body() -> dict:
+        info = ingest_info(run_dir)
+        k = len(info["classes"])
+        device = resolve_device(cfg.device)
+        b = cfg.benchmark
+        held_out = {s: load_split(run_dir, s)[:2] for s in ("val", "test")}
+        frame = manifest.read(run_dir)
+        kept_sources = set(frame.loc[frame["kept"] & (frame["split"] == "train"), "source"])
+        arms = [a for a in b.arms if set(ARM_SOURCES[a]) <= kept_sources]
+        skipped = sorted(set(b.arms) - set(arms))
+        if skipped:
+            log.warning("benchmark: arm(s) %s skipped, their stage produced no images", skipped)
+        records, train_images = [], {}
+        for arm in arms:
+            x, y, _ = load_split(run_dir, "train", ARM_SOURCES[arm])
+            train_images[arm] = len(x)
+            for s in range(b.seeds):
+                # the same seed for every arm: paired runs share initialisation
+                model = train_classifier(x, y, k, steps=b.steps, batch_size=b.batch_size, lr=b.lr, width=b.width,
+                                         seed=derive_seed(cfg.seed, "benchmark", s), device=device)
+                for split, (xs, ys) in held_out.items():
+                    for metric, value in score(ys, predict_proba(model, xs).argmax(1)).items():
+                        records.append(dict(arm=arm, seed=s, split=split, metric=metric, value=float(value)))
+            log.info("benchmark: arm %s done (%d train images)", arm, len(x))
+        results = pd.DataFrame(records)
+        with atomic_path(run_dir / "benchmark" / "results.parquet") as tmp:
+            results.to_parquet(tmp, index=False)
+        summary = summarise(results, arms)
+        summary["train_images"] = train_images
+        summary["skipped_arms"] = skipped
+        write_json(run_dir / "benchmark" / "summary.json", summary)
+        return {"arms": arms, "recommended": summary["recommendation"]["arm"]}
+
+    return run_stage(run_dir, "benchmark", benchmark_fingerprint(cfg, run_dir), body)

@@ -1,0 +1,203 @@
+"""Typed run configuration: one pydantic model per YAML section, unknown keys rejected."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from augment.errors import UserError
+
+ARMS = ("real", "real+classical", "real+smote", "real+gan", "real+classical+gan")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    source: Literal["digits", "folder", "csv"] = "digits"
+    path: Path | None = None
+    channels: Literal[1, 3] = 1
+    image_size: int | None = Field(default=None, ge=4, le=1024)
+    per_class: int | None = Field(default=None, ge=1)
+    imbalance_ratio: float = Field(default=1.0, ge=1.0)
+    val_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+    test_fraction: float = Field(default=0.3, gt=0.0, lt=0.9)
+    min_per_class: int = Field(default=5, ge=3)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.source in ("folder", "csv") and self.path is None:
+            raise ValueError(f"data.path is required when data.source is {self.source!r}")
+        if self.imbalance_ratio > 1.0 and self.per_class is None:
+            raise ValueError("data.imbalance_ratio needs data.per_class (the majority class's count)")
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("data.val_fraction + data.test_fraction must be below 0.9")
+        return self
+
+
+class ClassicalConfig(_Section):
+    enabled: bool = True
+    preset: Literal["light", "medium", "heavy"] = "light"
+    multiplier: int = Field(default=2, ge=1, le=100)
+
+
+class SmoteConfig(_Section):
+    enabled: bool = True
+    sampler: str = "SMOTE"
+    params: dict[str, Any] = Field(default_factory=dict)
+    features: Literal["pixels"] = "pixels"
+    pca_components: int | None = Field(default=None, ge=1)
+    multiplier: float = Field(default=3.0, ge=1.0, le=100.0)
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, name: str) -> str:
+        from augment.smote import SAMPLERS
+
+        if name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(sorted(SAMPLERS))}")
+        return name
+
+
+class GanConfig(_Section):
+    enabled: bool = True
+    mode: Literal["per_class", "conditional"] = "per_class"
+    steps: int = Field(default=2000, ge=1)
+    image_size: Literal[16, 32, 64] = 32
+    batch_size: int = Field(default=32, ge=2)
+    nz: int = Field(default=64, ge=2)
+    ngf: int = Field(default=32, ge=4)
+    ndf: int = Field(default=32, ge=4)
+    lr: float = Field(default=2e-4, gt=0)
+    beta1: float = Field(default=0.5, ge=0, lt=1)
+    diffaugment: list[Literal["color", "translation", "cutout"]] = Field(
+        default_factory=lambda: ["translation", "cutout"]
+    )
+    ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    checkpoint_every: int = Field(default=500, ge=1)
+    sample_every: int = Field(default=500, ge=1)
+    samples_per_class: int = Field(default=100, ge=1)
+
+
+class GateConfig(_Section):
+    min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class BenchmarkConfig(_Section):
+    seeds: int = Field(default=3, ge=1)
+    arms: list[str] = Field(default_factory=lambda: list(ARMS))
+    steps: int = Field(default=400, ge=1)
+    batch_size: int = Field(default=64, ge=2)
+    lr: float = Field(default=1e-3, gt=0)
+    width: int = Field(default=32, ge=4)
+
+    @field_validator("arms")
+    @classmethod
+    def _known_arms(cls, arms: list[str]) -> list[str]:
+        unknown = [a for a in arms if a not in ARMS]
+        if unknown:
+            raise ValueError(f"unknown arm(s) {unknown}; choose from {list(ARMS)}")
+        if "real" not in arms:
+            raise ValueError("the 'real' arm is required: every gain is measured against it")
+        return arms
+
+
+class Config(_Section):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    run_root: Path = Path("runs")
+    data: DataConfig = Field(default_factory=DataConfig)
+    classical: ClassicalConfig = Field(default_factory=ClassicalConfig)
+    smote: SmoteConfig = Field(default_factory=SmoteConfig)
+    gan: GanConfig = Field(default_factory=GanConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+
+    def section_hash(self, *keys: str) -> str:
+        """Stable short hash of the named sections (for stage fingerprints)."""
+        dumped = self.model_dump(mode="json")
+        blob = json.dumps({k: dumped[k] for k in keys}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown config key '{loc}'"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{source}: config key '{loc}': {msg}"
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {dotted}: '{part}' is not a config section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    """Turn ['gan.steps=10', ...] into a nested dict; values are parsed as YAML scalars."""
+    tree: dict = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key.path=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        _set_path(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the built-in defaults when path is None) and apply --set overrides."""
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise UserError(f"{path}: config file not found")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark else ""
+            raise UserError(f"{path}: not valid YAML{where}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: the config must be a mapping of sections")
+        # Relative data paths are relative to the config file, like most tools do.
+        data_path = (raw.get("data") or {}).get("path")
+        if data_path and not Path(data_path).is_absolute():
+            raw["data"]["path"] = str((path.parent / data_path).resolve())
+    raw = _merge(raw, parse_overrides(overrides))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_format_error(err, source)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

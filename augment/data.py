@@ -1,0 +1,265 @@
+"""Ingest: read a source, validate every image, split train/val/test, simulate scarcity."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from sklearn.model_selection import train_test_split
+
+from augment import manifest
+from augment.config import Config, DataConfig
+from augment.errors import UserError
+from augment.runtime import derive_seed, run_stage, stage_fingerprint
+
+log = logging.getLogger("augment")
+
+# The extensions torchvision.datasets.ImageFolder accepts, so `folder` input and `expanded/` agree.
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class RawDataset:
+    """Images as loaded from a source: uint8 (H, W, C) each, at native size."""
+
+    images: list[np.ndarray]
+    labels: list[str]
+    origins: list[str]  # where each image came from (file path or digits[i])
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def read_digits(channels: int = 1) -> RawDataset:
+    """scikit-learn's bundled 8x8 digits (values 0..16) as uint8 images."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, :, :, None]
+    if channels == 3:
+        images = np.repeat(images, 3, axis=3)
+    return RawDataset(
+        images=list(images),
+        labels=[str(int(t)) for t in bunch.target],
+        origins=[f"digits[{i}]" for i in range(len(images))],
+    )
+
+
+def _open_image(path: Path, channels: int) -> np.ndarray:
+    try:
+        with Image.open(path) as pil:
+            pil.load()
+            return manifest.to_channels(pil, channels)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def _check_label(label: str, where: str) -> str:
+    label = str(label).strip()
+    if not label or label.startswith(".") or any(c in label for c in "/\\\0"):
+        raise UserError(f"{where}: class name {label!r} cannot be used as a folder name")
+    return label
+
+
+def read_folder(root: Path, channels: int = 1) -> RawDataset:
+    """ImageFolder layout: root/<class>/<image>; every image file is opened and checked."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: data.path is not a folder")
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(f"{root}: no class sub-folders found (expected {root}/<class>/<image>)")
+    data = RawDataset([], [], [])
+    for class_dir in classes:
+        label = _check_label(class_dir.name, str(class_dir))
+        files = sorted(
+            f for f in class_dir.rglob("*") if f.is_file() and not f.name.startswith(".")
+        )
+        for f in files:
+            if f.suffix.lower() not in IMG_EXTENSIONS:
+                log.warning("%s: skipped, not an image extension (%s)", f, ", ".join(IMG_EXTENSIONS))
+                continue
+            data.images.append(_open_image(f, channels))
+            data.labels.append(label)
+            data.origins.append(str(f))
+    return data
+
+
+def read_csv(csv_path: Path, channels: int = 1) -> RawDataset:
+    """A CSV with columns path,label; paths are relative to the CSV's folder."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise UserError(f"{csv_path}: data.path is not a file")
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise UserError(f"{csv_path}: not a readable CSV ({exc})") from None
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise UserError(f"{csv_path}: missing column(s) {sorted(missing)}; expected columns path,label")
+    data = RawDataset([], [], [])
+    for row_no, (rel, label) in enumerate(zip(table["path"], table["label"]), start=2):
+        where = f"{csv_path}:{row_no}"
+        if not rel.strip():
+            raise UserError(f"{where}: empty path")
+        f = (csv_path.parent / rel).resolve()
+        if not f.is_file():
+            raise UserError(f"{where}: image file {f} not found")
+        data.images.append(_open_image(f, channels))
+        data.labels.append(_check_label(label, where))
+        data.origins.append(str(f))
+    return data
+
+
+def read_source(cfg: DataConfig) -> RawDataset:
+    if cfg.source == "digits":
+        data = read_digits(cfg.channels)
+    elif cfg.source == "folder":
+        data = read_folder(cfg.path, cfg.channels)
+    elif cfg.source == "csv":
+        data = read_csv(cfg.path, cfg.channels)
+    else:  # the config model only admits the sources above
+        raise AssertionError(cfg.source)
+    where = cfg.path or cfg.source
+    if not data.images:
+        raise UserError(f"{where}: no images found")
+    counts = pd.Series(data.labels).value_counts()
+    if len(counts) < 2:
+        raise UserError(f"{where}: found one class ({counts.index[0]!r}); at least two are needed")
+    small = counts[counts < cfg.min_per_class]
+    if len(small):
+        label, n = small.index[0], int(small.iloc[0])
+        raise UserError(
+            f"{where}: class {label!r} has {n} image(s); at least {cfg.min_per_class} are needed "
+            "(data.min_per_class) to split off val and test images"
+        )
+    return data
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def split_indices(labels: list[str], val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """Stratified, seeded split; returns an array of 'train' | 'val' | 'test' per image."""
+    labels = np.asarray(labels)
+    idx = np.arange(len(labels))
+    n_test, n_val = round(test_fraction * len(idx)), round(val_fraction * len(idx))  # counts, not shares
+    rest, test = train_test_split(idx, test_size=n_test, stratify=labels, random_state=seed % 2**32)
+    train, val = train_test_split(rest, test_size=n_val, stratify=labels[rest], random_state=(seed + 1) % 2**32)
+    split = np.empty(len(labels), dtype=object)
+    split[train], split[val], split[test] = "train", "val", "test"
+    return split
+
+
+def scarce_counts(classes: list[str], per_class: int, imbalance_ratio: float) -> dict[str, int]:
+    """Train images kept per class: per_class for the first class, down to per_class/ratio for the last."""
+    k = len(classes)
+    out = {}
+    for rank, label in enumerate(classes):
+        frac = rank / (k - 1) if k > 1 else 0.0
+        out[label] = max(1, int(round(per_class / imbalance_ratio**frac)))
+    return out
+
+
+def simulate_scarcity(labels, split: np.ndarray, per_class: int, imbalance_ratio: float, seed: int) -> np.ndarray:
+    """Keep a seeded subset of each class's train images; returns a boolean keep-mask."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    keep = split != "train"
+    classes = sorted(set(labels.tolist()))
+    short = []
+    for label, n in scarce_counts(classes, per_class, imbalance_ratio).items():
+        train_idx = np.flatnonzero((labels == label) & (split == "train"))
+        if len(train_idx) < n:
+            short.append(f"{label!r} ({len(train_idx)} < {n})")
+        keep[rng.permutation(train_idx)[:n]] = True
+    if short:
+        log.warning("data.per_class: fewer train images than asked for in class(es) %s", ", ".join(short))
+    return keep
+
+
+def working_size(images: list[np.ndarray], image_size: int | None, where: str) -> tuple[int, int]:
+    """The (H, W) every stage trains at: data.image_size, else the shared native size."""
+    if image_size is not None:
+        return (image_size, image_size)
+    sizes = {im.shape[:2] for im in images}
+    if len(sizes) > 1:
+        a, b = sorted(sizes)[:2]
+        raise UserError(
+            f"{where}: images have different sizes ({a[0]}x{a[1]}, {b[0]}x{b[1]}, ...); "
+            "set data.image_size to train at one size"
+        )
+    return next(iter(sizes))
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def ingest_fingerprint(cfg: Config) -> str:
+    return cfg.section_hash("seed", "data")
+
+
+def ingest_stage(cfg: Config, run_dir: Path) -> dict:
+    """Read, validate, split and (optionally) make scarce; write real PNGs and manifest rows."""
+    run_dir = Path(run_dir)
+
+    def body() -> dict:
+        d = cfg.data
+        raw = read_source(d)
+        where = str(d.path or d.source)
+        size = working_size(raw.images, d.image_size, where)
+        split_seed = derive_seed(cfg.seed, "split")
+        split = split_indices(raw.labels, d.val_fraction, d.test_fraction, split_seed)
+        keep = np.ones(len(raw.labels), bool)
+        if d.per_class is not None:
+            keep = simulate_scarcity(raw.labels, split, d.per_class, d.imbalance_ratio, derive_seed(cfg.seed, "scarcity"))
+        rows = []
+        for i in np.flatnonzero(keep):
+            image, label = raw.images[i], raw.labels[i]
+            rid = f"real-{i:06d}"
+            rel = f"images/real/{label}/{rid}.png"
+            rows.append(
+                dict(
+                    id=rid, path=rel, label=label, split=split[i], source="real", parent_id=None,
+                    seed=None, generator=raw.origins[i], sha256=manifest.save_png(run_dir, rel, image),
+                    height=image.shape[0], width=image.shape[1], channels=image.shape[2],
+                    score=None, kept=True, reason=None,
+                )
+            )
+        frame = manifest.normalise(rows)
+        manifest.write(run_dir, frame)  # ingest starts the manifest afresh
+        counts = frame.groupby(["split", "label"]).size().unstack(fill_value=0)
+        return {
+            "size": list(size),
+            "channels": d.channels,
+            "classes": sorted(set(raw.labels)),
+            "counts": {s: {str(k): int(v) for k, v in row.items()} for s, row in counts.iterrows()},
+            "dropped_by_scarcity": int((~keep).sum()),
+        }
+
+    return run_stage(run_dir, "ingest", ingest_fingerprint(cfg), body)
+
+
+def ingest_info(run_dir: Path) -> dict:
+    """What ingest recorded: working size, channels, classes, counts."""
+    import json
+
+    if stage_fingerprint(run_dir, "ingest") is None:
+        raise RuntimeError(f"{run_dir}: ingest has not finished")
+    return json.loads((Path(run_dir) / "stages" / "ingest.json").read_text())
+
+
+def load_split(run_dir: Path, split: str, sources=("real",)) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Kept images of one split and sources at working size: (x uint8 NHWC, y class index, rows)."""
+    info = ingest_info(run_dir)
+    frame = manifest.read(run_dir)
+    rows = frame[(frame["split"] == split) & frame["source"].isin(sources) & frame["kept"] & frame["path"].notna()]
+    rows = rows.reset_index(drop=True)
+    x = manifest.load_images(run_dir, rows["path"], tuple(info["size"]), info["channels"])
+    index = {c: i for i, c in enumerate(info["classes"])}
+    y = np.array([index[label] for label in rows["label"]], dtype=np.int64)
+    return x, y, rows

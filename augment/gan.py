@@ -1,0 +1,165 @@
+"""Class-conditional DCGAN networks (Radford et al. 2016) and DiffAugment (Zhao et al. 2020).
+
+Both modes share one interface so the trainer never branches on the mode:
+    G(z: (B, K, nz))            -> images (B, K, nc, S, S) in [-1, 1], one per class
+    D(x: (B, K, nc, S, S))      -> logits (B, K)
+`per_class` is K independent DCGANs run as one grouped-convolution network (groups=K:
+class k's channels only ever see class k's channels, and batch norm statistics are per
+channel, hence per class). `conditional` is one DCGAN with a label embedding in G and a
+projection discriminator (Miyato & Koyama 2018) in D.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _n_up(image_size: int) -> int:
+    n = int(math.log2(image_size)) - 2
+    if 2 ** (n + 2) != image_size or n < 2:
+        raise ValueError(f"image_size must be a power of two >= 16, got {image_size}")
+    return n
+
+
+def dcgan_init(module: nn.Module, generator: torch.Generator | None = None) -> None:
+    """The paper's init: conv weights N(0, 0.02), batch-norm scale N(1, 0.02), bias 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, 0.02, generator=generator)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02, generator=generator)
+            nn.init.zeros_(m.bias)
+
+
+class Generator(nn.Module):
+    def __init__(self, n_classes: int, nz: int, ngf: int, nc: int, image_size: int, mode: str):
+        super().__init__()
+        self.k, self.nz, self.nc, self.mode = n_classes, nz, nc, mode
+        g = n_classes if mode == "per_class" else 1  # conv groups
+        n_up = _n_up(image_size)
+        if mode == "conditional":
+            self.embed = nn.Embedding(n_classes, nz)
+        ch = ngf * 2 ** (n_up - 1)
+        z_in = nz * (2 if mode == "conditional" else 1)
+        # input: (B', g*z_in, 1, 1)
+        layers: list[nn.Module] = [
+            nn.ConvTranspose2d(g * z_in, g * ch, 4, 1, 0, bias=False, groups=g),
+            nn.BatchNorm2d(g * ch),
+            nn.ReLU(True),
+        ]  # state size. (g*ngf*2^(n_up-1)) x 4 x 4
+        for _ in range(n_up - 1):
+            layers += [
+                nn.ConvTranspose2d(g * ch, g * ch // 2, 4, 2, 1, bias=False, groups=g),
+                nn.BatchNorm2d(g * ch // 2),
+                nn.ReLU(True),
+            ]  # state size. doubles in height and width, halves in channels
+            ch //= 2
+        # state size. (g*ngf) x S/2 x S/2 -> output (g*nc) x S x S, no batch norm at G's output
+        layers += [nn.ConvTranspose2d(g * ch, g * nc, 4, 2, 1, bias=False, groups=g), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        b, k, nz = z.shape
+        if self.mode == "per_class":
+            out = self.net(z.reshape(b, k * nz, 1, 1))  # (B, K*nc, S, S)
+            return out.view(b, k, self.nc, *out.shape[-2:])
+        labels = torch.arange(k, device=z.device).repeat(b)
+        h = torch.cat([z.reshape(b * k, nz), self.embed(labels)], dim=1)
+        out = self.net(h[:, :, None, None])  # (B*K, nc, S, S)
+        return out.view(b, k, self.nc, *out.shape[-2:])
+
+
+class Discriminator(nn.Module):
+    def __init__(self, n_classes: int, ndf: int, nc: int, image_size: int, mode: str):
+        super().__init__()
+        self.k, self.mode = n_classes, mode
+        g = n_classes if mode == "per_class" else 1
+        n_down = _n_up(image_size)
+        # input: (B', g*nc, S, S); no batch norm at D's input
+        layers: list[nn.Module] = [
+            nn.Conv2d(g * nc, g * ndf, 4, 2, 1, bias=False, groups=g),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]  # state size. (g*ndf) x S/2 x S/2
+        ch = ndf
+        for _ in range(n_down - 1):
+            layers += [
+                nn.Conv2d(g * ch, g * ch * 2, 4, 2, 1, bias=False, groups=g),
+                nn.BatchNorm2d(g * ch * 2),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]  # state size. halves in height and width, doubles in channels
+            ch *= 2
+        self.features = nn.Sequential(*layers)  # state size. (g*ndf*2^(n_down-1)) x 4 x 4
+        self.head = nn.Conv2d(g * ch, g, 4, 1, 0, bias=False, groups=g)  # -> (g) x 1 x 1
+        if mode == "conditional":
+            self.embed = nn.Embedding(n_classes, ch)  # projection: <embed(y), pooled features>
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, k = x.shape[:2]
+        if self.mode == "per_class":
+            return self.head(self.features(x.reshape(b, -1, *x.shape[-2:]))).view(b, k)
+        h = self.features(x.reshape(b * k, *x.shape[2:]))  # (B*K, C, 4, 4)
+        labels = torch.arange(k, device=x.device).repeat(b)
+        proj = (self.embed(labels) * h.sum(dim=(2, 3))).sum(dim=1)
+        return (self.head(h).flatten() + proj).view(b, k)
+
+
+# --------------------------------------------------------------------------- DiffAugment
+
+
+def diff_augment(x: torch.Tensor, policy: list[str], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Differentiable augmentation of (N, C, H, W) images in [-1, 1], the same for real and fake.
+
+    Follows Zhao et al. 2020's reference policy: color (brightness, saturation, contrast),
+    translation (1/8 of the size, zero padded), cutout (a 1/2-size square set to zero).
+    """
+    for name in policy:
+        x = _AUGMENTS[name](x, generator)
+    return x
+
+
+def _rand(x: torch.Tensor, generator, *shape) -> torch.Tensor:
+    return torch.rand(*shape, generator=generator, device=x.device, dtype=torch.float32).to(x.dtype)
+
+
+def _color(x, generator):
+    n = x.shape[0]
+    x = x + (_rand(x, generator, n, 1, 1, 1) - 0.5)
+    if x.shape[1] > 1:
+        mean = x.mean(dim=1, keepdim=True)
+        x = (x - mean) * (_rand(x, generator, n, 1, 1, 1) * 2) + mean
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) * (_rand(x, generator, n, 1, 1, 1) + 0.5) + mean
+
+
+def _translation(x, generator, ratio: float = 0.125):
+    n, _, h, w = x.shape
+    sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    ty = torch.randint(-sh, sh + 1, (n, 1, 1), generator=generator, device=x.device)
+    tx = torch.randint(-sw, sw + 1, (n, 1, 1), generator=generator, device=x.device)
+    gy, gx = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
+    gy = torch.clamp(gy[None] + ty + 1, 0, h + 1)
+    gx = torch.clamp(gx[None] + tx + 1, 0, w + 1)
+    padded = F.pad(x, [1, 1, 1, 1])  # the zero border is where out-of-range pixels come from
+    idx = torch.arange(n, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[idx, gy, gx].permute(0, 3, 1, 2).contiguous()
+
+
+def _cutout(x, generator, ratio: float = 0.5):
+    n, _, h, w = x.shape
+    ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    oy = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), generator=generator, device=x.device)
+    ox = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), generator=generator, device=x.device)
+    gy, gx = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
+    y0, x0 = oy - ch // 2, ox - cw // 2  # the square may hang over the border, as in the reference
+    inside = (gy[None] >= y0) & (gy[None] < y0 + ch) & (gx[None] >= x0) & (gx[None] < x0 + cw)
+    # inside the square -> 0 (mid-grey in [-1, 1]), as the reference implementation does
+    return x * (~inside)[:, None].to(x.dtype)
+
+
+_AUGMENTS = {"color": _color, "translation": _translation, "cutout": _cutout}

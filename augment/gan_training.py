@@ -1,0 +1,287 @@
+"""GAN training: the objective, the loop, checkpoints (resumable), history and sample grids."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn, update_bn
+from torchvision.utils import make_grid
+
+from augment import manifest
+from augment.classifier import to_tensor
+from augment.config import Config, GanConfig
+from augment.data import ingest_fingerprint, ingest_info, load_split
+from augment.gan import Discriminator, Generator, dcgan_init, diff_augment
+from augment.runtime import atomic_path, combine, derive_seed, resolve_device, run_stage, write_bytes
+
+log = logging.getLogger("augment")
+Progress = Callable[[int, int], None]
+
+
+# --------------------------------------------------------------------------- objective
+
+
+def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """DCGAN discriminator loss: real -> 1, fake -> 0 (binary cross-entropy on logits)."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss: maximise log D(G(z)) (the paper's 'real labels' trick)."""
+    return F.softplus(-fake_logits).mean()
+
+
+# --------------------------------------------------------------------------- trainer
+
+
+def prepare_real(images: np.ndarray, labels: np.ndarray, n_classes: int, image_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class image bank (K, Nmax, C, S, S) in [-1, 1] and counts (K,), for class-balanced batches."""
+    x = to_tensor(images, device)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+    counts = torch.tensor([int((labels == c).sum()) for c in range(n_classes)], device=device)
+    if (counts == 0).any():
+        missing = int(torch.nonzero(counts == 0)[0])
+        raise ValueError(f"class index {missing} has no training images")
+    bank = torch.zeros(n_classes, int(counts.max()), *x.shape[1:], device=device)
+    for c in range(n_classes):
+        sel = x[torch.from_numpy(labels == c).to(device)]
+        bank[c, : len(sel)] = sel
+    return bank, counts
+
+
+@dataclass
+class TrainState:
+    G: Generator
+    D: Discriminator
+    ema: AveragedModel
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    gen: torch.Generator
+    step: int = 0
+
+
+def build_state(cfg: GanConfig, n_classes: int, channels: int, seed: int, device: torch.device) -> TrainState:
+    init_gen = torch.Generator().manual_seed(seed % 2**63)
+    G = Generator(n_classes, cfg.nz, cfg.ngf, channels, cfg.image_size, cfg.mode)
+    D = Discriminator(n_classes, cfg.ndf, channels, cfg.image_size, cfg.mode)
+    dcgan_init(G, init_gen)
+    dcgan_init(D, init_gen)
+    G.to(device)
+    D.to(device)
+    if device.type == "cuda":
+        G.to(memory_format=torch.channels_last)
+        D.to(memory_format=torch.channels_last)
+    ema = AveragedModel(G, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+    fused = device.type == "cuda"
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), fused=fused)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), fused=fused)
+    gen = torch.Generator(device=device).manual_seed(seed % 2**63 + 1)
+    return TrainState(G, D, ema, opt_g, opt_d, gen)
+
+
+def train_step(state: TrainState, bank: torch.Tensor, counts: torch.Tensor, cfg: GanConfig) -> dict:
+    """One DCGAN step on a class-balanced batch: (1) update D on real, then fake.detach(); (2) update G."""
+    G, D, gen = state.G, state.D, state.gen
+    k, b = bank.shape[0], cfg.batch_size
+    device = bank.device
+    idx = (torch.rand(b, k, generator=gen, device=device) * counts).long()  # (B, K) per-class indices
+    real = bank[torch.arange(k, device=device), idx]  # (B, K, C, S, S)
+    z = torch.randn(b, k, cfg.nz, generator=gen, device=device)
+    policy = list(cfg.diffaugment)
+
+    def aug(x: torch.Tensor) -> torch.Tensor:  # DiffAugment per image, same policy for real and fake
+        flat = diff_augment(x.reshape(-1, *x.shape[2:]), policy, gen)
+        return flat.view_as(x)
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    with autocast:
+        fake = G(z)
+        real_logits = D(aug(real))
+        fake_logits = D(aug(fake.detach()))
+        loss_d = d_loss(real_logits.float(), fake_logits.float())
+    state.opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    state.opt_d.step()
+    with autocast:
+        fake_logits_g = D(aug(fake))
+        loss_g = g_loss(fake_logits_g.float())
+    state.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    state.opt_g.step()
+    state.ema.update_parameters(G)
+    state.step += 1
+    return {
+        "loss_d": loss_d.item(),
+        "loss_g": loss_g.item(),
+        "d_real": torch.sigmoid(real_logits.float()).mean().item(),
+        "d_fake": torch.sigmoid(fake_logits.float()).mean().item(),
+    }
+
+
+@torch.no_grad()
+def sample(G: torch.nn.Module, n_per_class: int, nz: int, n_classes: int, seed: int, device, batch: int = 256) -> torch.Tensor:
+    """n_per_class samples per class, (n, K, C, S, S) in [-1, 1], from an explicit seed."""
+    gen = torch.Generator(device=device).manual_seed(seed % 2**63)
+    G.eval()
+    out = []
+    for start in range(0, n_per_class, batch):
+        z = torch.randn(min(batch, n_per_class - start), n_classes, nz, generator=gen, device=device)
+        out.append(G(z).float())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def standing_stats(G: torch.nn.Module, n_classes: int, nz: int, seed: int, device, batches: int = 8, batch: int = 64) -> torch.nn.Module:
+    """A copy of G with batch-norm statistics re-estimated on fresh noise ("standing statistics").
+
+    Averaging weights (EMA) leaves the averaged running statistics out of step with the
+    averaged weights: sampled images wash out to grey. Re-estimating them fixes that.
+    """
+    G = copy.deepcopy(G)
+    gen = torch.Generator(device=device).manual_seed(seed % 2**63)
+    update_bn([torch.randn(batch, n_classes, nz, generator=gen, device=device) for _ in range(batches)], G)
+    return G.eval()
+
+
+def to_uint8(x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(N, C, S, S) in [-1, 1] -> uint8 (N, H, W, C) resized to the dataset's working size."""
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_grid(path: Path, images: torch.Tensor, nrow: int) -> None:
+    """Grid of (N, C, S, S) images in [-1, 1] as one PNG (torchvision's make_grid), atomically."""
+    grid = make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
+    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    write_bytes(path, manifest.encode_png(arr if images.shape[1] == 3 else arr[:, :, :1]))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, state: TrainState, fingerprint: str) -> None:
+    payload = {
+        "fingerprint": fingerprint,
+        "step": state.step,
+        "G": state.G.state_dict(),
+        "D": state.D.state_dict(),
+        "ema": state.ema.state_dict(),
+        "opt_g": state.opt_g.state_dict(),
+        "opt_d": state.opt_d.state_dict(),
+        "gen": state.gen.get_state(),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path, state: TrainState, fingerprint: str) -> bool:
+    """Restore `state` from `path` if it was written for the same config; False otherwise."""
+    if not path.is_file():
+        return False
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("fingerprint") != fingerprint:
+        log.info("gan: checkpoint is from another config, training from scratch")
+        return False
+    state.G.load_state_dict(payload["G"])
+    state.D.load_state_dict(payload["D"])
+    state.ema.load_state_dict(payload["ema"])
+    state.opt_g.load_state_dict(payload["opt_g"])
+    state.opt_d.load_state_dict(payload["opt_d"])
+    state.gen.set_state(payload["gen"])
+    state.step = int(payload["step"])
+    return True
+
+
+def train_gan(
+    images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: GanConfig, *, seed: int, device: torch.device,
+    out_dir: Path, fingerprint: str = "", progress: Progress | None = None, stop_after: int | None = None,
+) -> TrainState:
+    """Train (or resume) to cfg.steps; checkpoints, history.csv and grids go to out_dir.
+
+    `stop_after` ends the loop early at that step (after its checkpoint), to test resume.
+    """
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    bank, counts = prepare_real(images, labels, n_classes, cfg.image_size, device)
+    state = build_state(cfg, n_classes, images.shape[3], seed, device)
+    ckpt = out_dir / "checkpoint.pt"
+    history: list[dict] = []
+    if load_checkpoint(ckpt, state, fingerprint):
+        log.info("gan: resumed from step %d", state.step)
+        hist_path = out_dir / "history.csv"
+        if hist_path.is_file():
+            old = pd.read_csv(hist_path)
+            history = old[old["step"] <= state.step].to_dict("records")
+    grid_z_seed = derive_seed(seed, "grid")
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="gan", unit="step", leave=False, mininterval=1.0)
+    while state.step < cfg.steps:
+        t0 = time.perf_counter()
+        stats = train_step(state, bank, counts, cfg)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        history.append({"step": state.step, **stats, "step_seconds": time.perf_counter() - t0})
+        bar.update(1)
+        done = state.step == cfg.steps
+        if state.step % cfg.sample_every == 0 or done:
+            G_ema = standing_stats(state.ema.module, n_classes, cfg.nz, grid_z_seed + 1, device)
+            grid = sample(G_ema, 8, cfg.nz, n_classes, grid_z_seed, device)  # (8, K, C, S, S)
+            save_grid(out_dir / "samples" / f"step_{state.step:06d}.png", grid.transpose(0, 1).flatten(0, 1), nrow=8)
+        if state.step % cfg.checkpoint_every == 0 or done or state.step == stop_after:
+            save_checkpoint(ckpt, state, fingerprint)
+            with atomic_path(out_dir / "history.csv") as tmp:
+                pd.DataFrame(history).to_csv(tmp, index=False)
+            if progress is not None:
+                progress(state.step, cfg.steps)
+        if state.step == stop_after:
+            break
+    bar.close()
+    return state
+
+
+def load_generator(out_dir: Path, cfg: GanConfig, n_classes: int, channels: int, device, seed: int = 0) -> Generator:
+    """The EMA generator from the final checkpoint, with standing statistics, ready to sample."""
+    payload = torch.load(Path(out_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    G = Generator(n_classes, cfg.nz, cfg.ngf, channels, cfg.image_size, cfg.mode)
+    ema = AveragedModel(G, use_buffers=True)
+    ema.load_state_dict(payload["ema"])
+    return standing_stats(ema.module.to(device), n_classes, cfg.nz, seed, device)
+
+
+def gan_fingerprint(cfg: Config) -> str:
+    return combine(ingest_fingerprint(cfg), cfg.section_hash("seed", "gan"))
+
+
+def gan_stage(cfg: Config, run_dir: Path, progress: Progress | None = None) -> dict:
+    """Train the class-conditional DCGAN on the real train split; resumes from gan/checkpoint.pt."""
+    run_dir = Path(run_dir)
+    fp = gan_fingerprint(cfg)
+
+    def body() -> dict:
+        if not cfg.gan.enabled:
+            return {"steps": 0}
+        info = ingest_info(run_dir)
+        x, y, _ = load_split(run_dir, "train")
+        device = resolve_device(cfg.device)
+        t0 = time.perf_counter()
+        state = train_gan(x, y, len(info["classes"]), cfg.gan, seed=derive_seed(cfg.seed, "gan"), device=device,
+                          out_dir=run_dir / "gan", fingerprint=fp, progress=progress)
+        G = load_generator(run_dir / "gan", cfg.gan, len(info["classes"]), x.shape[3], device, derive_seed(cfg.seed, "bn"))
+        grid = sample(G, 64, cfg.gan.nz, len(info["classes"]), derive_seed(cfg.seed, "final-grid"), device)
+        for c, label in enumerate(info["classes"]):
+            save_grid(run_dir / "gan" / "samples" / f"final_{label}.png", grid[:, c], nrow=8)
+        return {"steps": state.step, "device": str(device), "train_seconds": round(time.perf_counter() - t0, 2)}
+
+    return run_stage(run_dir, "gan", fp, body)
+

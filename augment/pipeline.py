@@ -1,0 +1,52 @@
+"""The stages in order and the run directory they share; usable without Prefect."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+from augment.benchmark import benchmark_stage
+from augment.classical import classical_stage
+from augment.config import Config, dump_config
+from augment.data import ingest_stage
+from augment.expand import expand_stage
+from augment.gan_training import gan_stage
+from augment.report import report_stage
+from augment.runtime import write_text
+from augment.smote import smote_stage
+from augment.synthesis import synthesize_stage
+
+log = logging.getLogger("augment")
+
+# name -> stage entry point taking (cfg, run_dir); the flow runs them in this order.
+STAGES: dict[str, Callable[[Config, Path], dict]] = {
+    "ingest": ingest_stage,
+    "classical": classical_stage,
+    "smote": smote_stage,
+    "gan": gan_stage,
+    "synthesize": synthesize_stage,
+    "benchmark": benchmark_stage,
+    "expand": expand_stage,
+    "report": report_stage,
+}
+
+
+def default_run_dir(cfg: Config, config_path: str | Path | None) -> Path:
+    """runs/<config name>: the same config re-run lands in the same directory and resumes."""
+    name = Path(config_path).stem if config_path else "default"
+    return Path(cfg.run_root) / name
+
+
+def prepare_run_dir(cfg: Config, run_dir: Path) -> Path:
+    """Create the run directory and freeze the resolved config in it."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", dump_config(cfg))
+    return run_dir
+
+
+def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, dict]:
+    """Every stage in order, without an orchestrator (the flow does the same with one task each)."""
+    run_dir = prepare_run_dir(cfg, run_dir)
+    return {name: stage(cfg, run_dir) for name, stage in STAGES.items()}

@@ -1,0 +1,190 @@
+"""The report: a plain verdict first, then the per-arm table, gains, data counts and config."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from augment import manifest
+from augment.benchmark import PRIMARY
+from augment.config import Config, dump_config
+from augment.runtime import combine, run_stage, stage_fingerprint, write_json, write_text
+
+_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _pts(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:+.1f}"
+
+
+def _ci(stat: dict) -> str:
+    if math.isnan(stat.get("ci_low", float("nan"))):
+        return _pct(stat["mean"])
+    return f"{_pct(stat['mean'])} [{_pct(stat['ci_low'])}, {_pct(stat['ci_high'])}]"
+
+
+def _p(p: float) -> str:
+    return "n/a" if math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def verdict(summary: dict, run_dir: Path | None = None) -> str:
+    """One plain paragraph: what was expanded, by how much, the measured gain and whether it is significant."""
+    rec = summary["recommendation"]
+    arm, n_images = rec["arm"], summary["train_images"]
+    metric = _NAMES[summary["primary_metric"]]
+    test = summary["arms"]
+    real_test = test["real"]["test"][PRIMARY]["mean"]
+    seeds = rec["test_gain_over_real"]["seeds"]
+    where = f" The expanded dataset is in {Path(run_dir) / 'expanded'}." if run_dir else ""
+    if arm == "real" or not rec["synthetic_helps_on_val"]:
+        base = rec["best_baseline"]
+        lead = (
+            f"No synthetic arm (SMOTE or GAN) beat '{base}' on the validation split, so the tool recommends "
+            f"not using the synthetic data. "
+        )
+        if arm != "real":
+            g = rec["test_gain_over_real"]
+            lead += (
+                f"'{arm}' ({n_images[arm]} training images from {n_images['real']} real) scored {metric} "
+                f"{_pct(test[arm]['test'][PRIMARY]['mean'])} on the real test split against {_pct(real_test)} for "
+                f"real images alone ({_pts(g['gain'])} points, 95% CI [{_pts(g['ci_low'])}, {_pts(g['ci_high'])}], "
+                f"paired t-test p={_p(g['p_value'])}, {seeds} seeds)."
+            )
+        else:
+            lead += f"Real images alone scored {metric} {_pct(real_test)} on the test split ({seeds} seeds)."
+        return lead + where
+    g, gb = rec["test_gain_over_real"], rec["test_gain_over_best_baseline"]
+    significant = not math.isnan(g["p_value"]) and g["p_value"] < 0.05 and g["ci_low"] > 0
+    return (
+        f"Expanding {n_images['real']} real training images to {n_images[arm]} with '{arm}' (chosen on the "
+        f"validation split) changed {metric} on the untouched real test split from {_pct(real_test)} to "
+        f"{_pct(test[arm]['test'][PRIMARY]['mean'])}: {_pts(g['gain'])} points, 95% CI [{_pts(g['ci_low'])}, "
+        f"{_pts(g['ci_high'])}], paired t-test p={_p(g['p_value'])} over {seeds} seeds, "
+        f"{'a significant gain' if significant else 'not statistically significant'}. Against the best arm "
+        f"without synthetic images ('{rec['best_baseline']}') the gain is {_pts(gb['gain'])} points "
+        f"(p={_p(gb['p_value'])})." + where
+    )
+
+
+def _arm_table(summary: dict) -> str:
+    lines = [
+        "| arm | train images | test accuracy | test balanced accuracy | test macro-F1 | val balanced accuracy |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for arm, splits in summary["arms"].items():
+        t = splits["test"]
+        mark = " (recommended)" if arm == summary["recommendation"]["arm"] else ""
+        lines.append(
+            f"| {arm}{mark} | {summary['train_images'][arm]} | {_ci(t['accuracy'])} | {_ci(t['balanced_accuracy'])} "
+            f"| {_ci(t['macro_f1'])} | {_ci(splits['val']['balanced_accuracy'])} |"
+        )
+    return "\n".join(lines)
+
+
+def _gain_table(summary: dict) -> str:
+    lines = ["| comparison | test gain (points) [95% CI] | p (paired t) | val gain (points) |", "|---|---:|---:|---:|"]
+    for name, g in summary["gains"].items():
+        t, v = g["test"], g["val"]
+        lines.append(f"| {name} | {_pts(t['gain'])} [{_pts(t['ci_low'])}, {_pts(t['ci_high'])}] | {_p(t['p_value'])} | {_pts(v['gain'])} |")
+    return "\n".join(lines)
+
+
+def _data_table(frame: pd.DataFrame) -> str:
+    train = frame[frame["split"] == "train"]
+    counts = pd.DataFrame({
+        "real train": train[train["source"] == "real"].groupby("label").size(),
+        "classical": train[train["source"] == "classical"].groupby("label").size(),
+        "smote": train[train["source"] == "smote"].groupby("label").size(),
+        "gan kept": train[(train["source"] == "gan") & train["kept"]].groupby("label").size(),
+        "gan rejected": train[(train["source"] == "gan") & ~train["kept"]].groupby("label").size(),
+        "val": frame[frame["split"] == "val"].groupby("label").size(),
+        "test": frame[frame["split"] == "test"].groupby("label").size(),
+    }).fillna(0).astype(int)
+    header = "| class | " + " | ".join(counts.columns) + " |"
+    lines = [header, "|---|" + "---:|" * len(counts.columns)]
+    for label, row in counts.iterrows():
+        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _versions() -> str:
+    names = ["torch", "torchvision", "albumentations", "imbalanced-learn", "scikit-learn", "prefect", "pandas"]
+    found = []
+    for n in names:
+        try:
+            found.append(f"{n} {metadata.version(n)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return f"Python {platform.python_version()}; " + ", ".join(found)
+
+
+def render_markdown(cfg: Config, run_dir: Path) -> tuple[str, str]:
+    """(report markdown, verdict paragraph) from the run directory's summary and manifest."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "benchmark" / "summary.json").read_text())
+    frame = manifest.read(run_dir)
+    para = verdict(summary, run_dir)
+    grids = sorted((run_dir / "gan" / "samples").glob("step_*.png"))
+    gan_part = (
+        f"Samples of the EMA generator after the last step, one row per class:\n\n![GAN samples](../gan/samples/{grids[-1].name})\n"
+        if grids else "The GAN stage was disabled.\n"
+    )
+    rejected = frame[(frame["source"] == "gan") & ~frame["kept"]]
+    md = f"""# Augmentation report
+
+{para}
+
+## Per-arm results
+
+Mean over {cfg.benchmark.seeds} seeds with a 95% Student-t interval; every arm trains the same
+classifier for {cfg.benchmark.steps} steps and is scored on the same real val and test images.
+The recommended arm is chosen on val ({summary['primary_metric'].replace('_', ' ')}), never on test.
+
+{_arm_table(summary)}
+
+## Gains ({_NAMES[summary['primary_metric']]}, paired over seeds)
+
+{_gain_table(summary)}
+
+## Data
+
+{_data_table(frame)}
+
+GAN samples rejected by the quality gate (classifier confidence below {cfg.gate.min_confidence}): {len(rejected)}.
+
+## GAN
+
+{gan_part}
+## Config
+
+```yaml
+{dump_config(cfg).rstrip()}
+```
+
+Versions: {_versions()}.
+"""
+    return md, para
+
+
+def report_stage(cfg: Config, run_dir: Path) -> dict:
+    """Write report/report.md and report/results.json; returns the verdict paragraph."""
+    run_dir = Path(run_dir)
+
+    def body() -> dict:
+        md, para = render_markdown(cfg, run_dir)
+        write_text(run_dir / "report" / "report.md", md)
+        summary = json.loads((run_dir / "benchmark" / "summary.json").read_text())
+        write_json(run_dir / "report" / "results.json", {"verdict": para, **summary})
+        return {"verdict": para}
+
+    fp = combine(stage_fingerprint(run_dir, "benchmark"), stage_fingerprint(run_dir, "expand"), cfg.section_hash(*Config.model_fields))
+    return run_stage(run_dir, "report", fp, body)

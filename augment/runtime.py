@@ -1,0 +1,128 @@
+"""Device choice, seeding helpers, atomic writes and stage resume markers."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from augment.errors import UserError
+
+log = logging.getLogger("augment")
+
+
+def resolve_device(name: str):
+    """Map the config's `device` (auto|cpu|cuda) to a torch.device, once per run."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("config key 'device' is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A stable 63-bit seed for a named sub-stream, so stages never share random streams."""
+    blob = json.dumps([seed, *[str(p) for p in parts]]).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, obj: object) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    write_bytes(path, buf.getvalue())
+
+
+def _json_default(obj: object):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------- stage resume
+
+
+def _marker(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / "stages" / f"{stage}.json"
+
+
+def stage_fingerprint(run_dir: Path, stage: str) -> str | None:
+    """The fingerprint a finished stage recorded, or None if it has not finished."""
+    marker = _marker(run_dir, stage)
+    if not marker.is_file():
+        return None
+    return json.loads(marker.read_text()).get("fingerprint")
+
+
+def run_stage(run_dir: Path, stage: str, fingerprint: str, body: Callable[[], dict | None]) -> dict:
+    """Run `body` unless this stage already finished with the same fingerprint (resume).
+
+    The marker is written only after `body` returns, so an interrupted stage re-runs.
+    Returns the stage's recorded info (with `skipped` telling whether it ran).
+    """
+    marker = _marker(run_dir, stage)
+    if marker.is_file():
+        info = json.loads(marker.read_text())
+        if info.get("fingerprint") == fingerprint:
+            log.info("stage %s: unchanged since the last run, skipped", stage)
+            return {**info, "skipped": True}
+        marker.unlink()
+    start = time.perf_counter()
+    log.info("stage %s: started", stage)
+    info = dict(body() or {})
+    info.update(fingerprint=fingerprint, seconds=round(time.perf_counter() - start, 3))
+    write_json(marker, info)
+    log.info("stage %s: done in %.1f s", stage, info["seconds"])
+    return {**info, "skipped": False}
+
+
+def combine(*parts: str | None) -> str:
+    """Fingerprint from several parts (config-section hashes, upstream fingerprints)."""
+    return hashlib.sha256("|".join(p or "-" for p in parts).encode()).hexdigest()[:16]

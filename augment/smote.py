@@ -1,0 +1,126 @@
+"""SMOTE-family over-sampling (imbalanced-learn) on feature rows."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from augment import manifest
+from augment.data import ingest_fingerprint, ingest_info, load_split
+from augment.errors import UserError
+from augment.features import make_extractor
+from augment.runtime import combine, derive_seed, run_stage, write_npz
+
+log = logging.getLogger("augment")
+
+# Sampler name -> "module:Class"; resolved lazily so loading a config stays cheap.
+SAMPLERS = {
+    "SMOTE": "imblearn.over_sampling:SMOTE",
+    "BorderlineSMOTE": "imblearn.over_sampling:BorderlineSMOTE",
+    "SVMSMOTE": "imblearn.over_sampling:SVMSMOTE",
+    "ADASYN": "imblearn.over_sampling:ADASYN",
+    "KMeansSMOTE": "imblearn.over_sampling:KMeansSMOTE",
+    "RandomOverSampler": "imblearn.over_sampling:RandomOverSampler",
+}
+_NEIGHBOUR_PARAMS = ("k_neighbors", "n_neighbors")
+
+
+def make_sampler(name: str, params: dict, targets: dict[int, int], smallest: int, seed: int):
+    """Build the named sampler with a per-class target; neighbour counts clamped to smallest-1."""
+    module, cls_name = SAMPLERS[name].split(":")
+    cls = getattr(importlib.import_module(module), cls_name)
+    params = dict(params)
+    for key in _NEIGHBOUR_PARAMS:
+        default = cls().get_params().get(key)
+        if isinstance(default, int):
+            wanted = params.get(key, default)
+            if wanted > smallest - 1:
+                log.info("%s: %s clamped from %d to %d (smallest class has %d rows)", name, key, wanted, smallest - 1, smallest)
+                params[key] = smallest - 1
+    try:
+        return cls(sampling_strategy=targets, random_state=seed % 2**32, **params)
+    except TypeError as exc:
+        raise UserError(f"config key 'smote.params': {name} does not accept these parameters ({exc})") from None
+
+
+def oversample(
+    x: np.ndarray, y: np.ndarray, targets: dict[int, int], sampler: str = "SMOTE",
+    params: dict | None = None, seed: int = 0, class_names: list[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """New feature rows so class c reaches targets[c] rows; returns (x_new, y_new) only.
+
+    A class with a single row cannot be interpolated: it is over-sampled at random, with a warning.
+    """
+    if x.ndim != 2 or len(x) != len(y):
+        raise ValueError(f"expected x (N, D) and y (N,), got {x.shape} and {y.shape}")
+    names = class_names or [str(c) for c in range(int(y.max()) + 1)]
+    counts = {int(c): int((y == c).sum()) for c in np.unique(y)}
+    wanted = {c: max(targets.get(c, n), n) for c, n in counts.items()}
+    singles = [c for c, n in counts.items() if n < 2 and wanted[c] > n]
+    interp = {c: t for c, t in wanted.items() if c not in singles}
+    new_x, new_y = [np.zeros((0, x.shape[1]))], [np.zeros(0, np.int64)]
+    rng = np.random.default_rng(seed)
+    for c in singles:
+        log.warning("class %r has one image: %s cannot interpolate, duplicating it instead", names[c], sampler)
+        new_x.append(np.repeat(x[y == c], wanted[c] - 1, axis=0))
+        new_y.append(np.full(wanted[c] - 1, c, np.int64))
+    if any(t > counts[c] for c, t in interp.items()):
+        mask = np.isin(y, list(interp))
+        smallest = min(counts[c] for c in interp)
+        s = make_sampler(sampler, params or {}, interp, smallest, int(rng.integers(2**31)))
+        try:
+            x_res, y_res = s.fit_resample(x[mask], y[mask])
+        except (ValueError, RuntimeError) as exc:
+            raise UserError(f"smote.sampler {sampler} failed on classes {[names[c] for c in interp]}: {exc}") from None
+        n = int(mask.sum())
+        if not np.array_equal(x_res[:n], x[mask]):  # imblearn appends new rows after the originals
+            raise RuntimeError(f"{sampler} reordered its input; cannot tell new rows from real ones")
+        new_x.append(x_res[n:])
+        new_y.append(np.asarray(y_res[n:], np.int64))
+        made = np.bincount(new_y[-1], minlength=len(names))
+        short = [f"{names[c]!r} ({counts[c] + made[c]} of {t})" for c, t in interp.items() if counts[c] + made[c] < t]
+        if short:  # e.g. BorderlineSMOTE only samples near a class border, and may find none
+            log.warning("%s fell short of the target for class(es) %s", sampler, ", ".join(short))
+    return np.concatenate(new_x), np.concatenate(new_y)
+
+
+def smote_stage(cfg, run_dir: Path) -> dict:
+    """Feature rows of the real train split, over-sampled per class; rows to features/ + manifest."""
+    run_dir = Path(run_dir)
+
+    def body() -> dict:
+        if not cfg.smote.enabled:
+            manifest.replace_source(run_dir, "smote", [])
+            return {"rows": 0}
+        info = ingest_info(run_dir)
+        x_img, y, rows = load_split(run_dir, "train")
+        seed = derive_seed(cfg.seed, "smote")
+        extractor = make_extractor(cfg.smote.features, cfg.smote.pca_components, seed).fit(x_img)
+        feats = extractor.transform(x_img)
+        target = int(round(cfg.smote.multiplier * np.bincount(y).max()))
+        x_new, y_new = oversample(
+            feats, y, {c: target for c in range(len(info["classes"]))}, cfg.smote.sampler,
+            cfg.smote.params, seed, info["classes"],
+        )
+        ids = np.array([f"smote-{i:06d}" for i in range(len(y_new))])
+        write_npz(run_dir / "features" / "real.npz", ids=rows["id"].to_numpy(str), x=feats, y=y)
+        write_npz(run_dir / "features" / "smote.npz", ids=ids, x=x_new, y=y_new)
+        # Pixel (and PCA) rows decode back to images: the image view the CNN arm trains on.
+        labels = [info["classes"][c] for c in y_new]
+        paths = [f"images/smote/{label}/{sid}.png" for sid, label in zip(ids, labels)]
+        digests = [manifest.save_png(run_dir, rel, im) for rel, im in zip(paths, extractor.inverse_transform(x_new))]
+        new_rows = pd.DataFrame(dict(
+            id=ids, path=paths, label=labels, split="train", source="smote", parent_id=None,
+            seed=seed % 2**32, generator=f"imblearn:{cfg.smote.sampler}", sha256=digests,
+            height=info["size"][0], width=info["size"][1], channels=info["channels"],
+            score=None, kept=True, reason=None,
+        ))
+        manifest.replace_source(run_dir, "smote", new_rows)
+        return {"rows": len(ids), "features": int(feats.shape[1]), "target_per_class": target}
+
+    fp = combine(ingest_fingerprint(cfg), cfg.section_hash("seed", "smote"))
+    return run_stage(run_dir, "smote", fp, body)

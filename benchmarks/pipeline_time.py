@@ -1,0 +1,67 @@
+"""Wall-clock time of `augment run` on the shipped configs, Prefect start-up included. Writes JSON.
+
+    python benchmarks/pipeline_time.py [smoke default] [--out benchmarks/results/pipeline_time.json]
+
+Each config runs in a fresh run directory (nothing to resume), as a user's first run would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict:
+    import torch
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def time_config(name: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "flows.cli", "run", str(REPO / "configs" / f"{name}.yaml"), "--run-dir", tmp, "-q"],
+            cwd=REPO, capture_output=True, text=True,
+        )
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"{name}: augment run failed:\n{proc.stderr[-2000:]}")
+        stages = {p.stem: json.loads(p.read_text())["seconds"] for p in sorted(Path(tmp, "stages").glob("*.json"))}
+        summary = json.loads(Path(tmp, "benchmark", "summary.json").read_text())
+    return {
+        "seconds": round(seconds, 1),
+        "stage_seconds": stages,
+        "recommended": summary["recommendation"]["arm"],
+        "test_balanced_accuracy": {a: round(v["test"]["balanced_accuracy"]["mean"], 4) for a, v in summary["arms"].items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("configs", nargs="*", default=["smoke", "default"])
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pipeline_time.json")
+    args = parser.parse_args()
+    results = {"machine": machine(), "configs": {name: time_config(name) for name in args.configs}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,8 @@
+"""Prefect flows and the command line: thin wrappers over the `augment` stages."""
+
+import os
+
+# Before Prefect is imported: no analytics, and our stage logs shown with Prefect's.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "augment")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -1,0 +1,100 @@
+"""The `augment-dataset` flow: one Prefect task per stage, paths (not tensors) between them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
+
+from augment.config import Config, load_config
+from augment.errors import UserError
+from augment.pipeline import STAGES, default_run_dir, prepare_run_dir
+
+# Stages resume through the run directory's own markers (augment.runtime.run_stage), so
+# Prefect's result cache stays off: it would skip a stage whose outputs were deleted.
+_TASK_OPTS = dict(cache_policy=NO_CACHE, persist_result=False)
+
+
+def _call(name: str, cfg: Config, run_dir: str, **kwargs) -> dict | State:
+    """Run a stage; a user's mistake becomes a Failed state with one line, not a traceback."""
+    try:
+        return STAGES[name](cfg, Path(run_dir), **kwargs)
+    except UserError as err:
+        return Failed(message=str(err))
+
+
+@task(name="ingest", **_TASK_OPTS)
+def ingest(cfg: Config, run_dir: str):
+    """Read and validate the images; split train/val/test; simulate scarcity."""
+    return _call("ingest", cfg, run_dir)
+
+
+@task(name="classical", **_TASK_OPTS)
+def classical(cfg: Config, run_dir: str):
+    """Classical augmentation of the train split with albumentations."""
+    return _call("classical", cfg, run_dir)
+
+
+@task(name="smote", **_TASK_OPTS)
+def smote(cfg: Config, run_dir: str):
+    """SMOTE-family over-sampling of train features with imbalanced-learn."""
+    return _call("smote", cfg, run_dir)
+
+
+@task(name="gan", **_TASK_OPTS)
+def gan(cfg: Config, run_dir: str):
+    """Train the class-conditional DCGAN (resumes from its checkpoint)."""
+    artifact = create_progress_artifact(progress=0.0, key="gan-training", description="GAN training steps")
+
+    def progress(step: int, total: int) -> None:
+        update_progress_artifact(artifact_id=artifact, progress=100.0 * step / total)
+
+    return _call("gan", cfg, run_dir, progress=progress)
+
+
+@task(name="synthesize", **_TASK_OPTS)
+def synthesize(cfg: Config, run_dir: str):
+    """Sample the generator and gate every sample."""
+    return _call("synthesize", cfg, run_dir)
+
+
+@task(name="benchmark", **_TASK_OPTS)
+def benchmark(cfg: Config, run_dir: str):
+    """Train the classifier per arm and seed; score on the real test split."""
+    return _call("benchmark", cfg, run_dir)
+
+
+@task(name="expand", **_TASK_OPTS)
+def expand(cfg: Config, run_dir: str):
+    """Build the expanded ImageFolder for the recommended arm."""
+    return _call("expand", cfg, run_dir)
+
+
+@task(name="report", **_TASK_OPTS)
+def report(cfg: Config, run_dir: str):
+    """Write the report and publish it as a Prefect artifact."""
+    result = _call("report", cfg, run_dir)
+    if isinstance(result, dict):
+        md = (Path(run_dir) / "report" / "report.md").read_text()
+        create_markdown_artifact(markdown=md, key="augment-report", description=result["verdict"][:200])
+    return result
+
+
+@flow(name="augment-dataset", log_prints=True)
+def augment_dataset(config_path: str | None = None, overrides: list[str] | None = None, run_dir: str | None = None):
+    """Expand a scarce image dataset and measure whether it helped; returns the report's verdict."""
+    try:
+        cfg = load_config(config_path, overrides)
+    except UserError as err:
+        return Failed(message=str(err))
+    out = str(prepare_run_dir(cfg, Path(run_dir) if run_dir else default_run_dir(cfg, config_path)))
+    result: dict = {}
+    for stage in (ingest, classical, smote, gan, synthesize, benchmark, expand, report):
+        value = stage(cfg, out)
+        if isinstance(value, State):  # a Failed state carrying the user's one-line error
+            return Failed(message=value.message)
+        result = value
+    return {"run_dir": out, "verdict": result["verdict"]}

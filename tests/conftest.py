@@ -1,0 +1,61 @@
+"""Shared fixtures: environment for Prefect/albumentations, tiny images, one Prefect harness per session."""
+
+import os
+import tempfile
+from pathlib import Path
+
+# Before anything imports Prefect or albumentations.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Results and Prefect's home in a per-session temporary directory, so nothing leaks between sessions.
+_PREFECT_TMP = tempfile.mkdtemp(prefix="augment-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_TMP
+os.environ["PREFECT_LOCAL_STORAGE_PATH"] = str(Path(_PREFECT_TMP) / "storage")
+os.environ["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] = "false"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "smoke.yaml"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the whole session (it costs 10-20 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def write_image_folder(root: Path, classes: dict[str, int], size=(12, 10), mode="L", seed=0) -> Path:
+    """root/<class>/<i>.png with `n` random images per class; returns root."""
+    rng = np.random.default_rng(seed)
+    for label, n in classes.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            shape = (size[0], size[1]) if mode == "L" else (size[0], size[1], 3)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / label / f"{i:03d}.png")
+    return root
+
+
+def tree_state(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file under root with its size and mtime, to prove the input was not written to."""
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    return write_image_folder(tmp_path / "input", {"cat": 8, "dog": 7, "owl": 6})

@@ -1,0 +1,64 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from augment.benchmark import mean_ci, paired_gain, score, summarise
+from augment.report import verdict
+
+
+def test_mean_ci_matches_the_t_interval():
+    mean, sd, lo, hi = mean_ci([0.70, 0.72, 0.74])
+    assert mean == pytest.approx(0.72) and sd == pytest.approx(0.02)
+    half = 4.302652729911275 * 0.02 / math.sqrt(3)  # t(0.975, df=2) * sd / sqrt(n)
+    assert (lo, hi) == (pytest.approx(0.72 - half), pytest.approx(0.72 + half))
+    assert math.isnan(mean_ci([0.5])[2])
+
+
+def test_paired_gain():
+    g = paired_gain(np.array([0.80, 0.82, 0.85]), np.array([0.70, 0.71, 0.74]))
+    assert g["gain"] == pytest.approx(0.1066666, abs=1e-6) and g["p_value"] < 0.01 and g["ci_low"] > 0
+    assert paired_gain(np.array([0.5, 0.6]), np.array([0.5, 0.6]))["p_value"] == 1.0
+
+
+def test_score():
+    s = score(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0]))
+    assert s["accuracy"] == 0.75 and s["balanced_accuracy"] == 0.5
+
+
+def results(values: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
+    rows = []
+    for (arm, split), vals in values.items():
+        for seed, v in enumerate(vals):
+            for metric in ("accuracy", "balanced_accuracy", "macro_f1"):
+                rows.append(dict(arm=arm, seed=seed, split=split, metric=metric, value=v))
+    return pd.DataFrame(rows)
+
+
+def test_recommendation_is_chosen_on_val_not_test():
+    table = results({
+        ("real", "val"): [0.70, 0.71, 0.72], ("real", "test"): [0.70, 0.70, 0.70],
+        ("real+classical", "val"): [0.80, 0.81, 0.82], ("real+classical", "test"): [0.75, 0.75, 0.76],
+        ("real+gan", "val"): [0.75, 0.76, 0.77], ("real+gan", "test"): [0.90, 0.91, 0.92],  # best on test only
+    })
+    s = summarise(table, ["real", "real+classical", "real+gan"])
+    rec = s["recommendation"]
+    assert rec["arm"] == "real+classical" and rec["chosen_on"] == "val"
+    assert not rec["synthetic_helps_on_val"]
+    assert s["gains"]["real+gan vs real"]["test"]["gain"] == pytest.approx(0.21)
+    s["train_images"] = {"real": 10, "real+classical": 50, "real+gan": 30}
+    text = verdict(s)
+    assert "recommends not using the synthetic data" in text and "'real+classical'" in text
+
+
+def test_verdict_reports_a_synthetic_gain_with_its_interval():
+    table = results({
+        ("real", "val"): [0.70, 0.71, 0.72], ("real", "test"): [0.70, 0.71, 0.72],
+        ("real+gan", "val"): [0.80, 0.81, 0.83], ("real+gan", "test"): [0.80, 0.82, 0.83],
+    })
+    s = summarise(table, ["real", "real+gan"])
+    s["train_images"] = {"real": 10, "real+gan": 30}
+    assert s["recommendation"]["arm"] == "real+gan" and s["recommendation"]["synthetic_helps_on_val"]
+    text = verdict(s)
+    assert "from 71.0% to 81.7%" in text and "+10.7 points" in text and "a significant gain" in text

@@ -1,0 +1,131 @@
+import numpy as np
+import pytest
+import torch
+
+from augment.config import GanConfig
+from augment.gan import Discriminator, Generator, dcgan_init, diff_augment
+from augment.gan_training import load_checkpoint, build_state, sample, to_uint8, train_gan
+
+TINY = dict(steps=6, image_size=16, batch_size=4, nz=8, ngf=4, ndf=4, checkpoint_every=100, sample_every=100)
+
+
+def toy_data(k=3, n=5, size=8, channels=1, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (k * n, size, size, channels), dtype=np.uint8)
+    return x, np.repeat(np.arange(k), n)
+
+
+@pytest.mark.parametrize("mode", ["per_class", "conditional"])
+@pytest.mark.parametrize("size", [16, 32, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes(mode, size, channels):
+    G, D = Generator(4, 8, 4, channels, size, mode), Discriminator(4, 4, channels, size, mode)
+    x = G(torch.randn(2, 4, 8))
+    assert x.shape == (2, 4, channels, size, size)
+    assert x.abs().max() <= 1.0  # tanh output
+    assert D(x).shape == (2, 4)
+
+
+def test_bad_image_size():
+    with pytest.raises(ValueError, match="power of two"):
+        Generator(2, 8, 4, 1, 24, "per_class")
+
+
+def test_per_class_networks_are_independent():
+    """Grouped convolutions: class 0's latent never reaches class 1's image or D's class-1 logit."""
+    torch.manual_seed(0)
+    G, D = Generator(3, 8, 4, 1, 16, "per_class").eval(), Discriminator(3, 4, 1, 16, "per_class").eval()
+    z = torch.randn(2, 3, 8)
+    z2 = z.clone()
+    z2[:, 0] += 5.0
+    a, b = G(z), G(z2)
+    assert not torch.allclose(a[:, 0], b[:, 0])
+    assert torch.equal(a[:, 1:], b[:, 1:])
+    da, db = D(a), D(b)
+    assert torch.equal(da[:, 1:], db[:, 1:])
+
+
+def test_conditional_generator_depends_on_the_label():
+    torch.manual_seed(0)
+    G = Generator(3, 8, 4, 1, 16, "conditional").eval()
+    z = torch.randn(1, 1, 8).expand(1, 3, 8).contiguous()  # the same noise for every class
+    out = G(z)
+    assert not torch.allclose(out[:, 0], out[:, 1])
+
+
+def test_dcgan_init_is_seeded_and_follows_the_paper():
+    G1, G2 = Generator(2, 8, 4, 1, 16, "per_class"), Generator(2, 8, 4, 1, 16, "per_class")
+    dcgan_init(G1, torch.Generator().manual_seed(3))
+    dcgan_init(G2, torch.Generator().manual_seed(3))
+    for p1, p2 in zip(G1.parameters(), G2.parameters()):
+        assert torch.equal(p1, p2)
+    w = G1.net[0].weight
+    assert abs(w.mean().item()) < 0.01 and 0.015 < w.std().item() < 0.025
+
+
+def test_diff_augment_is_seeded_and_keeps_shape():
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    policy = ["color", "translation", "cutout"]
+    a = diff_augment(x, policy, torch.Generator().manual_seed(0))
+    b = diff_augment(x, policy, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.equal(a, diff_augment(x, policy, torch.Generator().manual_seed(1)))
+
+
+def test_cutout_zeroes_a_quarter_and_translation_moves_pixels():
+    x = torch.ones(64, 1, 16, 16)
+    cut = diff_augment(x, ["cutout"], torch.Generator().manual_seed(0))
+    zero_share = (cut == 0).float().mean().item()
+    assert 0.12 < zero_share <= 0.25  # an 8x8 square, sometimes hanging over the border
+    moved = diff_augment(x, ["translation"], torch.Generator().manual_seed(0))
+    assert (moved == 0).any() and set(moved.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("mode", ["per_class", "conditional"])
+def test_training_is_deterministic_and_resume_matches(tmp_path, mode):
+    """Stopping at step 3 and resuming gives the same weights as training 6 steps straight."""
+    x, y = toy_data()
+    cfg = GanConfig(mode=mode, **TINY)
+    device = torch.device("cpu")
+    straight = train_gan(x, y, 3, cfg, seed=7, device=device, out_dir=tmp_path / "a", fingerprint="f")
+    train_gan(x, y, 3, cfg, seed=7, device=device, out_dir=tmp_path / "b", fingerprint="f", stop_after=3)
+    resumed = train_gan(x, y, 3, cfg, seed=7, device=device, out_dir=tmp_path / "b", fingerprint="f")
+    assert straight.step == resumed.step == 6
+    for name in ("G", "D", "ema"):
+        sa, sb = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
+        for key in sa:
+            assert torch.equal(sa[key], sb[key]), (name, key)
+    history = (tmp_path / "b" / "history.csv").read_text().splitlines()
+    assert len(history) == 7 and history[0].startswith("step,loss_d,loss_g,d_real,d_fake")
+
+
+def test_checkpoint_from_another_config_is_ignored(tmp_path):
+    x, y = toy_data()
+    cfg = GanConfig(**TINY)
+    train_gan(x, y, 3, cfg, seed=0, device=torch.device("cpu"), out_dir=tmp_path, fingerprint="old")
+    state = build_state(cfg, 3, 1, 0, torch.device("cpu"))
+    assert not load_checkpoint(tmp_path / "checkpoint.pt", state, "new")
+    assert load_checkpoint(tmp_path / "checkpoint.pt", state, "old") and state.step == 6
+
+
+def test_samples_are_seeded_and_resized_to_the_dataset_size():
+    G = Generator(3, 8, 4, 1, 16, "per_class")
+    a = sample(G, 5, 8, 3, seed=1, device="cpu")
+    assert a.shape == (5, 3, 1, 16, 16) and torch.equal(a, sample(G, 5, 8, 3, seed=1, device="cpu"))
+    images = to_uint8(a[:, 0], (8, 8))
+    assert images.shape == (5, 8, 8, 1) and images.dtype == np.uint8
+
+
+def test_training_writes_grids_and_history(tmp_path):
+    x, y = toy_data(channels=3)
+    cfg = GanConfig(**{**TINY, "sample_every": 3, "checkpoint_every": 3})
+    train_gan(x, y, 3, cfg, seed=0, device=torch.device("cpu"), out_dir=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_000003.png", "step_000006.png"]
+    assert (tmp_path / "checkpoint.pt").is_file() and (tmp_path / "history.csv").is_file()
+
+
+@pytest.mark.gpu
+def test_cuda_step_runs_in_bf16(tmp_path):
+    x, y = toy_data()
+    state = train_gan(x, y, 3, GanConfig(**TINY), seed=0, device=torch.device("cuda"), out_dir=tmp_path)
+    assert next(state.G.parameters()).is_cuda

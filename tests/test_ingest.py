@@ -1,0 +1,145 @@
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from augment import manifest
+from augment.config import load_config
+from augment.data import (
+    ingest_info, ingest_stage, read_csv, read_digits, read_folder, scarce_counts, simulate_scarcity, split_indices,
+)
+from augment.errors import UserError
+from conftest import tree_state, write_image_folder
+
+
+def folder_cfg(path, *extra):
+    return load_config(None, [f"data.source=folder", f"data.path={path}", "data.min_per_class=5", *extra])
+
+
+def test_digits_source():
+    data = read_digits()
+    assert len(data.images) == 1797 and data.images[0].shape == (8, 8, 1)
+    assert data.images[0].dtype == np.uint8 and max(im.max() for im in data.images) == 255
+    assert sorted(set(data.labels)) == [str(i) for i in range(10)]
+    assert read_digits(channels=3).images[0].shape == (8, 8, 3)
+
+
+def test_folder_source_reads_every_class(image_folder):
+    data = read_folder(image_folder)
+    assert pd.Series(data.labels).value_counts().to_dict() == {"cat": 8, "dog": 7, "owl": 6}
+    assert data.images[0].shape == (12, 10, 1)
+    assert read_folder(image_folder, channels=3).images[0].shape == (12, 10, 3)
+
+
+def test_unreadable_image_is_named(image_folder):
+    bad = image_folder / "dog" / "broken.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(UserError, match=r"broken\.png: not a readable image"):
+        read_folder(image_folder)
+
+
+def test_non_image_files_are_skipped(image_folder):
+    (image_folder / "cat" / "notes.txt").write_text("hello")
+    assert len(read_folder(image_folder).images) == 21
+
+
+def test_class_with_too_few_images_is_named(tmp_path):
+    root = write_image_folder(tmp_path / "in", {"big": 9, "tiny": 2})
+    with pytest.raises(UserError, match=r"class 'tiny' has 2 image\(s\); at least 5 are needed \(data.min_per_class\)"):
+        ingest_stage(folder_cfg(root), tmp_path / "run")
+
+
+def test_one_class_is_an_error(tmp_path):
+    root = write_image_folder(tmp_path / "in", {"only": 9})
+    with pytest.raises(UserError, match="at least two are needed"):
+        ingest_stage(folder_cfg(root), tmp_path / "run")
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(UserError, match="data.path is not a folder"):
+        read_folder(tmp_path / "nowhere")
+
+
+def test_csv_source_with_relative_paths(tmp_path, image_folder):
+    rows = [(f"input/{p.parent.name}/{p.name}", p.parent.name) for p in sorted(image_folder.rglob("*.png"))]
+    csv = tmp_path / "labels.csv"
+    pd.DataFrame(rows, columns=["path", "label"]).to_csv(csv, index=False)
+    data = read_csv(csv)
+    assert len(data.images) == 21 and set(data.labels) == {"cat", "dog", "owl"}
+
+
+def test_csv_errors_name_the_row(tmp_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\nmissing.png,cat\n")
+    with pytest.raises(UserError, match=r"labels.csv:2: image file .*missing.png not found"):
+        read_csv(csv)
+    csv.write_text("file,label\na.png,cat\n")
+    with pytest.raises(UserError, match=r"missing column\(s\) \['path'\]"):
+        read_csv(csv)
+
+
+def test_ingest_never_writes_to_the_input(tmp_path, image_folder):
+    before = tree_state(image_folder)
+    ingest_stage(folder_cfg(image_folder), tmp_path / "run")
+    assert tree_state(image_folder) == before
+    assert not any(p.is_relative_to(image_folder) for p in (tmp_path / "run").rglob("*"))
+
+
+def test_ingest_writes_manifest_and_pngs(tmp_path, image_folder):
+    run = tmp_path / "run"
+    info = ingest_stage(folder_cfg(image_folder, "data.channels=3"), run)
+    frame = manifest.read(run)
+    assert list(frame.columns) == list(manifest.COLUMNS)
+    assert len(frame) == 21 and (frame["source"] == "real").all() and frame["kept"].all()
+    assert set(frame["split"]) == {"train", "val", "test"}
+    assert frame["id"].is_unique
+    assert (frame[["height", "width", "channels"]].to_numpy() == [12, 10, 3]).all()
+    for rel, digest in zip(frame["path"], frame["sha256"]):
+        assert manifest.hashlib.sha256((run / rel).read_bytes()).hexdigest() == digest
+        assert Image.open(run / rel).mode == "RGB"
+    assert frame["generator"].str.endswith(".png").all()  # provenance: the input file
+    assert info["size"] == [12, 10] and ingest_info(run)["classes"] == ["cat", "dog", "owl"]
+
+
+def test_different_sizes_need_image_size(tmp_path):
+    root = write_image_folder(tmp_path / "in", {"a": 6, "b": 6})
+    write_image_folder(root, {"c": 6}, size=(20, 20))
+    with pytest.raises(UserError, match="set data.image_size"):
+        ingest_stage(folder_cfg(root), tmp_path / "run")
+    info = ingest_stage(folder_cfg(root, "data.image_size=16"), tmp_path / "run2")
+    assert info["size"] == [16, 16]
+    frame = manifest.read(tmp_path / "run2")
+    assert set(frame["height"]) == {12, 20}  # the manifest keeps native sizes
+
+
+def test_split_is_stratified_disjoint_and_seeded():
+    labels = [str(i % 4) for i in range(200)]
+    a = split_indices(labels, 0.2, 0.3, seed=1)
+    assert (a == split_indices(labels, 0.2, 0.3, seed=1)).all()
+    assert not (a == split_indices(labels, 0.2, 0.3, seed=2)).all()
+    counts = pd.crosstab(np.asarray(labels), a)
+    assert (counts["test"] == 15).all() and (counts["val"] == 10).all() and (counts["train"] == 25).all()
+
+
+def test_scarce_counts_follow_the_imbalance_ratio():
+    assert scarce_counts(["a", "b", "c"], 20, 1.0) == {"a": 20, "b": 20, "c": 20}
+    assert scarce_counts(["a", "b", "c"], 20, 4.0) == {"a": 20, "b": 10, "c": 5}
+
+
+def test_scarcity_only_touches_train():
+    labels = np.array([str(i % 3) for i in range(300)])
+    split = split_indices(labels, 0.2, 0.3, seed=0)
+    keep = simulate_scarcity(labels, split, per_class=5, imbalance_ratio=5.0, seed=0)
+    assert keep[split != "train"].all()
+    kept_train = pd.Series(labels[keep & (split == "train")]).value_counts().to_dict()
+    assert kept_train == {"0": 5, "1": 2, "2": 1}
+
+
+def test_digits_ingest_scarce_val_test_identical_to_full(tmp_path):
+    """Scarcity simulation never changes val or test: the same held-out images whatever per_class is."""
+    ingest_stage(load_config(None, ["data.per_class=5"]), tmp_path / "a")
+    ingest_stage(load_config(None, ["data.per_class=20"]), tmp_path / "b")
+    a, b = manifest.read(tmp_path / "a"), manifest.read(tmp_path / "b")
+    for split in ("val", "test"):
+        assert sorted(a[a["split"] == split]["id"]) == sorted(b[b["split"] == split]["id"])
+    assert (a[a["split"] == "train"].groupby("label").size() == 5).all()

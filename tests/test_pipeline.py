@@ -1,0 +1,106 @@
+"""The whole chain on the smoke config, without Prefect: contracts of the run directory."""
+
+import hashlib
+import json
+
+import pandas as pd
+import pytest
+from torchvision.datasets import ImageFolder
+
+from augment import manifest
+from augment.benchmark import ARM_SOURCES
+from augment.config import load_config
+from augment.data import load_split
+from augment.pipeline import run_pipeline
+from conftest import SMOKE, tree_state, write_image_folder
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("smoke")
+    cfg = load_config(SMOKE)
+    return cfg, run_dir, run_pipeline(cfg, run_dir)
+
+
+def test_every_stage_ran(smoke_run):
+    _, run_dir, info = smoke_run
+    assert list(info) == ["ingest", "classical", "smote", "gan", "synthesize", "benchmark", "expand", "report"]
+    assert not any(i["skipped"] for i in info.values())
+    for rel in ("config.yaml", "manifest.parquet", "benchmark/results.parquet", "benchmark/summary.json",
+                "report/report.md", "report/results.json", "gan/checkpoint.pt", "gan/history.csv",
+                "features/real.npz", "features/smote.npz"):
+        assert (run_dir / rel).is_file(), rel
+
+
+def test_manifest_contents(smoke_run):
+    cfg, run_dir, _ = smoke_run
+    frame = manifest.read(run_dir)
+    assert list(frame.columns) == list(manifest.COLUMNS)
+    assert frame["id"].is_unique
+    assert set(frame["source"]) == {"real", "classical", "smote", "gan"}
+    for rel, digest in zip(frame["path"], frame["sha256"]):
+        assert hashlib.sha256((run_dir / rel).read_bytes()).hexdigest() == digest
+    classical = frame[frame["source"] == "classical"]
+    real_ids = set(frame.loc[frame["source"] == "real", "id"])
+    assert classical["parent_id"].isin(real_ids).all()
+    assert len(classical) == cfg.classical.multiplier * (frame[(frame["source"] == "real") & (frame["split"] == "train")]).shape[0]
+    gan = frame[frame["source"] == "gan"]
+    assert len(gan) == 10 * cfg.gan.samples_per_class
+    assert gan["score"].between(0, 1).all()
+    assert (gan["kept"] == (gan["score"] >= cfg.gate.min_confidence)).all()
+    assert gan.loc[~gan["kept"], "reason"].str.contains("confidence").all()
+
+
+def test_no_synthetic_row_in_val_or_test(smoke_run):
+    _, run_dir, _ = smoke_run
+    frame = manifest.read(run_dir)
+    held_out = frame[frame["split"].isin(["val", "test"])]
+    assert (held_out["source"] == "real").all()
+    assert (frame.loc[frame["source"] != "real", "split"] == "train").all()
+
+
+def test_test_split_is_identical_across_arms(smoke_run):
+    _, run_dir, _ = smoke_run
+    test_ids = {tuple(load_split(run_dir, "test", sources)[2]["id"]) for sources in ARM_SOURCES.values()}
+    assert len(test_ids) == 1
+    results = pd.read_parquet(run_dir / "benchmark" / "results.parquet")
+    per_arm = results[results["split"] == "test"].groupby("arm")["seed"].nunique()
+    assert (per_arm == 3).all()
+
+
+def test_expanded_loads_with_imagefolder(smoke_run):
+    _, run_dir, _ = smoke_run
+    summary = json.loads((run_dir / "benchmark" / "summary.json").read_text())
+    arm = summary["recommendation"]["arm"]
+    ds = ImageFolder(run_dir / "expanded")
+    assert ds.classes == [str(i) for i in range(10)]
+    assert len(ds) == summary["train_images"][arm]
+    image, label = ds[0]
+    assert image.size == (8, 8) and label == 0
+
+
+def test_report_states_the_verdict_and_table(smoke_run):
+    _, run_dir, info = smoke_run
+    md = (run_dir / "report" / "report.md").read_text()
+    assert info["report"]["verdict"] in md
+    assert "| real |" in md or "| real (recommended) |" in md
+    assert "## Data" in md and "```yaml" in md
+
+
+def test_rerun_resumes_and_a_changed_section_reruns_only_downstream(smoke_run, tmp_path):
+    cfg, run_dir, _ = smoke_run
+    again = run_pipeline(cfg, run_dir)
+    assert all(i["skipped"] for i in again.values())
+    changed = run_pipeline(load_config(SMOKE, ["benchmark.seeds=2"]), run_dir)
+    assert [n for n, i in changed.items() if not i["skipped"]] == ["benchmark", "expand", "report"]
+    run_pipeline(cfg, run_dir)  # back to the module's config for the other tests
+
+
+def test_folder_input_is_never_written(tmp_path):
+    root = write_image_folder(tmp_path / "in", {"a": 8, "b": 8}, size=(8, 8))
+    before = tree_state(root)
+    cfg = load_config(SMOKE, ["data.source=folder", f"data.path={root}", "data.per_class=null",
+                              "benchmark.seeds=1", "benchmark.steps=5", "gan.steps=2", "gan.samples_per_class=2"])
+    run_pipeline(cfg, tmp_path / "run")
+    assert tree_state(root) == before
+    assert ImageFolder(tmp_path / "run" / "expanded").classes == ["a", "b"]

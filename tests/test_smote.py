@@ -1,0 +1,81 @@
+import logging
+
+import numpy as np
+import pytest
+
+from augment.errors import UserError
+from augment.features import PixelFeatures
+from augment.smote import oversample
+
+
+def blobs(counts, dim=4, seed=0, gap=10.0):
+    rng = np.random.default_rng(seed)
+    x = np.concatenate([rng.normal(c * gap, 1.0, (n, dim)) for c, n in enumerate(counts)])
+    y = np.concatenate([np.full(n, c) for c, n in enumerate(counts)])
+    return x, y
+
+
+def test_reaches_the_requested_counts():
+    x, y = blobs([10, 6, 4])
+    x_new, y_new = oversample(x, y, {0: 20, 1: 20, 2: 20}, "SMOTE", seed=0)
+    assert np.bincount(y_new).tolist() == [10, 14, 16]
+    assert x_new.shape == (40, 4)
+
+
+def test_new_rows_interpolate_within_their_class():
+    x, y = blobs([8, 8])
+    x_new, y_new = oversample(x, y, {0: 30, 1: 30}, "SMOTE", seed=0)
+    for c in (0, 1):
+        lo, hi = x[y == c].min(0), x[y == c].max(0)
+        assert ((x_new[y_new == c] >= lo - 1e-9) & (x_new[y_new == c] <= hi + 1e-9)).all()
+
+
+def test_deterministic_with_a_seed():
+    x, y = blobs([6, 5])
+    a = oversample(x, y, {0: 12, 1: 12}, "SMOTE", seed=3)
+    b = oversample(x, y, {0: 12, 1: 12}, "SMOTE", seed=3)
+    c = oversample(x, y, {0: 12, 1: 12}, "SMOTE", seed=4)
+    assert np.array_equal(a[0], b[0]) and not np.array_equal(a[0], c[0])
+
+
+def test_k_neighbors_is_clamped_for_tiny_classes():
+    x, y = blobs([3, 3])  # SMOTE's default k=5 needs 6 rows per class
+    x_new, y_new = oversample(x, y, {0: 9, 1: 9}, "SMOTE", {"k_neighbors": 5}, seed=0)
+    assert np.bincount(y_new).tolist() == [6, 6]
+
+
+def test_single_image_class_is_duplicated_with_a_warning(caplog):
+    x, y = blobs([5, 1])
+    with caplog.at_level(logging.WARNING, logger="augment"):
+        x_new, y_new = oversample(x, y, {0: 5, 1: 4}, "SMOTE", seed=0, class_names=["a", "b"])
+    assert "class 'b' has one image" in caplog.text
+    assert np.bincount(y_new, minlength=2).tolist() == [0, 3]
+    assert np.allclose(x_new, x[5])
+
+
+@pytest.mark.parametrize("name", ["BorderlineSMOTE", "ADASYN", "RandomOverSampler", "SVMSMOTE"])
+def test_other_samplers_by_name(name):
+    x, y = blobs([30, 12, 10], dim=2, seed=1, gap=1.0)  # overlapping classes: border samplers find a border
+    try:
+        x_new, y_new = oversample(x, y, {0: 30, 1: 30, 2: 30}, name, seed=0)
+    except UserError as err:  # ADASYN may find no neighbours of another class: a clear message
+        assert name in str(err)
+        return
+    assert set(np.unique(y_new)) <= {1, 2} and len(x_new) > 0
+
+
+def test_bad_sampler_params_name_the_key():
+    x, y = blobs([6, 6])
+    with pytest.raises(UserError, match="smote.params"):
+        oversample(x, y, {0: 10, 1: 10}, "SMOTE", {"bogus": 1}, seed=0)
+
+
+def test_pixel_features_round_trip_and_pca():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 8, 8, 1), dtype=np.uint8)
+    ex = PixelFeatures().fit(images)
+    assert ex.transform(images).shape == (20, 64)
+    assert np.array_equal(ex.inverse_transform(ex.transform(images)), images)
+    pca = PixelFeatures(pca_components=5, seed=0).fit(images)
+    rows = pca.transform(images)
+    assert rows.shape == (20, 5) and pca.inverse_transform(rows).shape == (20, 8, 8, 1)
