@@ -26,22 +26,23 @@ def _call(name: str, cfg: Config, run_dir: str, **kwargs) -> dict | State:
         return Failed(message=str(err))
 
 
-@task(name="ingest", **_TASK_OPTS)
-def ingest(cfg: Config, run_dir: str):
-    """Read and validate the images; split train/val/test; simulate scarcity."""
-    return _call("ingest", cfg, run_dir)
+def _stage_task(name: str, doc: str):
+    """A Prefect task named after the stage that just runs it."""
+
+    def run(cfg: Config, run_dir: str):
+        return _call(name, cfg, run_dir)
+
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = doc
+    return task(name=name, **_TASK_OPTS)(run)
 
 
-@task(name="classical", **_TASK_OPTS)
-def classical(cfg: Config, run_dir: str):
-    """Classical augmentation of the train split with albumentations."""
-    return _call("classical", cfg, run_dir)
-
-
-@task(name="smote", **_TASK_OPTS)
-def smote(cfg: Config, run_dir: str):
-    """SMOTE-family over-sampling of train features with imbalanced-learn."""
-    return _call("smote", cfg, run_dir)
+ingest = _stage_task("ingest", "Read and validate the images; split train/val/test; simulate scarcity.")
+classical = _stage_task("classical", "Classical augmentation of the train split with albumentations.")
+smote = _stage_task("smote", "SMOTE-family over-sampling of train features with imbalanced-learn.")
+synthesize = _stage_task("synthesize", "Sample the generator and gate every sample.")
+benchmark = _stage_task("benchmark", "Train the classifier per arm and seed; score on the real test split.")
+expand = _stage_task("expand", "Build the expanded ImageFolder for the recommended arm.")
 
 
 @task(name="gan", **_TASK_OPTS)
@@ -53,24 +54,6 @@ def gan(cfg: Config, run_dir: str):
         update_progress_artifact(artifact_id=artifact, progress=100.0 * step / total)
 
     return _call("gan", cfg, run_dir, progress=progress)
-
-
-@task(name="synthesize", **_TASK_OPTS)
-def synthesize(cfg: Config, run_dir: str):
-    """Sample the generator and gate every sample."""
-    return _call("synthesize", cfg, run_dir)
-
-
-@task(name="benchmark", **_TASK_OPTS)
-def benchmark(cfg: Config, run_dir: str):
-    """Train the classifier per arm and seed; score on the real test split."""
-    return _call("benchmark", cfg, run_dir)
-
-
-@task(name="expand", **_TASK_OPTS)
-def expand(cfg: Config, run_dir: str):
-    """Build the expanded ImageFolder for the recommended arm."""
-    return _call("expand", cfg, run_dir)
 
 
 @task(name="report", **_TASK_OPTS)

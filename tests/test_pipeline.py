@@ -48,6 +48,7 @@ def test_manifest_contents(smoke_run):
     assert len(gan) == 10 * cfg.gan.samples_per_class
     assert gan["score"].between(0, 1).all()
     assert (gan["kept"] == (gan["score"] >= cfg.gate.min_confidence)).all()
+    assert gan["kept"].any() and not gan["kept"].all()  # the smoke config exercises both outcomes
     assert gan.loc[~gan["kept"], "reason"].str.contains("confidence").all()
 
 
