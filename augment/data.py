@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,8 +247,6 @@ def ingest_stage(cfg: Config, run_dir: Path) -> dict:
 
 def ingest_info(run_dir: Path) -> dict:
     """What ingest recorded: working size, channels, classes, counts."""
-    import json
-
     if stage_fingerprint(run_dir, "ingest") is None:
         raise RuntimeError(f"{run_dir}: ingest has not finished")
     return json.loads((Path(run_dir) / "stages" / "ingest.json").read_text())

@@ -13,7 +13,8 @@ from augment.data import ingest_stage
 from augment.expand import expand_stage
 from augment.gan_training import gan_stage
 from augment.report import report_stage
-from augment.runtime import write_text
+from augment.errors import UserError
+from augment.runtime import resolve_device, write_text
 from augment.smote import smote_stage
 from augment.synthesis import synthesize_stage
 
@@ -39,8 +40,17 @@ def default_run_dir(cfg: Config, config_path: str | Path | None) -> Path:
 
 
 def prepare_run_dir(cfg: Config, run_dir: Path) -> Path:
-    """Create the run directory and freeze the resolved config in it."""
+    """Check what can be checked before any work, create the run directory, freeze the config in it."""
     run_dir = Path(run_dir)
+    resolve_device(cfg.device)  # 'cuda' without CUDA fails now, not after an hour of CPU work
+    if cfg.data.path is not None:
+        data_root = Path(cfg.data.path).resolve()
+        data_root = data_root if data_root.is_dir() else data_root.parent
+        if run_dir.resolve().is_relative_to(data_root):
+            raise UserError(f"run directory {run_dir} is inside the input dataset {data_root}; "
+                            "the input is never written to: choose another --run-dir or run_root")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} exists and is not a folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", dump_config(cfg))
     return run_dir

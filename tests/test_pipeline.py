@@ -105,3 +105,26 @@ def test_folder_input_is_never_written(tmp_path):
     run_pipeline(cfg, tmp_path / "run")
     assert tree_state(root) == before
     assert ImageFolder(tmp_path / "run" / "expanded").classes == ["a", "b"]
+
+
+def test_run_dir_inside_the_input_is_refused(tmp_path):
+    from augment.errors import UserError
+    from augment.pipeline import prepare_run_dir
+
+    root = write_image_folder(tmp_path / "in", {"a": 6, "b": 6})
+    cfg = load_config(SMOKE, ["data.source=folder", f"data.path={root}"])
+    with pytest.raises(UserError, match="inside the input dataset"):
+        prepare_run_dir(cfg, root / "runs" / "x")
+    assert not (root / "runs").exists()
+
+
+def test_cuda_without_cuda_fails_before_any_work(tmp_path, monkeypatch):
+    import torch
+
+    from augment.errors import UserError
+    from augment.pipeline import prepare_run_dir
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="config key 'device' is 'cuda'"):
+        prepare_run_dir(load_config(SMOKE, ["device=cuda"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
