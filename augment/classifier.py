@@ -42,13 +42,33 @@ def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.T
     return t.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
+def trivial_augment(batch: torch.Tensor, seed: int) -> torch.Tensor:
+    """torchvision's TrivialAugmentWide on uint8 (B, C, H, W), one draw per image, from an explicit seed.
+
+    torchvision draws from torch's global RNG; fork_rng confines that draw to this call.
+    """
+    from torchvision.transforms import v2
+
+    ta = v2.TrivialAugmentWide()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torch.stack([ta(image) for image in batch])
+
+
 def train_classifier(
     x: np.ndarray, y: np.ndarray, n_classes: int, *, steps: int, batch_size: int = 64, lr: float = 1e-3,
-    width: int = 32, seed: int = 0, device: torch.device | str = "cpu",
+    width: int = 32, seed: int = 0, device: torch.device | str = "cpu", augment: str | None = None,
+    balanced: bool = False,
 ) -> SmallCNN:
-    """Train SmallCNN on uint8 images for exactly `steps` Adam steps; seed fixes init and data order."""
+    """Train SmallCNN on uint8 images for exactly `steps` Adam steps; seed fixes init and data order.
+
+    augment="trivialaugment" applies TrivialAugmentWide on the fly; balanced=True draws every
+    class equally often (random over-sampling without new images).
+    """
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need matching, non-empty x and y, got {len(x)} and {len(y)}")
+    if augment not in (None, "trivialaugment"):
+        raise ValueError(f"unknown on-the-fly augmentation {augment!r}")
     gen = torch.Generator().manual_seed(seed % 2**63)
     model = SmallCNN(x.shape[3], n_classes, width)
     with torch.no_grad():  # re-init every weight from the seed: construction drew from the global RNG
@@ -58,13 +78,22 @@ def train_classifier(
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
     model.to(device).train()
-    data = to_tensor(x, device)
-    target = torch.from_numpy(y).long().to(device)
+    images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)  # uint8 (N, C, H, W), CPU
+    target = torch.from_numpy(y).long()
+    weights = (1.0 / torch.bincount(target, minlength=n_classes).clamp(min=1).float())[target] if balanced else None
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    b = min(batch_size, len(images))
     for _ in range(steps):
-        idx = torch.randint(len(data), (min(batch_size, len(data)),), generator=gen).to(device)
-        loss = F.cross_entropy(model(data[idx]), target[idx])
+        if weights is not None:
+            idx = torch.multinomial(weights, b, replacement=True, generator=gen)
+        else:
+            idx = torch.randint(len(images), (b,), generator=gen)
+        batch = images[idx]
+        if augment is not None:
+            batch = trivial_augment(batch, int(torch.randint(2**62, (1,), generator=gen)))
+        inputs = batch.to(device).float().div_(127.5).sub_(1.0)
+        loss = F.cross_entropy(model(inputs), target[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -12,7 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from augment.errors import UserError
 
-ARMS = ("real", "real+classical", "real+smote", "real+gan", "real+classical+gan")
+ARMS = (
+    "real", "real+classical", "real+trivialaugment", "real+balanced",  # baselines: no generated images
+    "real+smote", "real+gan", "real+classical+gan",  # synthetic arms: candidates to recommend
+    "synthetic_only",  # classification accuracy score of the GAN's kept samples (a diagnostic)
+)
 
 
 class _Section(BaseModel):
@@ -90,7 +94,7 @@ class GateConfig(_Section):
 
 
 class BenchmarkConfig(_Section):
-    seeds: int = Field(default=3, ge=1)
+    seeds: int = Field(default=5, ge=1)
     arms: list[str] = Field(default_factory=lambda: list(ARMS))
     steps: int = Field(default=400, ge=1)
     batch_size: int = Field(default=64, ge=2)

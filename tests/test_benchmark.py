@@ -17,14 +17,29 @@ def test_mean_ci_matches_the_t_interval():
 
 
 def test_paired_gain():
-    g = paired_gain(np.array([0.80, 0.82, 0.85]), np.array([0.70, 0.71, 0.74]))
-    assert g["gain"] == pytest.approx(0.1066666, abs=1e-6) and g["p_value"] < 0.01 and g["ci_low"] > 0
+    arm, base = np.array([0.80, 0.82, 0.85, 0.81, 0.84]), np.array([0.70, 0.71, 0.74, 0.73, 0.72])
+    g = paired_gain(arm, base)
+    diff = arm - base  # 0.10, 0.11, 0.11, 0.08, 0.12
+    assert g["gain"] == pytest.approx(diff.mean())
+    assert g["p_value"] == pytest.approx(stats_t_p(diff))
+    assert g["wilcoxon_p"] == pytest.approx(0.0625)  # the floor for 5 pairs, two-sided
+    assert diff.min() <= g["boot_low"] < g["gain"] < g["boot_high"] <= diff.max()
     assert paired_gain(np.array([0.5, 0.6]), np.array([0.5, 0.6]))["p_value"] == 1.0
+    assert math.isnan(paired_gain(np.array([0.5]), np.array([0.4]))["p_value"])
+
+
+def stats_t_p(diff):
+    t = diff.mean() / (diff.std(ddof=1) / math.sqrt(len(diff)))
+    from scipy.stats import t as student
+
+    return 2 * student.sf(abs(t), len(diff) - 1)
 
 
 def test_score():
-    s = score(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0]))
+    s = score(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0]), ["a", "b"])
     assert s["accuracy"] == 0.75 and s["balanced_accuracy"] == 0.5
+    assert s["recall[a]"] == 1.0 and s["recall[b]"] == 0.0
+    assert s["geometric_mean"] == 0.0  # a class never recognised zeroes the geometric mean
 
 
 def results(values: dict[tuple[str, str], list[float]]) -> pd.DataFrame:
@@ -44,6 +59,7 @@ def test_recommendation_is_chosen_on_val_not_test():
     })
     s = summarise(table, ["real", "real+classical", "real+gan"])
     rec = s["recommendation"]
+    assert set(s["gains"]) == {"real+classical vs real", "real+gan vs real", "real+gan vs real+classical"}
     assert rec["arm"] == "real+classical" and rec["chosen_on"] == "val"
     assert not rec["synthetic_helps_on_val"]
     assert s["gains"]["real+gan vs real"]["test"]["gain"] == pytest.approx(0.21)
@@ -62,3 +78,25 @@ def test_verdict_reports_a_synthetic_gain_with_its_interval():
     assert s["recommendation"]["arm"] == "real+gan" and s["recommendation"]["synthetic_helps_on_val"]
     text = verdict(s)
     assert "from 71.0% to 81.7%" in text and "+10.7 points" in text and "a significant gain" in text
+
+
+def test_trivialaugment_is_a_baseline_a_synthetic_arm_must_beat():
+    table = results({
+        ("real", "val"): [0.70, 0.71, 0.72], ("real", "test"): [0.70, 0.71, 0.72],
+        ("real+trivialaugment", "val"): [0.90, 0.91, 0.92], ("real+trivialaugment", "test"): [0.88, 0.89, 0.90],
+        ("real+gan", "val"): [0.80, 0.81, 0.83], ("real+gan", "test"): [0.80, 0.82, 0.83],
+        ("synthetic_only", "val"): [0.95, 0.96, 0.97], ("synthetic_only", "test"): [0.95, 0.96, 0.97],
+    })
+    s = summarise(table, ["real", "real+trivialaugment", "real+gan", "synthetic_only"])
+    rec = s["recommendation"]
+    assert rec["arm"] == "real+trivialaugment" and rec["best_synthetic"] == "real+gan"
+    assert not rec["synthetic_helps_on_val"]  # synthetic_only is a diagnostic, never a candidate
+
+
+def test_a_tiny_unsupported_val_gain_is_not_enough():
+    table = results({
+        ("real", "val"): [0.70, 0.75, 0.72], ("real", "test"): [0.70, 0.71, 0.72],
+        ("real+gan", "val"): [0.71, 0.74, 0.73], ("real+gan", "test"): [0.90, 0.91, 0.92],
+    })
+    rec = summarise(table, ["real", "real+gan"])["recommendation"]
+    assert rec["arm"] == "real" and rec["synthetic_val_gain_over_best_baseline"]["gain"] > 0

@@ -8,7 +8,7 @@ import pytest
 from torchvision.datasets import ImageFolder
 
 from augment import manifest
-from augment.benchmark import ARM_SOURCES
+from augment.benchmark import ARMS, ids_digest
 from augment.config import load_config
 from augment.data import load_split
 from augment.pipeline import run_pipeline
@@ -61,12 +61,17 @@ def test_no_synthetic_row_in_val_or_test(smoke_run):
 
 
 def test_test_split_is_identical_across_arms(smoke_run):
-    _, run_dir, _ = smoke_run
-    test_ids = {tuple(load_split(run_dir, "test", sources)[2]["id"]) for sources in ARM_SOURCES.values()}
-    assert len(test_ids) == 1
+    """Every arm is scored on the real val/test images ingest split off, and on nothing else."""
+    _, run_dir, info = smoke_run
+    summary = json.loads((run_dir / "benchmark" / "summary.json").read_text())
+    frame = manifest.read(run_dir)
+    for split in ("val", "test"):
+        ids = frame.loc[frame["split"] == split, "id"]
+        assert summary["held_out"][split] == {"images": len(ids), "ids_sha256": ids_digest(ids)}
+        assert len(ids) == sum(info["ingest"]["counts"][split].values())
     results = pd.read_parquet(run_dir / "benchmark" / "results.parquet")
     per_arm = results[results["split"] == "test"].groupby("arm")["seed"].nunique()
-    assert (per_arm == 3).all()
+    assert set(per_arm.index) == set(ARMS) and (per_arm == 3).all()
 
 
 def test_expanded_loads_with_imagefolder(smoke_run):
