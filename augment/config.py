@@ -24,19 +24,25 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    source: Literal["digits", "folder", "csv"] = "digits"
+    source: Literal["digits", "folder", "csv", "idx"] = "digits"
     path: Path | None = None
     channels: Literal[1, 3] = 1
     image_size: int | None = Field(default=None, ge=4, le=1024)
     per_class: int | None = Field(default=None, ge=1)
     imbalance_ratio: float = Field(default=1.0, ge=1.0)
+    class_counts: dict[str, int] | None = None
     val_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
     test_fraction: float = Field(default=0.3, gt=0.0, lt=0.9)
     min_per_class: int = Field(default=5, ge=3)
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
-        if self.source in ("folder", "csv") and self.path is None:
+        if self.class_counts is not None:
+            if self.per_class is not None:
+                raise ValueError("set data.per_class or data.class_counts, not both")
+            if any(n < 1 for n in self.class_counts.values()):
+                raise ValueError("data.class_counts: every count must be at least 1")
+        if self.source in ("folder", "csv", "idx") and self.path is None:
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
         if self.imbalance_ratio > 1.0 and self.per_class is None:
             raise ValueError("data.imbalance_ratio needs data.per_class (the majority class's count)")

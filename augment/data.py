@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,6 +118,51 @@ def read_csv(csv_path: Path, channels: int = 1) -> RawDataset:
     return data
 
 
+def _read_idx_array(path: Path) -> np.ndarray:
+    """One IDX file (optionally gzipped) of unsigned bytes -> array of its declared shape."""
+    try:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise UserError(f"{path}: not a readable IDX file ({exc})") from None
+    if len(raw) < 4 or raw[:2] != b"\0\0":
+        raise UserError(f"{path}: not an IDX file (bad magic number)")
+    if raw[2] != 0x08:
+        raise UserError(f"{path}: IDX type 0x{raw[2]:02x} is not supported (only unsigned bytes, 0x08)")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise UserError(f"{path}: IDX header declares {dims} ({int(np.prod(dims))} bytes), file holds {data.size}")
+    return data.reshape(dims)
+
+
+def read_idx(path: Path, channels: int = 1) -> RawDataset:
+    """MNIST-style IDX: a folder holding one *images-idx3-ubyte[.gz] and one *labels-idx1-ubyte[.gz]
+    file, or the images file itself (its labels file is found by name)."""
+    path = Path(path)
+    if path.is_dir():
+        found = {kind: sorted(path.glob(f"*{kind}-idx{n}-ubyte*")) for kind, n in (("images", 3), ("labels", 1))}
+        for kind, files in found.items():
+            if len(files) != 1:
+                raise UserError(f"{path}: expected one *{kind}-idx file, found {len(files)}")
+        images_path, labels_path = found["images"][0], found["labels"][0]
+    elif path.is_file():
+        images_path = path
+        labels_path = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
+        if labels_path == path or not labels_path.is_file():
+            raise UserError(f"{path}: no labels file beside it (expected {labels_path.name})")
+    else:
+        raise UserError(f"{path}: data.path does not exist")
+    images, labels = _read_idx_array(images_path), _read_idx_array(labels_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise UserError(f"{images_path}: {images.shape} images do not match {labels_path.name}'s {labels.shape} labels")
+    images = images[:, :, :, None]
+    if channels == 3:
+        images = np.repeat(images, 3, axis=3)
+    return RawDataset(list(images), [str(int(t)) for t in labels], [f"{images_path}[{i}]" for i in range(len(images))])
+
+
 def read_source(cfg: DataConfig) -> RawDataset:
     if cfg.source == "digits":
         data = read_digits(cfg.channels)
@@ -123,6 +170,8 @@ def read_source(cfg: DataConfig) -> RawDataset:
         data = read_folder(cfg.path, cfg.channels)
     elif cfg.source == "csv":
         data = read_csv(cfg.path, cfg.channels)
+    elif cfg.source == "idx":
+        data = read_idx(cfg.path, cfg.channels)
     else:  # the config model only admits the sources above
         raise AssertionError(cfg.source)
     where = cfg.path or cfg.source
@@ -166,14 +215,13 @@ def scarce_counts(classes: list[str], per_class: int, imbalance_ratio: float) ->
     return out
 
 
-def simulate_scarcity(labels, split: np.ndarray, per_class: int, imbalance_ratio: float, seed: int) -> np.ndarray:
-    """Keep a seeded subset of each class's train images; returns a boolean keep-mask."""
+def simulate_scarcity(labels, split: np.ndarray, counts: dict[str, int], seed: int) -> np.ndarray:
+    """Keep a seeded subset of counts[class] train images per class; returns a boolean keep-mask."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     keep = split != "train"
-    classes = sorted(set(labels.tolist()))
     short = []
-    for label, n in scarce_counts(classes, per_class, imbalance_ratio).items():
+    for label, n in counts.items():
         train_idx = np.flatnonzero((labels == label) & (split == "train"))
         if len(train_idx) < n:
             short.append(f"{label!r} ({len(train_idx)} < {n})")
@@ -216,8 +264,20 @@ def ingest_stage(cfg: Config, run_dir: Path) -> dict:
         split_seed = derive_seed(cfg.seed, "split")
         split = split_indices(raw.labels, d.val_fraction, d.test_fraction, split_seed)
         keep = np.ones(len(raw.labels), bool)
-        if d.per_class is not None:
-            keep = simulate_scarcity(raw.labels, split, d.per_class, d.imbalance_ratio, derive_seed(cfg.seed, "scarcity"))
+        classes = sorted(set(raw.labels))
+        counts = None
+        if d.class_counts is not None:
+            unknown = sorted(set(d.class_counts) - set(classes))
+            if unknown:
+                raise UserError(f"data.class_counts names class(es) {unknown} not found in {where}")
+            counts = {c: d.class_counts.get(c, 0) for c in classes}
+            missing = [c for c, n in counts.items() if n == 0]
+            if missing:
+                raise UserError(f"data.class_counts has no count for class(es) {missing}")
+        elif d.per_class is not None:
+            counts = scarce_counts(classes, d.per_class, d.imbalance_ratio)
+        if counts is not None:
+            keep = simulate_scarcity(raw.labels, split, counts, derive_seed(cfg.seed, "scarcity"))
         rows = []
         for i in np.flatnonzero(keep):
             image, label = raw.images[i], raw.labels[i]

@@ -91,10 +91,28 @@ def _arm_table(summary: dict) -> str:
 
 
 def _gain_table(summary: dict) -> str:
-    lines = ["| comparison | test gain (points) [95% CI] | p (paired t) | val gain (points) |", "|---|---:|---:|---:|"]
+    lines = [
+        "| comparison | test gain (points) [95% t CI] | bootstrap 95% CI | p (paired t) | p (Wilcoxon) | val gain (points) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name, g in summary["gains"].items():
         t, v = g["test"], g["val"]
-        lines.append(f"| {name} | {_pts(t['gain'])} [{_pts(t['ci_low'])}, {_pts(t['ci_high'])}] | {_p(t['p_value'])} | {_pts(v['gain'])} |")
+        lines.append(
+            f"| {name} | {_pts(t['gain'])} [{_pts(t['ci_low'])}, {_pts(t['ci_high'])}] "
+            f"| [{_pts(t['boot_low'])}, {_pts(t['boot_high'])}] | {_p(t['p_value'])} | {_p(t['wilcoxon_p'])} "
+            f"| {_pts(v['gain'])} |"
+        )
+    return "\n".join(lines)
+
+
+def _recall_table(summary: dict) -> str:
+    """Per-class test recall per arm, the classes real images alone recognise worst first."""
+    arms = summary["arms"]
+    real = arms["real"]["test"]
+    classes = sorted((m[len("recall["):-1] for m in real if m.startswith("recall[")), key=lambda c: real[f"recall[{c}]"]["mean"])
+    lines = ["| class | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
+    for c in classes:
+        lines.append(f"| {c} | " + " | ".join(_pct(arms[a]["test"][f"recall[{c}]"]["mean"]) for a in arms) + " |")
     return "\n".join(lines)
 
 
@@ -154,6 +172,10 @@ The recommended arm is chosen on val ({summary['primary_metric'].replace('_', ' 
 ## Gains ({_NAMES[summary['primary_metric']]}, paired over seeds)
 
 {_gain_table(summary)}
+
+## Per-class recall on test (where a gain comes from; weakest classes first)
+
+{_recall_table(summary)}
 
 ## Data
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,7 +8,8 @@ from PIL import Image
 from augment import manifest
 from augment.config import load_config
 from augment.data import (
-    ingest_info, ingest_stage, read_csv, read_digits, read_folder, scarce_counts, simulate_scarcity, split_indices,
+    ingest_info, ingest_stage, read_csv, read_digits, read_folder, read_idx, scarce_counts, simulate_scarcity,
+    split_indices,
 )
 from augment.errors import UserError
 from conftest import tree_state, write_image_folder
@@ -129,7 +132,7 @@ def test_scarce_counts_follow_the_imbalance_ratio():
 def test_scarcity_only_touches_train():
     labels = np.array([str(i % 3) for i in range(300)])
     split = split_indices(labels, 0.2, 0.3, seed=0)
-    keep = simulate_scarcity(labels, split, per_class=5, imbalance_ratio=5.0, seed=0)
+    keep = simulate_scarcity(labels, split, scarce_counts(["0", "1", "2"], 5, 5.0), seed=0)
     assert keep[split != "train"].all()
     kept_train = pd.Series(labels[keep & (split == "train")]).value_counts().to_dict()
     assert kept_train == {"0": 5, "1": 2, "2": 1}
@@ -143,3 +146,60 @@ def test_digits_ingest_scarce_val_test_identical_to_full(tmp_path):
     for split in ("val", "test"):
         assert sorted(a[a["split"] == split]["id"]) == sorted(b[b["split"] == split]["id"])
     assert (a[a["split"] == "train"].groupby("label").size() == 5).all()
+
+
+def write_idx(path, array: np.ndarray, gz: bool = True):
+    import gzip
+    import struct
+
+    header = b"\0\0\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def test_idx_source_from_a_folder_or_the_images_file(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 5, 4), dtype=np.uint8)
+    labels = np.arange(12) % 3
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels)
+    for path in (tmp_path, tmp_path / "t10k-images-idx3-ubyte.gz"):
+        data = read_idx(path)
+        assert np.array_equal(np.stack(data.images)[:, :, :, 0], images)
+        assert data.labels == [str(v) for v in labels]
+    assert read_idx(tmp_path, channels=3).images[0].shape == (5, 4, 3)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:-3], "file holds"),
+    (lambda b: b"\1\1" + b[2:], "bad magic number"),
+    (lambda b: b[:2] + b"\x0d" + b[3:], "IDX type 0x0d is not supported"),
+])
+def test_idx_damage_is_named(tmp_path, damage, message):
+    labels = write_idx(tmp_path / "x-labels-idx1-ubyte", np.zeros(4), gz=False)
+    images = tmp_path / "x-images-idx3-ubyte"
+    write_idx(images, np.zeros((4, 3, 3)), gz=False)
+    images.write_bytes(damage(images.read_bytes()))
+    with pytest.raises(UserError, match=message):
+        read_idx(images)
+    assert labels.is_file()
+
+
+def test_shared_mnist_reads_when_present():
+    mnist = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+    if not mnist.is_dir():
+        pytest.skip("../shared/data/mnist is not on this machine")
+    data = read_idx(mnist)
+    assert len(data.images) == 10000 and data.images[0].shape == (28, 28, 1)
+    assert pd.Series(data.labels).value_counts()["1"] == 1135
+
+
+def test_class_counts_make_an_exact_imbalance(tmp_path):
+    cfg = load_config(None, ["data.class_counts={'0': 12, '1': 3, '2': 3, '3': 3, '4': 3, '5': 3, '6': 3, '7': 3, '8': 3, '9': 2}"])
+    ingest_stage(cfg, tmp_path / "run")
+    frame = manifest.read(tmp_path / "run")
+    train = frame[frame["split"] == "train"].groupby("label").size().to_dict()
+    assert train == {"0": 12, **{str(i): 3 for i in range(1, 9)}, "9": 2}
+    with pytest.raises(UserError, match=r"data.class_counts names class\(es\) \['x'\]"):
+        ingest_stage(load_config(None, ["data.class_counts={x: 3}"]), tmp_path / "run2")

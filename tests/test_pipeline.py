@@ -90,7 +90,7 @@ def test_report_states_the_verdict_and_table(smoke_run):
     md = (run_dir / "report" / "report.md").read_text()
     assert info["report"]["verdict"] in md
     assert "| real |" in md or "| real (recommended) |" in md
-    assert "## Data" in md and "```yaml" in md
+    assert "## Data" in md and "```yaml" in md and "## Per-class recall" in md
 
 
 def test_rerun_resumes_and_a_changed_section_reruns_only_downstream(smoke_run, tmp_path):
