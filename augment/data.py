@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import struct
@@ -17,7 +18,7 @@ from sklearn.model_selection import train_test_split
 from augment import manifest
 from augment.config import Config, DataConfig
 from augment.errors import UserError
-from augment.runtime import derive_seed, run_stage, stage_fingerprint
+from augment.runtime import combine, derive_seed, run_stage, stage_fingerprint
 
 log = logging.getLogger("augment")
 
@@ -245,11 +246,48 @@ def working_size(images: list[np.ndarray], image_size: int | None, where: str) -
     return next(iter(sizes))
 
 
+def train_counts(d: DataConfig, classes: list[str], where: str) -> dict[str, int] | None:
+    """Train images to keep per class (scarcity simulation), or None to keep all."""
+    if d.class_counts is not None:
+        unknown = sorted(set(d.class_counts) - set(classes))
+        if unknown:
+            raise UserError(f"data.class_counts names class(es) {unknown} not found in {where}")
+        missing = sorted(set(classes) - set(d.class_counts))
+        if missing:
+            raise UserError(f"data.class_counts has no count for class(es) {missing}")
+        return {c: d.class_counts[c] for c in classes}
+    if d.per_class is not None:
+        return scarce_counts(classes, d.per_class, d.imbalance_ratio)
+    return None
+
+
 # --------------------------------------------------------------------------- stage
 
 
+def input_signature(d: DataConfig) -> str:
+    """Names, sizes and modification times of the input files: a changed input re-runs ingest."""
+    if d.source == "digits":
+        return "sklearn-digits"
+    root = Path(d.path)
+    if d.source == "csv" and root.is_file():
+        try:
+            rels = pd.read_csv(root, dtype=str, keep_default_na=False).get("path", pd.Series(dtype=str))
+        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
+            rels = pd.Series(dtype=str)
+        files = [root, *((root.parent / r) for r in rels)]
+    elif root.is_dir():
+        files = sorted(f for f in root.rglob("*") if f.is_file())
+    else:
+        files = [root, *root.parent.glob("*labels-idx1-ubyte*")] if d.source == "idx" else [root]
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat() if f.exists() else None
+        h.update(f"{f}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def ingest_fingerprint(cfg: Config) -> str:
-    return cfg.section_hash("seed", "data")
+    return combine(cfg.section_hash("seed", "data"), input_signature(cfg.data))
 
 
 def ingest_stage(cfg: Config, run_dir: Path) -> dict:
@@ -264,18 +302,7 @@ def ingest_stage(cfg: Config, run_dir: Path) -> dict:
         split_seed = derive_seed(cfg.seed, "split")
         split = split_indices(raw.labels, d.val_fraction, d.test_fraction, split_seed)
         keep = np.ones(len(raw.labels), bool)
-        classes = sorted(set(raw.labels))
-        counts = None
-        if d.class_counts is not None:
-            unknown = sorted(set(d.class_counts) - set(classes))
-            if unknown:
-                raise UserError(f"data.class_counts names class(es) {unknown} not found in {where}")
-            counts = {c: d.class_counts.get(c, 0) for c in classes}
-            missing = [c for c, n in counts.items() if n == 0]
-            if missing:
-                raise UserError(f"data.class_counts has no count for class(es) {missing}")
-        elif d.per_class is not None:
-            counts = scarce_counts(classes, d.per_class, d.imbalance_ratio)
+        counts = train_counts(d, sorted(set(raw.labels)), where)
         if counts is not None:
             keep = simulate_scarcity(raw.labels, split, counts, derive_seed(cfg.seed, "scarcity"))
         rows = []

@@ -133,3 +133,15 @@ def test_cuda_without_cuda_fails_before_any_work(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="config key 'device' is 'cuda'"):
         prepare_run_dir(load_config(SMOKE, ["device=cuda"]), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_adding_an_image_to_the_input_reruns_ingest(tmp_path):
+    from augment.data import ingest_stage
+
+    root = write_image_folder(tmp_path / "in", {"a": 6, "b": 6}, size=(8, 8))
+    cfg = load_config(SMOKE, ["data.source=folder", f"data.path={root}", "data.per_class=null"])
+    assert not ingest_stage(cfg, tmp_path / "run")["skipped"]
+    assert ingest_stage(cfg, tmp_path / "run")["skipped"]
+    write_image_folder(root, {"a": 7}, size=(8, 8), seed=1)  # one more image in class a (006.png)
+    assert not ingest_stage(cfg, tmp_path / "run")["skipped"]
+    assert len(manifest.read(tmp_path / "run")) == 13
