@@ -183,9 +183,8 @@ def benchmark_stage(cfg: Config, run_dir: Path) -> dict:
             train_images[arm] = len(x)
             for s in range(b.seeds):
                 # the same seed for every arm: paired runs share initialisation
-                model = train_classifier(x, y, k, steps=b.steps, batch_size=b.batch_size, lr=b.lr, width=b.width,
-                                         seed=derive_seed(cfg.seed, "benchmark", s), device=device,
-                                         augment=spec.augment, balanced=spec.balanced)
+                model = train_classifier(x, y, k, **b.trainer_kwargs(), seed=derive_seed(cfg.seed, "benchmark", s),
+                                         device=device, augment=spec.augment, balanced=spec.balanced)
                 for split, (xs, ys) in held_out.items():
                     for metric, value in score(ys, predict_proba(model, xs).argmax(1), info["classes"]).items():
                         records.append(dict(arm=arm, seed=s, split=split, metric=metric, value=float(value)))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from augment.errors import UserError
 
 
 class SmallCNN(nn.Module):
@@ -36,6 +40,74 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+class Backbone(nn.Module):
+    """A torchvision classifier fine-tuned from weights on disk; grey images are repeated to RGB,
+    resized to `input_size` and normalised as the ImageNet-trained weights expect."""
+
+    def __init__(self, net: nn.Module, input_size: int):
+        super().__init__()
+        self.net, self.input_size = net, input_size
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x + 1.0) / 2.0  # [-1, 1] -> [0, 1]
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        return self.net((x - self.mean) / self.std)
+
+
+def pretrained_weights_path(name: str, weights: str | Path | None) -> Path:
+    """Where the backbone's weights are on disk: the configured file, else torch's hub cache. Never downloads."""
+    import torchvision
+
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise UserError(f"config key 'benchmark.weights': {path} not found")
+        return path
+    url = torchvision.models.get_model_weights(name).DEFAULT.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    if not path.is_file():
+        raise UserError(
+            f"config key 'benchmark.classifier': no {name} weights on disk (looked for {path}); nothing is "
+            "downloaded at run time: put the file there or set benchmark.weights to its path"
+        )
+    return path
+
+
+def build_backbone(name: str, n_classes: int, weights: str | Path | None, input_size: int, gen: torch.Generator) -> Backbone:
+    """torchvision model `name` with weights from disk and a new, seeded linear head for n_classes."""
+    import torchvision
+
+    net = torchvision.models.get_model(name, weights=None)
+    path = pretrained_weights_path(name, weights)
+    try:
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, KeyError, EOFError, OSError) as exc:  # wrong architecture or not a checkpoint
+        raise UserError(f"{path}: not {name} weights ({str(exc).splitlines()[0]})") from None
+    parent_name, _, attr = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)][-1].rpartition(".")
+    parent = net.get_submodule(parent_name) if parent_name else net
+    old = getattr(parent, attr)
+    head = nn.Linear(old.in_features, n_classes)
+    nn.init.normal_(head.weight, 0.0, 0.01, generator=gen)
+    nn.init.zeros_(head.bias)
+    setattr(parent, attr, head)
+    return Backbone(net, input_size)
+
+
+def _small_cnn(in_channels: int, n_classes: int, width: int, gen: torch.Generator) -> SmallCNN:
+    model = SmallCNN(in_channels, n_classes, width)
+    with torch.no_grad():  # re-init every weight from the seed: construction drew from the global RNG
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_uniform_(m.weight, a=5**0.5, generator=gen)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+    return model
+
+
 def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(images)).to(device)
@@ -58,30 +130,28 @@ def trivial_augment(batch: torch.Tensor, seed: int) -> torch.Tensor:
 def train_classifier(
     x: np.ndarray, y: np.ndarray, n_classes: int, *, steps: int, batch_size: int = 64, lr: float = 1e-3,
     width: int = 32, seed: int = 0, device: torch.device | str = "cpu", augment: str | None = None,
-    balanced: bool = False,
-) -> SmallCNN:
+    balanced: bool = False, model: str = "cnn", weights: str | Path | None = None, input_size: int = 64,
+) -> nn.Module:
     """Train SmallCNN on uint8 images for exactly `steps` Adam steps; seed fixes init and data order.
 
     augment="trivialaugment" applies TrivialAugmentWide on the fly; balanced=True draws every
-    class equally often (random over-sampling without new images).
+    class equally often (random over-sampling without new images). model="cnn" trains SmallCNN
+    from scratch; any other torchvision model name is fine-tuned from weights on disk.
     """
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need matching, non-empty x and y, got {len(x)} and {len(y)}")
     if augment not in (None, "trivialaugment"):
         raise ValueError(f"unknown on-the-fly augmentation {augment!r}")
     gen = torch.Generator().manual_seed(seed % 2**63)
-    model = SmallCNN(x.shape[3], n_classes, width)
-    with torch.no_grad():  # re-init every weight from the seed: construction drew from the global RNG
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_uniform_(m.weight, a=5**0.5, generator=gen)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-    model.to(device).train()
+    if model == "cnn":
+        net = _small_cnn(x.shape[3], n_classes, width, gen)
+    else:
+        net = build_backbone(model, n_classes, weights, input_size, gen)
+    net.to(device).train()
     images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)  # uint8 (N, C, H, W), CPU
     target = torch.from_numpy(y).long()
     weights = (1.0 / torch.bincount(target, minlength=n_classes).clamp(min=1).float())[target] if balanced else None
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     b = min(batch_size, len(images))
     for _ in range(steps):
@@ -93,18 +163,22 @@ def train_classifier(
         if augment is not None:
             batch = trivial_augment(batch, int(torch.randint(2**62, (1,), generator=gen)))
         inputs = batch.to(device).float().div_(127.5).sub_(1.0)
-        loss = F.cross_entropy(model(inputs), target[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        step_seed = int(torch.randint(2**62, (1,), generator=gen))
+        # Backbones may hold dropout, which draws from torch's global RNG: confine it, seeded.
+        with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
+            torch.manual_seed(step_seed)
+            loss = F.cross_entropy(net(inputs), target[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
         sched.step()
-    return model.eval()
+    return net.eval()
 
 
 @torch.no_grad()
-def predict_proba(model: SmallCNN, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Class probabilities (N, K) for uint8 images."""
+def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities (N, K) for uint8 images (N >= 1)."""
     device = next(model.parameters()).device
     model.eval()
     out = [torch.softmax(model(to_tensor(x[i : i + batch_size], device)), dim=1).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, model.head.out_features))
+    return torch.cat(out).float().numpy()

@@ -106,6 +106,24 @@ class BenchmarkConfig(_Section):
     batch_size: int = Field(default=64, ge=2)
     lr: float = Field(default=1e-3, gt=0)
     width: int = Field(default=32, ge=4)
+    classifier: str = "cnn"
+    weights: Path | None = None
+    input_size: int = Field(default=64, ge=16, le=512)
+
+    @field_validator("classifier")
+    @classmethod
+    def _known_classifier(cls, name: str) -> str:
+        if name != "cnn":
+            import torchvision
+
+            if name not in torchvision.models.list_models(module=torchvision.models):
+                raise ValueError(f"{name!r} is neither 'cnn' nor a torchvision classification model")
+        return name
+
+    def trainer_kwargs(self) -> dict:
+        """The classifier settings every arm (and the quality gate's judge) trains with."""
+        return dict(steps=self.steps, batch_size=self.batch_size, lr=self.lr, width=self.width,
+                    model=self.classifier, weights=self.weights, input_size=self.input_size)
 
     @field_validator("arms")
     @classmethod

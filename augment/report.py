@@ -36,6 +36,12 @@ def _p(p: float) -> str:
     return "n/a" if math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
 
 
+def _grown(n_images: dict, arm: str) -> str:
+    """' (N training images from M real)' when the arm adds images, else nothing."""
+    n, real = n_images[arm], n_images["real"]
+    return f" ({n} training images from {real} real)" if n != real else ""
+
+
 def verdict(summary: dict, run_dir: Path | None = None) -> str:
     """One plain paragraph: what was expanded, by how much, the measured gain and whether it is significant."""
     rec = summary["recommendation"]
@@ -54,7 +60,7 @@ def verdict(summary: dict, run_dir: Path | None = None) -> str:
         if arm != "real":
             g = rec["test_gain_over_real"]
             lead += (
-                f"'{arm}' ({n_images[arm]} training images from {n_images['real']} real) scored {metric} "
+                f"'{arm}'{_grown(n_images, arm)} scored {metric} "
                 f"{_pct(test[arm]['test'][PRIMARY]['mean'])} on the real test split against {_pct(real_test)} for "
                 f"real images alone ({_pts(g['gain'])} points, 95% CI [{_pts(g['ci_low'])}, {_pts(g['ci_high'])}], "
                 f"paired t-test p={_p(g['p_value'])}, {seeds} seeds)."

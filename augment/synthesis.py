@@ -44,9 +44,8 @@ def synthesize_stage(cfg: Config, run_dir: Path) -> dict:
         device = resolve_device(cfg.device)
         # The gate's judge: the benchmark's classifier trained on real train (+ classical) images.
         x, y, _ = load_split(run_dir, "train", sources=("real", "classical"))
-        b = cfg.benchmark
-        judge = train_classifier(x, y, len(classes), steps=b.steps, batch_size=b.batch_size, lr=b.lr,
-                                 width=b.width, seed=derive_seed(cfg.seed, "gate"), device=device)
+        judge = train_classifier(x, y, len(classes), **cfg.benchmark.trainer_kwargs(),
+                                 seed=derive_seed(cfg.seed, "gate"), device=device)
         G = load_generator(run_dir / "gan", cfg.gan, len(classes), info["channels"], device, derive_seed(cfg.seed, "bn"))
         seed = derive_seed(cfg.seed, "synthesize")
         n = cfg.gan.samples_per_class
@@ -73,6 +72,6 @@ def synthesize_stage(cfg: Config, run_dir: Path) -> dict:
             "kept_fraction_per_class": {classes[c]: round(float(v), 4) for c, v in per_class.items()},
         }
 
-    judge = cfg.benchmark.model_dump(include={"steps", "batch_size", "lr", "width"})  # not seeds or arms
-    fp = combine(gan_fingerprint(cfg), classical_fingerprint(cfg), cfg.section_hash("gate", "device"), str(sorted(judge.items())))
+    judge = sorted(cfg.benchmark.trainer_kwargs().items())  # not seeds or arms
+    fp = combine(gan_fingerprint(cfg), classical_fingerprint(cfg), cfg.section_hash("gate", "device"), str(judge))
     return run_stage(run_dir, "synthesize", fp, body)

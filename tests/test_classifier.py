@@ -48,3 +48,59 @@ def test_balanced_sampling_draws_classes_equally(monkeypatch):
     seen.clear()
     train_classifier(x, y, 2, steps=60, batch_size=32, width=4, seed=0)
     assert torch.cat(seen).float().mean().item() < 0.3  # uniform over images: 6 of 30
+
+
+def save_resnet18(path):
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+BACKBONE = dict(steps=2, batch_size=4, model="resnet18", input_size=32)
+
+
+def test_backbone_fine_tunes_from_a_checkpoint_on_disk(tmp_path):
+    x, y = data()
+    weights = save_resnet18(tmp_path / "r18.pth")
+    a = predict_proba(train_classifier(x, y, 2, weights=weights, seed=1, **BACKBONE), x[:5])
+    b = predict_proba(train_classifier(x, y, 2, weights=weights, seed=1, **BACKBONE), x[:5])
+    assert a.shape == (5, 2) and np.array_equal(a, b)
+
+
+def test_backbone_weights_come_from_the_hub_cache_or_a_clear_error(tmp_path, monkeypatch):
+    import pytest
+
+    from augment.errors import UserError
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    x, y = data()
+    with pytest.raises(UserError, match=r"no resnet18 weights on disk \(looked for .*resnet18-f37072fd\.pth\)"):
+        train_classifier(x, y, 2, seed=0, **BACKBONE)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    save_resnet18(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    assert predict_proba(train_classifier(x, y, 2, seed=0, **BACKBONE), x[:2]).shape == (2, 2)
+
+
+def test_wrong_or_missing_weights_file_is_named(tmp_path):
+    import pytest
+
+    from augment.errors import UserError
+
+    x, y = data()
+    with pytest.raises(UserError, match="benchmark.weights.*nope.pth not found"):
+        train_classifier(x, y, 2, weights=tmp_path / "nope.pth", seed=0, **BACKBONE)
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="other.pth: not resnet18 weights"):
+        train_classifier(x, y, 2, weights=tmp_path / "other.pth", seed=0, **BACKBONE)
+
+
+def test_unknown_classifier_name_is_a_config_error():
+    import pytest
+
+    from augment.config import load_config
+    from augment.errors import UserError
+
+    with pytest.raises(UserError, match="config key 'benchmark.classifier'.*'resnet9000'"):
+        load_config(None, ["benchmark.classifier=resnet9000"])
+    assert load_config(None, ["benchmark.classifier=resnet18"]).benchmark.classifier == "resnet18"
