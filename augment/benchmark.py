@@ -17,6 +17,7 @@ from augment import manifest
 from augment.classifier import predict_proba, train_classifier
 from augment.config import Config
 from augment.data import ingest_info, load_split
+from augment.features import make_extractor
 from augment.runtime import atomic_path, combine, derive_seed, resolve_device, run_stage, stage_fingerprint, write_json
 
 log = logging.getLogger("augment")
@@ -159,6 +160,35 @@ def benchmark_fingerprint(cfg: Config, run_dir: Path) -> str:
     return combine(*upstream, cfg.section_hash("seed", "device", "benchmark"))
 
 
+def linear_probe(cfg: Config, run_dir: Path, arms: list[str], held_out: dict, classes: list[str]) -> list[dict]:
+    """Logistic regression in the SMOTE stage's feature space, one deterministic fit per arm.
+
+    The SMOTE arm trains on its feature rows themselves (SMOTE's native output); every other arm
+    on the same features of its images, so the comparison is fair. Arms that only change how
+    batches are drawn on the fly (TrivialAugmentWide) have no fixed rows and are left out.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x_real, _, _ = load_split(run_dir, "train")
+    # the same extractor, fitted on the same images with the same seed, as the SMOTE stage's
+    extractor = make_extractor(cfg.smote.features, cfg.smote.pca_components, derive_seed(cfg.seed, "smote")).fit(x_real)
+    records = []
+    for arm in arms:
+        spec = ARMS[arm]
+        if spec.augment:
+            continue
+        x, y, _ = load_split(run_dir, "train", tuple(s for s in spec.sources if s != "smote"))
+        feats = extractor.transform(x)
+        if "smote" in spec.sources:
+            with np.load(run_dir / "features" / "smote.npz") as rows:
+                feats, y = np.concatenate([feats, rows["x"]]), np.concatenate([y, rows["y"]])
+        clf = LogisticRegression(max_iter=1000, class_weight="balanced" if spec.balanced else None).fit(feats, y)
+        for split, (xs, ys) in held_out.items():
+            for metric, value in score(ys, clf.predict(extractor.transform(xs)), classes).items():
+                records.append(dict(arm=arm, seed=0, split=split, metric=metric, value=float(value), classifier="linear"))
+    return records
+
+
 def benchmark_stage(cfg: Config, run_dir: Path) -> dict:
     """Train the classifier per arm and seed; write benchmark/results.parquet and summary.json."""
     run_dir = Path(run_dir)
@@ -187,12 +217,20 @@ def benchmark_stage(cfg: Config, run_dir: Path) -> dict:
                                          device=device, augment=spec.augment, balanced=spec.balanced)
                 for split, (xs, ys) in held_out.items():
                     for metric, value in score(ys, predict_proba(model, xs).argmax(1), info["classes"]).items():
-                        records.append(dict(arm=arm, seed=s, split=split, metric=metric, value=float(value)))
+                        records.append(dict(arm=arm, seed=s, split=split, metric=metric, value=float(value),
+                                            classifier=b.classifier))
             log.info("benchmark: arm %s done (%d train images)", arm, len(x))
+        if b.linear_probe:
+            records += linear_probe(cfg, run_dir, arms, held_out, info["classes"])
         results = pd.DataFrame(records)
         with atomic_path(run_dir / "benchmark" / "results.parquet") as tmp:
             results.to_parquet(tmp, index=False)
-        summary = summarise(results, arms)
+        summary = summarise(results[results["classifier"] == b.classifier], arms)
+        linear = results[(results["classifier"] == "linear") & results["metric"].isin(METRICS)]
+        summary["linear_probe"] = {
+            arm: {split: dict(zip(g["metric"], g["value"])) for split, g in by_arm.groupby("split")}
+            for arm, by_arm in linear.groupby("arm", sort=False)
+        }
         summary["train_images"] = train_images
         summary["held_out"] = {s: {"images": len(rows), "ids_sha256": ids_digest(rows["id"])} for s, (_, _, rows) in loaded.items()}
         summary["skipped_arms"] = skipped

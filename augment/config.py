@@ -109,6 +109,7 @@ class BenchmarkConfig(_Section):
     classifier: str = "cnn"
     weights: Path | None = None
     input_size: int = Field(default=64, ge=16, le=512)
+    linear_probe: bool = True
 
     @field_validator("classifier")
     @classmethod

@@ -111,6 +111,17 @@ def _gain_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _linear_table(summary: dict) -> str:
+    probe = summary.get("linear_probe") or {}
+    if not probe:
+        return "The linear probe was off (benchmark.linear_probe)."
+    lines = ["| arm | test accuracy | test balanced accuracy | val balanced accuracy |", "|---|---:|---:|---:|"]
+    for arm, splits in probe.items():
+        lines.append(f"| {arm} | {_pct(splits['test']['accuracy'])} | {_pct(splits['test']['balanced_accuracy'])} "
+                     f"| {_pct(splits['val']['balanced_accuracy'])} |")
+    return "\n".join(lines)
+
+
 def _recall_table(summary: dict) -> str:
     """Per-class test recall per arm, the classes real images alone recognise worst first."""
     arms = summary["arms"]
@@ -178,6 +189,13 @@ The recommended arm is chosen on val ({summary['primary_metric'].replace('_', ' 
 ## Gains ({_NAMES[summary['primary_metric']]}, paired over seeds)
 
 {_gain_table(summary)}
+
+## Linear probe in the SMOTE feature space
+
+A logistic regression on the features SMOTE interpolated in (one deterministic fit per arm):
+the SMOTE arm trains on its own feature rows, every other arm on the same features of its images.
+
+{_linear_table(summary)}
 
 ## Per-class recall on test (where a gain comes from; weakest classes first)
 

@@ -129,3 +129,24 @@ def test_cuda_step_runs_in_bf16(tmp_path):
     x, y = toy_data()
     state = train_gan(x, y, 3, GanConfig(**TINY), seed=0, device=torch.device("cuda"), out_dir=tmp_path)
     assert next(state.G.parameters()).is_cuda
+
+
+def test_ema_warms_up_so_initial_weights_fade():
+    from torch.optim.swa_utils import AveragedModel
+
+    from augment.gan_training import ema_with_warmup
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema = AveragedModel(net, multi_avg_fn=ema_with_warmup(0.999))
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    for _ in range(1000):
+        ema.update_parameters(net)
+    # a fixed 0.999 would still hold 0.999**999 = 37% of the initial 0.0
+    assert ema.module.weight.item() > 0.99
+    upd = ema_with_warmup(0.5)
+    a, c = [torch.zeros(1)], [torch.ones(1)]
+    upd(a, c, torch.tensor(100))  # past the ramp: the configured decay
+    assert a[0].item() == 0.5

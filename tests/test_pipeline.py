@@ -70,8 +70,18 @@ def test_test_split_is_identical_across_arms(smoke_run):
         assert summary["held_out"][split] == {"images": len(ids), "ids_sha256": ids_digest(ids)}
         assert len(ids) == sum(info["ingest"]["counts"][split].values())
     results = pd.read_parquet(run_dir / "benchmark" / "results.parquet")
-    per_arm = results[results["split"] == "test"].groupby("arm")["seed"].nunique()
+    cnn = results[results["classifier"] == "cnn"]
+    per_arm = cnn[cnn["split"] == "test"].groupby("arm")["seed"].nunique()
     assert set(per_arm.index) == set(ARMS) and (per_arm == 3).all()
+
+
+def test_linear_probe_runs_in_the_smote_feature_space(smoke_run):
+    _, run_dir, _ = smoke_run
+    probe = json.loads((run_dir / "benchmark" / "summary.json").read_text())["linear_probe"]
+    assert set(probe) == set(ARMS) - {"real+trivialaugment"}  # on-the-fly augmentation has no fixed rows
+    assert 0.0 <= probe["real+smote"]["test"]["balanced_accuracy"] <= 1.0
+    results = pd.read_parquet(run_dir / "benchmark" / "results.parquet")
+    assert set(results["classifier"]) == {"cnn", "linear"}
 
 
 def test_expanded_loads_with_imagefolder(smoke_run):
