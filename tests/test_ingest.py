@@ -16,7 +16,7 @@ from conftest import tree_state, write_image_folder
 
 
 def folder_cfg(path, *extra):
-    return load_config(None, [f"data.source=folder", f"data.path={path}", "data.min_per_class=5", *extra])
+    return load_config(None, ["data.source=folder", f"data.path={path}", "data.min_per_class=5", *extra])
 
 
 def test_digits_source():

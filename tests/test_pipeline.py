@@ -10,7 +10,6 @@ from torchvision.datasets import ImageFolder
 from augment import manifest
 from augment.benchmark import ARMS, ids_digest
 from augment.config import load_config
-from augment.data import load_split
 from augment.pipeline import run_pipeline
 from conftest import SMOKE, tree_state, write_image_folder
 
