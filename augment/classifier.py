@@ -110,8 +110,12 @@ def _small_cnn(in_channels: int, n_classes: int, width: int, gen: torch.Generato
 
 def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    return t.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return scale(torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2))
+
+
+def scale(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float in [-1, 1]."""
+    return batch.float().div_(127.5).sub_(1.0)
 
 
 def trivial_augment(batch: torch.Tensor, seed: int) -> torch.Tensor:
@@ -150,19 +154,19 @@ def train_classifier(
     net.to(device).train()
     images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)  # uint8 (N, C, H, W), CPU
     target = torch.from_numpy(y).long()
-    weights = (1.0 / torch.bincount(target, minlength=n_classes).clamp(min=1).float())[target] if balanced else None
+    draw_weights = (1.0 / torch.bincount(target, minlength=n_classes).clamp(min=1).float())[target] if balanced else None
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     b = min(batch_size, len(images))
     for _ in range(steps):
-        if weights is not None:
-            idx = torch.multinomial(weights, b, replacement=True, generator=gen)
+        if draw_weights is not None:
+            idx = torch.multinomial(draw_weights, b, replacement=True, generator=gen)
         else:
             idx = torch.randint(len(images), (b,), generator=gen)
         batch = images[idx]
         if augment is not None:
             batch = trivial_augment(batch, int(torch.randint(2**62, (1,), generator=gen)))
-        inputs = batch.to(device).float().div_(127.5).sub_(1.0)
+        inputs = scale(batch.to(device))
         step_seed = int(torch.randint(2**62, (1,), generator=gen))
         # Backbones may hold dropout, which draws from torch's global RNG: confine it, seeded.
         with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
