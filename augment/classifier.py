@@ -33,9 +33,6 @@ class SmallCNN(nn.Module):
         )
         self.head = nn.Linear(2 * width, n_classes)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
@@ -180,9 +177,25 @@ def train_classifier(
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Class probabilities (N, K) for uint8 images (N >= 1)."""
+def predict(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(class probabilities (N, K), penultimate features (N, D)) for uint8 images (N >= 1).
+
+    The features are the input of the model's last linear layer (SmallCNN's pooled features,
+    a backbone's embedding): the space the quality gate measures novelty and quality in.
+    """
     device = next(model.parameters()).device
     model.eval()
-    out = [torch.softmax(model(to_tensor(x[i : i + batch_size], device)), dim=1).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out).float().numpy()
+    head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    feats: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _m, args: feats.append(args[0].flatten(1).float().cpu()))
+    try:
+        probs = [torch.softmax(model(to_tensor(x[i : i + batch_size], device)).float(), dim=1).cpu()
+                 for i in range(0, len(x), batch_size)]
+    finally:
+        hook.remove()
+    return torch.cat(probs).numpy(), torch.cat(feats).numpy()
+
+
+def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities (N, K) for uint8 images (N >= 1)."""
+    return predict(model, x, batch_size)[0]

@@ -97,6 +97,10 @@ class GanConfig(_Section):
 
 class GateConfig(_Section):
     min_confidence: float = Field(default=0.5, ge=0.0, le=1.0)
+    min_novelty: float = Field(default=0.25, ge=0.0)
+    oversample: float = Field(default=2.0, ge=1.0, le=20.0)
+    min_diversity: float = Field(default=0.5, ge=0.0)
+    keep_collapsed: bool = False
 
 
 class BenchmarkConfig(_Section):

@@ -150,6 +150,28 @@ def train_step(state: TrainState, bank: torch.Tensor, counts: torch.Tensor, cfg:
 
 
 @torch.no_grad()
+def d_real_accuracy(D: torch.nn.Module, bank: torch.Tensor, counts: torch.Tensor, batch: int, seed: int, batches: int = 4) -> float:
+    """Fraction of real images in `bank` that D calls real (logit > 0), without augmentation.
+
+    Measured on the train bank and on held-out real (val) images, the gap between the two is
+    the discriminator-overfitting signal (Karras et al. 2020): a D that has memorised the
+    training images calls them real and held-out real images fake. Batches are class-balanced
+    and all-real, as D sees real images during training; batch norm uses batch statistics on a
+    copy of D, so training state is untouched.
+    """
+    D = copy.deepcopy(D).train()
+    device = bank.device
+    gen = torch.Generator(device=device).manual_seed(seed % 2**63)
+    k = bank.shape[0]
+    hits = []
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        for _ in range(batches):
+            idx = (torch.rand(batch, k, generator=gen, device=device) * counts).long()
+            hits.append((D(bank[torch.arange(k, device=device), idx]).float() > 0).float().mean())
+    return float(torch.stack(hits).mean())
+
+
+@torch.no_grad()
 def sample(G: torch.nn.Module, n_per_class: int, nz: int, n_classes: int, seed: int, device, batch: int = 256) -> torch.Tensor:
     """n_per_class samples per class, (n, K, C, S, S) in [-1, 1], from an explicit seed."""
     gen = torch.Generator(device=device).manual_seed(seed % 2**63)
@@ -227,15 +249,24 @@ def load_checkpoint(path: Path, state: TrainState, fingerprint: str) -> bool:
 def train_gan(
     images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: GanConfig, *, seed: int, device: torch.device,
     out_dir: Path, fingerprint: str = "", progress: Progress | None = None, stop_after: int | None = None,
+    val: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TrainState:
     """Train (or resume) to cfg.steps; checkpoints, history.csv and grids go to out_dir.
 
+    `val` (held-out real images and labels) adds D's accuracy on them next to its accuracy on
+    the training images every cfg.sample_every steps (columns d_acc_train, d_acc_val).
     `stop_after` ends the loop early at that step (after its checkpoint), to test resume.
     """
     from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     bank, counts = prepare_real(images, labels, n_classes, cfg.image_size, device)
+    val_bank = None
+    if val is not None and len(val[0]):
+        try:
+            val_bank = prepare_real(val[0], val[1], n_classes, cfg.image_size, device)
+        except ValueError as exc:  # a class without val images: no overfitting signal
+            log.warning("gan: no discriminator-overfitting signal (val split: %s)", exc)
     state = build_state(cfg, n_classes, images.shape[3], seed, device)
     ckpt = out_dir / "checkpoint.pt"
     history: list[dict] = []
@@ -256,6 +287,10 @@ def train_gan(
         bar.update(1)
         done = state.step == cfg.steps
         if state.step % cfg.sample_every == 0 or done:
+            eval_seed = derive_seed(seed, "d-acc", state.step)
+            history[-1]["d_acc_train"] = d_real_accuracy(state.D, bank, counts, cfg.batch_size, eval_seed)
+            if val_bank is not None:
+                history[-1]["d_acc_val"] = d_real_accuracy(state.D, *val_bank, cfg.batch_size, eval_seed)
             G_ema = standing_stats(state.ema.module, n_classes, cfg.nz, grid_z_seed + 1, device)
             grid = sample(G_ema, 8, cfg.nz, n_classes, grid_z_seed, device)  # (8, K, C, S, S)
             save_grid(out_dir / "samples" / f"step_{state.step:06d}.png", grid.transpose(0, 1).flatten(0, 1), nrow=8)
@@ -294,15 +329,18 @@ def gan_stage(cfg: Config, run_dir: Path, progress: Progress | None = None) -> d
             return {"steps": 0}
         info = ingest_info(run_dir)
         x, y, _ = load_split(run_dir, "train")
+        x_val, y_val, _ = load_split(run_dir, "val")
         device = resolve_device(cfg.device)
         t0 = time.perf_counter()
         state = train_gan(x, y, len(info["classes"]), cfg.gan, seed=derive_seed(cfg.seed, "gan"), device=device,
-                          out_dir=run_dir / "gan", fingerprint=fp, progress=progress)
+                          out_dir=run_dir / "gan", fingerprint=fp, progress=progress, val=(x_val, y_val))
         G = load_generator(run_dir / "gan", cfg.gan, len(info["classes"]), x.shape[3], device, derive_seed(cfg.seed, "bn"))
         grid = sample(G, 64, cfg.gan.nz, len(info["classes"]), derive_seed(cfg.seed, "final-grid"), device)
         for c, label in enumerate(info["classes"]):
             save_grid(run_dir / "gan" / "samples" / f"final_{label}.png", grid[:, c], nrow=8)
-        return {"steps": state.step, "device": str(device), "train_seconds": round(time.perf_counter() - t0, 2)}
+        last = pd.read_csv(run_dir / "gan" / "history.csv").iloc[-1]
+        overfit = {c: round(float(last[c]), 4) for c in ("d_acc_train", "d_acc_val") if c in last and pd.notna(last[c])}
+        return {"steps": state.step, "device": str(device), "train_seconds": round(time.perf_counter() - t0, 2), **overfit}
 
     return run_stage(run_dir, "gan", fp, body)
 

@@ -26,6 +26,7 @@ COLUMNS = {
     "width": "Int64",
     "channels": "Int64",
     "score": "Float64",  # gate score (classifier confidence) for gan rows
+    "novelty": "Float64",  # gan rows: distance to the nearest real train image / typical real spacing
     "kept": "boolean",
     "reason": "string",  # why a row was not kept
 }

@@ -151,6 +151,56 @@ def _data_table(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def _num(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _gate_summary(frame: pd.DataFrame) -> str:
+    """How many generated images were kept, and why the others were not."""
+    gan = frame[frame["source"] == "gan"]
+    if gan.empty:
+        return "No GAN samples were generated."
+    why = gan.loc[~gan["kept"], "reason"].fillna("").str.extract(r"^(confidence|near-copy|surplus|class \S+ flagged)")[0]
+    kinds = why.fillna("other").str.replace(r"class \S+ flagged", "class flagged (mode collapse)", regex=True)
+    counts = kinds.value_counts()
+    parts = ", ".join(f"{n} {k}" for k, n in counts.items())
+    return f"Generated {len(gan)} images, kept {int(gan['kept'].sum())}" + (f"; not kept: {parts}." if parts else ".")
+
+
+def _quality_section(cfg: Config, run_dir: Path, frame: pd.DataFrame) -> str:
+    path = run_dir / "gan" / "quality.json"
+    if not path.is_file():
+        return "The GAN stage was disabled.\n"
+    q = json.loads(path.read_text())
+    lines = [
+        _gate_summary(frame), "",
+        f"Each sample was kept if the gate's judge gave its intended class at least {cfg.gate.min_confidence} and "
+        f"its novelty (distance to the nearest real training image over the typical spacing of real images; 0 is "
+        f"a copy) was at least {cfg.gate.min_novelty}; of those, the {q['target_per_class']} most confident per "
+        f"class out of {q['generated_per_class']} generated. Metrics are in the judge's feature space against the "
+        f"real train images of the class (k = {q['k']} for precision and recall); CAS recall is the val recall of a "
+        f"classifier trained on kept samples only (overall {_pct(q['cas_accuracy_on_val'])}).", "",
+        "| class | kept | Frechet distance | precision | recall | diversity | median novelty | CAS recall | alarm |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for label, c in q["classes"].items():
+        k = c["kept"]
+        lines.append(
+            f"| {label} | {k['n']} | {_num(k['frechet_distance'])} | {_num(k['precision'])} | {_num(k['recall'])} "
+            f"| {_num(k['diversity'])} | {_num(c['median_novelty'])} | {_pct(c['cas_recall'])} | {c['alarm'] or ''} |"
+        )
+    history = run_dir / "gan" / "history.csv"
+    if history.is_file():
+        h = pd.read_csv(history)
+        if {"d_acc_train", "d_acc_val"} <= set(h.columns) and h["d_acc_val"].notna().any():
+            last = h[h["d_acc_val"].notna()].iloc[-1]
+            lines += ["", (
+                f"Discriminator overfitting signal at step {int(last['step'])}: D calls {_pct(last['d_acc_train'])} of "
+                f"the training images real and {_pct(last['d_acc_val'])} of held-out real (val) images; a wide gap "
+                f"means D memorised the training set (history in gan/history.csv).")]
+    return "\n".join(lines) + "\n"
+
+
 def _versions() -> str:
     names = ["torch", "torchvision", "albumentations", "imbalanced-learn", "scikit-learn", "prefect", "pandas"]
     found = []
@@ -173,7 +223,6 @@ def render_markdown(cfg: Config, run_dir: Path) -> tuple[str, str]:
         f"Samples of the EMA generator after the last step, one row per class:\n\n![GAN samples](../gan/samples/{grids[-1].name})\n"
         if grids else "The GAN stage was disabled.\n"
     )
-    rejected = frame[(frame["source"] == "gan") & ~frame["kept"]]
     md = f"""# Augmentation report
 
 {para}
@@ -205,11 +254,12 @@ the SMOTE arm trains on its own feature rows, every other arm on the same featur
 
 {_data_table(frame)}
 
-GAN samples rejected by the quality gate (classifier confidence below {cfg.gate.min_confidence}): {len(rejected)}.
-
 ## GAN
 
 {gan_part}
+### Quality gate and sample quality
+
+{_quality_section(cfg, run_dir, frame)}
 ## Config
 
 ```yaml

@@ -52,6 +52,15 @@ def summarise_case(run_dir: Path, case: str, seconds: float) -> dict:
         row["train_images"] = summary["train_images"][arm]
         arms[arm] = row
     rec = summary["recommendation"]
+    gate = None
+    if (run_dir / "gan" / "quality.json").is_file():
+        q = json.loads((run_dir / "gan" / "quality.json").read_text())
+        synth = json.loads((run_dir / "stages" / "synthesize.json").read_text())
+        gate = {"generated": synth["generated"], "kept": synth["kept"],
+                "kept_of_target_per_class": synth["kept_of_target_per_class"],
+                "collapsed_classes": q["collapsed_classes"], "cas_accuracy_on_val": q["cas_accuracy_on_val"],
+                "kept_diversity": {c: v["kept"]["diversity"] for c, v in q["classes"].items()},
+                "kept_frechet_distance": {c: v["kept"]["frechet_distance"] for c, v in q["classes"].items()}}
     ta = summary["arms"].get("real+trivialaugment", {}).get("test", {}).get("accuracy", {}).get("mean")
     best = summary["arms"][rec["arm"]]["test"]["accuracy"]["mean"]
     return {
@@ -59,6 +68,7 @@ def summarise_case(run_dir: Path, case: str, seconds: float) -> dict:
         "arms": arms,
         "recommended": rec["arm"],
         "synthetic_helps_on_val": rec["synthetic_helps_on_val"],
+        "gate": gate,
         "recommended_minus_trivialaugment_accuracy_points": None if ta is None else round(100 * (best - ta), 2),
         "stage_seconds": {p.stem: json.loads(p.read_text())["seconds"] for p in sorted((run_dir / "stages").glob("*.json"))},
     }

@@ -1,10 +1,12 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from augment.config import GanConfig
 from augment.gan import Discriminator, Generator, dcgan_init, diff_augment
-from augment.gan_training import load_checkpoint, build_state, sample, to_uint8, train_gan
+from augment.gan_training import (build_state, d_real_accuracy, load_checkpoint, prepare_real, sample, to_uint8,
+                                  train_gan)
 
 TINY = dict(steps=6, image_size=16, batch_size=4, nz=8, ngf=4, ndf=4, checkpoint_every=100, sample_every=100)
 
@@ -87,9 +89,11 @@ def test_training_is_deterministic_and_resume_matches(tmp_path, mode):
     x, y = toy_data()
     cfg = GanConfig(mode=mode, **TINY)
     device = torch.device("cpu")
-    straight = train_gan(x, y, 3, cfg, seed=7, device=device, out_dir=tmp_path / "a", fingerprint="f")
-    train_gan(x, y, 3, cfg, seed=7, device=device, out_dir=tmp_path / "b", fingerprint="f", stop_after=3)
-    resumed = train_gan(x, y, 3, cfg, seed=7, device=device, out_dir=tmp_path / "b", fingerprint="f")
+    val = toy_data(n=2, seed=1)
+    kw = dict(seed=7, device=device, fingerprint="f", val=val)
+    straight = train_gan(x, y, 3, cfg, out_dir=tmp_path / "a", **kw)
+    train_gan(x, y, 3, cfg, out_dir=tmp_path / "b", stop_after=3, **kw)
+    resumed = train_gan(x, y, 3, cfg, out_dir=tmp_path / "b", **kw)
     assert straight.step == resumed.step == 6
     for name in ("G", "D", "ema"):
         sa, sb = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
@@ -97,6 +101,32 @@ def test_training_is_deterministic_and_resume_matches(tmp_path, mode):
             assert torch.equal(sa[key], sb[key]), (name, key)
     history = (tmp_path / "b" / "history.csv").read_text().splitlines()
     assert len(history) == 7 and history[0].startswith("step,loss_d,loss_g,d_real,d_fake")
+    a, b = pd.read_csv(tmp_path / "a" / "history.csv"), pd.read_csv(tmp_path / "b" / "history.csv")
+    pd.testing.assert_frame_equal(a.drop(columns="step_seconds"), b.drop(columns="step_seconds"))
+    assert a["d_acc_train"].notna().sum() == 1 and a["d_acc_val"].between(0, 1).sum() == 1  # at the last step
+
+
+class Memoriser(torch.nn.Module):
+    """A discriminator that has memorised its training images: real (+1) if seen, fake (-1) otherwise."""
+
+    def __init__(self, bank: torch.Tensor):
+        super().__init__()
+        self.register_buffer("seen", bank.flatten(0, 1).flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(2)  # (B, K, C*S*S)
+        hit = (torch.cdist(flat.flatten(0, 1), self.seen) < 1e-4).any(dim=1).view(x.shape[:2])
+        return hit.float() * 2 - 1
+
+
+def test_discriminator_overfitting_signal_separates_train_from_held_out_real():
+    x, y = toy_data()
+    x_val, y_val = toy_data(n=3, seed=1)
+    bank, counts = prepare_real(x, y, 3, 16, "cpu")
+    val_bank, val_counts = prepare_real(x_val, y_val, 3, 16, "cpu")
+    D = Memoriser(bank)
+    assert d_real_accuracy(D, bank, counts, batch=8, seed=0) == 1.0
+    assert d_real_accuracy(D, val_bank, val_counts, batch=8, seed=0) == 0.0
 
 
 def test_checkpoint_from_another_config_is_ignored(tmp_path):

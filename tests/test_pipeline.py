@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -44,11 +45,25 @@ def test_manifest_contents(smoke_run):
     assert classical["parent_id"].isin(real_ids).all()
     assert len(classical) == cfg.classical.multiplier * (frame[(frame["source"] == "real") & (frame["split"] == "train")]).shape[0]
     gan = frame[frame["source"] == "gan"]
-    assert len(gan) == 10 * cfg.gan.samples_per_class
-    assert gan["score"].between(0, 1).all()
-    assert (gan["kept"] == (gan["score"] >= cfg.gate.min_confidence)).all()
+    assert len(gan) == 10 * math.ceil(cfg.gan.samples_per_class * cfg.gate.oversample)  # over-generated
+    assert gan["score"].between(0, 1).all() and (gan["novelty"] >= 0).all()
+    kept = gan[gan["kept"]]
+    assert (kept["score"] >= cfg.gate.min_confidence).all() and (kept["novelty"] >= cfg.gate.min_novelty).all()
+    assert (kept.groupby("label").size() <= cfg.gan.samples_per_class).all()
     assert gan["kept"].any() and not gan["kept"].all()  # the smoke config exercises both outcomes
-    assert gan.loc[~gan["kept"], "reason"].str.contains("confidence").all()
+    assert gan.loc[~gan["kept"], "reason"].notna().all() and gan.loc[gan["kept"], "reason"].isna().all()
+
+
+def test_quality_metrics_and_overfitting_signal(smoke_run):
+    _, run_dir, _ = smoke_run
+    q = json.loads((run_dir / "gan" / "quality.json").read_text())
+    assert len(q["classes"]) == 10 and 0 <= q["cas_accuracy_on_val"] <= 1
+    for c in q["classes"].values():
+        assert c["generated"]["frechet_distance"] >= 0 and 0 <= c["generated"]["recall"] <= 1
+        assert isinstance(c["collapsed"], bool)
+    history = pd.read_csv(run_dir / "gan" / "history.csv")
+    acc = history[["d_acc_train", "d_acc_val"]].dropna().to_numpy()
+    assert len(acc) == 2 and ((acc >= 0) & (acc <= 1)).all()  # every gan.sample_every steps
 
 
 def test_no_synthetic_row_in_val_or_test(smoke_run):

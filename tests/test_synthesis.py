@@ -1,16 +1,117 @@
+"""The quality gate and its metrics on constructed cases where the answer is known."""
+
 import numpy as np
+import pytest
+from sklearn.datasets import load_digits
 
-from augment.synthesis import gate
+from augment import quality
+from augment.classifier import train_classifier
+from augment.config import GateConfig
+from augment.synthesis import apply_alarm, class_quality, judge_samples, select
 
 
-def test_gate_keeps_confident_samples_of_the_intended_class():
+def test_select_rejects_unconfident_and_copies_and_keeps_the_best_up_to_the_target():
     probs = np.array([
-        [0.9, 0.1],  # intended 0, confident: kept
+        [0.9, 0.1],  # intended 0, confident, novel: kept
+        [0.95, 0.05],  # intended 0, most confident but a copy: rejected
+        [0.7, 0.3],  # intended 0, passes but the target of 1 is met: surplus
         [0.6, 0.4],  # intended 1, looks like 0: rejected
-        [0.5, 0.5],  # intended 1, exactly at the threshold: kept
+        [0.5, 0.5],  # intended 1, exactly at both thresholds: kept
     ])
-    score, kept, reasons = gate(probs, np.array([0, 1, 1]), min_confidence=0.5)
-    assert score.tolist() == [0.9, 0.4, 0.5]
-    assert kept.tolist() == [True, False, True]
-    assert reasons[0] is None and reasons[2] is None
-    assert reasons[1] == "confidence 0.40 < 0.5 (looks like class index 0)"
+    novelty = np.array([1.0, 0.01, 1.2, 1.0, 0.25])
+    score, kept, reasons = select(probs, np.array([0, 0, 0, 1, 1]), novelty, ["a", "b", "c", "d", "e"], target=1,
+                                  min_confidence=0.5, min_novelty=0.25)
+    assert score.tolist() == [0.9, 0.95, 0.7, 0.4, 0.5]
+    assert kept.tolist() == [True, False, False, False, True]
+    assert reasons[0] is None and reasons[4] is None
+    assert reasons[1] == "near-copy of real image b (novelty 0.01 < 0.25)"
+    assert reasons[2].startswith("surplus: the 1 most confident")
+    assert reasons[3] == "confidence 0.40 < 0.5 (looks like class index 0)"
+
+
+@pytest.fixture(scope="module")
+def digits_judge():
+    """A small judge trained on 30 real digits per class; the rest of the digits are held out."""
+    x, y = load_digits(return_X_y=True)
+    images = (x.reshape(-1, 8, 8, 1) * 255 / 16).round().astype(np.uint8)
+    train = np.concatenate([np.flatnonzero(y == c)[:30] for c in range(10)])
+    held = np.setdiff1d(np.arange(len(y)), train)
+    judge = train_classifier(images[train], y[train], 10, steps=400, batch_size=64, width=16, seed=0, balanced=True)
+    return judge, images, y, train, held
+
+
+def test_gate_catches_copies_rejects_the_wrong_class_and_passes_held_out_real_images(digits_judge):
+    judge, images, y, train, held = digits_judge
+    ids = [f"real-{i}" for i in train]
+    copies = train[y[train] == 3][:10]  # a generator that memorised ten training 3s
+    wrong = held[y[held] == 1][:10]  # 1s presented as 0s
+    novel = held[::10]  # real digits the judge never saw: what a good generator draws
+    batch = np.concatenate([copies, wrong, novel])
+    intended = np.concatenate([np.full(10, 3), np.full(10, 0), y[novel]])
+    j = judge_samples(judge, images[train], ids, images[batch], intended, target=100, gate_cfg=GateConfig())
+
+    assert not j.kept[:10].any()
+    assert all(r.startswith("near-copy of real image real-") for r in j.reasons[:10])
+    assert j.novelty[:10].max() < 1e-3
+    assert {r.split()[4] for r in j.reasons[:10]} == {f"real-{i}" for i in copies}  # names the copied image
+    assert not j.kept[10:20].any()
+    assert all(r.startswith("confidence") for r in j.reasons[10:20])
+    # The novelty threshold never rejects a genuinely new real image; the judge is confident on most.
+    assert j.novelty[20:].min() > GateConfig().min_novelty and np.median(j.novelty[20:]) > 1.0
+    assert j.kept[20:].mean() >= 0.7
+
+
+def test_frechet_distance_is_zero_for_a_set_with_itself_and_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 8))
+    assert quality.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shifts = [quality.frechet_distance(a, a + s) for s in (0.5, 1.0, 2.0)]
+    assert shifts == pytest.approx([8 * 0.25, 8 * 1.0, 8 * 4.0], rel=1e-6)  # |mu shift|^2, covariances equal
+    # 1-D closed form: (m1 - m2)^2 + (s1 - s2)^2
+    b = rng.normal(size=(20000, 1))
+    assert quality.frechet_distance(b, 3 * b + 1) == pytest.approx((1 + 2 * b.mean()) ** 2 + 4 * np.var(b, ddof=1), rel=1e-6)
+
+
+def test_frechet_distance_stays_real_with_fewer_samples_than_dimensions():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(10, 64)), rng.normal(size=(200, 64))
+    d = quality.frechet_distance(a, b)
+    assert np.isfinite(d) and d > 0
+
+
+def test_precision_recall_on_known_cases():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(200, 4))
+    assert quality.precision_recall(real, real.copy()) == (1.0, 1.0)
+    far = real + 100.0
+    assert quality.precision_recall(real, far) == (0.0, 0.0)
+    collapsed = real[:1] + rng.normal(scale=1e-3, size=(100, 4))  # every sample near one real point
+    precision, recall = quality.precision_recall(real, collapsed)
+    assert precision == 1.0 and recall <= 0.02
+    with pytest.raises(ValueError, match="more than k=3"):
+        quality.precision_recall(real[:3], real)
+
+
+def test_collapse_alarm_flags_only_the_collapsed_class_and_unkeeps_it():
+    rng = np.random.default_rng(0)
+    real = np.concatenate([rng.normal(size=(10, 6)), rng.normal(size=(10, 6)) + 5])
+    real_y = np.repeat([0, 1], 10)
+    varied = real[:10][rng.integers(0, 10, 50)] + rng.normal(scale=0.3, size=(50, 6))  # covers class 0
+    one_mode = real[10] + rng.normal(scale=1e-3, size=(50, 6))  # class 1: one image, over and over
+    fake, intended = np.concatenate([varied, one_mode]), np.repeat([0, 1], 50)
+    kept = np.ones(100, dtype=bool)
+    reasons = [None] * 100
+    per_class = class_quality(real, real_y, fake, intended, kept, np.ones(100), ["a", "b"], GateConfig())
+    assert not per_class["a"]["collapsed"] and per_class["a"]["kept"]["recall"] >= 0.5
+    assert per_class["b"]["collapsed"] and per_class["b"]["kept"]["recall"] <= 0.1
+    assert per_class["b"]["kept"]["diversity"] < 0.01 and per_class["a"]["kept"]["diversity"] > 0.5
+    assert per_class["a"]["kept"]["frechet_distance"] < per_class["b"]["kept"]["frechet_distance"]
+
+    apply_alarm(per_class, ["a", "b"], intended, kept, reasons, keep_collapsed=False)
+    assert kept[:50].all() and not kept[50:].any()
+    assert reasons[50].startswith("class b flagged: mode collapse") and "gate.keep_collapsed" in reasons[50]
+
+    kept_anyway = np.ones(100, dtype=bool)
+    per_class = class_quality(real, real_y, fake, intended, kept_anyway, np.ones(100), ["a", "b"], GateConfig())
+    apply_alarm(per_class, ["a", "b"], intended, kept_anyway, [None] * 100, keep_collapsed=True)
+    assert kept_anyway.all() and "kept anyway" in per_class["b"]["alarm"]
