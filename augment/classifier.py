@@ -82,7 +82,7 @@ def build_backbone(name: str, n_classes: int, weights: str | Path | None, input_
     path = pretrained_weights_path(name, weights)
     try:
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except (RuntimeError, KeyError, EOFError, OSError) as exc:  # wrong architecture or not a checkpoint
+    except Exception as exc:  # noqa: BLE001  (wrong architecture, not a checkpoint, or an unsafe pickle)
         raise UserError(f"{path}: not {name} weights ({str(exc).splitlines()[0]})") from None
     parent_name, _, attr = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)][-1].rpartition(".")
     parent = net.get_submodule(parent_name) if parent_name else net

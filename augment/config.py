@@ -34,6 +34,9 @@ class DataConfig(_Section):
     val_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
     test_fraction: float = Field(default=0.3, gt=0.0, lt=0.9)
     min_per_class: int = Field(default=5, ge=3)
+    on_bad_image: Literal["error", "skip"] = "error"
+    max_pixels: int = Field(default=50_000_000, ge=1)
+    alpha_background: Literal["black", "white"] = "black"
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

@@ -7,12 +7,14 @@ import hashlib
 import json
 import logging
 import struct
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 from sklearn.model_selection import train_test_split
 
 from augment import manifest
@@ -33,6 +35,37 @@ class RawDataset:
     images: list[np.ndarray]
     labels: list[str]
     origins: list[str]  # where each image came from (file path or digits[i])
+    skipped: list[dict] = field(default_factory=list)  # {origin, label, reason} per input not used
+
+
+class BadInput(UserError):
+    """One input file or row that cannot be used; data.on_bad_image: skip records it and goes on."""
+
+    def __init__(self, origin: str, reason: str, label: str | None = None):
+        super().__init__(f"{origin}: {reason}")
+        self.origin, self.reason, self.label = origin, reason, label
+
+
+class _Collector:
+    """Adds images to a RawDataset; a BadInput either stops the run or, with skip, is recorded."""
+
+    def __init__(self, on_bad_image: str):
+        self.data = RawDataset([], [], [])
+        self.skip = on_bad_image == "skip"
+
+    def add(self, load: Callable[[], tuple[np.ndarray, str]], origin: str, label_hint: str | None = None) -> None:
+        """load() returns (image, label) or raises BadInput."""
+        try:
+            image, label = load()
+        except BadInput as bad:
+            if not self.skip:
+                raise
+            log.warning("%s (skipped: data.on_bad_image is 'skip')", bad)
+            self.data.skipped.append({"origin": bad.origin, "label": label_hint, "reason": bad.reason})
+            return
+        self.data.images.append(image)
+        self.data.labels.append(label)
+        self.data.origins.append(origin)
 
 
 # --------------------------------------------------------------------------- sources
@@ -53,70 +86,123 @@ def read_digits(channels: int = 1) -> RawDataset:
     )
 
 
-def _open_image(path: Path, channels: int) -> np.ndarray:
+def to_array(pil: Image.Image, channels: int, origin: str, alpha_background: str = "black") -> np.ndarray:
+    """Any PIL mode -> uint8 (H, W, channels), by explicit rules:
+
+    palette and bilevel images through their palette; 16-bit greyscale scaled from 0..65535;
+    transparency (RGBA, LA, palette with a transparent index) composited onto a black or white
+    background; CMYK, YCbCr, LAB, HSV converted by Pillow (no colour profile); 32-bit float
+    and 32-bit integer images beyond 16 bits refused.
+    """
+    mode = pil.mode
+    if mode == "F":
+        raise BadInput(origin, "32-bit float images (mode F) are not supported; save them as 8- or 16-bit")
+    if mode.startswith("I"):  # I, I;16, I;16B, I;16L, I;16N
+        arr = np.asarray(pil)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise BadInput(origin, f"{mode} pixel values outside 0..65535 cannot be mapped to 8 bits")
+        pil = Image.fromarray(((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8), "L")
+    elif mode == "P":
+        pil = pil.convert("RGBA" if "transparency" in pil.info else "RGB")
+    elif mode == "PA":
+        pil = pil.convert("RGBA")
+    if pil.mode in ("RGBA", "LA", "La", "RGBa") or (pil.mode in ("L", "RGB") and "transparency" in pil.info):
+        fill = (0, 0, 0, 255) if alpha_background == "black" else (255, 255, 255, 255)
+        pil = Image.alpha_composite(Image.new("RGBA", pil.size, fill), pil.convert("RGBA"))
+    arr = np.asarray(pil.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    return arr[:, :, None] if channels == 1 else arr
+
+
+def _open_image(path: Path, d: DataConfig) -> np.ndarray:
+    """Decode one image file: size checked against data.max_pixels before decoding, EXIF
+    orientation applied, mode converted by `to_array`'s rules. Any failure is a BadInput."""
+    origin = str(path)
     try:
-        with Image.open(path) as pil:
-            pil.load()
-            return manifest.to_channels(pil, channels)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as pil:  # reads the header only
+                w, h = pil.size
+                if w * h > d.max_pixels:
+                    raise BadInput(origin, f"{w}x{h} image has more than data.max_pixels={d.max_pixels} pixels "
+                                           "(a decompression bomb, or far larger than this tool needs)")
+                pil = ImageOps.exif_transpose(pil)  # decodes; a camera's rotation flag is applied
+                return to_array(pil, d.channels, origin, d.alpha_background)
+    except BadInput:
+        raise
+    except Exception as exc:  # noqa: BLE001  (decoders raise OSError, SyntaxError, ValueError, zlib and struct errors)
+        raise BadInput(origin, f"not a readable image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
 def _check_label(label: str, where: str) -> str:
     label = str(label).strip()
-    if not label or label.startswith(".") or any(c in label for c in "/\\\0"):
-        raise UserError(f"{where}: class name {label!r} cannot be used as a folder name")
+    if not label or label in (".", "..") or label.startswith(".") or any(c in label for c in "/\\\0"):
+        raise BadInput(where, f"class name {label!r} cannot be used as a folder name")
     return label
 
 
-def read_folder(root: Path, channels: int = 1) -> RawDataset:
+def _inside(path: Path, root: Path, origin: str, what: str) -> Path:
+    """path resolved (symlinks followed); a BadInput if it is outside root."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        raise BadInput(origin, f"{what} {resolved} is outside {root}; files must stay inside the dataset")
+    return resolved
+
+
+def read_folder(d: DataConfig) -> RawDataset:
     """ImageFolder layout: root/<class>/<image>; every image file is opened and checked."""
-    root = Path(root)
+    root = Path(d.path)
     if not root.is_dir():
         raise UserError(f"{root}: data.path is not a folder")
+    real_root = root.resolve()
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise UserError(f"{root}: no class sub-folders found (expected {root}/<class>/<image>)")
-    data = RawDataset([], [], [])
+    out = _Collector(d.on_bad_image)
     for class_dir in classes:
         label = _check_label(class_dir.name, str(class_dir))
-        files = sorted(
-            f for f in class_dir.rglob("*") if f.is_file() and not f.name.startswith(".")
-        )
-        for f in files:
-            if f.suffix.lower() not in IMG_EXTENSIONS:
-                log.warning("%s: skipped, not an image extension (%s)", f, ", ".join(IMG_EXTENSIONS))
-                continue
-            data.images.append(_open_image(f, channels))
-            data.labels.append(label)
-            data.origins.append(str(f))
-    return data
+        if not class_dir.resolve().is_relative_to(real_root):
+            raise UserError(f"{class_dir}: class folder is a link to {class_dir.resolve()}, outside the dataset {real_root}")
+        files = sorted(f for f in class_dir.rglob("*") if not f.name.startswith(".") and (f.is_file() or f.is_symlink()))
+        images = [f for f in files if f.suffix.lower() in IMG_EXTENSIONS]
+        for f in sorted(set(files) - set(images)):
+            log.warning("%s: skipped, not an image extension (%s)", f, ", ".join(IMG_EXTENSIONS))
+        if not images:
+            raise UserError(f"{class_dir}: class folder has no images ({', '.join(IMG_EXTENSIONS)}); remove it or add images")
+        for f in images:
+            out.add(lambda f=f: (_open_image(_inside(f, real_root, str(f), "symlink target"), d), label), str(f), label)
+    return out.data
 
 
-def read_csv(csv_path: Path, channels: int = 1) -> RawDataset:
-    """A CSV with columns path,label; paths are relative to the CSV's folder."""
-    csv_path = Path(csv_path)
+def read_csv(d: DataConfig) -> RawDataset:
+    """A CSV with columns path,label; paths are relative to the CSV's folder and must stay inside it."""
+    csv_path = Path(d.path)
     if not csv_path.is_file():
         raise UserError(f"{csv_path}: data.path is not a file")
     try:
         table = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise UserError(f"{csv_path}: not a readable CSV ({exc})") from None
+        raise UserError(f"{csv_path}: not a readable CSV ({str(exc).strip()})") from None
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise UserError(f"{csv_path}: missing column(s) {sorted(missing)}; expected columns path,label")
-    data = RawDataset([], [], [])
+    base = csv_path.parent.resolve()
+    out = _Collector(d.on_bad_image)
+
+    def load(where: str, rel: str, label: str) -> tuple[np.ndarray, str]:
+        if not rel.strip():
+            raise BadInput(where, "empty path")
+        if not label.strip():
+            raise BadInput(where, "empty label")
+        label = _check_label(label, where)
+        f = _inside(csv_path.parent / rel, base, where, "path")
+        if not f.is_file():
+            raise BadInput(where, f"image file {f} not found")
+        return _open_image(f, d), label
+
     for row_no, (rel, label) in enumerate(zip(table["path"], table["label"]), start=2):
         where = f"{csv_path}:{row_no}"
-        if not rel.strip():
-            raise UserError(f"{where}: empty path")
-        f = (csv_path.parent / rel).resolve()
-        if not f.is_file():
-            raise UserError(f"{where}: image file {f} not found")
-        data.images.append(_open_image(f, channels))
-        data.labels.append(_check_label(label, where))
-        data.origins.append(str(f))
-    return data
+        out.add(lambda where=where, rel=rel, label=label: load(where, rel, label), where, label.strip() or None)
+    return out.data
 
 
 def _read_idx_array(path: Path) -> np.ndarray:
@@ -168,16 +254,17 @@ def read_source(cfg: DataConfig) -> RawDataset:
     if cfg.source == "digits":
         data = read_digits(cfg.channels)
     elif cfg.source == "folder":
-        data = read_folder(cfg.path, cfg.channels)
+        data = read_folder(cfg)
     elif cfg.source == "csv":
-        data = read_csv(cfg.path, cfg.channels)
+        data = read_csv(cfg)
     elif cfg.source == "idx":
         data = read_idx(cfg.path, cfg.channels)
     else:  # the config model only admits the sources above
         raise AssertionError(cfg.source)
     where = cfg.path or cfg.source
+    drop_duplicates(data, cfg.on_bad_image)
     if not data.images:
-        raise UserError(f"{where}: no images found")
+        raise UserError(f"{where}: no images found" + (f" ({len(data.skipped)} skipped)" if data.skipped else ""))
     counts = pd.Series(data.labels).value_counts()
     if len(counts) < 2:
         raise UserError(f"{where}: found one class ({counts.index[0]!r}); at least two are needed")
@@ -189,6 +276,36 @@ def read_source(cfg: DataConfig) -> RawDataset:
             "(data.min_per_class) to split off val and test images"
         )
     return data
+
+
+def drop_duplicates(data: RawDataset, on_bad_image: str) -> None:
+    """Exact duplicates (identical decoded pixels) would land in train and test: leakage.
+
+    Copies with the same label are dropped (the first, in reading order, stays) and recorded;
+    copies with different labels are an error, or with on_bad_image 'skip' all are dropped.
+    """
+    first: dict[bytes, int] = {}
+    drop: dict[int, str] = {}
+    for i, image in enumerate(data.images):
+        key = hashlib.sha256(repr(image.shape).encode() + image.tobytes()).digest()
+        j = first.setdefault(key, i)
+        if j == i:
+            continue
+        if data.labels[i] == data.labels[j]:
+            drop[i] = f"exact duplicate of {data.origins[j]}"
+            continue
+        conflict = f"the same image as {data.origins[j]} (class {data.labels[j]!r}) but labelled {data.labels[i]!r}"
+        if on_bad_image != "skip":
+            raise UserError(f"{data.origins[i]}: {conflict}; fix the label or set data.on_bad_image: skip")
+        drop[i] = conflict
+        drop.setdefault(j, f"the same image as {data.origins[i]} under another label")
+    if not drop:
+        return
+    log.warning("ingest: %d duplicate or conflicting image(s) left out (see the manifest's reason column)", len(drop))
+    for i, reason in sorted(drop.items()):
+        data.skipped.append({"origin": data.origins[i], "label": data.labels[i], "reason": reason})
+    keep = [i for i in range(len(data.images)) if i not in drop]
+    data.images, data.labels, data.origins = ([seq[i] for i in keep] for seq in (data.images, data.labels, data.origins))
 
 
 # --------------------------------------------------------------------------- splits
@@ -318,15 +435,19 @@ def ingest_stage(cfg: Config, run_dir: Path) -> dict:
                     score=None, kept=True, reason=None,
                 )
             )
+        for n, skip in enumerate(raw.skipped):  # inputs left out: in the manifest, in no split
+            rows.append(dict(id=f"skipped-{n:06d}", path=None, label=skip["label"], split="excluded", source="real",
+                             generator=skip["origin"], kept=False, reason=skip["reason"]))
         frame = manifest.normalise(rows)
         manifest.write(run_dir, frame)  # ingest starts the manifest afresh
-        counts = frame.groupby(["split", "label"]).size().unstack(fill_value=0)
+        counts = frame[frame["kept"]].groupby(["split", "label"]).size().unstack(fill_value=0)
         return {
             "size": list(size),
             "channels": d.channels,
             "classes": sorted(set(raw.labels)),
             "counts": {s: {str(k): int(v) for k, v in row.items()} for s, row in counts.iterrows()},
             "dropped_by_scarcity": int((~keep).sum()),
+            "skipped_inputs": len(raw.skipped),
         }
 
     return run_stage(run_dir, "ingest", ingest_fingerprint(cfg), body)

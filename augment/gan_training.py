@@ -20,6 +20,7 @@ from augment import manifest
 from augment.classifier import to_tensor
 from augment.config import Config, GanConfig
 from augment.data import ingest_fingerprint, ingest_info, load_split
+from augment.errors import UserError
 from augment.gan import Discriminator, Generator, dcgan_init, diff_augment
 from augment.runtime import atomic_path, combine, derive_seed, resolve_device, run_stage, write_bytes
 
@@ -228,11 +229,24 @@ def save_checkpoint(path: Path, state: TrainState, fingerprint: str) -> None:
         torch.save(payload, tmp)
 
 
+def read_checkpoint(path: Path) -> dict:
+    """torch.load with weights_only=True (tensors and plain containers, never arbitrary pickled
+    objects); anything else, or a damaged file, is a one-line error naming the file."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (UnpicklingError, RuntimeError, EOFError, zip errors)
+        raise UserError(f"{path}: not a checkpoint this tool wrote ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to train from scratch") from None
+    if not isinstance(payload, dict) or "ema" not in payload:
+        raise UserError(f"{path}: not a checkpoint this tool wrote (no generator state); delete it to train from scratch")
+    return payload
+
+
 def load_checkpoint(path: Path, state: TrainState, fingerprint: str) -> bool:
     """Restore `state` from `path` if it was written for the same config; False otherwise."""
     if not path.is_file():
         return False
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload = read_checkpoint(path)
     if payload.get("fingerprint") != fingerprint:
         log.info("gan: checkpoint is from another config, training from scratch")
         return False
@@ -308,7 +322,7 @@ def train_gan(
 
 def load_generator(out_dir: Path, cfg: GanConfig, n_classes: int, channels: int, device, seed: int = 0) -> Generator:
     """The EMA generator from the final checkpoint, with standing statistics, ready to sample."""
-    payload = torch.load(Path(out_dir) / "checkpoint.pt", map_location="cpu", weights_only=True)
+    payload = read_checkpoint(Path(out_dir) / "checkpoint.pt")
     G = Generator(n_classes, cfg.nz, cfg.ngf, channels, cfg.image_size, cfg.mode)
     ema = AveragedModel(G, use_buffers=True)
     ema.load_state_dict(payload["ema"])

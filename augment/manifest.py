@@ -16,7 +16,7 @@ COLUMNS = {
     "id": "string",
     "path": "string",  # PNG relative to the run directory (smote rows: the decoded feature row)
     "label": "string",
-    "split": "string",  # train | val | test
+    "split": "string",  # train | val | test | excluded (an input ingest left out; see reason)
     "source": "string",  # real | classical | smote | gan
     "parent_id": "string",
     "seed": "Int64",

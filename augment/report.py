@@ -201,6 +201,19 @@ def _quality_section(cfg: Config, run_dir: Path, frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _skipped_inputs(frame: pd.DataFrame, limit: int = 20) -> str:
+    """The input files ingest left out (data.on_bad_image: skip, duplicates) and why."""
+    skipped = frame[(frame["source"] == "real") & ~frame["kept"]]
+    if skipped.empty:
+        return "Every input image was used."
+    lines = [f"Input images left out: {len(skipped)}.", "", "| input | class | reason |", "|---|---|---|"]
+    for origin, label, reason in skipped[["generator", "label", "reason"]].head(limit).itertuples(index=False):
+        lines.append(f"| {origin} | {'' if pd.isna(label) else label} | {reason} |")
+    if len(skipped) > limit:
+        lines.append(f"| ... {len(skipped) - limit} more in manifest.parquet | | |")
+    return "\n".join(lines)
+
+
 def _versions() -> str:
     names = ["torch", "torchvision", "albumentations", "imbalanced-learn", "scikit-learn", "prefect", "pandas"]
     found = []
@@ -253,6 +266,8 @@ the SMOTE arm trains on its own feature rows, every other arm on the same featur
 ## Data
 
 {_data_table(frame)}
+
+{_skipped_inputs(frame)}
 
 ## GAN
 

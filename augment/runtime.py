@@ -86,6 +86,43 @@ def _json_default(obj: object):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def remove_stale_temporaries(root: Path) -> int:
+    """Delete temporary files an interrupted run left behind (`.<name>.<random>.tmp` from
+    atomic_path). Only call it while holding the run lock: then no writer can be mid-way."""
+    stale = [p for p in Path(root).rglob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink()
+    if stale:
+        log.info("removed %d temporary file(s) left by an interrupted run", len(stale))
+    return len(stale)
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory for the whole run, or refuse at once.
+
+    An OS file lock (flock): it is released when the process ends, however it ends (a killed
+    run never leaves a stale lock), and a second `augment run` on the same directory gets a
+    one-line error instead of interleaving its writes.
+    """
+    import fcntl
+
+    path = Path(run_dir) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(f"run directory {run_dir} is in use by another augment run (pid {holder}); "
+                            "wait for it to finish or choose another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 # --------------------------------------------------------------------------- stage resume
 
 

@@ -11,7 +11,7 @@ from prefect.states import Failed, State
 
 from augment.config import Config, load_config
 from augment.errors import UserError
-from augment.pipeline import STAGES, default_run_dir, prepare_run_dir
+from augment.pipeline import STAGES, default_run_dir, open_run
 
 # Stages resume through the run directory's own markers (augment.runtime.run_stage), so
 # Prefect's result cache stays off: it would skip a stage whose outputs were deleted.
@@ -73,11 +73,15 @@ def augment_dataset(config_path: str | None = None, overrides: list[str] | None 
         cfg = load_config(config_path, overrides)
     except UserError as err:
         return Failed(message=str(err))
-    out = str(prepare_run_dir(cfg, Path(run_dir) if run_dir else default_run_dir(cfg, config_path)))
-    result: dict = {}
-    for stage in (ingest, classical, smote, gan, synthesize, benchmark, expand, report):
-        value = stage(cfg, out)
-        if isinstance(value, State):  # a Failed state carrying the user's one-line error
-            return Failed(message=value.message)
-        result = value
+    try:
+        with open_run(cfg, Path(run_dir) if run_dir else default_run_dir(cfg, config_path)) as path:
+            out = str(path)
+            result: dict = {}
+            for stage in (ingest, classical, smote, gan, synthesize, benchmark, expand, report):
+                value = stage(cfg, out)
+                if isinstance(value, State):  # a Failed state carrying the user's one-line error
+                    return Failed(message=value.message)
+                result = value
+    except UserError as err:  # the run directory is unusable or in use
+        return Failed(message=str(err))
     return {"run_dir": out, "verdict": result["verdict"]}

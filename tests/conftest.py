@@ -51,9 +51,15 @@ def write_image_folder(root: Path, classes: dict[str, int], size=(12, 10), mode=
     return root
 
 
-def tree_state(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file under root with its size and mtime, to prove the input was not written to."""
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+def tree_state(root: Path) -> dict[str, tuple]:
+    """Every entry under root with its sha256 (files), size and mtime, to prove the input was not written to."""
+    import hashlib
+
+    def state(p: Path) -> tuple:
+        digest = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        return digest, p.stat().st_size, p.stat().st_mtime_ns
+
+    return {str(p.relative_to(root)): state(p) for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture

@@ -6,13 +6,21 @@ import pytest
 from PIL import Image
 
 from augment import manifest
-from augment.config import load_config
+from augment.config import DataConfig, load_config
 from augment.data import (
     ingest_info, ingest_stage, read_csv, read_digits, read_folder, read_idx, scarce_counts, simulate_scarcity,
     split_indices,
 )
 from augment.errors import UserError
 from conftest import tree_state, write_image_folder
+
+
+def folder(path, **kw) -> DataConfig:
+    return DataConfig(source="folder", path=path, **kw)
+
+
+def csv_source(path, **kw) -> DataConfig:
+    return DataConfig(source="csv", path=path, **kw)
 
 
 def folder_cfg(path, *extra):
@@ -28,22 +36,22 @@ def test_digits_source():
 
 
 def test_folder_source_reads_every_class(image_folder):
-    data = read_folder(image_folder)
+    data = read_folder(folder(image_folder))
     assert pd.Series(data.labels).value_counts().to_dict() == {"cat": 8, "dog": 7, "owl": 6}
     assert data.images[0].shape == (12, 10, 1)
-    assert read_folder(image_folder, channels=3).images[0].shape == (12, 10, 3)
+    assert read_folder(folder(image_folder, channels=3)).images[0].shape == (12, 10, 3)
 
 
 def test_unreadable_image_is_named(image_folder):
     bad = image_folder / "dog" / "broken.png"
     bad.write_bytes(b"not a png")
     with pytest.raises(UserError, match=r"broken\.png: not a readable image"):
-        read_folder(image_folder)
+        read_folder(folder(image_folder))
 
 
 def test_non_image_files_are_skipped(image_folder):
     (image_folder / "cat" / "notes.txt").write_text("hello")
-    assert len(read_folder(image_folder).images) == 21
+    assert len(read_folder(folder(image_folder)).images) == 21
 
 
 def test_class_with_too_few_images_is_named(tmp_path):
@@ -60,14 +68,14 @@ def test_one_class_is_an_error(tmp_path):
 
 def test_missing_folder(tmp_path):
     with pytest.raises(UserError, match="data.path is not a folder"):
-        read_folder(tmp_path / "nowhere")
+        read_folder(folder(tmp_path / "nowhere"))
 
 
 def test_csv_source_with_relative_paths(tmp_path, image_folder):
     rows = [(f"input/{p.parent.name}/{p.name}", p.parent.name) for p in sorted(image_folder.rglob("*.png"))]
     csv = tmp_path / "labels.csv"
     pd.DataFrame(rows, columns=["path", "label"]).to_csv(csv, index=False)
-    data = read_csv(csv)
+    data = read_csv(csv_source(csv))
     assert len(data.images) == 21 and set(data.labels) == {"cat", "dog", "owl"}
 
 
@@ -75,10 +83,10 @@ def test_csv_errors_name_the_row(tmp_path):
     csv = tmp_path / "labels.csv"
     csv.write_text("path,label\nmissing.png,cat\n")
     with pytest.raises(UserError, match=r"labels.csv:2: image file .*missing.png not found"):
-        read_csv(csv)
+        read_csv(csv_source(csv))
     csv.write_text("file,label\na.png,cat\n")
     with pytest.raises(UserError, match=r"missing column\(s\) \['path'\]"):
-        read_csv(csv)
+        read_csv(csv_source(csv))
 
 
 def test_ingest_never_writes_to_the_input(tmp_path, image_folder):

@@ -128,22 +128,25 @@ def test_rerun_resumes_and_a_changed_section_reruns_only_downstream(smoke_run, t
 
 def test_folder_input_is_never_written(tmp_path):
     root = write_image_folder(tmp_path / "in", {"a": 8, "b": 8}, size=(8, 8))
+    (root / "b" / "broken.png").write_bytes(b"")
     before = tree_state(root)
     cfg = load_config(SMOKE, ["data.source=folder", f"data.path={root}", "data.per_class=null",
-                              "benchmark.seeds=1", "benchmark.steps=5", "gan.steps=2", "gan.samples_per_class=2"])
+                              "data.on_bad_image=skip", "benchmark.seeds=1", "benchmark.steps=5", "gan.steps=2",
+                              "gan.samples_per_class=2"])
     run_pipeline(cfg, tmp_path / "run")
-    assert tree_state(root) == before
+    assert tree_state(root) == before  # checksums, sizes and times of every input file
     assert ImageFolder(tmp_path / "run" / "expanded").classes == ["a", "b"]
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert f"| {root / 'b' / 'broken.png'} | b | not a readable image" in report
 
 
 def test_run_dir_inside_the_input_is_refused(tmp_path):
     from augment.errors import UserError
-    from augment.pipeline import prepare_run_dir
 
     root = write_image_folder(tmp_path / "in", {"a": 6, "b": 6})
     cfg = load_config(SMOKE, ["data.source=folder", f"data.path={root}"])
     with pytest.raises(UserError, match="inside the input dataset"):
-        prepare_run_dir(cfg, root / "runs" / "x")
+        run_pipeline(cfg, root / "runs" / "x")
     assert not (root / "runs").exists()
 
 
@@ -151,11 +154,10 @@ def test_cuda_without_cuda_fails_before_any_work(tmp_path, monkeypatch):
     import torch
 
     from augment.errors import UserError
-    from augment.pipeline import prepare_run_dir
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UserError, match="config key 'device' is 'cuda'"):
-        prepare_run_dir(load_config(SMOKE, ["device=cuda"]), tmp_path / "run")
+        run_pipeline(load_config(SMOKE, ["device=cuda"]), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -169,3 +171,34 @@ def test_adding_an_image_to_the_input_reruns_ingest(tmp_path):
     write_image_folder(root, {"a": 7}, size=(8, 8), seed=1)  # one more image in class a (006.png)
     assert not ingest_stage(cfg, tmp_path / "run")["skipped"]
     assert len(manifest.read(tmp_path / "run")) == 13
+
+
+def test_a_second_run_on_the_same_directory_is_refused_and_a_finished_one_frees_it(tmp_path):
+    import os
+
+    from augment.errors import UserError
+    from augment.runtime import run_lock
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with run_lock(run_dir):  # another run holds the directory
+        with pytest.raises(UserError, match=rf"run directory {run_dir} is in use by another augment run "
+                                            rf"\(pid {os.getpid()}\)"):
+            run_pipeline(load_config(SMOKE), run_dir)
+        assert not (run_dir / "config.yaml").exists()  # the refused run wrote nothing
+    with run_lock(run_dir):  # released when the holder finished
+        pass
+
+
+def test_temporaries_of_an_interrupted_run_are_removed_under_the_lock(tmp_path):
+    from augment.pipeline import open_run
+
+    run_dir = tmp_path / "run"
+    (run_dir / "images" / "real").mkdir(parents=True)
+    stale = [run_dir / ".manifest.parquet.abc123.tmp", run_dir / "images" / "real" / ".x.png.q1.tmp"]
+    for p in stale:
+        p.write_bytes(b"half")
+    keep = run_dir / "images" / "real" / "x.png"
+    keep.write_bytes(b"png")
+    with open_run(load_config(SMOKE), run_dir):
+        assert not any(p.exists() for p in stale) and keep.exists()

@@ -1,0 +1,152 @@
+"""Interruption, concurrency and untrusted files: nothing lost, nothing corrupted, nothing executed."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from augment import manifest
+from augment.config import load_config
+from augment.errors import UserError
+from conftest import REPO, SMOKE
+
+
+class Payload:
+    """Unpickling this would create a file: proof that a loader executed code from a file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_yaml_tags_that_would_run_code_are_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text(f"seed: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(UserError, match=r"evil.yaml: not valid YAML"):
+        load_config(cfg)
+    assert not marker.exists()
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path):
+    from augment.config import GanConfig
+    from augment.gan_training import build_state, load_checkpoint, load_generator
+
+    marker = tmp_path / "pwned"
+    torch.save({"fingerprint": "f", "ema": Payload(marker)}, tmp_path / "checkpoint.pt")
+    state = build_state(GanConfig(steps=2, image_size=16, ngf=4, ndf=4, nz=8), 2, 1, 0, torch.device("cpu"))
+    with pytest.raises(UserError, match=r"checkpoint.pt: not a checkpoint this tool wrote \(UnpicklingError"):
+        load_checkpoint(tmp_path / "checkpoint.pt", state, "f")
+    with pytest.raises(UserError, match=r"checkpoint.pt: not a checkpoint this tool wrote"):
+        load_generator(tmp_path, GanConfig(image_size=16, ngf=4, nz=8), 2, 1, "cpu")
+    (tmp_path / "checkpoint.pt").write_bytes(b"\x80garbage")
+    with pytest.raises(UserError, match=r"checkpoint.pt: not a checkpoint this tool wrote"):
+        load_checkpoint(tmp_path / "checkpoint.pt", state, "f")
+    assert not marker.exists()
+
+
+def test_backbone_weights_are_loaded_without_running_pickled_code(tmp_path):
+    from augment.classifier import build_backbone
+
+    marker = tmp_path / "pwned"
+    torch.save({"fc.weight": Payload(marker)}, tmp_path / "w.pth")
+    with pytest.raises(UserError, match=r"w.pth: not resnet18 weights"):
+        build_backbone("resnet18", 2, tmp_path / "w.pth", 32, torch.Generator())
+    assert not marker.exists()
+
+
+def test_config_strings_are_names_never_code():
+    with pytest.raises(UserError, match=r"config key 'smote.sampler': unknown sampler"):
+        load_config(None, ["smote.sampler=__import__('os').system('true')"])
+    with pytest.raises(UserError, match=r"config key 'benchmark.classifier'"):
+        load_config(None, ["benchmark.classifier=os.system"])
+
+
+# --------------------------------------------------------------------------- kill and resume
+
+# Smoke-sized, with stages long enough to be caught mid-way.
+KILL_OVERRIDES = ["classical.multiplier=4", "gan.steps=200", "gan.checkpoint_every=25", "gan.sample_every=100"]
+
+
+def _launch(run_dir):
+    """`augment run` in its own process group (Prefect's temporary server is a child: kill both)."""
+    cmd = [sys.executable, "-m", "flows.cli", "run", str(SMOKE), "--run-dir", str(run_dir), "-q"]
+    for item in KILL_OVERRIDES:
+        cmd += ["--set", item]
+    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _done(run_dir, stage):
+    return (run_dir / "stages" / f"{stage}.json").is_file()
+
+
+# Where to pull the plug: a condition on the run directory that holds only while that stage runs.
+KILL_POINTS = {
+    "ingest": lambda d: (d / "images" / "real").is_dir() and not _done(d, "ingest"),
+    "classical augmentation": lambda d: _done(d, "ingest") and not _done(d, "classical"),
+    "GAN training": lambda d: (d / "gan" / "checkpoint.pt").is_file() and not _done(d, "gan"),
+    "benchmark": lambda d: _done(d, "synthesize") and not _done(d, "benchmark"),
+}
+
+
+def _outputs(run_dir):
+    """What a finished run produced, without timings or the run directory's own path."""
+    frame = manifest.read(run_dir).drop(columns=["score", "novelty"])
+    results = pd.read_parquet(run_dir / "benchmark" / "results.parquet")
+    expanded = sorted(str(p.relative_to(run_dir)) for p in (run_dir / "expanded").rglob("*.png"))
+    return frame, results, expanded
+
+
+@pytest.mark.slow
+def test_sigkill_at_any_stage_then_rerun_gives_the_uninterrupted_result(tmp_path):
+    reference = _launch(tmp_path / "reference")
+    out, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, out[-2000:]
+
+    run_dir = tmp_path / "interrupted"
+    for where, condition in KILL_POINTS.items():
+        proc = _launch(run_dir)
+        deadline = time.monotonic() + 600
+        while not condition(run_dir):
+            assert proc.poll() is None, f"the run finished before it reached {where}"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL, where
+    final = _launch(run_dir)
+    out, _ = final.communicate(timeout=600)
+    assert final.returncode == 0, out[-2000:]
+
+    ref_frame, ref_results, ref_expanded = _outputs(tmp_path / "reference")
+    frame, results, expanded = _outputs(run_dir)
+    pd.testing.assert_frame_equal(frame, ref_frame)  # same rows, same image bytes (sha256)
+    pd.testing.assert_frame_equal(results, ref_results)
+    assert expanded == ref_expanded
+    assert not list(run_dir.rglob("*.tmp")), "a half-written file was left behind"
+    for rel, digest in zip(frame["path"].dropna(), frame["sha256"].dropna()):
+        assert manifest.hashlib.sha256((run_dir / rel).read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.slow
+def test_a_second_augment_run_on_a_busy_directory_is_refused(tmp_path):
+    first = _launch(tmp_path / "run")
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "run" / "config.yaml").is_file():
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    second = _launch(tmp_path / "run")
+    out, _ = second.communicate(timeout=300)
+    assert second.returncode == 1
+    assert f"run directory {tmp_path / 'run'} is in use by another augment run (pid" in out
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(timeout=60)
