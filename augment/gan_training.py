@@ -185,6 +185,17 @@ def sample(G: torch.nn.Module, n_per_class: int, nz: int, n_classes: int, seed: 
 
 
 @torch.no_grad()
+def interpolate(G: torch.nn.Module, n_classes: int, nz: int, steps: int, seed: int, device) -> torch.Tensor:
+    """The DCGAN paper's latent walk: G along the straight line between two noise vectors per
+    class, (steps, K, C, S, S). Smooth change means G learned a space, not a list of images."""
+    gen = torch.Generator(device=device).manual_seed(seed % 2**63)
+    z0, z1 = torch.randn(2, 1, n_classes, nz, generator=gen, device=device)
+    t = torch.linspace(0, 1, steps, device=device).view(steps, 1, 1)
+    G.eval()
+    return G((1 - t) * z0 + t * z1).float()
+
+
+@torch.no_grad()
 def standing_stats(G: torch.nn.Module, n_classes: int, nz: int, seed: int, device, batches: int = 8, batch: int = 64) -> torch.nn.Module:
     """A copy of G with batch-norm statistics re-estimated on fresh noise ("standing statistics").
 
@@ -352,6 +363,8 @@ def gan_stage(cfg: Config, run_dir: Path, progress: Progress | None = None) -> d
         grid = sample(G, 64, cfg.gan.nz, len(info["classes"]), derive_seed(cfg.seed, "final-grid"), device)
         for c, label in enumerate(info["classes"]):
             save_grid(run_dir / "gan" / "samples" / f"final_{label}.png", grid[:, c], nrow=8)
+        walk = interpolate(G, len(info["classes"]), cfg.gan.nz, 10, derive_seed(cfg.seed, "interpolation"), device)
+        save_grid(run_dir / "gan" / "samples" / "interpolation.png", walk.transpose(0, 1).flatten(0, 1), nrow=10)
         last = pd.read_csv(run_dir / "gan" / "history.csv").iloc[-1]
         overfit = {c: round(float(last[c]), 4) for c in ("d_acc_train", "d_acc_val") if c in last and pd.notna(last[c])}
         return {"steps": state.step, "device": str(device), "train_seconds": round(time.perf_counter() - t0, 2), **overfit}

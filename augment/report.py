@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import platform
+import re
 from importlib import metadata
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pandas as pd
 from augment import manifest
 from augment.benchmark import PRIMARY
 from augment.config import Config, dump_config
-from augment.runtime import combine, run_stage, stage_fingerprint, write_json, write_text
+from augment.runtime import combine, run_stage, stage_fingerprint, write_bytes, write_json, write_text
 
 _NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
 
@@ -42,6 +44,15 @@ def _grown(n_images: dict, arm: str) -> str:
     return f" ({n} training images from {real} real)" if n != real else ""
 
 
+def _significance(g: dict) -> str:
+    """'a significant gain' / 'a significant loss' / 'not statistically significant' (p < 0.05, CI excludes 0)."""
+    if math.isnan(g["p_value"]) or g["p_value"] >= 0.05:
+        return "not statistically significant"
+    if g["ci_low"] > 0:
+        return "a significant gain"
+    return "a significant loss" if g["ci_high"] < 0 else "not statistically significant"
+
+
 def verdict(summary: dict, run_dir: Path | None = None) -> str:
     """One plain paragraph: what was expanded, by how much, the measured gain and whether it is significant."""
     rec = summary["recommendation"]
@@ -63,19 +74,18 @@ def verdict(summary: dict, run_dir: Path | None = None) -> str:
                 f"'{arm}'{_grown(n_images, arm)} scored {metric} "
                 f"{_pct(test[arm]['test'][PRIMARY]['mean'])} on the real test split against {_pct(real_test)} for "
                 f"real images alone ({_pts(g['gain'])} points, 95% CI [{_pts(g['ci_low'])}, {_pts(g['ci_high'])}], "
-                f"paired t-test p={_p(g['p_value'])}, {seeds} seeds)."
+                f"paired t-test p={_p(g['p_value'])} over {seeds} seeds: {_significance(g)})."
             )
         else:
             lead += f"Real images alone scored {metric} {_pct(real_test)} on the test split ({seeds} seeds)."
         return lead + where
     g, gb = rec["test_gain_over_real"], rec["test_gain_over_best_baseline"]
-    significant = not math.isnan(g["p_value"]) and g["p_value"] < 0.05 and g["ci_low"] > 0
     return (
         f"Expanding {n_images['real']} real training images to {n_images[arm]} with '{arm}' (chosen on the "
         f"validation split) changed {metric} on the untouched real test split from {_pct(real_test)} to "
         f"{_pct(test[arm]['test'][PRIMARY]['mean'])}: {_pts(g['gain'])} points, 95% CI [{_pts(g['ci_low'])}, "
         f"{_pts(g['ci_high'])}], paired t-test p={_p(g['p_value'])} over {seeds} seeds, "
-        f"{'a significant gain' if significant else 'not statistically significant'}. Against the best arm "
+        f"{_significance(g)}. Against the best arm "
         f"without synthetic images ('{rec['best_baseline']}') the gain is {_pts(gb['gain'])} points "
         f"(p={_p(gb['p_value'])})." + where
     )
@@ -225,17 +235,77 @@ def _versions() -> str:
     return f"Python {platform.python_version()}; " + ", ".join(found)
 
 
-def render_markdown(cfg: Config, run_dir: Path) -> tuple[str, str]:
-    """(report markdown, verdict paragraph) from the run directory's summary and manifest."""
+def _fig(figs: dict[str, str], name: str, alt: str, missing: str = "") -> str:
+    return f"![{alt}]({figs[name]})\n" if name in figs else missing
+
+
+def make_figures(run_dir: Path, summary: dict, frame: pd.DataFrame, per_class: int = 6) -> dict[str, str]:
+    """Draw the report's figures into report/figures/; returns name -> path relative to report/."""
+    from augment import figures
+    from augment.data import ingest_info
+
     run_dir = Path(run_dir)
+    out = run_dir / "report" / "figures"
+    made: dict[str, str] = {}
+
+    def done(name: str) -> None:
+        made[name] = f"figures/{name}.png"
+
+    metric = _NAMES[summary["primary_metric"]]
+    vs_real = {name.removesuffix(" vs real"): g["test"] for name, g in summary["gains"].items() if name.endswith(" vs real")}
+    if vs_real:
+        figures.gain_chart(vs_real, metric, out / "gain.png")
+        done("gain")
+    rec = summary["recommendation"]
+    arm = rec["arm"] if rec["arm"] != "real" else (rec["best_synthetic"] or rec["best_baseline"])
+    real_test = summary["arms"]["real"]["test"]
+    classes = [m[len("recall["):-1] for m in real_test if m.startswith("recall[")]
+    if arm and arm != "real" and classes:
+        recall = pd.DataFrame({a: [summary["arms"][a]["test"][f"recall[{c}]"]["mean"] for c in classes]
+                               for a in ("real", arm)}, index=classes)
+        figures.recall_chart(recall, arm, out / "recall.png")
+        done("recall")
+
+    info = ingest_info(run_dir)
+    size, channels = tuple(info["size"]), info["channels"]
+    train = frame[(frame["split"] == "train") & frame["kept"] & frame["path"].notna()]
+    rows: dict[str, dict] = {}
+    for label in info["classes"]:
+        rows[label] = {}
+        for source, group in train[train["label"] == label].groupby("source"):
+            rows[label][source] = manifest.load_images(run_dir, group["path"].head(per_class), size, channels)
+    figures.image_grid(rows, out / "images.png")
+    done("images")
+    sample = pd.concat([g.sample(min(len(g), 300), random_state=0) for _, g in train.groupby("source")])
+    pixels = manifest.load_images(run_dir, sample["path"], size, channels).reshape(len(sample), -1) / 255.0
+    if len(sample) >= 3:
+        figures.projection(pixels, sample["source"].tolist(), out / "projection.png")
+        done("projection")
+
+    gan_dir = run_dir / "gan"
+    if (gan_dir / "history.csv").is_file():
+        figures.training_curves(pd.read_csv(gan_dir / "history.csv"), out / "gan_curves.png")
+        done("gan_curves")
+    grids = sorted((gan_dir / "samples").glob("step_*.png"))
+    for name, src in (("gan_samples", grids[-1] if grids else None), ("interpolation", gan_dir / "samples" / "interpolation.png")):
+        if src is not None and src.is_file():
+            write_bytes(out / f"{name}.png", src.read_bytes())
+            done(name)
+    return made
+
+
+def render_markdown(cfg: Config, run_dir: Path, figs: dict[str, str] | None = None) -> tuple[str, str]:
+    """(report markdown, verdict paragraph) from the run directory's summary, manifest and figures."""
+    run_dir = Path(run_dir)
+    figs = figs or {}
     summary = json.loads((run_dir / "benchmark" / "summary.json").read_text())
     frame = manifest.read(run_dir)
     para = verdict(summary, run_dir)
-    grids = sorted((run_dir / "gan" / "samples").glob("step_*.png"))
-    gan_part = (
-        f"Samples of the EMA generator after the last step, one row per class:\n\n![GAN samples](../gan/samples/{grids[-1].name})\n"
-        if grids else "The GAN stage was disabled.\n"
-    )
+    gan_part = ("Samples of the EMA generator after the last step, one row per class:\n\n" + _fig(figs, "gan_samples", "GAN samples")
+                if "gan_samples" in figs else "The GAN stage was disabled.\n")
+    walk = ("Latent-space walk between two noise vectors, one row per class (smooth change: the generator learned "
+            "a space, not a list of training images):\n\n" + _fig(figs, "interpolation", "Latent interpolation")
+            if "interpolation" in figs else "")
     md = f"""# Augmentation report
 
 {para}
@@ -250,6 +320,7 @@ The recommended arm is chosen on val ({summary['primary_metric'].replace('_', ' 
 
 ## Gains ({_NAMES[summary['primary_metric']]}, paired over seeds)
 
+{_fig(figs, "gain", "Gain over real images alone, with 95% confidence intervals")}
 {_gain_table(summary)}
 
 ## Linear probe in the SMOTE feature space
@@ -261,6 +332,7 @@ the SMOTE arm trains on its own feature rows, every other arm on the same featur
 
 ## Per-class recall on test (where a gain comes from; weakest classes first)
 
+{_fig(figs, "recall", "Per-class recall, real vs the recommended arm")}
 {_recall_table(summary)}
 
 ## Data
@@ -269,9 +341,15 @@ the SMOTE arm trains on its own feature rows, every other arm on the same featur
 
 {_skipped_inputs(frame)}
 
+Train images per class and source (real, classical, SMOTE decoded to pixels, GAN kept):
+
+{_fig(figs, "images", "Image grid: real vs classical vs SMOTE vs GAN, one row per class")}
+{_fig(figs, "projection", "2-D projection of real and synthetic train images")}
 ## GAN
 
 {gan_part}
+{_fig(figs, "gan_curves", "GAN training curves")}
+{walk}
 ### Quality gate and sample quality
 
 {_quality_section(cfg, run_dir, frame)}
@@ -286,16 +364,125 @@ Versions: {_versions()}.
     return md, para
 
 
+_CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 + p { font-size: 1.15em; background: #f4f7fb; border-left: 4px solid #1f77b4; padding: 0.8em 1em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+img { max-width: 100%; display: block; margin: 0.6em 0; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+
+def render_html(md: str, report_dir: Path) -> str:
+    """One self-contained HTML page from the report's markdown: figures inlined as data: URIs,
+    styles inline, no script and no link to anything outside the file."""
+    import markdown
+
+    body = markdown.markdown(md, extensions=["tables", "fenced_code"], output_format="html")
+
+    def inline(match: re.Match) -> str:
+        data = base64.b64encode((Path(report_dir) / match.group(1)).read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="(figures/[A-Za-z0-9_]+\.png)"', inline, body)
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>Augmentation report</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+def render_report(cfg: Config, run_dir: Path) -> str:
+    """Write report/report.md, report/report.html (self-contained), figures and results.json
+    from a finished run directory; recomputes nothing. Returns the verdict paragraph."""
+    run_dir = Path(run_dir)
+    summary = json.loads((run_dir / "benchmark" / "summary.json").read_text())
+    figs = make_figures(run_dir, summary, manifest.read(run_dir))
+    md, para = render_markdown(cfg, run_dir, figs)
+    write_text(run_dir / "report" / "report.md", md)
+    write_text(run_dir / "report" / "report.html", render_html(md, run_dir / "report"))
+    write_json(run_dir / "report" / "results.json", {"verdict": para, **summary})
+    return para
+
+
 def report_stage(cfg: Config, run_dir: Path) -> dict:
-    """Write report/report.md and report/results.json; returns the verdict paragraph."""
+    """The report stage: render_report once the benchmark and expand stages are done."""
     run_dir = Path(run_dir)
 
     def body() -> dict:
-        md, para = render_markdown(cfg, run_dir)
-        write_text(run_dir / "report" / "report.md", md)
-        summary = json.loads((run_dir / "benchmark" / "summary.json").read_text())
-        write_json(run_dir / "report" / "results.json", {"verdict": para, **summary})
-        return {"verdict": para}
+        return {"verdict": render_report(cfg, run_dir)}
 
     fp = combine(stage_fingerprint(run_dir, "benchmark"), stage_fingerprint(run_dir, "expand"), cfg.section_hash(*Config.model_fields))
     return run_stage(run_dir, "report", fp, body)
+
+
+def rerender(run_dir: Path) -> str:
+    """`augment report RUN_DIR`: re-render the report of a finished run with its frozen config."""
+    from augment.config import load_config
+    from augment.errors import UserError
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
+    if stage_fingerprint(run_dir, "benchmark") is None:
+        raise UserError(f"{run_dir}: the benchmark has not finished; run `augment run` to complete it first")
+    return render_report(load_config(run_dir / "config.yaml"), run_dir)
+
+
+def list_runs(root: Path) -> pd.DataFrame:
+    """Every finished run under root (a report/results.json), oldest first: when, on what data,
+    the recommended arm and its test gain over real images alone."""
+    import yaml
+
+    rows = []
+    for results in sorted(Path(root).rglob("report/results.json")):
+        run_dir = results.parent.parent
+        summary = json.loads(results.read_text())
+        try:
+            data = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data", {})
+        except (OSError, yaml.YAMLError):
+            data = {}
+        rec = summary["recommendation"]
+        g = rec["test_gain_over_real"]
+        metric = summary["primary_metric"]
+        rows.append({
+            "run": str(run_dir.relative_to(root)),
+            "finished": pd.Timestamp(results.stat().st_mtime, unit="s").strftime("%Y-%m-%d %H:%M"),
+            "dataset": data.get("source", "?") + (f":{Path(data['path']).name}" if data.get("path") else ""),
+            "train images": summary["train_images"].get("real"),
+            "recommended": rec["arm"],
+            "synthetic helps": rec["synthetic_helps_on_val"],
+            f"test {_NAMES[metric]}": _pct(summary["arms"][rec["arm"]]["test"][metric]["mean"]),
+            "gain over real": f"{_pts(g['gain'])} [{_pts(g['ci_low'])}, {_pts(g['ci_high'])}]",
+            "p": _p(g["p_value"]),
+        })
+    frame = pd.DataFrame(rows)
+    return frame.sort_values("finished", kind="stable").reset_index(drop=True) if len(frame) else frame
+
+
+def arm_rows(summary: dict) -> list[dict]:
+    """Per-arm results as plain rows (the Prefect table artifact and anything tabular)."""
+    metric = summary["primary_metric"]
+    gains = summary["gains"]
+    rows = []
+    for arm, splits in summary["arms"].items():
+        t = splits["test"][metric]
+        g = gains.get(f"{arm} vs real", {}).get("test")
+        rows.append({
+            "arm": arm,
+            "recommended": arm == summary["recommendation"]["arm"],
+            "train_images": summary["train_images"][arm],
+            f"test_{metric}": round(t["mean"], 4),
+            "ci_low": round(t["ci_low"], 4),
+            "ci_high": round(t["ci_high"], 4),
+            f"val_{metric}": round(splits["val"][metric]["mean"], 4),
+            "test_gain_over_real": None if g is None else round(g["gain"], 4),
+            "p_value": None if g is None or math.isnan(g["p_value"]) else round(g["p_value"], 4),
+        })
+    return rows
+
+
+def summary_markdown(summary: dict, verdict_text: str) -> str:
+    """The verdict and the two tables, without figures: for the Prefect UI and chat."""
+    return f"# Augmentation report\n\n{verdict_text}\n\n{_arm_table(summary)}\n\n## Gains\n\n{_gain_table(summary)}\n"

@@ -40,15 +40,24 @@ def derive_seed(seed: int, *parts: object) -> int:
 # --------------------------------------------------------------------------- atomic writes
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: the permissions a plainly created file would get
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
+
+    The result gets ordinary file permissions (0666 less the umask), not mkstemp's private 0600:
+    reports and expanded datasets are meant to be shared.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

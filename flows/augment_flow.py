@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.artifacts import (create_markdown_artifact, create_progress_artifact, create_table_artifact,
+                               update_progress_artifact)
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
 from augment.config import Config, load_config
 from augment.errors import UserError
 from augment.pipeline import STAGES, default_run_dir, open_run
+from augment.report import arm_rows, summary_markdown
 
 # Stages resume through the run directory's own markers (augment.runtime.run_stage), so
 # Prefect's result cache stays off: it would skip a stage whose outputs were deleted.
@@ -61,8 +64,11 @@ def report(cfg: Config, run_dir: str):
     """Write the report and publish it as a Prefect artifact."""
     result = _call("report", cfg, run_dir)
     if isinstance(result, dict):
-        md = (Path(run_dir) / "report" / "report.md").read_text()
-        create_markdown_artifact(markdown=md, key="augment-report", description=result["verdict"][:200])
+        summary = json.loads((Path(run_dir) / "benchmark" / "summary.json").read_text())
+        create_markdown_artifact(markdown=summary_markdown(summary, result["verdict"]), key="augment-report",
+                                 description=result["verdict"][:200])
+        create_table_artifact(table=arm_rows(summary), key="augment-arms",
+                              description="Per-arm test results (mean over seeds, 95% CI, gain over real)")
     return result
 
 

@@ -41,11 +41,46 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", default=None, metavar="DIR",
                      help="run directory (default: <run_root>/<config name>, so a re-run resumes)")
     run.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+    report = sub.add_parser(
+        "report", help="re-render the report of a finished run (no recomputation)",
+        description="Write report.md, the self-contained report.html and the figures again from a finished run "
+        "directory, with the config frozen in it. Nothing is trained or sampled.")
+    report.add_argument("run_dir", metavar="RUN_DIR")
+    runs = sub.add_parser(
+        "runs", help="list finished runs with their recommended arm and gain",
+        description="One line per finished run under DIR (searched recursively): when it finished, the dataset, "
+        "the recommended arm and its test gain over real images alone. Shows a scheduled job's trend.")
+    runs.add_argument("root", nargs="?", default="runs", metavar="DIR", help="where to look (default: runs)")
     return parser
+
+
+def _offline(args: argparse.Namespace) -> int:
+    """`augment report` and `augment runs`: read a run directory, no Prefect needed."""
+    from augment.errors import UserError
+    from augment.report import list_runs, rerender
+
+    try:
+        if args.command == "report":
+            verdict = rerender(Path(args.run_dir))
+            print(f"{verdict}\nReport: {Path(args.run_dir) / 'report' / 'report.html'}")
+            return 0
+        if not Path(args.root).is_dir():
+            raise UserError(f"{args.root}: no such folder")
+        table = list_runs(Path(args.root))
+    except UserError as err:
+        print(f"augment: error: {err}", file=sys.stderr)
+        return 2
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):
+        print(table.to_string(index=False) if len(table) else f"no finished runs under {args.root}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("report", "runs"):
+        return _offline(args)
     from augment.config import load_config
     from augment.errors import UserError
 

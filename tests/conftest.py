@@ -65,3 +65,14 @@ def tree_state(root: Path) -> dict[str, tuple]:
 @pytest.fixture
 def image_folder(tmp_path):
     return write_image_folder(tmp_path / "input", {"cat": 8, "dog": 7, "owl": 6})
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """The whole pipeline once on the smoke config, without Prefect: (cfg, run_dir, stage infos)."""
+    from augment.config import load_config
+    from augment.pipeline import run_pipeline
+
+    run_dir = tmp_path_factory.mktemp("smoke")
+    cfg = load_config(SMOKE)
+    return cfg, run_dir, run_pipeline(cfg, run_dir)

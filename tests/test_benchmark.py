@@ -66,6 +66,8 @@ def test_recommendation_is_chosen_on_val_not_test():
     s["train_images"] = {"real": 10, "real+classical": 50, "real+gan": 30}
     text = verdict(s)
     assert "recommends not using the synthetic data" in text and "'real+classical'" in text
+    g = s["recommendation"]["test_gain_over_real"]
+    assert ("a significant gain" if g["p_value"] < 0.05 and g["ci_low"] > 0 else "not statistically significant") in text
 
 
 def test_verdict_reports_a_synthetic_gain_with_its_interval():

@@ -32,7 +32,7 @@ def test_flow_runs_every_stage_as_a_task(prefect_harness, tmp_path):
         keys = {a.key for a in client.read_artifacts(sort=ArtifactSort.ID_DESC, limit=50)}
     names = sorted(r.name.rsplit("-", 1)[0] for r in runs)
     assert names == sorted(["ingest", "classical", "smote", "gan", "synthesize", "benchmark", "expand", "report"])
-    assert {"augment-report", "gan-training"} <= keys
+    assert {"augment-report", "augment-arms", "gan-training"} <= keys
 
     # Re-running resumes: every stage is skipped, the verdict is the same.
     again = augment_dataset(str(SMOKE), [], str(tmp_path / "run"), return_state=True)

@@ -15,13 +15,6 @@ from augment.pipeline import run_pipeline
 from conftest import SMOKE, tree_state, write_image_folder
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("smoke")
-    cfg = load_config(SMOKE)
-    return cfg, run_dir, run_pipeline(cfg, run_dir)
-
-
 def test_every_stage_ran(smoke_run):
     _, run_dir, info = smoke_run
     assert list(info) == ["ingest", "classical", "smote", "gan", "synthesize", "benchmark", "expand", "report"]
