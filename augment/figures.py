@@ -50,12 +50,10 @@ def gain_chart(gains: dict[str, dict], metric: str, path: Path) -> Path:
 
 
 def recall_chart(recall: pd.DataFrame, arm: str, path: Path) -> Path:
-    """Per-class test recall of real vs `arm`, classes ordered weakest-first under real.
-
-    `recall`: index = class, columns 'real' and `arm`, values in [0, 1].
+    """Per-class test recall of real vs `arm`, one pair of bars per class, top to bottom in the
+    frame's order. `recall`: index = class, columns 'real' and `arm`, values in [0, 1].
     """
     plt = _pyplot()
-    recall = recall.sort_values("real")
     y = np.arange(len(recall))
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(recall) + 1.2))
     ax.barh(y - 0.2, 100 * recall["real"], height=0.4, label="real", color="#7f7f7f")
@@ -65,7 +63,7 @@ def recall_chart(recall: pd.DataFrame, arm: str, path: Path) -> Path:
     ax.set_xlabel("test recall (%)")
     ax.set_xlim(0, 100)
     ax.legend(loc="lower right")
-    ax.set_title(f"Per-class recall: real vs {arm} (weakest classes under real first)")
+    ax.set_title(f"Per-class test recall: real vs {arm} (minority, then weakest classes first)")
     return _save(fig, path)
 
 

@@ -132,13 +132,20 @@ def _linear_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _recall_table(summary: dict) -> str:
-    """Per-class test recall per arm, the classes real images alone recognise worst first."""
+def class_order(summary: dict, train_counts: dict[str, int] | None = None) -> list[str]:
+    """Classes minority first (fewest real train images), then the ones real images alone
+    recognise worst: where a gain from synthetic data should show."""
+    real = summary["arms"]["real"]["test"]
+    classes = [m[len("recall["):-1] for m in real if m.startswith("recall[")]
+    counts = train_counts or {}
+    return sorted(classes, key=lambda c: (counts.get(c, 0), real[f"recall[{c}]"]["mean"]))
+
+
+def _recall_table(summary: dict, order: list[str]) -> str:
+    """Per-class test recall per arm, in `order`."""
     arms = summary["arms"]
-    real = arms["real"]["test"]
-    classes = sorted((m[len("recall["):-1] for m in real if m.startswith("recall[")), key=lambda c: real[f"recall[{c}]"]["mean"])
     lines = ["| class | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
-    for c in classes:
+    for c in order:
         lines.append(f"| {c} | " + " | ".join(_pct(arms[a]["test"][f"recall[{c}]"]["mean"]) for a in arms) + " |")
     return "\n".join(lines)
 
@@ -256,17 +263,16 @@ def make_figures(run_dir: Path, summary: dict, frame: pd.DataFrame, per_class: i
     if vs_real:
         figures.gain_chart(vs_real, metric, out / "gain.png")
         done("gain")
+    info = ingest_info(run_dir)
     rec = summary["recommendation"]
     arm = rec["arm"] if rec["arm"] != "real" else (rec["best_synthetic"] or rec["best_baseline"])
-    real_test = summary["arms"]["real"]["test"]
-    classes = [m[len("recall["):-1] for m in real_test if m.startswith("recall[")]
-    if arm and arm != "real" and classes:
-        recall = pd.DataFrame({a: [summary["arms"][a]["test"][f"recall[{c}]"]["mean"] for c in classes]
-                               for a in ("real", arm)}, index=classes)
+    order = class_order(summary, info["counts"].get("train"))
+    if arm and arm != "real" and order:
+        recall = pd.DataFrame({a: [summary["arms"][a]["test"][f"recall[{c}]"]["mean"] for c in order]
+                               for a in ("real", arm)}, index=order)
         figures.recall_chart(recall, arm, out / "recall.png")
         done("recall")
 
-    info = ingest_info(run_dir)
     size, channels = tuple(info["size"]), info["channels"]
     train = frame[(frame["split"] == "train") & frame["kept"] & frame["path"].notna()]
     rows: dict[str, dict] = {}
@@ -296,11 +302,14 @@ def make_figures(run_dir: Path, summary: dict, frame: pd.DataFrame, per_class: i
 
 def render_markdown(cfg: Config, run_dir: Path, figs: dict[str, str] | None = None) -> tuple[str, str]:
     """(report markdown, verdict paragraph) from the run directory's summary, manifest and figures."""
+    from augment.data import ingest_info
+
     run_dir = Path(run_dir)
     figs = figs or {}
     summary = json.loads((run_dir / "benchmark" / "summary.json").read_text())
     frame = manifest.read(run_dir)
     para = verdict(summary, run_dir)
+    order = class_order(summary, ingest_info(run_dir)["counts"].get("train"))
     gan_part = ("Samples of the EMA generator after the last step, one row per class:\n\n" + _fig(figs, "gan_samples", "GAN samples")
                 if "gan_samples" in figs else "The GAN stage was disabled.\n")
     walk = ("Latent-space walk between two noise vectors, one row per class (smooth change: the generator learned "
@@ -330,10 +339,10 @@ the SMOTE arm trains on its own feature rows, every other arm on the same featur
 
 {_linear_table(summary)}
 
-## Per-class recall on test (where a gain comes from; weakest classes first)
+## Per-class recall on test (where a gain comes from; minority classes first, then the weakest)
 
 {_fig(figs, "recall", "Per-class recall, real vs the recommended arm")}
-{_recall_table(summary)}
+{_recall_table(summary, order)}
 
 ## Data
 
