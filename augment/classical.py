@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import heapq
+import inspect
 import json
+import math
 import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -12,98 +17,276 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on im
 import albumentations as A  # noqa: E402
 
 from augment import manifest  # noqa: E402
-from augment.config import Config  # noqa: E402
+from augment.config import ClassicalConfig, Config  # noqa: E402
 from augment.data import ingest_fingerprint, ingest_info  # noqa: E402
+from augment.errors import UserError  # noqa: E402
 from augment.runtime import combine, derive_seed, run_stage  # noqa: E402
 
-# Presets in albumentations' own serialisation format (A.from_dict), so a user can copy one
-# into a custom pipeline. No flips: they change the class of digits and text.
+
+def _t(name: str, **params) -> dict:
+    return {"__class_fullname__": name, **params}
+
+
+# Presets in albumentations' own serialisation format (A.from_dict), so a user can copy one into
+# a custom pipeline (classical.transforms). Geometry (Affine, CropAndPad), photometric changes
+# (brightness/contrast, colour jitter on RGB), noise (Gaussian, salt-and-pepper), sharpness and
+# blur. No flips unless classical.flips: they change the class of digits and text.
 PRESETS: dict[str, list[dict]] = {
     "light": [
-        {"__class_fullname__": "Affine", "rotate": [-10, 10], "scale": [0.9, 1.1],
-         "translate_percent": [-0.1, 0.1], "p": 1.0},
-        {"__class_fullname__": "RandomBrightnessContrast", "brightness_limit": 0.1,
-         "contrast_limit": 0.1, "p": 0.5},
+        _t("Affine", rotate=[-10, 10], scale=[0.9, 1.1], translate_percent=[-0.1, 0.1], p=1.0),
+        _t("RandomBrightnessContrast", brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+        _t("ColorJitter", brightness=0.1, contrast=0.1, saturation=0.1, hue=0.02, p=0.3),
+        _t("GaussNoise", std_range=[0.01, 0.04], p=0.2),
     ],
     "medium": [
-        {"__class_fullname__": "Affine", "rotate": [-15, 15], "scale": [0.85, 1.15],
-         "translate_percent": [-0.12, 0.12], "shear": [-8, 8], "p": 1.0},
-        {"__class_fullname__": "RandomBrightnessContrast", "brightness_limit": 0.2,
-         "contrast_limit": 0.2, "p": 0.5},
-        {"__class_fullname__": "GaussNoise", "std_range": [0.02, 0.08], "p": 0.3},
+        _t("Affine", rotate=[-15, 15], scale=[0.85, 1.15], translate_percent=[-0.12, 0.12], shear=[-8, 8], p=1.0),
+        _t("CropAndPad", percent=[-0.08, 0.08], keep_size=True, sample_independently=True, p=0.3),
+        _t("RandomBrightnessContrast", brightness_limit=0.2, contrast_limit=0.2, p=0.5),
+        _t("ColorJitter", brightness=0.2, contrast=0.2, saturation=0.2, hue=0.05, p=0.3),
+        _t("GaussNoise", std_range=[0.02, 0.08], p=0.3),
+        _t("SaltAndPepper", amount=[0.005, 0.02], p=0.1),
+        _t("Sharpen", alpha=[0.1, 0.3], lightness=[0.9, 1.1], p=0.1),
     ],
     "heavy": [
-        {"__class_fullname__": "Affine", "rotate": [-25, 25], "scale": [0.75, 1.25],
-         "translate_percent": [-0.15, 0.15], "shear": [-12, 12], "p": 1.0},
-        {"__class_fullname__": "RandomBrightnessContrast", "brightness_limit": 0.3,
-         "contrast_limit": 0.3, "p": 0.7},
-        {"__class_fullname__": "GaussNoise", "std_range": [0.05, 0.15], "p": 0.5},
-        {"__class_fullname__": "GaussianBlur", "blur_limit": [3, 3], "p": 0.2},
+        _t("Affine", rotate=[-25, 25], scale=[0.75, 1.25], translate_percent=[-0.15, 0.15], shear=[-12, 12], p=1.0),
+        _t("CropAndPad", percent=[-0.12, 0.12], keep_size=True, sample_independently=True, p=0.5),
+        _t("RandomBrightnessContrast", brightness_limit=0.3, contrast_limit=0.3, p=0.7),
+        _t("ColorJitter", brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1, p=0.5),
+        _t("GaussNoise", std_range=[0.05, 0.15], p=0.5),
+        _t("SaltAndPepper", amount=[0.01, 0.04], p=0.2),
+        _t("Sharpen", alpha=[0.2, 0.5], lightness=[0.8, 1.2], p=0.2),
+        _t("GaussianBlur", blur_limit=[3, 3], p=0.2),
     ],
 }
+FLIP = _t("HorizontalFlip", p=0.5)
 
 
-def build_pipeline(transforms: list[dict], seed: int | None = None) -> A.Compose:
+def validate_transforms(transforms: list) -> None:
+    """Build each serialised transform strictly: an unknown name, an unknown argument or a bad
+    value is a ValueError naming the item. (albumentations itself only warns on unknown arguments.)"""
+    if not isinstance(transforms, list) or not transforms:
+        raise ValueError("expected a non-empty list of transforms in albumentations' A.from_dict format")
+    for i, item in enumerate(transforms):
+        where = f"item {i}"
+        if not isinstance(item, dict) or not isinstance(item.get("__class_fullname__"), str):
+            raise ValueError(f"{where}: expected a mapping with '__class_fullname__' (A.to_dict format)")
+        name = item["__class_fullname__"]
+        cls = getattr(A, name.rsplit(".", 1)[-1], None)
+        if not (inspect.isclass(cls) and issubclass(cls, A.BasicTransform)):
+            raise ValueError(f"{where}: {name!r} is not an albumentations transform")
+        if issubclass(cls, A.BaseCompose):
+            validate_transforms(item.get("transforms"))
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("error", message=".*are not valid for transform.*")
+                A.from_dict({"transform": _with_p(item)})
+        except Exception as exc:  # noqa: BLE001  (pydantic ValidationError, TypeError, UserWarning as error)
+            raise ValueError(f"{where} ({name}): {' '.join(str(exc).split())[:300]}") from None
+
+
+def _with_p(item: dict) -> dict:
+    """A transform dict with `p` filled from the class default when missing (no warning spam)."""
+    if "p" in item or item.get("__class_fullname__") is None:
+        return item
+    cls = getattr(A, item["__class_fullname__"].rsplit(".", 1)[-1])
+    default = inspect.signature(cls.__init__).parameters.get("p")
+    return {**item, "p": default.default if default is not None else 1.0}
+
+
+def read_pipeline_file(path: Path) -> list[dict]:
+    """The transform list of a file written by A.save (JSON or YAML), read with yaml.safe_load."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{path}: not a readable albumentations pipeline ({exc})") from None
+    transforms = ((data or {}).get("transform") or {}).get("transforms") if isinstance(data, dict) else None
+    try:
+        validate_transforms(transforms)
+    except ValueError as exc:
+        raise UserError(f"{path} (classical.pipeline_file): {exc}") from None
+    return transforms
+
+
+def transforms_for(c: ClassicalConfig, channels: int) -> list[dict]:
+    """The configured transform list: a custom list or file, else the preset (+ flips).
+
+    Presets drop colour jitter on greyscale images (it needs three channels to mean anything).
+    """
+    if c.transforms is not None:
+        return c.transforms
+    if c.pipeline_file is not None:
+        return read_pipeline_file(c.pipeline_file)
+    out = [t for t in PRESETS[c.preset] if channels == 3 or t["__class_fullname__"] != "ColorJitter"]
+    return out + [FLIP] if c.flips else out
+
+
+def build_pipeline(transforms: list[dict], seed: int | None = None, save_params: bool = False) -> A.Compose:
     """An albumentations Compose from serialised transform dicts (A.from_dict format)."""
-    spec = {"transform": {"__class_fullname__": "Compose", "transforms": transforms, "p": 1.0}}
+    spec = {"transform": {"__class_fullname__": "Compose", "transforms": [_with_p(t) for t in transforms], "p": 1.0}}
     pipeline = A.from_dict(spec)
+    pipeline.save_applied_params = save_params
     if seed is not None:
         pipeline.set_random_seed(seed % 2**32)
     return pipeline
 
 
-def augment_images(images: np.ndarray, parent_seeds: list[int], pipeline: A.Compose, copies: int) -> np.ndarray:
-    """`copies` augmented versions of each image; returns uint8 (N*copies, H, W, C), parent-major.
+def augment_images(images: np.ndarray, parent_seeds: list[int], pipeline: A.Compose, copies: int | list[int]) -> np.ndarray:
+    """Augmented versions of each image (`copies` each, or copies[i] for image i); uint8, parent-major.
 
     Each parent's random stream is seeded from its own seed, so the output does not depend
     on the order (or the process) images are handled in.
     """
     if len(images) != len(parent_seeds):
         raise ValueError("one seed per image is needed")
-    out = np.empty((len(images) * copies, *images.shape[1:]), dtype=np.uint8)
-    for i, (image, seed) in enumerate(zip(images, parent_seeds)):
+    counts = [copies] * len(images) if isinstance(copies, int) else list(copies)
+    out = np.empty((sum(counts), *images.shape[1:]), dtype=np.uint8)
+    n = 0
+    for image, seed, k in zip(images, parent_seeds, counts):
         pipeline.set_random_seed(seed % 2**32)
-        for c in range(copies):
-            aug = pipeline(image=image)["image"]
-            out[i * copies + c] = aug.reshape(image.shape)
+        for _ in range(k):
+            out[n] = pipeline(image=image)["image"].reshape(image.shape)
+            n += 1
     return out
 
 
+def copies_per_class(counts: dict[str, int], c: ClassicalConfig) -> dict[str, int]:
+    """How many augmented images each class gets.
+
+    multiplier: every real image gets `multiplier` copies. target: each class is filled up to
+    `target` images (real + augmented). balance: the same budget as multiplier (multiplier x all
+    real train images), given one image at a time to the class that has the fewest so far, so
+    minority classes are filled first.
+    """
+    if c.target is not None:
+        return {label: max(0, c.target - n) for label, n in counts.items()}
+    if not c.balance:
+        return {label: c.multiplier * n for label, n in counts.items()}
+    extra = {label: 0 for label in counts}
+    heap = [(n, label) for label, n in sorted(counts.items())]
+    heapq.heapify(heap)
+    for _ in range(c.multiplier * sum(counts.values())):  # one image at a time to the smallest class
+        n, label = heapq.heappop(heap)
+        extra[label] += 1
+        heapq.heappush(heap, (n + 1, label))
+    return extra
+
+
+def spread(total: int, parents: int) -> list[int]:
+    """`total` copies over `parents` images, as evenly as possible (the first ones get the remainder)."""
+    base, rest = divmod(total, parents)
+    return [base + (i < rest) for i in range(parents)]
+
+
+def _plain(params: dict) -> dict:
+    """Applied parameters without arrays (transformation matrices) and numpy scalars, for JSON."""
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, np.ndarray) or k in ("shape",):
+            continue
+        if isinstance(v, np.generic):
+            v = v.item()
+        elif isinstance(v, dict):
+            v = _plain(v)
+        elif isinstance(v, (list, tuple)):
+            v = [x.item() if isinstance(x, np.generic) else x for x in v]
+        out[k] = v
+    return out
+
+
+def augment_parents(job: dict) -> list[dict]:
+    """One worker's share: read each parent, write its augmented copies, return their manifest rows.
+
+    `job`: run_dir, transforms, channels, generator and parents [(row dict, seed, copies)]. A
+    top-level function so a process pool can run it.
+    """
+    run_dir = Path(job["run_dir"])
+    pipeline = build_pipeline(job["transforms"], save_params=True)
+    rows = []
+    for parent, seed, copies in job["parents"]:
+        image = manifest.load_images(run_dir, [parent["path"]], None, job["channels"])[0]  # native size
+        pipeline.set_random_seed(seed % 2**32)
+        for c in range(copies):
+            result = pipeline(image=image)
+            aug = result["image"].reshape(image.shape)
+            applied = [[name, _plain(p)] for name, p in result.get("applied_transforms", [])]
+            cid = f"classical-{parent['id']}-{c}"
+            rel = f"images/classical/{parent['label']}/{cid}.png"
+            rows.append(dict(
+                id=cid, path=rel, label=parent["label"], split="train", source="classical", parent_id=parent["id"],
+                seed=seed % 2**32, generator=job["generator"], sha256=manifest.save_png(run_dir, rel, aug),
+                height=aug.shape[0], width=aug.shape[1], channels=aug.shape[2], kept=True,
+                params=json.dumps(applied, default=str),
+            ))
+    return rows
+
+
+def _init_worker() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core: no nested thread pools
+
+
+def run_jobs(jobs: list[dict], workers: int) -> list[dict]:
+    """Run augment_parents over jobs, in-process or in a pool of `workers` processes (spawned:
+    safe beside torch's threads); rows come back in job order either way."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [row for job in jobs for row in augment_parents(job)]
+    import multiprocessing
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker) as pool:
+        return [row for rows in pool.map(augment_parents, jobs) for row in rows]
+
+
+def auto_workers(n_outputs: int, configured: int | None) -> int:
+    """classical.workers, else every core once there is enough work to repay starting processes."""
+    if configured is not None:
+        return configured
+    return (os.cpu_count() or 1) if n_outputs >= 2000 else 1
+
+
 def classical_fingerprint(cfg: Config) -> str:
-    return combine(ingest_fingerprint(cfg), cfg.section_hash("seed", "classical"))
+    pipeline = ""
+    if cfg.classical.pipeline_file is not None and Path(cfg.classical.pipeline_file).is_file():
+        pipeline = Path(cfg.classical.pipeline_file).read_text()
+    return combine(ingest_fingerprint(cfg), cfg.section_hash("seed", "classical"), pipeline)
 
 
 def classical_stage(cfg: Config, run_dir: Path) -> dict:
-    """Augment every real train image `classical.multiplier` times; PNGs + manifest rows."""
+    """Augment the real train images (multiplier, target or balance); PNGs + manifest rows."""
     run_dir = Path(run_dir)
+    c = cfg.classical
 
     def body() -> dict:
-        if not cfg.classical.enabled:
+        plan = []
+        if c.enabled:
+            info = ingest_info(run_dir)
+            frame = manifest.read(run_dir)
+            train = frame[(frame["split"] == "train") & (frame["source"] == "real")].reset_index(drop=True)
+            extra = copies_per_class(train.groupby("label").size().to_dict(), c)
+            for label, group in train.groupby("label", sort=True):
+                for (_, parent), k in zip(group.iterrows(), spread(extra[label], len(group))):
+                    if k:
+                        plan.append(({"id": parent["id"], "path": parent["path"], "label": label},
+                                     derive_seed(cfg.seed, "classical", parent["id"]), k))
+        if not plan:
             manifest.replace_source(run_dir, "classical", [])
             return {"images": 0}
-        info = ingest_info(run_dir)
-        transforms = PRESETS[cfg.classical.preset]
-        pipeline = build_pipeline(transforms)
-        frame = manifest.read(run_dir)
-        train = frame[(frame["split"] == "train") & (frame["source"] == "real")].reset_index(drop=True)
-        copies = cfg.classical.multiplier
-        rows = []
-        for _, parent in train.iterrows():
-            # native size: images may differ in size, albumentations handles each as it is
-            image = manifest.load_images(run_dir, [parent["path"]], None, info["channels"])[0]
-            seed = derive_seed(cfg.seed, "classical", parent["id"])
-            augmented = augment_images(image[None], [seed], pipeline, copies)
-            for c, aug in enumerate(augmented):
-                cid = f"classical-{parent['id']}-{c}"
-                rel = f"images/classical/{parent['label']}/{cid}.png"
-                rows.append(
-                    dict(id=cid, path=rel, label=parent["label"], split="train", source="classical",
-                         parent_id=parent["id"], seed=seed % 2**32, generator=f"albumentations:{cfg.classical.preset}",
-                         sha256=manifest.save_png(run_dir, rel, aug), height=aug.shape[0], width=aug.shape[1],
-                         channels=aug.shape[2], score=None, kept=True, reason=None)
-                )
+        transforms = transforms_for(c, info["channels"])
+        name = "custom" if c.transforms is not None or c.pipeline_file is not None else c.preset
+        n_out = sum(k for _, _, k in plan)
+        workers = auto_workers(n_out, c.workers)
+        per_job = math.ceil(len(plan) / (workers * 4))  # a few jobs per worker evens out the load
+        jobs = [dict(run_dir=str(run_dir), transforms=transforms, channels=info["channels"],
+                     generator=f"albumentations:{name}", parents=plan[i : i + per_job])
+                for i in range(0, len(plan), per_job)]
+        rows = run_jobs(jobs, workers)
         manifest.replace_source(run_dir, "classical", rows)
-        pipeline_json = json.dumps(A.to_dict(pipeline), default=str)
-        return {"images": len(rows), "pipeline": json.loads(pipeline_json)}
+        per_class = {}
+        for row in rows:
+            per_class[row["label"]] = per_class.get(row["label"], 0) + 1
+        return {"images": len(rows), "per_class": per_class, "workers": workers, "pipeline": transforms}
 
     return run_stage(run_dir, "classical", classical_fingerprint(cfg), body)

@@ -57,7 +57,32 @@ class DataConfig(_Section):
 class ClassicalConfig(_Section):
     enabled: bool = True
     preset: Literal["light", "medium", "heavy"] = "light"
-    multiplier: int = Field(default=2, ge=1, le=100)
+    flips: bool = False
+    transforms: list[dict[str, Any]] | None = None
+    pipeline_file: Path | None = None
+    multiplier: int = Field(default=2, ge=0, le=100)
+    target: int | None = Field(default=None, ge=1)
+    balance: bool = False
+    workers: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ClassicalConfig:
+        if self.transforms is not None and self.pipeline_file is not None:
+            raise ValueError("set classical.transforms or classical.pipeline_file, not both")
+        if self.target is not None and self.balance:
+            raise ValueError("set classical.target or classical.balance, not both (a target already balances)")
+        if self.pipeline_file is not None and not Path(self.pipeline_file).is_file():
+            raise ValueError(f"classical.pipeline_file: {self.pipeline_file} not found")
+        return self
+
+    @field_validator("transforms")
+    @classmethod
+    def _valid_transforms(cls, transforms: list[dict] | None) -> list[dict] | None:
+        if transforms is not None:
+            from augment.classical import validate_transforms
+
+            validate_transforms(transforms)
+        return transforms
 
 
 class SmoteConfig(_Section):
@@ -225,9 +250,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(raw, dict):
             raise UserError(f"{path}: the config must be a mapping of sections")
         # Relative data paths are relative to the config file, like most tools do.
-        data_path = (raw.get("data") or {}).get("path")
-        if data_path and not Path(data_path).is_absolute():
-            raw["data"]["path"] = str((path.parent / data_path).resolve())
+        for section, key in (("data", "path"), ("classical", "pipeline_file")):
+            value = (raw.get(section) or {}).get(key) if isinstance(raw.get(section), dict) else None
+            if value and not Path(value).is_absolute():
+                raw[section][key] = str((path.parent / value).resolve())
     raw = _merge(raw, parse_overrides(overrides))
     try:
         return Config.model_validate(raw)

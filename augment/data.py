@@ -316,6 +316,11 @@ def split_indices(labels: list[str], val_fraction: float, test_fraction: float, 
     labels = np.asarray(labels)
     idx = np.arange(len(labels))
     n_test, n_val = round(test_fraction * len(idx)), round(val_fraction * len(idx))  # counts, not shares
+    n_classes = len(set(labels.tolist()))
+    for key, n in (("data.test_fraction", n_test), ("data.val_fraction", n_val)):
+        if n < n_classes:  # a stratified split needs one image per class on each side
+            raise UserError(f"config key '{key}': {n} of {len(idx)} images for {n_classes} classes; at least one "
+                            f"image per class is needed in each split: raise it or add images")
     rest, test = train_test_split(idx, test_size=n_test, stratify=labels, random_state=seed % 2**32)
     train, val = train_test_split(rest, test_size=n_val, stratify=labels[rest], random_state=(seed + 1) % 2**32)
     split = np.empty(len(labels), dtype=object)

@@ -29,6 +29,7 @@ COLUMNS = {
     "novelty": "Float64",  # gan rows: distance to the nearest real train image / typical real spacing
     "kept": "boolean",
     "reason": "string",  # why a row was not kept
+    "params": "string",  # classical rows: the applied albumentations parameters, JSON
 }
 SOURCES = ("real", "classical", "smote", "gan")
 MANIFEST = "manifest.parquet"
@@ -81,7 +82,7 @@ def encode_png(image: np.ndarray) -> bytes:
         raise ValueError(f"expected uint8 (H, W, 1|3), got {image.dtype} {image.shape}")
     pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
     buf = io.BytesIO()
-    pil.save(buf, format="PNG")
+    pil.save(buf, format="PNG", compress_level=1)  # 3-4x faster than the default 6, files ~10% larger
     return buf.getvalue()
 
 

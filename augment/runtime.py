@@ -7,7 +7,7 @@ import io
 import json
 import logging
 import os
-import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,33 +40,28 @@ def derive_seed(seed: int, *parts: object) -> int:
 # --------------------------------------------------------------------------- atomic writes
 
 
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)  # read once: the permissions a plainly created file would get
-
-
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
 
-    The result gets ordinary file permissions (0666 less the umask), not mkstemp's private 0600:
-    reports and expanded datasets are meant to be shared.
+    The temporary name (`.<name>.<pid>-<thread>.tmp`) is unique to this writer, so no random
+    name has to be probed for; files get ordinary permissions (0666 less the umask). A killed
+    writer's temporary is removed by the next run (remove_stale_temporaries).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp"
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        yield tmp
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -232,3 +232,11 @@ def test_every_input_skipped_is_an_error_that_says_so(tmp_path):
 def test_unknown_on_bad_image_value_names_the_key():
     with pytest.raises(UserError, match=r"config key 'data.on_bad_image'"):
         load_config(None, ["data.on_bad_image=ignore"])
+
+
+def test_a_split_too_small_for_every_class_names_the_key(tmp_path):
+    root = write_image_folder(tmp_path / "in", {c: 5 for c in "abcde"})
+    cfg = load_config(None, ["data.source=folder", f"data.path={root}", "data.min_per_class=3",
+                             "data.test_fraction=0.1"])
+    with pytest.raises(UserError, match=r"config key 'data.test_fraction': 2 of 25 images for 5 classes"):
+        ingest_stage(cfg, tmp_path / "run")
