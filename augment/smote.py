@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from pathlib import Path
 
@@ -25,15 +26,30 @@ SAMPLERS = {
     "ADASYN": "imblearn.over_sampling:ADASYN",
     "KMeansSMOTE": "imblearn.over_sampling:KMeansSMOTE",
     "RandomOverSampler": "imblearn.over_sampling:RandomOverSampler",
+    # over-sampling followed by cleaning (Edited Nearest Neighbours, Tomek links)
+    "SMOTEENN": "imblearn.combine:SMOTEENN",
+    "SMOTETomek": "imblearn.combine:SMOTETomek",
 }
+COMBINED = ("SMOTEENN", "SMOTETomek")
 _NEIGHBOUR_PARAMS = ("k_neighbors", "n_neighbors")
 
 
 def make_sampler(name: str, params: dict, targets: dict[int, int], smallest: int, seed: int):
-    """Build the named sampler with a per-class target; neighbour counts clamped to smallest-1."""
+    """Build the named sampler with a per-class target; neighbour counts clamped to smallest-1.
+
+    Combined samplers get their inner SMOTE built here (the target and the clamped k_neighbors
+    go to it); their other parameters go to the combined sampler.
+    """
     module, cls_name = SAMPLERS[name].split(":")
     cls = getattr(importlib.import_module(module), cls_name)
     params = dict(params)
+    if name in COMBINED:
+        inner = {k: params.pop(k) for k in list(params) if k == "k_neighbors"}
+        smote = make_sampler("SMOTE", inner, targets, smallest, seed)
+        try:
+            return cls(smote=smote, random_state=seed % 2**32, **params)
+        except TypeError as exc:
+            raise UserError(f"config key 'smote.params': {name} does not accept these parameters ({exc})") from None
     for key in _NEIGHBOUR_PARAMS:
         default = cls().get_params().get(key)
         if isinstance(default, int):
@@ -77,7 +93,15 @@ def oversample(
         except (ValueError, RuntimeError) as exc:
             raise UserError(f"smote.sampler {sampler} failed on classes {[names[c] for c in interp]}: {exc}") from None
         n = int(mask.sum())
-        if not np.array_equal(x_res[:n], x[mask]):  # imblearn appends new rows after the originals
+        if sampler in COMBINED:  # cleaning reorders and removes rows: new rows are those not in the input
+            seen = {row.tobytes() for row in np.ascontiguousarray(x[mask])}
+            fresh = np.array([row.tobytes() not in seen for row in np.ascontiguousarray(x_res)], dtype=bool)
+            kept = len(x_res) - int(fresh.sum())
+            if kept < n:
+                log.info("%s: its cleaning step would drop %d real row(s); real images are never dropped, "
+                         "only its new rows are used", sampler, n - kept)
+            x_res, y_res = np.concatenate([x[mask], x_res[fresh]]), np.concatenate([y[mask], np.asarray(y_res)[fresh]])
+        elif not np.array_equal(x_res[:n], x[mask]):  # imblearn appends new rows after the originals
             raise RuntimeError(f"{sampler} reordered its input; cannot tell new rows from real ones")
         new_x.append(x_res[n:])
         new_y.append(np.asarray(y_res[n:], np.int64))
@@ -86,6 +110,35 @@ def oversample(
         if short:  # e.g. BorderlineSMOTE only samples near a class border, and may find none
             log.warning("%s fell short of the target for class(es) %s", sampler, ", ".join(short))
     return np.concatenate(new_x), np.concatenate(new_y)
+
+
+def interpolation_parents(x_new: np.ndarray, y_new: np.ndarray, x: np.ndarray, y: np.ndarray,
+                          candidates: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Provenance of SMOTE-style rows, which imbalanced-learn does not expose: for each new row s,
+    the pair of real rows (a, b) of its class and the weight t with s = a + t (b - a) that fit
+    best, searched among its `candidates` nearest real rows. Returns (a, b, t, residual), indices
+    into x; the residual is ~0 where s really is such an interpolation (SMOTE, Borderline-,
+    SVM-, KMeans-SMOTE, ADASYN; a random over-sampler's copy has a == b, t = 0).
+    """
+    a_idx = np.zeros(len(x_new), np.int64)
+    b_idx = np.zeros(len(x_new), np.int64)
+    weight = np.zeros(len(x_new))
+    residual = np.zeros(len(x_new))
+    for c in np.unique(y_new):
+        members = np.flatnonzero(y == c)
+        pts = x[members]
+        for r in np.flatnonzero(y_new == c):
+            s = x_new[r]
+            near = np.argsort(((pts - s) ** 2).sum(1))[: min(candidates, len(pts))]
+            i, j = np.meshgrid(near, near, indexing="ij")
+            i, j = i.ravel(), j.ravel()
+            d = pts[j] - pts[i]  # (P, D)
+            norm = (d * d).sum(1)
+            t = np.where(norm > 0, ((s - pts[i]) * d).sum(1) / np.where(norm > 0, norm, 1), 0.0).clip(0, 1)
+            err = np.linalg.norm(s - pts[i] - t[:, None] * d, axis=1)
+            best = int(np.argmin(err))
+            a_idx[r], b_idx[r], weight[r], residual[r] = members[i[best]], members[j[best]], t[best], err[best]
+    return a_idx, b_idx, weight, residual
 
 
 def smote_stage(cfg, run_dir: Path) -> dict:
@@ -107,20 +160,28 @@ def smote_stage(cfg, run_dir: Path) -> dict:
             cfg.smote.params, seed, info["classes"],
         )
         ids = np.array([f"smote-{i:06d}" for i in range(len(y_new))])
-        write_npz(run_dir / "features" / "real.npz", ids=rows["id"].to_numpy(str), x=feats, y=y)
-        write_npz(run_dir / "features" / "smote.npz", ids=ids, x=x_new, y=y_new)
+        real_ids = rows["id"].to_numpy(str)
+        a, b, t, residual = interpolation_parents(x_new, y_new, feats, y)
+        exact = residual <= 1e-6 * max(1.0, float(np.abs(feats).max()))
+        write_npz(run_dir / "features" / "real.npz", ids=real_ids, x=feats, y=y)
+        write_npz(run_dir / "features" / "smote.npz", ids=ids, x=x_new, y=y_new, parent_a=real_ids[a],
+                  parent_b=real_ids[b], weight=t, residual=residual)
+        provenance = [json.dumps({"parents": [real_ids[i], real_ids[j]], "weight": round(float(w), 6)} if ok
+                                 else {"parents": None, "nearest": real_ids[i], "residual": round(float(e), 6)})
+                      for i, j, w, e, ok in zip(a, b, t, residual, exact)]
         # Pixel (and PCA) rows decode back to images: the image view the CNN arm trains on.
         labels = [info["classes"][c] for c in y_new]
         paths = [f"images/smote/{label}/{sid}.png" for sid, label in zip(ids, labels)]
         digests = [manifest.save_png(run_dir, rel, im) for rel, im in zip(paths, extractor.inverse_transform(x_new))]
         new_rows = pd.DataFrame(dict(
-            id=ids, path=paths, label=labels, split="train", source="smote", parent_id=None,
+            id=ids, path=paths, label=labels, split="train", source="smote", parent_id=real_ids[a],
             seed=seed % 2**32, generator=f"imblearn:{cfg.smote.sampler}", sha256=digests,
             height=info["size"][0], width=info["size"][1], channels=info["channels"],
-            score=None, kept=True, reason=None,
+            score=None, kept=True, reason=None, params=provenance,
         ))
         manifest.replace_source(run_dir, "smote", new_rows)
-        return {"rows": len(ids), "features": int(feats.shape[1]), "target_per_class": target}
+        return {"rows": len(ids), "features": int(feats.shape[1]), "target_per_class": target,
+                "interpolations_recovered": int(exact.sum())}
 
     fp = combine(ingest_fingerprint(cfg), cfg.section_hash("seed", "smote"))
     return run_stage(run_dir, "smote", fp, body)

@@ -36,6 +36,10 @@ def test_manifest_contents(smoke_run):
     classical = frame[frame["source"] == "classical"]
     real_ids = set(frame.loc[frame["source"] == "real", "id"])
     assert classical["parent_id"].isin(real_ids).all()
+    smote = frame[frame["source"] == "smote"]
+    assert smote["parent_id"].isin(real_ids).all()
+    provenance = [json.loads(p) for p in smote["params"]]
+    assert all(set(p["parents"]) <= real_ids and 0 <= p["weight"] <= 1 for p in provenance)  # SMOTE on pixels
     assert len(classical) == cfg.classical.multiplier * (frame[(frame["source"] == "real") & (frame["split"] == "train")]).shape[0]
     gan = frame[frame["source"] == "gan"]
     assert len(gan) == 10 * math.ceil(cfg.gan.samples_per_class * cfg.gate.oversample)  # over-generated

@@ -79,3 +79,27 @@ def test_pixel_features_round_trip_and_pca():
     pca = PixelFeatures(pca_components=5, seed=0).fit(images)
     rows = pca.transform(images)
     assert rows.shape == (20, 5) and pca.inverse_transform(rows).shape == (20, 8, 8, 1)
+
+
+@pytest.mark.parametrize("sampler", ["SMOTEENN", "SMOTETomek"])
+def test_combined_samplers_add_only_new_rows_with_small_classes(sampler):
+    x, y = blobs([12, 5, 3])  # k_neighbors must be clamped to 2 for the 3-row class
+    x_new, y_new = oversample(x, y, {0: 20, 1: 20, 2: 20}, sampler, seed=0)
+    assert len(x_new) and not any((x_new[i] == x).all(1).any() for i in range(len(x_new)))  # none is a real row
+    assert set(np.unique(y_new)) <= {0, 1, 2} and (np.bincount(y_new, minlength=3) <= [8, 15, 17]).all()
+    a, _ = oversample(x, y, {0: 20, 1: 20, 2: 20}, sampler, seed=0)
+    assert np.array_equal(a, x_new)
+
+
+def test_interpolation_parents_are_recovered_for_smote_rows():
+    from augment.smote import interpolation_parents
+
+    x, y = blobs([9, 6], dim=5)
+    x_new, y_new = oversample(x, y, {0: 20, 1: 20}, "SMOTE", seed=1)
+    a, b, t, residual = interpolation_parents(x_new, y_new, x, y)
+    assert residual.max() < 1e-9
+    assert (y[a] == y_new).all() and (y[b] == y_new).all() and ((t >= 0) & (t <= 1)).all()
+    assert np.allclose(x[a] + t[:, None] * (x[b] - x[a]), x_new)
+    copies, copy_y = oversample(x, y, {0: 12, 1: 12}, "RandomOverSampler", seed=1)
+    a, b, t, residual = interpolation_parents(copies, copy_y, x, y)
+    assert residual.max() < 1e-9 and np.allclose(x[a] + t[:, None] * (x[b] - x[a]), copies)
