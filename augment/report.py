@@ -197,14 +197,15 @@ def _quality_section(cfg: Config, run_dir: Path, frame: pd.DataFrame) -> str:
         f"class out of {q['generated_per_class']} generated. Metrics are in the judge's feature space against the "
         f"real train images of the class (k = {q['k']} for precision and recall); CAS recall is the val recall of a "
         f"classifier trained on kept samples only (overall {_pct(q['cas_accuracy_on_val'])}).", "",
-        "| class | kept | Frechet distance | precision | recall | diversity | median novelty | CAS recall | alarm |",
+        "| class | kept | Frechet distance | precision | recall | diversity (all / kept) | median novelty | CAS recall | alarm |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for label, c in q["classes"].items():
         k = c["kept"]
         lines.append(
             f"| {label} | {k['n']} | {_num(k['frechet_distance'])} | {_num(k['precision'])} | {_num(k['recall'])} "
-            f"| {_num(k['diversity'])} | {_num(c['median_novelty'])} | {_pct(c['cas_recall'])} | {c['alarm'] or ''} |"
+            f"| {_num(c['generated']['diversity'])} / {_num(k['diversity'])} | {_num(c['median_novelty'])} "
+            f"| {_pct(c['cas_recall'])} | {c['alarm'] or ''} |"
         )
     history = run_dir / "gan" / "history.csv"
     if history.is_file():

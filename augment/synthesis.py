@@ -7,7 +7,7 @@ the nearest real training image in the judge's feature space over the typical sp
 real training images (0 = a copy, about 1 = as far as a held-out real image). The stage
 over-generates and keeps, per class, the most confident samples that pass both thresholds;
 then per-class quality metrics in the same feature space go to gan/quality.json, and a class
-whose kept samples are much less varied than its real images is flagged as collapsed and,
+whose generated samples are much less varied than its real images is flagged as collapsed and,
 unless gate.keep_collapsed is set, not used. (k-NN recall is reported but not alarmed on: with
 10 real images per class it moves in steps of 0.1 and was 0-0.3 for classes whose samples a
 classifier recognised 83-94% of the time.)
@@ -82,15 +82,15 @@ def class_quality(
     out = {}
     for c, label in enumerate(classes):
         real, mine = real_feats[real_y == c], intended == c
-        kept_metrics = _set_metrics(real, fake_feats[mine & kept])
-        div = kept_metrics["diversity"]
+        generated = _set_metrics(real, fake_feats[mine])
+        div = generated["diversity"]  # the generator's collapse, not the narrowing our selection adds
         collapsed = div is not None and div < gate_cfg.min_diversity
         out[label] = {
-            "generated": _set_metrics(real, fake_feats[mine]),
-            "kept": kept_metrics,
+            "generated": generated,
+            "kept": _set_metrics(real, fake_feats[mine & kept]),
             "median_novelty": round(float(np.median(novelty[mine])), 4) if mine.any() else None,
             "collapsed": bool(collapsed),
-            "alarm": (f"mode collapse: kept samples are {div:.2f} times as varied as the real images "
+            "alarm": (f"mode collapse: its samples are {div:.2f} times as varied as the real images "
                       f"(< gate.min_diversity {gate_cfg.min_diversity})") if collapsed else None,
         }
     return out
@@ -220,5 +220,5 @@ def synthesize_stage(cfg: Config, run_dir: Path) -> dict:
         }
 
     judge = sorted(cfg.benchmark.trainer_kwargs().items())  # not seeds or arms
-    fp = combine(gan_fingerprint(cfg), classical_fingerprint(cfg), cfg.section_hash("gate", "device"), str(judge), "gate-v2")
+    fp = combine(gan_fingerprint(cfg), classical_fingerprint(cfg), cfg.section_hash("gate", "device"), str(judge), "gate-v3")
     return run_stage(run_dir, "synthesize", fp, body)

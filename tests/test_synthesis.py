@@ -104,7 +104,7 @@ def test_collapse_alarm_flags_only_the_collapsed_class_and_unkeeps_it():
     per_class = class_quality(real, real_y, fake, intended, kept, np.ones(100), ["a", "b"], GateConfig())
     assert not per_class["a"]["collapsed"] and per_class["a"]["kept"]["recall"] >= 0.5
     assert per_class["b"]["collapsed"] and per_class["b"]["kept"]["recall"] <= 0.1
-    assert per_class["b"]["kept"]["diversity"] < 0.01 and per_class["a"]["kept"]["diversity"] > 0.5
+    assert per_class["b"]["generated"]["diversity"] < 0.01 and per_class["a"]["generated"]["diversity"] > 0.5
     assert per_class["a"]["kept"]["frechet_distance"] < per_class["b"]["kept"]["frechet_distance"]
 
     apply_alarm(per_class, ["a", "b"], intended, kept, reasons, keep_collapsed=False)
