@@ -3,6 +3,7 @@
 import json
 import shutil
 import subprocess
+from html import unescape
 from html.parser import HTMLParser
 
 import numpy as np
@@ -145,3 +146,17 @@ def test_outputs_are_readable_by_others_like_any_created_file(smoke_run):
     os.umask(umask)
     for rel in ("report/report.html", "manifest.parquet", "report/figures/gain.png"):
         assert (run_dir / rel).stat().st_mode & 0o777 == 0o666 & ~umask, rel
+
+
+def test_a_run_without_any_generator_still_reports(tmp_path):
+    from augment.config import load_config
+    from augment.pipeline import run_pipeline
+    from conftest import SMOKE
+
+    cfg = load_config(SMOKE, ["gan.enabled=false", "classical.enabled=false", "smote.enabled=false",
+                              "benchmark.seeds=2", "benchmark.steps=10"])
+    verdict = run_pipeline(cfg, tmp_path / "run")["report"]["verdict"]
+    html = (tmp_path / "run" / "report" / "report.html").read_text()
+    assert verdict in unescape(html)
+    assert "The GAN stage was disabled." in html
+    assert {p.stem for p in (tmp_path / "run" / "report" / "figures").glob("*.png")} <= FIGURES
