@@ -169,9 +169,10 @@ def linear_probe(cfg: Config, run_dir: Path, arms: list[str], held_out: dict, cl
     """
     from sklearn.linear_model import LogisticRegression
 
-    x_real, _, _ = load_split(run_dir, "train")
+    x_real, y_real, _ = load_split(run_dir, "train")
     # the same extractor, fitted on the same images with the same seed, as the SMOTE stage's
-    extractor = make_extractor(cfg.smote.features, cfg.smote.pca_components, derive_seed(cfg.seed, "smote")).fit(x_real)
+    extractor = make_extractor(cfg.smote, derive_seed(cfg.seed, "smote"), cfg.benchmark.trainer_kwargs())
+    extractor.fit(x_real, y_real, len(classes))
     records = []
     for arm in arms:
         spec = ARMS[arm]
@@ -201,7 +202,8 @@ def benchmark_stage(cfg: Config, run_dir: Path) -> dict:
         loaded = {s: load_split(run_dir, s) for s in ("val", "test")}  # real images only, once for all arms
         held_out = {s: (xs, ys) for s, (xs, ys, _) in loaded.items()}
         frame = manifest.read(run_dir)
-        kept_sources = set(frame.loc[frame["kept"] & (frame["split"] == "train"), "source"])
+        # a source without images (SMOTE rows in a non-invertible feature space) has no CNN arm
+        kept_sources = set(frame.loc[frame["kept"] & (frame["split"] == "train") & frame["path"].notna(), "source"])
         arms = [a for a in b.arms if set(ARMS[a].sources) <= kept_sources]
         skipped = sorted(set(b.arms) - set(arms))
         if skipped:
@@ -221,7 +223,10 @@ def benchmark_stage(cfg: Config, run_dir: Path) -> dict:
                                             classifier=b.classifier))
             log.info("benchmark: arm %s done (%d train images)", arm, len(x))
         if b.linear_probe:
-            records += linear_probe(cfg, run_dir, arms, held_out, info["classes"])
+            # SMOTE rows without images (classifier feature spaces) are still scored here, natively
+            has_rows = "smote" in set(frame.loc[frame["kept"], "source"])
+            probe_arms = arms + [a for a in b.arms if a not in arms and set(ARMS[a].sources) == {"real", "smote"} and has_rows]
+            records += linear_probe(cfg, run_dir, probe_arms, held_out, info["classes"])
         results = pd.DataFrame(records)
         with atomic_path(run_dir / "benchmark" / "results.parquet") as tmp:
             results.to_parquet(tmp, index=False)

@@ -55,31 +55,36 @@ class Backbone(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
-def pretrained_weights_path(name: str, weights: str | Path | None) -> Path:
-    """Where the backbone's weights are on disk: the configured file, else torch's hub cache. Never downloads."""
+def pretrained_weights_path(name: str, weights: str | Path | None, keys: tuple[str, str] = ("benchmark.classifier", "benchmark.weights")) -> Path:
+    """Where the backbone's weights are on disk: the configured file, else torch's hub cache. Never downloads.
+
+    `keys`: the config keys naming the model and the weights file, for the error message.
+    """
     import torchvision
 
+    model_key, weights_key = keys
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
-            raise UserError(f"config key 'benchmark.weights': {path} not found")
+            raise UserError(f"config key '{weights_key}': {path} not found")
         return path
     url = torchvision.models.get_model_weights(name).DEFAULT.url
     path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if not path.is_file():
         raise UserError(
-            f"config key 'benchmark.classifier': no {name} weights on disk (looked for {path}); nothing is "
-            "downloaded at run time: put the file there or set benchmark.weights to its path"
+            f"config key '{model_key}': no {name} weights on disk (looked for {path}); nothing is "
+            f"downloaded at run time: put the file there or set {weights_key} to its path"
         )
     return path
 
 
-def build_backbone(name: str, n_classes: int, weights: str | Path | None, input_size: int, gen: torch.Generator) -> Backbone:
+def build_backbone(name: str, n_classes: int, weights: str | Path | None, input_size: int, gen: torch.Generator,
+                   keys: tuple[str, str] = ("benchmark.classifier", "benchmark.weights")) -> Backbone:
     """torchvision model `name` with weights from disk and a new, seeded linear head for n_classes."""
     import torchvision
 
     net = torchvision.models.get_model(name, weights=None)
-    path = pretrained_weights_path(name, weights)
+    path = pretrained_weights_path(name, weights, keys)
     try:
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as exc:  # noqa: BLE001  (wrong architecture, not a checkpoint, or an unsafe pickle)

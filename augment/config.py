@@ -19,6 +19,18 @@ ARMS = (
 )
 
 
+def _torchvision_models() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def _torchvision_model(name: str) -> str:
+    if name not in _torchvision_models():
+        raise ValueError(f"{name!r} is not a torchvision classification model")
+    return name
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -89,9 +101,17 @@ class SmoteConfig(_Section):
     enabled: bool = True
     sampler: str = "SMOTE"
     params: dict[str, Any] = Field(default_factory=dict)
-    features: Literal["pixels"] = "pixels"
+    features: Literal["pixels", "cnn", "pretrained"] = "pixels"
     pca_components: int | None = Field(default=None, ge=1)
+    backbone: str = "resnet18"
+    weights: Path | None = None
+    input_size: int = Field(default=64, ge=16, le=512)
     multiplier: float = Field(default=3.0, ge=1.0, le=100.0)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        return _torchvision_model(name)
 
     @field_validator("sampler")
     @classmethod
@@ -146,11 +166,8 @@ class BenchmarkConfig(_Section):
     @field_validator("classifier")
     @classmethod
     def _known_classifier(cls, name: str) -> str:
-        if name != "cnn":
-            import torchvision
-
-            if name not in torchvision.models.list_models(module=torchvision.models):
-                raise ValueError(f"{name!r} is neither 'cnn' nor a torchvision classification model")
+        if name != "cnn" and name not in _torchvision_models():
+            raise ValueError(f"{name!r} is neither 'cnn' nor a torchvision classification model")
         return name
 
     def trainer_kwargs(self) -> dict:

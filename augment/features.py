@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from sklearn.decomposition import PCA
 
@@ -9,13 +11,15 @@ from sklearn.decomposition import PCA
 class PixelFeatures:
     """Flattened pixels scaled to [0, 1], optionally PCA-reduced; invertible back to images."""
 
+    invertible = True
+
     def __init__(self, pca_components: int | None = None, seed: int = 0):
         self.pca_components = pca_components
         self.seed = seed
         self.shape: tuple[int, ...] | None = None
         self.pca: PCA | None = None
 
-    def fit(self, images: np.ndarray) -> PixelFeatures:
+    def fit(self, images: np.ndarray, labels: np.ndarray | None = None, n_classes: int = 0) -> PixelFeatures:
         if images.ndim != 4:
             raise ValueError(f"expected (N, H, W, C) images, got shape {images.shape}")
         self.shape = images.shape[1:]
@@ -44,7 +48,48 @@ class PixelFeatures:
         return images.reshape(len(images), -1).astype(np.float64) / 255.0
 
 
-def make_extractor(name: str, pca_components: int | None, seed: int) -> PixelFeatures:
-    if name == "pixels":
-        return PixelFeatures(pca_components, seed)
-    raise ValueError(f"unknown feature extractor {name!r}")  # the config admits only known names
+class ClassifierFeatures:
+    """The penultimate layer of a classifier as features (not invertible: SMOTE rows stay rows).
+
+    kind "cnn": the benchmark's small CNN trained (class-balanced) on the real train split;
+    kind "pretrained": a torchvision backbone with weights already on disk, used as it is.
+    """
+
+    invertible = False
+
+    def __init__(self, kind: str, seed: int, trainer: dict, backbone: str = "resnet18",
+                 weights: str | Path | None = None, input_size: int = 64):
+        self.kind, self.seed, self.trainer = kind, seed, trainer
+        self.backbone, self.weights, self.input_size = backbone, weights, input_size
+        self.model = None
+
+    def fit(self, images: np.ndarray, labels: np.ndarray | None = None, n_classes: int = 0) -> ClassifierFeatures:
+        import torch
+
+        from augment.classifier import build_backbone, train_classifier
+
+        if self.kind == "cnn":
+            if labels is None:
+                raise ValueError("the cnn extractor is trained: labels are needed")
+            self.model = train_classifier(images, labels, n_classes, **self.trainer, balanced=True, seed=self.seed)
+        else:
+            gen = torch.Generator().manual_seed(self.seed % 2**63)
+            self.model = build_backbone(self.backbone, max(n_classes, 2), self.weights, self.input_size, gen,
+                                        keys=("smote.backbone", "smote.weights")).eval()
+        return self
+
+    def transform(self, images: np.ndarray) -> np.ndarray:
+        from augment.classifier import predict
+
+        if self.model is None:
+            raise RuntimeError("fit() first")
+        return predict(self.model, images)[1].astype(np.float64)
+
+
+def make_extractor(smote_cfg, seed: int, trainer: dict | None = None):
+    """The extractor `smote.features` names (the config admits only known names)."""
+    if smote_cfg.features == "pixels":
+        return PixelFeatures(smote_cfg.pca_components, seed)
+    trainer = {k: v for k, v in (trainer or {}).items() if k in ("steps", "batch_size", "lr", "width")}
+    return ClassifierFeatures(smote_cfg.features, seed, trainer, smote_cfg.backbone, smote_cfg.weights,
+                              smote_cfg.input_size)

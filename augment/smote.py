@@ -152,7 +152,7 @@ def smote_stage(cfg, run_dir: Path) -> dict:
         info = ingest_info(run_dir)
         x_img, y, rows = load_split(run_dir, "train")
         seed = derive_seed(cfg.seed, "smote")
-        extractor = make_extractor(cfg.smote.features, cfg.smote.pca_components, seed).fit(x_img)
+        extractor = make_extractor(cfg.smote, seed, cfg.benchmark.trainer_kwargs()).fit(x_img, y, len(info["classes"]))
         feats = extractor.transform(x_img)
         target = int(round(cfg.smote.multiplier * np.bincount(y).max()))
         x_new, y_new = oversample(
@@ -170,9 +170,13 @@ def smote_stage(cfg, run_dir: Path) -> dict:
                                  else {"parents": None, "nearest": real_ids[i], "residual": round(float(e), 6)})
                       for i, j, w, e, ok in zip(a, b, t, residual, exact)]
         # Pixel (and PCA) rows decode back to images: the image view the CNN arm trains on.
+        # Classifier features do not: those rows stay feature rows (the linear probe uses them).
         labels = [info["classes"][c] for c in y_new]
-        paths = [f"images/smote/{label}/{sid}.png" for sid, label in zip(ids, labels)]
-        digests = [manifest.save_png(run_dir, rel, im) for rel, im in zip(paths, extractor.inverse_transform(x_new))]
+        if extractor.invertible:
+            paths = [f"images/smote/{label}/{sid}.png" for sid, label in zip(ids, labels)]
+            digests = [manifest.save_png(run_dir, rel, im) for rel, im in zip(paths, extractor.inverse_transform(x_new))]
+        else:
+            paths, digests = [None] * len(ids), [None] * len(ids)
         new_rows = pd.DataFrame(dict(
             id=ids, path=paths, label=labels, split="train", source="smote", parent_id=real_ids[a],
             seed=seed % 2**32, generator=f"imblearn:{cfg.smote.sampler}", sha256=digests,
@@ -183,5 +187,6 @@ def smote_stage(cfg, run_dir: Path) -> dict:
         return {"rows": len(ids), "features": int(feats.shape[1]), "target_per_class": target,
                 "interpolations_recovered": int(exact.sum())}
 
-    fp = combine(ingest_fingerprint(cfg), cfg.section_hash("seed", "smote"))
+    trainer = str(sorted(cfg.benchmark.trainer_kwargs().items())) if cfg.smote.features == "cnn" else ""
+    fp = combine(ingest_fingerprint(cfg), cfg.section_hash("seed", "smote"), trainer)
     return run_stage(run_dir, "smote", fp, body)

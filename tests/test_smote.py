@@ -103,3 +103,62 @@ def test_interpolation_parents_are_recovered_for_smote_rows():
     copies, copy_y = oversample(x, y, {0: 12, 1: 12}, "RandomOverSampler", seed=1)
     a, b, t, residual = interpolation_parents(copies, copy_y, x, y)
     assert residual.max() < 1e-9 and np.allclose(x[a] + t[:, None] * (x[b] - x[a]), copies)
+
+
+def _digits(n_per_class=6):
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    idx = np.concatenate([np.flatnonzero(y == c)[:n_per_class] for c in range(3)])
+    return (x[idx].reshape(-1, 8, 8, 1) * 255 / 16).astype(np.uint8), y[idx]
+
+
+def test_each_extractor_gives_one_row_per_image(tmp_path):
+    from augment.config import SmoteConfig
+    from augment.features import make_extractor
+    from test_classifier import save_resnet18
+
+    images, labels = _digits()
+    pixels = make_extractor(SmoteConfig(pca_components=5), 0).fit(images)
+    assert pixels.transform(images).shape == (18, 5) and pixels.invertible
+    trainer = dict(steps=3, batch_size=8, width=8)
+    cnn = make_extractor(SmoteConfig(features="cnn"), 0, trainer).fit(images, labels, 3)
+    assert cnn.transform(images).shape == (18, 16) and not cnn.invertible  # 2 x width pooled channels
+    again = make_extractor(SmoteConfig(features="cnn"), 0, trainer).fit(images, labels, 3)
+    assert np.array_equal(cnn.transform(images), again.transform(images))  # seeded
+    weights = save_resnet18(tmp_path / "r18.pth")
+    backbone = make_extractor(SmoteConfig(features="pretrained", weights=weights, input_size=32), 0).fit(images, labels, 3)
+    assert backbone.transform(images[:4]).shape == (4, 512)
+
+
+def test_missing_pretrained_weights_are_an_offline_error_naming_the_smote_keys(tmp_path, monkeypatch):
+    import torch
+
+    from augment.config import SmoteConfig
+    from augment.features import make_extractor
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    images, labels = _digits()
+    with pytest.raises(UserError, match=r"config key 'smote.backbone': no resnet18 weights on disk .* set smote.weights"):
+        make_extractor(SmoteConfig(features="pretrained"), 0).fit(images, labels, 3)
+    with pytest.raises(UserError, match=r"config key 'smote.weights': .*nope.pth not found"):
+        make_extractor(SmoteConfig(features="pretrained", weights=tmp_path / "nope.pth"), 0).fit(images, labels, 3)
+
+
+def test_smote_in_cnn_feature_space_feeds_the_linear_probe_not_the_cnn_arm(tmp_path):
+    import json
+
+    from augment import manifest
+    from augment.config import load_config
+    from augment.pipeline import run_pipeline
+    from conftest import SMOKE
+
+    cfg = load_config(SMOKE, ["smote.features=cnn", "gan.enabled=false", "benchmark.seeds=2", "benchmark.steps=10"])
+    run_pipeline(cfg, tmp_path / "run")
+    frame = manifest.read(tmp_path / "run")
+    smote = frame[frame["source"] == "smote"]
+    assert len(smote) and smote["path"].isna().all() and smote["parent_id"].notna().all()
+    summary = json.loads((tmp_path / "run" / "benchmark" / "summary.json").read_text())
+    assert "real+smote" not in summary["arms"] and "real+smote" in summary["linear_probe"]
+    with np.load(tmp_path / "run" / "features" / "smote.npz") as rows:
+        assert rows["x"].shape == (len(smote), 2 * cfg.benchmark.width)
