@@ -18,6 +18,7 @@ from augment.classifier import predict_proba, train_classifier
 from augment.config import Config
 from augment.data import ingest_info, load_split
 from augment.features import make_extractor
+from augment.smote import gan_source
 from augment.runtime import atomic_path, combine, derive_seed, resolve_device, run_stage, stage_fingerprint, write_json
 
 log = logging.getLogger("augment")
@@ -171,7 +172,8 @@ def linear_probe(cfg: Config, run_dir: Path, arms: list[str], held_out: dict, cl
 
     x_real, y_real, _ = load_split(run_dir, "train")
     # the same extractor, fitted on the same images with the same seed, as the SMOTE stage's
-    extractor = make_extractor(cfg.smote, derive_seed(cfg.seed, "smote"), cfg.benchmark.trainer_kwargs())
+    extractor = make_extractor(cfg.smote, derive_seed(cfg.seed, "smote"), cfg.benchmark.trainer_kwargs(),
+                               gan_source(cfg, run_dir))
     extractor.fit(x_real, y_real, len(classes))
     records = []
     for arm in arms:

@@ -101,7 +101,7 @@ class SmoteConfig(_Section):
     enabled: bool = True
     sampler: str = "SMOTE"
     params: dict[str, Any] = Field(default_factory=dict)
-    features: Literal["pixels", "cnn", "pretrained"] = "pixels"
+    features: Literal["pixels", "cnn", "pretrained", "discriminator"] = "pixels"
     pca_components: int | None = Field(default=None, ge=1)
     backbone: str = "resnet18"
     weights: Path | None = None
@@ -197,6 +197,12 @@ class Config(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
 
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.smote.enabled and self.smote.features == "discriminator" and not self.gan.enabled:
+            raise ValueError("smote.features 'discriminator' needs the GAN stage (gan.enabled: true)")
+        return self
+
     def section_hash(self, *keys: str) -> str:
         """Stable short hash of the named sections (for stage fingerprints)."""
         dumped = self.model_dump(mode="json")
@@ -210,6 +216,8 @@ def _format_error(err: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown config key '{loc}'"
     msg = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a rule across sections: the message names its keys
+        return f"{source}: {msg}"
     return f"{source}: config key '{loc}': {msg}"
 
 

@@ -86,10 +86,54 @@ class ClassifierFeatures:
         return predict(self.model, images)[1].astype(np.float64)
 
 
-def make_extractor(smote_cfg, seed: int, trainer: dict | None = None):
-    """The extractor `smote.features` names (the config admits only known names)."""
+class DiscriminatorFeatures:
+    """Features of the trained DCGAN discriminator (gan/checkpoint.pt), as in the DCGAN paper."""
+
+    invertible = False
+
+    def __init__(self, gan_dir: Path, gan_cfg, n_classes: int):
+        self.gan_dir, self.gan_cfg, self.n_classes = Path(gan_dir), gan_cfg, n_classes
+        self.D = None
+
+    def fit(self, images: np.ndarray, labels: np.ndarray | None = None, n_classes: int = 0) -> DiscriminatorFeatures:
+        from augment.gan import Discriminator
+        from augment.gan_training import read_checkpoint
+
+        payload = read_checkpoint(self.gan_dir / "checkpoint.pt")
+        c = self.gan_cfg
+        self.D = Discriminator(self.n_classes, c.ndf, images.shape[3], c.image_size, c.mode)
+        self.D.load_state_dict(payload["D"])
+        self.D.eval()
+        return self
+
+    def transform(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
+        import torch
+        import torch.nn.functional as F
+
+        from augment.classifier import to_tensor
+
+        if self.D is None:
+            raise RuntimeError("fit() first")
+        out = []
+        size = self.gan_cfg.image_size
+        with torch.no_grad():
+            for i in range(0, len(images), batch):
+                x = to_tensor(images[i : i + batch])
+                if x.shape[-1] != size or x.shape[-2] != size:
+                    x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+                out.append(self.D.image_features(x).double())
+        return torch.cat(out).numpy()
+
+
+def make_extractor(smote_cfg, seed: int, trainer: dict | None = None, gan: tuple | None = None):
+    """The extractor `smote.features` names (the config admits only known names).
+
+    `gan`: (gan directory, GanConfig, number of classes), for the discriminator's features.
+    """
     if smote_cfg.features == "pixels":
         return PixelFeatures(smote_cfg.pca_components, seed)
+    if smote_cfg.features == "discriminator":
+        return DiscriminatorFeatures(*gan)
     trainer = {k: v for k, v in (trainer or {}).items() if k in ("steps", "batch_size", "lr", "width")}
     return ClassifierFeatures(smote_cfg.features, seed, trainer, smote_cfg.backbone, smote_cfg.weights,
                               smote_cfg.input_size)

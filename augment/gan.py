@@ -99,6 +99,16 @@ class Discriminator(nn.Module):
         if mode == "conditional":
             self.embed = nn.Embedding(n_classes, ch)  # projection: <embed(y), pooled features>
 
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Label-free features of images (N, nc, S, S): D's last feature map, averaged over space.
+
+        per_class: every class's discriminator sees the image, (N, K*ch); conditional: (N, ch).
+        The DCGAN paper's use of a trained discriminator as a feature extractor.
+        """
+        if self.mode == "per_class":
+            x = x.repeat(1, self.k, 1, 1)  # group k of the grouped convolutions gets a copy
+        return self.features(x).mean(dim=(2, 3))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, k = x.shape[:2]
         if self.mode == "per_class":

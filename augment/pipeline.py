@@ -25,8 +25,8 @@ log = logging.getLogger("augment")
 STAGES: dict[str, Callable[[Config, Path], dict]] = {
     "ingest": ingest_stage,
     "classical": classical_stage,
-    "smote": smote_stage,
     "gan": gan_stage,
+    "smote": smote_stage,  # after gan: it may work in the trained discriminator's feature space
     "synthesize": synthesize_stage,
     "benchmark": benchmark_stage,
     "expand": expand_stage,

@@ -14,7 +14,7 @@ from augment import manifest
 from augment.data import ingest_fingerprint, ingest_info, load_split
 from augment.errors import UserError
 from augment.features import make_extractor
-from augment.runtime import combine, derive_seed, run_stage, write_npz
+from augment.runtime import combine, derive_seed, run_stage, stage_fingerprint, write_npz
 
 log = logging.getLogger("augment")
 
@@ -141,6 +141,13 @@ def interpolation_parents(x_new: np.ndarray, y_new: np.ndarray, x: np.ndarray, y
     return a_idx, b_idx, weight, residual
 
 
+def gan_source(cfg, run_dir: Path) -> tuple:
+    """What the discriminator extractor needs: the GAN's directory, config and class count."""
+    if cfg.smote.features != "discriminator":
+        return None
+    return (Path(run_dir) / "gan", cfg.gan, len(ingest_info(run_dir)["classes"]))
+
+
 def smote_stage(cfg, run_dir: Path) -> dict:
     """Feature rows of the real train split, over-sampled per class; rows to features/ + manifest."""
     run_dir = Path(run_dir)
@@ -152,7 +159,8 @@ def smote_stage(cfg, run_dir: Path) -> dict:
         info = ingest_info(run_dir)
         x_img, y, rows = load_split(run_dir, "train")
         seed = derive_seed(cfg.seed, "smote")
-        extractor = make_extractor(cfg.smote, seed, cfg.benchmark.trainer_kwargs()).fit(x_img, y, len(info["classes"]))
+        extractor = make_extractor(cfg.smote, seed, cfg.benchmark.trainer_kwargs(), gan_source(cfg, run_dir))
+        extractor.fit(x_img, y, len(info["classes"]))
         feats = extractor.transform(x_img)
         target = int(round(cfg.smote.multiplier * np.bincount(y).max()))
         x_new, y_new = oversample(
@@ -187,6 +195,7 @@ def smote_stage(cfg, run_dir: Path) -> dict:
         return {"rows": len(ids), "features": int(feats.shape[1]), "target_per_class": target,
                 "interpolations_recovered": int(exact.sum())}
 
-    trainer = str(sorted(cfg.benchmark.trainer_kwargs().items())) if cfg.smote.features == "cnn" else ""
-    fp = combine(ingest_fingerprint(cfg), cfg.section_hash("seed", "smote"), trainer)
+    depends = {"cnn": str(sorted(cfg.benchmark.trainer_kwargs().items())),
+               "discriminator": stage_fingerprint(run_dir, "gan")}.get(cfg.smote.features, "")
+    fp = combine(ingest_fingerprint(cfg), cfg.section_hash("seed", "smote"), depends)
     return run_stage(run_dir, "smote", fp, body)

@@ -83,7 +83,7 @@ def augment_dataset(config_path: str | None = None, overrides: list[str] | None 
         with open_run(cfg, Path(run_dir) if run_dir else default_run_dir(cfg, config_path)) as path:
             out = str(path)
             result: dict = {}
-            for stage in (ingest, classical, smote, gan, synthesize, benchmark, expand, report):
+            for stage in (ingest, classical, gan, smote, synthesize, benchmark, expand, report):
                 value = stage(cfg, out)
                 if isinstance(value, State):  # a Failed state carrying the user's one-line error
                     return Failed(message=value.message)

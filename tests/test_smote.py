@@ -145,7 +145,8 @@ def test_missing_pretrained_weights_are_an_offline_error_naming_the_smote_keys(t
         make_extractor(SmoteConfig(features="pretrained", weights=tmp_path / "nope.pth"), 0).fit(images, labels, 3)
 
 
-def test_smote_in_cnn_feature_space_feeds_the_linear_probe_not_the_cnn_arm(tmp_path):
+@pytest.mark.parametrize("features, gan", [("cnn", "false"), ("discriminator", "true")])
+def test_smote_in_a_classifier_feature_space_feeds_the_linear_probe_not_the_cnn_arm(tmp_path, features, gan):
     import json
 
     from augment import manifest
@@ -153,12 +154,34 @@ def test_smote_in_cnn_feature_space_feeds_the_linear_probe_not_the_cnn_arm(tmp_p
     from augment.pipeline import run_pipeline
     from conftest import SMOKE
 
-    cfg = load_config(SMOKE, ["smote.features=cnn", "gan.enabled=false", "benchmark.seeds=2", "benchmark.steps=10"])
+    cfg = load_config(SMOKE, [f"smote.features={features}", f"gan.enabled={gan}", "benchmark.seeds=2",
+                              "benchmark.steps=10", "gan.steps=4"])
     run_pipeline(cfg, tmp_path / "run")
     frame = manifest.read(tmp_path / "run")
     smote = frame[frame["source"] == "smote"]
     assert len(smote) and smote["path"].isna().all() and smote["parent_id"].notna().all()
     summary = json.loads((tmp_path / "run" / "benchmark" / "summary.json").read_text())
     assert "real+smote" not in summary["arms"] and "real+smote" in summary["linear_probe"]
+    # cnn: 2 x width pooled channels; discriminator (per class, 16 px): 10 classes x ndf x 2
+    width = {"cnn": 2 * cfg.benchmark.width, "discriminator": 10 * cfg.gan.ndf * 2}[features]
     with np.load(tmp_path / "run" / "features" / "smote.npz") as rows:
-        assert rows["x"].shape == (len(smote), 2 * cfg.benchmark.width)
+        assert rows["x"].shape == (len(smote), width)
+
+
+@pytest.mark.parametrize("mode, width", [("per_class", 3 * 8 * 2), ("conditional", 8 * 2)])
+def test_discriminator_features_are_label_free(mode, width):
+    import torch
+
+    from augment.gan import Discriminator
+
+    D = Discriminator(3, 8, 1, 16, mode).eval()
+    x = torch.randn(5, 1, 16, 16)
+    assert D.image_features(x).shape == (5, width)
+    assert torch.allclose(D.image_features(x[:2]), D.image_features(x)[:2], atol=1e-6)  # per image
+
+
+def test_discriminator_features_need_the_gan():
+    from augment.config import load_config
+
+    with pytest.raises(UserError, match=r"smote.features 'discriminator' needs the GAN stage"):
+        load_config(None, ["smote.features=discriminator", "gan.enabled=false"])
