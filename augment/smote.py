@@ -91,7 +91,9 @@ def oversample(
         try:
             x_res, y_res = s.fit_resample(x[mask], y[mask])
         except (ValueError, RuntimeError) as exc:
-            raise UserError(f"smote.sampler {sampler} failed on classes {[names[c] for c in interp]}: {exc}") from None
+            growing = [names[c] for c, t in interp.items() if t > counts[c]]
+            raise UserError(f"smote.sampler {sampler} failed to over-sample class(es) {growing}: "
+                            f"{' '.join(str(exc).split())}") from None
         n = int(mask.sum())
         if sampler in COMBINED:  # cleaning reorders and removes rows: new rows are those not in the input
             seen = {row.tobytes() for row in np.ascontiguousarray(x[mask])}

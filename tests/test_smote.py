@@ -185,3 +185,9 @@ def test_discriminator_features_need_the_gan():
 
     with pytest.raises(UserError, match=r"smote.features 'discriminator' needs the GAN stage"):
         load_config(None, ["smote.features=discriminator", "gan.enabled=false"])
+
+
+def test_a_sampler_that_finds_nothing_to_do_is_a_clear_error_naming_sampler_and_class():
+    x, y = blobs([10, 10], gap=1000.0)  # class 1 has no neighbour of another class: ADASYN has no hard cases
+    with pytest.raises(UserError, match=r"smote.sampler ADASYN failed to over-sample class\(es\) \['1'\]: "):
+        oversample(x, y, {0: 10, 1: 20}, "ADASYN", seed=0)
