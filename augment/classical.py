@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import heapq
 import inspect
-import json
 import math
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +19,7 @@ from augment.config import ClassicalConfig, Config  # noqa: E402
 from augment.data import ingest_fingerprint, ingest_info  # noqa: E402
 from augment.errors import UserError  # noqa: E402
 from augment.runtime import combine, derive_seed, run_stage  # noqa: E402
+from augment.classical_worker import build_pipeline, run_jobs, with_p  # noqa: E402,F401
 
 
 def _t(name: str, **params) -> dict:
@@ -80,18 +79,9 @@ def validate_transforms(transforms: list) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("error", message=".*are not valid for transform.*")
-                A.from_dict({"transform": _with_p(item)})
+                A.from_dict({"transform": with_p(item)})
         except Exception as exc:  # noqa: BLE001  (pydantic ValidationError, TypeError, UserWarning as error)
             raise ValueError(f"{where} ({name}): {' '.join(str(exc).split())[:300]}") from None
-
-
-def _with_p(item: dict) -> dict:
-    """A transform dict with `p` filled from the class default when missing (no warning spam)."""
-    if "p" in item or item.get("__class_fullname__") is None:
-        return item
-    cls = getattr(A, item["__class_fullname__"].rsplit(".", 1)[-1])
-    default = inspect.signature(cls.__init__).parameters.get("p")
-    return {**item, "p": default.default if default is not None else 1.0}
 
 
 def read_pipeline_file(path: Path) -> list[dict]:
@@ -121,16 +111,6 @@ def transforms_for(c: ClassicalConfig, channels: int) -> list[dict]:
         return read_pipeline_file(c.pipeline_file)
     out = [t for t in PRESETS[c.preset] if channels == 3 or t["__class_fullname__"] != "ColorJitter"]
     return out + [FLIP] if c.flips else out
-
-
-def build_pipeline(transforms: list[dict], seed: int | None = None, save_params: bool = False) -> A.Compose:
-    """An albumentations Compose from serialised transform dicts (A.from_dict format)."""
-    spec = {"transform": {"__class_fullname__": "Compose", "transforms": [_with_p(t) for t in transforms], "p": 1.0}}
-    pipeline = A.from_dict(spec)
-    pipeline.save_applied_params = save_params
-    if seed is not None:
-        pipeline.set_random_seed(seed % 2**32)
-    return pipeline
 
 
 def augment_images(images: np.ndarray, parent_seeds: list[int], pipeline: A.Compose, copies: int | list[int]) -> np.ndarray:
@@ -180,71 +160,15 @@ def spread(total: int, parents: int) -> list[int]:
     return [base + (i < rest) for i in range(parents)]
 
 
-def _plain(params: dict) -> dict:
-    """Applied parameters without arrays (transformation matrices) and numpy scalars, for JSON."""
-    out = {}
-    for k, v in params.items():
-        if isinstance(v, np.ndarray) or k in ("shape",):
-            continue
-        if isinstance(v, np.generic):
-            v = v.item()
-        elif isinstance(v, dict):
-            v = _plain(v)
-        elif isinstance(v, (list, tuple)):
-            v = [x.item() if isinstance(x, np.generic) else x for x in v]
-        out[k] = v
-    return out
+AUTO_POOL_PIXELS = 100_000_000  # output pixels (H x W x C summed) from which a pool pays off
 
 
-def augment_parents(job: dict) -> list[dict]:
-    """One worker's share: read each parent, write its augmented copies, return their manifest rows.
-
-    `job`: run_dir, transforms, channels, generator and parents [(row dict, seed, copies)]. A
-    top-level function so a process pool can run it.
-    """
-    run_dir = Path(job["run_dir"])
-    pipeline = build_pipeline(job["transforms"], save_params=True)
-    rows = []
-    for parent, seed, copies in job["parents"]:
-        image = manifest.load_images(run_dir, [parent["path"]], None, job["channels"])[0]  # native size
-        pipeline.set_random_seed(seed % 2**32)
-        for c in range(copies):
-            result = pipeline(image=image)
-            aug = result["image"].reshape(image.shape)
-            applied = [[name, _plain(p)] for name, p in result.get("applied_transforms", [])]
-            cid = f"classical-{parent['id']}-{c}"
-            rel = f"images/classical/{parent['label']}/{cid}.png"
-            rows.append(dict(
-                id=cid, path=rel, label=parent["label"], split="train", source="classical", parent_id=parent["id"],
-                seed=seed % 2**32, generator=job["generator"], sha256=manifest.save_png(run_dir, rel, aug),
-                height=aug.shape[0], width=aug.shape[1], channels=aug.shape[2], kept=True,
-                params=json.dumps(applied, default=str),
-            ))
-    return rows
-
-
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core: no nested thread pools
-
-
-def run_jobs(jobs: list[dict], workers: int) -> list[dict]:
-    """Run augment_parents over jobs, in-process or in a pool of `workers` processes (spawned:
-    safe beside torch's threads); rows come back in job order either way."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [row for job in jobs for row in augment_parents(job)]
-    import multiprocessing
-
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker) as pool:
-        return [row for rows in pool.map(augment_parents, jobs) for row in rows]
-
-
-def auto_workers(n_outputs: int, configured: int | None) -> int:
-    """classical.workers, else every core once there is enough work to repay starting processes."""
+def auto_workers(n_outputs: int, pixels_each: int, configured: int | None) -> int:
+    """classical.workers, else every core once there is enough work to repay starting processes
+    (each spawned worker imports albumentations and torch: about 4 s on this machine)."""
     if configured is not None:
         return configured
-    return (os.cpu_count() or 1) if n_outputs >= 2000 else 1
+    return (os.cpu_count() or 1) if n_outputs * pixels_each >= AUTO_POOL_PIXELS else 1
 
 
 def classical_fingerprint(cfg: Config) -> str:
@@ -277,7 +201,8 @@ def classical_stage(cfg: Config, run_dir: Path) -> dict:
         transforms = transforms_for(c, info["channels"])
         name = "custom" if c.transforms is not None or c.pipeline_file is not None else c.preset
         n_out = sum(k for _, _, k in plan)
-        workers = auto_workers(n_out, c.workers)
+        size = info["size"]
+        workers = auto_workers(n_out, size[0] * size[1] * info["channels"], c.workers)
         per_job = math.ceil(len(plan) / (workers * 4))  # a few jobs per worker evens out the load
         jobs = [dict(run_dir=str(run_dir), transforms=transforms, channels=info["channels"],
                      generator=f"albumentations:{name}", parents=plan[i : i + per_job])

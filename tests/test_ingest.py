@@ -1,3 +1,4 @@
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,7 @@ def test_ingest_writes_manifest_and_pngs(tmp_path, image_folder):
     assert frame["id"].is_unique
     assert (frame[["height", "width", "channels"]].to_numpy() == [12, 10, 3]).all()
     for rel, digest in zip(frame["path"], frame["sha256"]):
-        assert manifest.hashlib.sha256((run / rel).read_bytes()).hexdigest() == digest
+        assert hashlib.sha256((run / rel).read_bytes()).hexdigest() == digest
         assert Image.open(run / rel).mode == "RGB"
     assert frame["generator"].str.endswith(".png").all()  # provenance: the input file
     assert info["size"] == [12, 10] and ingest_info(run)["classes"] == ["cat", "dog", "owl"]
