@@ -19,7 +19,7 @@ from augment.config import ClassicalConfig, Config  # noqa: E402
 from augment.data import ingest_fingerprint, ingest_info  # noqa: E402
 from augment.errors import UserError  # noqa: E402
 from augment.runtime import combine, derive_seed, run_stage  # noqa: E402
-from augment.classical_worker import build_pipeline, run_jobs, with_p  # noqa: E402,F401
+from augment.classical_worker import build_pipeline, copies_of, run_jobs, with_p  # noqa: E402,F401
 
 
 def _t(name: str, **params) -> dict:
@@ -125,9 +125,8 @@ def augment_images(images: np.ndarray, parent_seeds: list[int], pipeline: A.Comp
     out = np.empty((sum(counts), *images.shape[1:]), dtype=np.uint8)
     n = 0
     for image, seed, k in zip(images, parent_seeds, counts):
-        pipeline.set_random_seed(seed % 2**32)
-        for _ in range(k):
-            out[n] = pipeline(image=image)["image"].reshape(image.shape)
+        for result in copies_of(pipeline, image, seed, k):
+            out[n] = result["image"].reshape(image.shape)
             n += 1
     return out
 

@@ -61,6 +61,14 @@ def _plain(params: dict) -> dict:
     return out
 
 
+def copies_of(pipeline, image: np.ndarray, seed: int, copies: int):
+    """`copies` augmentation results (dicts) of one image, drawn from the image's own seeded
+    stream, so they do not depend on the order or the process images are handled in."""
+    pipeline.set_random_seed(seed % 2**32)
+    for _ in range(copies):
+        yield pipeline(image=image)
+
+
 def augment_parents(job: dict) -> list[dict]:
     """One worker's share: read each parent, write its augmented copies, return their manifest rows.
 
@@ -74,9 +82,7 @@ def augment_parents(job: dict) -> list[dict]:
     rows = []
     for parent, seed, copies in job["parents"]:
         image = load_images(run_dir, [parent["path"]], None, job["channels"])[0]  # native size
-        pipeline.set_random_seed(seed % 2**32)
-        for c in range(copies):
-            result = pipeline(image=image)
+        for c, result in enumerate(copies_of(pipeline, image, seed, copies)):
             aug = result["image"].reshape(image.shape)
             applied = [[name, _plain(p)] for name, p in result.get("applied_transforms", [])]
             cid = f"classical-{parent['id']}-{c}"

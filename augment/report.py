@@ -301,14 +301,13 @@ def make_figures(run_dir: Path, summary: dict, frame: pd.DataFrame, per_class: i
     return made
 
 
-def render_markdown(cfg: Config, run_dir: Path, figs: dict[str, str] | None = None) -> tuple[str, str]:
-    """(report markdown, verdict paragraph) from the run directory's summary, manifest and figures."""
+def render_markdown(cfg: Config, run_dir: Path, summary: dict, frame: pd.DataFrame,
+                    figs: dict[str, str] | None = None) -> tuple[str, str]:
+    """(report markdown, verdict paragraph) from the run's summary.json, manifest and figures."""
     from augment.data import ingest_info
 
     run_dir = Path(run_dir)
     figs = figs or {}
-    summary = json.loads((run_dir / "benchmark" / "summary.json").read_text())
-    frame = manifest.read(run_dir)
     para = verdict(summary, run_dir)
     order = class_order(summary, ingest_info(run_dir)["counts"].get("train"))
     gan_part = ("Samples of the EMA generator after the last step, one row per class:\n\n" + _fig(figs, "gan_samples", "GAN samples")
@@ -408,8 +407,9 @@ def render_report(cfg: Config, run_dir: Path) -> str:
     from a finished run directory; recomputes nothing. Returns the verdict paragraph."""
     run_dir = Path(run_dir)
     summary = json.loads((run_dir / "benchmark" / "summary.json").read_text())
-    figs = make_figures(run_dir, summary, manifest.read(run_dir))
-    md, para = render_markdown(cfg, run_dir, figs)
+    frame = manifest.read(run_dir)
+    figs = make_figures(run_dir, summary, frame)
+    md, para = render_markdown(cfg, run_dir, summary, frame, figs)
     write_text(run_dir / "report" / "report.md", md)
     write_text(run_dir / "report" / "report.html", render_html(md, run_dir / "report"))
     write_json(run_dir / "report" / "results.json", {"verdict": para, **summary})
