@@ -141,6 +141,13 @@ class GanConfig(_Section):
     checkpoint_every: int = Field(default=500, ge=1)
     sample_every: int = Field(default=500, ge=1)
     samples_per_class: int = Field(default=100, ge=1)
+    shards: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> GanConfig:
+        if self.shards > 1 and self.mode != "per_class":
+            raise ValueError("gan.shards > 1 needs gan.mode: per_class (one conditional network cannot be split by class)")
+        return self
 
 
 class GateConfig(_Section):
@@ -186,6 +193,27 @@ class BenchmarkConfig(_Section):
         return arms
 
 
+class OrchestrationConfig(_Section):
+    """How the Prefect flow runs its tasks; changes nothing a stage computes."""
+
+    retries: int = Field(default=2, ge=0, le=10)
+    retry_delay: float = Field(default=10.0, ge=0.0)
+    task_runner: Literal["thread", "dask"] = "thread"
+    dask_address: str | None = None
+    dask_cluster: str | None = None
+    workers: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> OrchestrationConfig:
+        if self.task_runner != "dask" and (self.dask_address or self.dask_cluster):
+            raise ValueError("orchestration.dask_address / dask_cluster need orchestration.task_runner: dask")
+        if self.dask_address and self.dask_cluster:
+            raise ValueError("set orchestration.dask_address (an existing cluster) or dask_cluster (a new one), not both")
+        if self.dask_cluster and "." not in self.dask_cluster:
+            raise ValueError("orchestration.dask_cluster must be an import path such as dask_cuda.LocalCUDACluster")
+        return self
+
+
 class Config(_Section):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -196,6 +224,7 @@ class Config(_Section):
     gan: GanConfig = Field(default_factory=GanConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -216,7 +245,7 @@ def _format_error(err: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown config key '{loc}'"
     msg = first["msg"].removeprefix("Value error, ")
-    if not first["loc"]:  # a rule across sections: the message names its keys
+    if not first["loc"] or f"{loc}." in msg:  # a rule across keys: the message names them
         return f"{source}: {msg}"
     return f"{source}: config key '{loc}': {msg}"
 

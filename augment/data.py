@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -387,7 +388,9 @@ def train_counts(d: DataConfig, classes: list[str], where: str) -> dict[str, int
 
 
 def input_signature(d: DataConfig) -> str:
-    """Names, sizes and modification times of the input files: a changed input re-runs ingest."""
+    """Names and content (sha256) of the input files: a re-run with the same images is a cache hit
+    even if their times changed (copied, re-synced); an added, removed or edited image re-runs ingest
+    and every stage that depends on it."""
     if d.source == "digits":
         return "sklearn-digits"
     root = Path(d.path)
@@ -403,9 +406,28 @@ def input_signature(d: DataConfig) -> str:
         files = [root, *root.parent.glob("*labels-idx1-ubyte*")] if d.source == "idx" else [root]
     h = hashlib.sha256()
     for f in files:
-        st = f.stat() if f.exists() else None
-        h.update(f"{f}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+        h.update(f"{f.relative_to(root) if f.is_relative_to(root) else f.name}|{_content_hash(f)}\n".encode())
     return h.hexdigest()[:16]
+
+
+def _content_hash(path: Path) -> str:
+    """sha256 of a file's bytes ('missing' if it cannot be read). Every stage's fingerprint asks
+    for it, so it is memoised per inode, size, mtime and ctime (any write moves ctime, which no
+    tool can set back): the files are read once per process, not once per stage."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    return _hash_file(str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=200_000)
+def _hash_file(path: str, *stat_key: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return "missing"
 
 
 def ingest_fingerprint(cfg: Config) -> str:

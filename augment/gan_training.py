@@ -344,8 +344,79 @@ def gan_fingerprint(cfg: Config) -> str:
     return combine(ingest_fingerprint(cfg), cfg.section_hash("seed", "gan"))
 
 
+# --------------------------------------------------------------------------- shards (per_class mode)
+
+
+def class_shards(n_classes: int, shards: int) -> list[np.ndarray]:
+    """Contiguous blocks of class indices, one per shard (at most one shard per class).
+
+    In per_class mode the K class GANs are independent, so a shard is just a smaller grouped
+    network over its block of classes; shards train anywhere (threads, Dask workers, GPUs) and
+    their weights concatenate, in class order, into the one K-class network.
+    """
+    return list(np.array_split(np.arange(n_classes), min(shards, n_classes)))
+
+
+def shard_dir(run_dir: Path, shard: int) -> Path:
+    return Path(run_dir) / "gan" / "shards" / f"{shard:02d}"
+
+
+def train_shard(cfg: Config, run_dir: Path, shard: int, progress: Progress | None = None) -> dict:
+    """Train (or resume, or find finished) one shard's classes into gan/shards/<shard>/."""
+    run_dir = Path(run_dir)
+    info = ingest_info(run_dir)
+    classes = class_shards(len(info["classes"]), cfg.gan.shards)[shard]
+    (x, y, _), (x_val, y_val, _) = load_split(run_dir, "train"), load_split(run_dir, "val")
+    keep, keep_val = np.isin(y, classes), np.isin(y_val, classes)
+    state = train_gan(
+        x[keep], y[keep] - classes[0], len(classes), cfg.gan, seed=derive_seed(cfg.seed, "gan", "shard", shard),
+        device=resolve_device(cfg.device), out_dir=shard_dir(run_dir, shard),
+        fingerprint=combine(gan_fingerprint(cfg), f"shard-{shard}"), progress=progress,
+        val=(x_val[keep_val], y_val[keep_val] - classes[0]),
+    )
+    return {"shard": shard, "classes": [info["classes"][c] for c in classes], "steps": state.step}
+
+
+def concat_grouped(states: list[dict]) -> dict:
+    """One K-class grouped network's state from its shards' states (in class order).
+
+    Every per-group tensor of a grouped (de)convolution, batch norm or head keeps its groups
+    contiguous along dim 0, so concatenation along dim 0 is exact; scalars (batch norm's
+    num_batches_tracked, the EMA's n_averaged) are equal across shards and taken from the first.
+    """
+    return {k: torch.cat([s[k] for s in states]) if states[0][k].dim() else states[0][k] for k in states[0]}
+
+
+def merge_shards(cfg: Config, run_dir: Path, n_classes: int, fingerprint: str) -> None:
+    """gan/checkpoint.pt and gan/history.csv of the whole K-class GAN from its finished shards."""
+    gan_dir = Path(run_dir) / "gan"
+    shards = class_shards(n_classes, cfg.gan.shards)
+    payloads = [read_checkpoint(shard_dir(run_dir, i) / "checkpoint.pt") for i in range(len(shards))]
+    for i, p in enumerate(payloads):
+        if p.get("step") != cfg.gan.steps:
+            raise RuntimeError(f"gan shard {i} stopped at step {p.get('step')} of {cfg.gan.steps}")
+    merged = {"fingerprint": fingerprint, "step": cfg.gan.steps, "shards": len(shards)}
+    for part in ("G", "D", "ema"):
+        merged[part] = concat_grouped([p[part] for p in payloads])
+    with atomic_path(gan_dir / "checkpoint.pt") as tmp:
+        torch.save(merged, tmp)
+    # History: per-step means over all classes (each shard weighted by its class count);
+    # step_seconds is the slowest shard's, the wall time when shards run side by side.
+    weights = np.array([len(s) for s in shards], dtype=float)
+    frames = [pd.read_csv(shard_dir(run_dir, i) / "history.csv").set_index("step") for i in range(len(shards))]
+    mean = sum(f.drop(columns="step_seconds") * w for f, w in zip(frames, weights)) / weights.sum()
+    mean["step_seconds"] = pd.concat([f["step_seconds"] for f in frames], axis=1).max(axis=1)
+    with atomic_path(gan_dir / "history.csv") as tmp:
+        mean.reset_index().to_csv(tmp, index=False)
+
+
 def gan_stage(cfg: Config, run_dir: Path, progress: Progress | None = None) -> dict:
-    """Train the class-conditional DCGAN on the real train split; resumes from gan/checkpoint.pt."""
+    """Train the class-conditional DCGAN on the real train split; resumes from gan/checkpoint.pt.
+
+    With gan.shards > 1 each shard of classes trains (or resumes) into gan/shards/<i>/ and the
+    shards are merged; the flow trains the shards side by side beforehand (flows.augment_flow),
+    so here they are found finished.
+    """
     run_dir = Path(run_dir)
     fp = gan_fingerprint(cfg)
 
@@ -353,21 +424,30 @@ def gan_stage(cfg: Config, run_dir: Path, progress: Progress | None = None) -> d
         if not cfg.gan.enabled:
             return {"steps": 0}
         info = ingest_info(run_dir)
-        x, y, _ = load_split(run_dir, "train")
-        x_val, y_val, _ = load_split(run_dir, "val")
+        k = len(info["classes"])
         device = resolve_device(cfg.device)
         t0 = time.perf_counter()
-        state = train_gan(x, y, len(info["classes"]), cfg.gan, seed=derive_seed(cfg.seed, "gan"), device=device,
-                          out_dir=run_dir / "gan", fingerprint=fp, progress=progress, val=(x_val, y_val))
-        G = load_generator(run_dir / "gan", cfg.gan, len(info["classes"]), x.shape[3], device, derive_seed(cfg.seed, "bn"))
-        grid = sample(G, 64, cfg.gan.nz, len(info["classes"]), derive_seed(cfg.seed, "final-grid"), device)
+        n_shards = len(class_shards(k, cfg.gan.shards))
+        if n_shards > 1:
+            for i in range(n_shards):
+                shard_progress = None if progress is None else (lambda s, n, i=i: progress(i * n + s, n_shards * n))
+                train_shard(cfg, run_dir, i, shard_progress)
+            merge_shards(cfg, run_dir, k, fp)
+            steps = cfg.gan.steps
+        else:
+            x, y, _ = load_split(run_dir, "train")
+            x_val, y_val, _ = load_split(run_dir, "val")
+            steps = train_gan(x, y, k, cfg.gan, seed=derive_seed(cfg.seed, "gan"), device=device,
+                              out_dir=run_dir / "gan", fingerprint=fp, progress=progress, val=(x_val, y_val)).step
+        G = load_generator(run_dir / "gan", cfg.gan, k, info["channels"], device, derive_seed(cfg.seed, "bn"))
+        grid = sample(G, 64, cfg.gan.nz, k, derive_seed(cfg.seed, "final-grid"), device)
         for c, label in enumerate(info["classes"]):
             save_grid(run_dir / "gan" / "samples" / f"final_{label}.png", grid[:, c], nrow=8)
-        walk = interpolate(G, len(info["classes"]), cfg.gan.nz, 10, derive_seed(cfg.seed, "interpolation"), device)
+        walk = interpolate(G, k, cfg.gan.nz, 10, derive_seed(cfg.seed, "interpolation"), device)
         save_grid(run_dir / "gan" / "samples" / "interpolation.png", walk.transpose(0, 1).flatten(0, 1), nrow=10)
         last = pd.read_csv(run_dir / "gan" / "history.csv").iloc[-1]
         overfit = {c: round(float(last[c]), 4) for c in ("d_acc_train", "d_acc_val") if c in last and pd.notna(last[c])}
-        return {"steps": state.step, "device": str(device), "train_seconds": round(time.perf_counter() - t0, 2), **overfit}
+        return {"steps": steps, "shards": n_shards, "device": str(device),
+                "train_seconds": round(time.perf_counter() - t0, 2), **overfit}
 
     return run_stage(run_dir, "gan", fp, body)
-

@@ -84,3 +84,20 @@ def test_section_hash_changes_only_with_its_section():
     a, b = load_config(None), load_config(None, ["gan.steps=3"])
     assert a.section_hash("data") == b.section_hash("data")
     assert a.section_hash("gan") != b.section_hash("gan")
+
+
+def test_readme_documents_every_config_key():
+    """README's key table names every key of every section (keys sharing a row, like
+    `gan.ngf`, `gan.ndf`, count), so the README cannot fall behind the config."""
+    import re
+
+    from augment.config import Config
+    from conftest import REPO
+
+    documented = set(re.findall(r"`([a-z_]+(?:\.[a-z_0-9]+)?)`", (REPO / "README.md").read_text().split("## Config keys")[1]
+                                .split("\n## ")[0]))
+    keys = set()
+    for name, field in Config.model_fields.items():
+        sub = getattr(field.annotation, "model_fields", None)
+        keys |= {f"{name}.{k}" for k in sub} if sub else {name}
+    assert sorted(keys - documented) == []

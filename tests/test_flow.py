@@ -34,9 +34,103 @@ def test_flow_runs_every_stage_as_a_task(prefect_harness, tmp_path):
     assert names == sorted(["ingest", "classical", "gan", "smote", "synthesize", "benchmark", "expand", "report"])
     assert {"augment-report", "augment-arms", "gan-training"} <= keys
 
-    # Re-running resumes: every stage is skipped, the verdict is the same.
+    # Re-running resumes: every stage is skipped and reads as a cache hit; the verdict is the same.
     again = augment_dataset(str(SMOKE), [], str(tmp_path / "run"), return_state=True)
     assert again.result()["verdict"] == result["verdict"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[again.state_details.flow_run_id])), limit=50)
+    states = {r.name.rsplit("-", 1)[0]: r.state.name for r in runs}
+    assert states == {**{s: "Cached" for s in names}, "report": "Completed"}, states
+
+
+def _task_runs(flow_run_id):
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+        ids = [flow_run_id, *(f.id for f in subflows)]
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)), limit=100)
+
+
+def test_gan_shards_fan_out_on_dask_workers_and_match_an_in_process_run(prefect_harness, tmp_path):
+    """gan.shards: 2 with the Dask task runner: each shard is a task run on a Dask worker process,
+    reported to the same Prefect API; the merged GAN is bit-identical to training the shards in one
+    process (augment.pipeline, no Prefect)."""
+    import torch
+
+    from augment.config import load_config
+    from augment.pipeline import run_pipeline
+    from flows.augment_flow import augment_dataset
+
+    sets = ["gan.shards=2", "orchestration.task_runner=dask", "benchmark.seeds=1", "benchmark.arms=[real]"]
+    state = augment_dataset(str(SMOKE), sets, str(tmp_path / "dask"), return_state=True)
+    assert state.is_completed(), state.message
+    runs = _task_runs(state.state_details.flow_run_id)
+    shard_runs = [r for r in runs if r.name.startswith("gan-shard-")]
+    assert len(shard_runs) == 2 and all(r.state.is_completed() and "gpu" in r.tags for r in shard_runs)
+    run_pipeline(load_config(SMOKE, sets), tmp_path / "local")
+    a = torch.load(tmp_path / "dask" / "gan" / "checkpoint.pt")
+    b = torch.load(tmp_path / "local" / "gan" / "checkpoint.pt")
+    for part in ("G", "D", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+
+
+def _flaky(error: Exception, fails: int, calls: list):
+    def stage(cfg, run_dir):
+        calls.append(1)
+        if len(calls) <= fails:
+            raise error
+        return {"ok": True}
+
+    return stage
+
+
+@pytest.mark.parametrize("error, fails, expected_calls, completes", [
+    (OSError(5, "Input/output error"), 2, 3, True),     # transient: retried with back-off until it passes
+    (OSError(5, "Input/output error"), 5, 3, False),    # ... at most orchestration.retries times
+    (FileNotFoundError(2, "No such file"), 1, 1, False),  # deterministic: not retried
+    (ValueError("a bug"), 1, 1, False),                 # a bug: not retried
+])
+def test_only_transient_io_errors_are_retried(prefect_harness, monkeypatch, tmp_path, error, fails, expected_calls,
+                                              completes):
+    from prefect import flow
+
+    from augment.config import OrchestrationConfig, load_config
+    from augment.pipeline import STAGES
+    from flows.augment_flow import _with_retries, ingest
+
+    calls: list = []
+    monkeypatch.setitem(STAGES, "ingest", _flaky(error, fails, calls))
+    task = _with_retries(ingest, OrchestrationConfig(retries=2, retry_delay=0.01))
+
+    @flow
+    def one_stage():
+        return task(load_config(SMOKE), str(tmp_path))
+
+    state = one_stage(return_state=True)
+    assert len(calls) == expected_calls and state.is_completed() == completes
+
+
+def test_a_users_mistake_is_not_retried(prefect_harness, monkeypatch, tmp_path):
+    from prefect import flow
+
+    from augment.config import OrchestrationConfig, load_config
+    from augment.errors import UserError
+    from augment.pipeline import STAGES
+    from flows.augment_flow import _with_retries, ingest
+
+    calls: list = []
+    monkeypatch.setitem(STAGES, "ingest", _flaky(UserError("data.path: no such folder"), 1, calls))
+
+    @flow
+    def one_stage():
+        value = _with_retries(ingest, OrchestrationConfig(retries=3, retry_delay=0.01))(load_config(SMOKE), str(tmp_path))
+        return value.type.value, value.message  # the task's Failed state, as the main flow sees it
+
+    assert one_stage() == ("FAILED", "data.path: no such folder") and len(calls) == 1
 
 
 def test_flow_fails_with_the_users_one_line_error(prefect_harness, tmp_path):

@@ -47,6 +47,35 @@ def test_per_class_networks_are_independent():
     assert torch.equal(da[:, 1:], db[:, 1:])
 
 
+def test_shards_concatenate_into_the_one_k_class_network():
+    """Per_class shards of 2 and 3 classes merge, weights concatenated, into a 5-class network whose
+    outputs for each class are exactly its shard's (G and D, batch norm in eval mode)."""
+    from augment.gan_training import class_shards, concat_grouped
+
+    assert [list(s) for s in class_shards(5, 2)] == [[0, 1, 2], [3, 4]]
+    assert len(class_shards(3, 8)) == 3  # never an empty shard
+    g = torch.Generator().manual_seed(0)
+    parts = []
+    for k in (2, 3):
+        G, D = Generator(k, 8, 4, 1, 16, "per_class"), Discriminator(k, 4, 1, 16, "per_class")
+        dcgan_init(G, g), dcgan_init(D, g)
+        for m in (*G.modules(), *D.modules()):  # non-trivial running statistics
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(generator=g), m.running_var.uniform_(0.5, 2.0, generator=g)
+        parts.append((G.eval(), D.eval()))
+    G5, D5 = Generator(5, 8, 4, 1, 16, "per_class"), Discriminator(5, 4, 1, 16, "per_class")
+    G5.load_state_dict(concat_grouped([G.state_dict() for G, _ in parts]))
+    D5.load_state_dict(concat_grouped([D.state_dict() for _, D in parts]))
+    G5.eval(), D5.eval()
+    z = torch.randn(4, 5, 8, generator=g)
+    x = G5(z)
+    torch.testing.assert_close(x[:, :2], parts[0][0](z[:, :2]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(x[:, 2:], parts[1][0](z[:, 2:]), rtol=0, atol=1e-6)
+    logits = D5(x)
+    torch.testing.assert_close(logits[:, :2], parts[0][1](x[:, :2]), rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits[:, 2:], parts[1][1](x[:, 2:]), rtol=0, atol=1e-5)
+
+
 def test_conditional_generator_depends_on_the_label():
     torch.manual_seed(0)
     G = Generator(3, 8, 4, 1, 16, "conditional").eval()
@@ -180,3 +209,29 @@ def test_ema_warms_up_so_initial_weights_fade():
     a, c = [torch.zeros(1)], [torch.ones(1)]
     upd(a, c, torch.tensor(100))  # past the ramp: the configured decay
     assert a[0].item() == 0.5
+
+
+def test_sharded_gan_stage_trains_each_shard_and_merges_them(tmp_path):
+    """gan.shards: 3 trains three smaller grouped networks into gan/shards/<i>/ and merges them into
+    gan/checkpoint.pt whose weights are the shards' weights, concatenated in class order."""
+    from augment.config import load_config
+    from augment.data import ingest_stage
+    from augment.gan_training import gan_stage, load_generator, read_checkpoint, shard_dir
+    from conftest import SMOKE
+
+    cfg = load_config(SMOKE, ["gan.shards=3", "gan.steps=4", "gan.checkpoint_every=2", "gan.sample_every=2"])
+    run = tmp_path / "run"
+    ingest_stage(cfg, run)
+    info = gan_stage(cfg, run)
+    assert info["shards"] == 3 and info["steps"] == 4 and 0 <= info["d_acc_val"] <= 1
+    payload = read_checkpoint(run / "gan" / "checkpoint.pt")
+    assert payload["step"] == 4 and payload["shards"] == 3
+    history = pd.read_csv(run / "gan" / "history.csv")
+    assert history["step"].tolist() == [1, 2, 3, 4] and history["loss_d"].notna().all()
+    G = load_generator(run / "gan", cfg.gan, 10, 1, "cpu")
+    shards = [read_checkpoint(shard_dir(run, i) / "checkpoint.pt") for i in range(3)]
+    assert [p["G"]["net.0.weight"].shape[0] // cfg.gan.nz for p in shards] == [4, 3, 3]
+    for part, key in (("ema", "module.net.0.weight"), ("D", "head.weight"), ("G", "net.1.running_var")):
+        assert torch.equal(payload[part][key], torch.cat([p[part][key] for p in shards])), (part, key)
+    assert G(torch.randn(2, 10, cfg.gan.nz)).shape == (2, 10, 1, 16, 16)
+    assert gan_stage(cfg, run)["skipped"]

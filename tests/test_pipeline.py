@@ -170,6 +170,26 @@ def test_adding_an_image_to_the_input_reruns_ingest(tmp_path):
     assert len(manifest.read(tmp_path / "run")) == 13
 
 
+def test_the_input_cache_key_is_content_not_file_times(tmp_path):
+    """A re-synced copy (new times, same bytes) is a cache hit; an edit that keeps the size and the
+    modification time (a clock-skewed sync) is not."""
+    import os
+
+    from augment.data import ingest_stage
+
+    root = write_image_folder(tmp_path / "in", {"a": 6, "b": 6}, size=(8, 8))
+    cfg = load_config(SMOKE, ["data.source=folder", f"data.path={root}", "data.per_class=null"])
+    ingest_stage(cfg, tmp_path / "run")
+    image = root / "a" / "000.png"
+    os.utime(image, ns=(1, 1))
+    assert ingest_stage(cfg, tmp_path / "run")["skipped"]
+    data = bytearray(image.read_bytes())
+    data[-13] ^= 0xFF  # a byte of the IEND chunk's CRC: same size, decoders do not care
+    image.write_bytes(bytes(data))
+    os.utime(image, ns=(1, 1))
+    assert not ingest_stage(cfg, tmp_path / "run")["skipped"]
+
+
 def test_a_second_run_on_the_same_directory_is_refused_and_a_finished_one_frees_it(tmp_path):
     import os
 
