@@ -417,14 +417,35 @@ def render_report(cfg: Config, run_dir: Path) -> str:
 
 
 def report_stage(cfg: Config, run_dir: Path) -> dict:
-    """The report stage: render_report once the benchmark and expand stages are done."""
+    """The report stage: render_report once the benchmark and expand stages are done, and keep
+    each new result in history/ (a scheduled job reuses its run directory: its trend lives there)."""
     run_dir = Path(run_dir)
 
     def body() -> dict:
-        return {"verdict": render_report(cfg, run_dir)}
+        verdict = render_report(cfg, run_dir)
+        record_history(cfg, run_dir)
+        return {"verdict": verdict}
 
     fp = combine(stage_fingerprint(run_dir, "benchmark"), stage_fingerprint(run_dir, "expand"), cfg.section_hash(*Config.model_fields))
     return run_stage(run_dir, "report", fp, body)
+
+
+def record_history(cfg: Config, run_dir: Path) -> Path | None:
+    """history/<UTC time>-<benchmark fingerprint>.json: the results and data section of a new
+    benchmark result. A report re-rendered over the same benchmark adds nothing."""
+    from datetime import datetime, timezone
+
+    bench = stage_fingerprint(run_dir, "benchmark")
+    history = run_dir / "history"
+    previous = sorted(history.glob("*.json"))
+    if previous and previous[-1].stem.endswith(f"-{bench}"):
+        return None
+    now = datetime.now(timezone.utc)
+    path = history / f"{now:%Y%m%dT%H%M%S.%fZ}-{bench}.json"
+    results = json.loads((run_dir / "report" / "results.json").read_text())
+    write_json(path, {"finished": now.isoformat(timespec="seconds"), "data": cfg.data.model_dump(mode="json"),
+                      "results": results})
+    return path
 
 
 def rerender(run_dir: Path) -> str:
@@ -441,34 +462,44 @@ def rerender(run_dir: Path) -> str:
 
 
 def list_runs(root: Path) -> pd.DataFrame:
-    """Every finished run under root (a report/results.json), oldest first: when, on what data,
-    the recommended arm and its test gain over real images alone."""
+    """Every finished result under root, oldest first: when, on what data, the recommended arm and
+    its test gain over real images alone. A run directory re-used by a scheduled job has one row
+    per result it produced (history/); one without history (an older run) has one row."""
     import yaml
 
     rows = []
     for results in sorted(Path(root).rglob("report/results.json")):
         run_dir = results.parent.parent
-        summary = json.loads(results.read_text())
-        try:
-            data = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data", {})
-        except (OSError, yaml.YAMLError):
-            data = {}
-        rec = summary["recommendation"]
-        g = rec["test_gain_over_real"]
-        metric = summary["primary_metric"]
-        rows.append({
-            "run": str(run_dir.relative_to(root)),
-            "finished": pd.Timestamp(results.stat().st_mtime, unit="s").strftime("%Y-%m-%d %H:%M"),
-            "dataset": data.get("source", "?") + (f":{Path(data['path']).name}" if data.get("path") else ""),
-            "train images": summary["train_images"].get("real"),
-            "recommended": rec["arm"],
-            "synthetic helps": rec["synthetic_helps_on_val"],
-            f"test {_NAMES[metric]}": _pct(summary["arms"][rec["arm"]]["test"][metric]["mean"]),
-            "gain over real": f"{_pts(g['gain'])} [{_pts(g['ci_low'])}, {_pts(g['ci_high'])}]",
-            "p": _p(g["p_value"]),
-        })
+        entries = [json.loads(p.read_text()) for p in sorted((run_dir / "history").glob("*.json"))]
+        if not entries:
+            try:
+                data = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("data", {})
+            except (OSError, yaml.YAMLError):
+                data = {}
+            finished = pd.Timestamp(results.stat().st_mtime, unit="s", tz="UTC")
+            entries = [{"finished": finished.isoformat(), "data": data, "results": json.loads(results.read_text())}]
+        for entry in entries:
+            rows.append(_run_row(str(run_dir.relative_to(root)), entry))
     frame = pd.DataFrame(rows)
     return frame.sort_values("finished", kind="stable").reset_index(drop=True) if len(frame) else frame
+
+
+def _run_row(run: str, entry: dict) -> dict:
+    summary, data = entry["results"], entry["data"] or {}
+    rec = summary["recommendation"]
+    g = rec["test_gain_over_real"]
+    metric = summary["primary_metric"]
+    return {
+        "run": run,
+        "finished": pd.Timestamp(entry["finished"]).tz_convert("UTC").strftime("%Y-%m-%d %H:%M"),
+        "dataset": data.get("source", "?") + (f":{Path(data['path']).name}" if data.get("path") else ""),
+        "train images": summary["train_images"].get("real"),
+        "recommended": rec["arm"],
+        "synthetic helps": rec["synthetic_helps_on_val"],
+        f"test {_NAMES[metric]}": _pct(summary["arms"][rec["arm"]]["test"][metric]["mean"]),
+        "gain over real": f"{_pts(g['gain'])} [{_pts(g['ci_low'])}, {_pts(g['ci_high'])}]",
+        "p": _p(g["p_value"]),
+    }
 
 
 def arm_rows(summary: dict) -> list[dict]:

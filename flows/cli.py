@@ -41,6 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", default=None, metavar="DIR",
                      help="run directory (default: <run_root>/<config name>, so a re-run resumes)")
     run.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+    schedule = sub.add_parser(
+        "schedule", help="serve the flow as a Prefect deployment that runs on a cron schedule",
+        description="Serve the augment-dataset flow as the Prefect deployment 'augment-dataset/NAME' with a cron "
+        "schedule, and run its flow runs in this process until stopped (Ctrl-C pauses the schedule). Every run uses "
+        "the same run directory: an unchanged dataset and config finish at once (every stage cached); new images "
+        "re-run what depends on them; `augment runs` shows each finished result. Needs a Prefect API: set "
+        "PREFECT_API_URL to a server started with `prefect server start` (see README).")
+    schedule.add_argument("config", help="YAML config")
+    schedule.add_argument("--cron", required=True, metavar="EXPR",
+                          help='cron expression, e.g. "0 2 * * *" (every night at 02:00)')
+    schedule.add_argument("--timezone", default="UTC", metavar="TZ",
+                          help="IANA time zone the cron expression is read in (default UTC), e.g. Europe/Berlin")
+    schedule.add_argument("--name", default=None,
+                          help="deployment name (default: the config file's name)")
+    schedule.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                          help="override one config key for every scheduled run (repeatable)")
+    schedule.add_argument("--run-dir", default=None, metavar="DIR",
+                          help="run directory of every scheduled run (default: <run_root>/<config name>)")
     report = sub.add_parser(
         "report", help="re-render the report of a finished run (no recomputation)",
         description="Write report.md, the self-contained report.html and the figures again from a finished run "
@@ -77,6 +95,49 @@ def _offline(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cron(expr: str, timezone: str):
+    """A Prefect cron schedule, or a one-line error naming --cron or --timezone."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.schedules import Cron
+    from pydantic import ValidationError
+
+    from augment.errors import UserError
+
+    try:
+        CronSchedule(cron=expr, timezone=timezone)
+    except ValidationError as err:
+        bad = err.errors()[0]["loc"][0]
+        option, value = ("--timezone", timezone) if bad == "timezone" else ("--cron", expr)
+        why = "not an IANA time zone (e.g. Europe/Berlin)" if bad == "timezone" else \
+            "not a cron expression (five fields: minute hour day-of-month month day-of-week)"
+        raise UserError(f"{option} {value!r}: {why}") from None
+    return Cron(expr, timezone=timezone)
+
+
+def _schedule(args: argparse.Namespace, cfg) -> int:
+    """`augment schedule`: serve the flow as a deployment with a cron schedule (blocks)."""
+    from prefect.settings import PREFECT_API_URL
+
+    from augment.errors import UserError
+    from augment.pipeline import check_run_dir, default_run_dir
+
+    if not PREFECT_API_URL.value():  # Prefect's temporary server has no scheduler
+        raise UserError("augment schedule needs a Prefect server, which runs the scheduler: start one with "
+                        "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api")
+    from flows.augment_flow import augment_dataset
+
+    config = Path(args.config).resolve()
+    run_dir = check_run_dir(cfg, Path(args.run_dir) if args.run_dir else default_run_dir(cfg, config)).resolve()
+    augment_dataset.serve(
+        name=args.name or config.stem,
+        schedules=[_cron(args.cron, args.timezone)],
+        parameters={"config_path": str(config), "overrides": args.overrides, "run_dir": str(run_dir)},
+        description=f"augment {config.name} on a schedule ({args.cron}, {args.timezone}); results in {run_dir}",
+        limit=1,  # runs of one job share a run directory: one at a time, the next waits
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("report", "runs"):
@@ -85,8 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     from augment.errors import UserError
 
     config = args.config or _default_config()
-    try:  # fail on a bad config before paying for Prefect's start-up
-        load_config(config, args.overrides)
+    try:  # fail on a bad config (or schedule) before paying for Prefect's start-up
+        cfg = load_config(config, args.overrides)
+        if args.command == "schedule":
+            _cron(args.cron, args.timezone)
+            return _schedule(args, cfg)
     except UserError as err:
         print(f"augment: error: {err}", file=sys.stderr)
         return 2

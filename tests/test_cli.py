@@ -34,3 +34,28 @@ def test_bad_override_is_one_line(capsys):
     assert main(["run", "--set", "gan.mode=lstm"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'gan.mode'" in err[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cron", "0 2 * *"], "augment: error: --cron '0 2 * *': not a cron expression"),
+    (["--cron", "0 2 * * *", "--timezone", "Mars/Base"], "augment: error: --timezone 'Mars/Base': not an IANA time zone"),
+    (["--cron", "0 2 * * *", "--set", "gan.shards=0"], "config key 'gan.shards'"),
+    (["--cron", "0 2 * * *"], "augment schedule needs a Prefect server"),  # no PREFECT_API_URL
+])
+def test_schedule_mistakes_are_one_line(capsys, monkeypatch, args, message):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from conftest import SMOKE
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        assert main(["schedule", str(SMOKE), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_schedule_help_names_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["schedule", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--cron", "--timezone", "--name", "--set", "--run-dir", "PREFECT_API_URL"):
+        assert option in out

@@ -106,13 +106,36 @@ def test_augment_report_on_a_folder_that_is_not_a_finished_run(tmp_path, capsys)
 def test_augment_runs_lists_finished_runs(smoke_run, capsys):
     _, run_dir, _ = smoke_run
     table = list_runs(run_dir.parent)
-    row = table[table["run"] == run_dir.name].iloc[0]
+    row = table[table["run"] == run_dir.name].iloc[-1]  # its latest result
     summary = json.loads((run_dir / "benchmark" / "summary.json").read_text())
     assert row["recommended"] == summary["recommendation"]["arm"] and row["dataset"] == "digits"
     assert main(["runs", str(run_dir.parent)]) == 0
     out = capsys.readouterr().out
     assert run_dir.name in out and "gain over real" in out
     assert main(["runs", str(run_dir / "nowhere")]) == 2
+
+
+def test_a_reused_run_directory_keeps_one_history_entry_per_result(smoke_run, tmp_path):
+    """A scheduled job re-uses its run directory: each new benchmark result is kept in history/ and
+    listed by `augment runs`; a run that changed nothing (all cached) or only re-rendered adds none."""
+    from augment.config import load_config
+    from augment.pipeline import run_pipeline
+    from conftest import SMOKE
+
+    _, source, _ = smoke_run
+    run_dir = tmp_path / "nightly"
+    shutil.copytree(source, run_dir)
+    for extra in (run_dir / "history").glob("*.json"):
+        extra.unlink()
+    run_pipeline(load_config(SMOKE, ["benchmark.seeds=2"]), run_dir)  # a new result
+    run_pipeline(load_config(SMOKE, ["benchmark.seeds=2"]), run_dir)  # nothing changed
+    run_pipeline(load_config(SMOKE, ["benchmark.seeds=2", "orchestration.retries=0"]), run_dir)  # re-render only
+    assert len(list((run_dir / "history").glob("*.json"))) == 1
+    run_pipeline(load_config(SMOKE, ["benchmark.seeds=3"]), run_dir)  # a new result again
+    table = list_runs(tmp_path)
+    assert table["run"].tolist() == ["nightly", "nightly"] and table["finished"].is_monotonic_increasing
+    summary = json.loads((run_dir / "benchmark" / "summary.json").read_text())
+    assert table.iloc[-1]["recommended"] == summary["recommendation"]["arm"]
 
 
 def _chromium():

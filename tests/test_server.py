@@ -1,0 +1,191 @@
+"""Against a real `prefect server start`: a process work pool and worker run the deployment from
+prefect.yaml; `augment schedule` creates future runs; a second run is served from the cache.
+
+Everything runs in subprocesses with their own PREFECT_HOME; the server and workers are stopped
+at the end (a worker needs a second signal to stop while a run is in flight).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGINT, and a second one if it is still running (Prefect workers and runners ask for it)."""
+    for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+        if proc.poll() is not None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=timeout / 3)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class Server:
+    """A `prefect server start` on 127.0.0.1 and helpers to drive it like a user's shell does."""
+
+    def __init__(self, home: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.env = {
+            **os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": self.url, "PWD": str(REPO),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "NO_ALBUMENTATIONS_UPDATE": "1",
+            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
+            "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+            "PREFECT_CLI_WRAP_LINES": "false",
+        }
+        self.env.pop("PREFECT_PROFILES_PATH", None)
+        self.procs: list[subprocess.Popen] = []
+        self.logs = home / "logs"
+        self.logs.mkdir(parents=True)
+
+    def start(self, name: str, *args: str, cwd: Path = REPO) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "w")
+        proc = subprocess.Popen(list(args), cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        return proc
+
+    def cli(self, *args: str) -> str:
+        proc = subprocess.run([*PREFECT, *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-2000:])
+        return proc.stdout
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text()[-4000:]
+
+    def api(self, method: str, path: str, body: dict | None = None):
+        req = urllib.request.Request(self.url + path, method=method, data=json.dumps(body or {}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read() or "null")
+
+    def wait(self, what: str, check, timeout: float = 300, every: float = 2.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            value = check()
+            if value:
+                return value
+            time.sleep(every)
+        pytest.fail(f"timed out waiting for {what}; logs:\n" + "\n".join(
+            f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.iterdir())))
+
+    def flow_run(self, run_id: str) -> dict:
+        return self.api("GET", f"/flow_runs/{run_id}")
+
+    def finished(self, run_id: str, timeout: float = 600) -> dict:
+        return self.wait(f"flow run {run_id}", lambda: (r := self.flow_run(run_id))["state"]["type"] in
+                         ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and r, timeout=timeout)
+
+    def task_states(self, run_id: str) -> dict[str, str]:
+        runs = self.api("POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}, "limit": 100})
+        return {r["name"].rsplit("-", 1)[0]: r["state"]["name"] for r in runs}
+
+    def close(self) -> None:
+        for proc in reversed(self.procs):
+            _stop(proc)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=5) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("prefect-server"))
+    srv.start("server", *PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(srv.port))
+    try:
+        srv.wait("the Prefect server", lambda: _healthy(srv.url), timeout=120, every=1.0)
+        yield srv
+    finally:
+        srv.close()
+    assert all(p.poll() is not None for p in srv.procs), "a server, worker or runner process outlived the tests"
+
+
+def test_process_worker_runs_the_deployment_and_a_rerun_is_cached(server, tmp_path):
+    run_dir = tmp_path / "run"
+    server.cli("work-pool", "create", "augment", "--type", "process")
+    out = server.cli("--no-prompt", "deploy", "-n", "augment-smoke")
+    assert "augment-dataset/augment-smoke" in out
+    server.start("worker", *PREFECT, "worker", "start", "--pool", "augment", "--limit", "1", "--name", "test-worker")
+    deployment = server.api("GET", "/deployments/name/augment-dataset/augment-smoke")
+    assert deployment["work_pool_name"] == "augment" and deployment["parameters"]["config_path"] == "configs/smoke.yaml"
+
+    def trigger() -> str:
+        run = server.api("POST", f"/deployments/{deployment['id']}/create_flow_run",
+                         {"parameters": {"config_path": "configs/smoke.yaml", "run_dir": str(run_dir)}})
+        return run["id"]
+
+    first = server.finished(trigger())
+    assert first["state"]["type"] == "COMPLETED", (first["state"], server.log("worker"))
+    assert (run_dir / "report" / "report.html").is_file() and (run_dir / "expanded").is_dir()
+    keys = {a["key"] for a in server.api("POST", "/artifacts/filter",
+                                         {"artifacts": {"flow_run_id": {"any_": [first["id"]]}}, "limit": 50})}
+    assert {"augment-report", "augment-arms", "gan-training"} <= keys
+    stages = ["ingest", "classical", "gan", "smote", "synthesize", "benchmark", "expand"]
+    # Task-run states reach the server as events, a moment after the flow run finishes.
+    server.wait("the first run's task runs", lambda: set(server.task_states(first["id"])) == {*stages, "report"}, 60)
+
+    # The same dataset and config again: every stage is a cache hit and no stage body runs (a stage
+    # writes its marker only after its body has run, so the markers are untouched).
+    markers = {p.name: p.stat().st_mtime_ns for p in (run_dir / "stages").iterdir() if p.name != "report.json"}
+    second = server.finished(trigger())
+    assert second["state"]["type"] == "COMPLETED"
+    expected = {**{s: "Cached" for s in stages}, "report": "Completed"}
+    server.wait("the second run's task runs", lambda: server.task_states(second["id"]) == expected, 60)
+    assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "stages").iterdir() if p.name != "report.json"} == markers
+
+
+def test_augment_schedule_serves_a_deployment_whose_schedule_creates_future_runs(server, tmp_path):
+    runner = server.start("schedule", sys.executable, "-m", "flows.cli", "schedule", "configs/smoke.yaml",
+                          "--cron", "0 2 * * *", "--timezone", "Europe/Berlin", "--name", "nightly-test",
+                          "--run-dir", str(tmp_path / "nightly"))
+
+    def deployment():
+        try:
+            return server.api("GET", "/deployments/name/augment-dataset/nightly-test")
+        except OSError:
+            return None
+
+    dep = server.wait("the served deployment", deployment, timeout=120)
+    assert dep["parameters"]["run_dir"] == str(tmp_path / "nightly")
+    assert dep["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
+    assert dep["schedules"][0]["schedule"]["timezone"] == "Europe/Berlin"
+
+    def scheduled():
+        runs = server.api("POST", "/flow_runs/filter", {"deployments": {"id": {"any_": [dep["id"]]}},
+                                                        "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+        return runs if len(runs) >= 3 else None
+
+    runs = server.wait("scheduled flow runs", scheduled, timeout=120)
+    starts = sorted(r["expected_start_time"] for r in runs)
+    assert all("T00:00:00" in s or "T01:00:00" in s for s in starts), starts  # 02:00 Berlin, in UTC
+    assert runner.poll() is None, server.log("schedule")  # still serving
+    _stop(runner)
+    assert runner.poll() is not None
