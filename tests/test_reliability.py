@@ -77,10 +77,10 @@ def test_config_strings_are_names_never_code():
 KILL_OVERRIDES = ["classical.multiplier=4", "gan.steps=200", "gan.checkpoint_every=25", "gan.sample_every=100"]
 
 
-def _launch(run_dir):
+def _launch(run_dir, *extra: str):
     """`augment run` in its own process group (Prefect's temporary server is a child: kill both)."""
     cmd = [sys.executable, "-m", "flows.cli", "run", str(SMOKE), "--run-dir", str(run_dir), "-q"]
-    for item in KILL_OVERRIDES:
+    for item in (*KILL_OVERRIDES, *extra):
         cmd += ["--set", item]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -140,12 +140,13 @@ def test_sigkill_at_any_stage_then_rerun_gives_the_uninterrupted_result(tmp_path
 
 @pytest.mark.slow
 def test_a_second_augment_run_on_a_busy_directory_is_refused(tmp_path):
-    first = _launch(tmp_path / "run")
+    busy = "gan.steps=1000000"  # the first run is still training when the second starts, however slow that is
+    first = _launch(tmp_path / "run", busy)
     deadline = time.monotonic() + 300
     while not (tmp_path / "run" / "config.yaml").is_file():
         assert first.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    second = _launch(tmp_path / "run")
+    second = _launch(tmp_path / "run", busy)
     out, _ = second.communicate(timeout=300)
     assert second.returncode == 1
     assert f"run directory {tmp_path / 'run'} is in use by another augment run (pid" in out
