@@ -38,13 +38,14 @@ ARMS = {
     "real+classical": Arm(("real", "classical")),
     "real+trivialaugment": Arm(("real",), augment="trivialaugment"),
     "real+balanced": Arm(("real",), balanced=True),
+    "real+classical+trivialaugment": Arm(("real", "classical"), augment="trivialaugment"),
     "real+smote": Arm(("real", "smote")),
     "real+gan": Arm(("real", "gan")),
     "real+classical+gan": Arm(("real", "classical", "gan")),
     "synthetic_only": Arm(("gan",)),
 }
 # Arms without generated images: a synthetic arm must beat the best of these to be recommended.
-BASELINE_ARMS = ("real", "real+classical", "real+trivialaugment", "real+balanced")
+BASELINE_ARMS = ("real", "real+classical", "real+trivialaugment", "real+balanced", "real+classical+trivialaugment")
 SYNTHETIC_ARMS = ("real+smote", "real+gan", "real+classical+gan")
 GAIN_BASES = ("real", "real+classical")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "geometric_mean")

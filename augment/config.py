@@ -14,6 +14,7 @@ from augment.errors import UserError
 
 ARMS = (
     "real", "real+classical", "real+trivialaugment", "real+balanced",  # baselines: no generated images
+    "real+classical+trivialaugment",  # the classical copies, and TrivialAugmentWide on the fly over them
     "real+smote", "real+gan", "real+classical+gan",  # synthetic arms: candidates to recommend
     "synthetic_only",  # classification accuracy score of the GAN's kept samples (a diagnostic)
 )

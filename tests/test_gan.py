@@ -76,6 +76,39 @@ def test_shards_concatenate_into_the_one_k_class_network():
     torch.testing.assert_close(logits[:, 2:], parts[1][1](x[:, 2:]), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [16, 32])
+def test_grouped_network_equals_k_independent_dcgans_in_outputs_and_gradients(size):
+    """With the same weights, the per_class network's outputs and gradients for class k equal those
+    of class k's own one-class DCGAN (training mode: batch norm on batch statistics)."""
+    from augment.gan_training import concat_grouped
+
+    k, nz, g = 3, 8, torch.Generator().manual_seed(1)
+    singles = []
+    for _ in range(k):
+        G, D = Generator(1, nz, 4, 2, size, "per_class"), Discriminator(1, 4, 2, size, "per_class")
+        dcgan_init(G, g), dcgan_init(D, g)
+        singles.append((G, D))
+    G_k, D_k = Generator(k, nz, 4, 2, size, "per_class"), Discriminator(k, 4, 2, size, "per_class")
+    G_k.load_state_dict(concat_grouped([G.state_dict() for G, _ in singles]))
+    D_k.load_state_dict(concat_grouped([D.state_dict() for _, D in singles]))
+    z = torch.randn(5, k, nz, generator=g)
+    w = torch.randn(5, k, 2, size, size, generator=g)  # a different loss for every class and pixel
+    x = G_k(z)
+    logits = D_k(x)
+    ((x * w).sum() + logits.square().sum()).backward()
+    for c, (G, D) in enumerate(singles):
+        xc = G(z[:, c:c + 1])
+        lc = D(xc)
+        ((xc * w[:, c:c + 1]).sum() + lc.square().sum()).backward()
+        torch.testing.assert_close(x[:, c:c + 1], xc, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logits[:, c:c + 1], lc, rtol=1e-4, atol=1e-4)
+        for grouped, single in ((G_k, G), (D_k, D)):
+            for (name, pk), (_, p1) in zip(grouped.named_parameters(), single.named_parameters()):
+                block = pk.grad.shape[0] // k
+                torch.testing.assert_close(pk.grad[c * block:(c + 1) * block], p1.grad, rtol=1e-4, atol=1e-5,
+                                           msg=lambda m, name=name: f"class {c}, {name}: {m}")
+
+
 def test_conditional_generator_depends_on_the_label():
     torch.manual_seed(0)
     G = Generator(3, 8, 4, 1, 16, "conditional").eval()

@@ -89,7 +89,7 @@ def test_test_split_is_identical_across_arms(smoke_run):
 def test_linear_probe_runs_in_the_smote_feature_space(smoke_run):
     _, run_dir, _ = smoke_run
     probe = json.loads((run_dir / "benchmark" / "summary.json").read_text())["linear_probe"]
-    assert set(probe) == set(ARMS) - {"real+trivialaugment"}  # on-the-fly augmentation has no fixed rows
+    assert set(probe) == set(ARMS) - {"real+trivialaugment", "real+classical+trivialaugment"}  # on-the-fly: no fixed rows
     assert 0.0 <= probe["real+smote"]["test"]["balanced_accuracy"] <= 1.0
     results = pd.read_parquet(run_dir / "benchmark" / "results.parquet")
     assert set(results["classifier"]) == {"cnn", "linear"}
