@@ -144,7 +144,12 @@ def task_runner(o: OrchestrationConfig, tasks: int):
     if o.dask_address:
         return DaskTaskRunner(address=o.dask_address)
     if o.dask_cluster:  # e.g. dask_cuda.LocalCUDACluster: one worker per visible GPU unless workers is set
-        return DaskTaskRunner(cluster_class=o.dask_cluster, cluster_kwargs={"n_workers": o.workers} if o.workers else {})
+        try:
+            return DaskTaskRunner(cluster_class=o.dask_cluster,
+                                  cluster_kwargs={"n_workers": o.workers} if o.workers else {})
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise UserError(f"orchestration.dask_cluster {o.dask_cluster!r} cannot be imported ({exc}); "
+                            "for dask_cuda.LocalCUDACluster: pip install dask-cuda") from None
     return DaskTaskRunner(cluster_kwargs={"n_workers": o.workers or tasks, "threads_per_worker": 1})
 
 

@@ -59,3 +59,14 @@ def test_schedule_help_names_every_option(capsys):
     out = capsys.readouterr().out
     for option in ("--cron", "--timezone", "--name", "--set", "--run-dir", "PREFECT_API_URL"):
         assert option in out
+
+
+def test_task_runner_mistakes_are_one_line():
+    from augment.config import OrchestrationConfig
+    from augment.errors import UserError
+    from flows.augment_flow import task_runner
+
+    with pytest.raises(UserError, match=r"orchestration.dask_cluster 'no_such_module.Cluster' cannot be imported"):
+        task_runner(OrchestrationConfig(task_runner="dask", dask_cluster="no_such_module.Cluster"), 2)
+    runner = task_runner(OrchestrationConfig(task_runner="thread"), 3)
+    assert runner._max_workers == 3
