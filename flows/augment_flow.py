@@ -154,9 +154,8 @@ def task_runner(o: OrchestrationConfig, tasks: int):
 
 
 @flow(name="gan-shards")
-def gan_shards(cfg: Config, run_dir: str) -> list[dict] | State:
-    """Every shard of classes trains as its own task, side by side on the flow's task runner."""
-    n = len(class_shards(len(ingest_info(Path(run_dir))["classes"]), cfg.gan.shards))
+def gan_shards(cfg: Config, run_dir: str, n: int) -> list[dict] | State:
+    """The n shards of classes train as tasks of their own, side by side on the flow's task runner."""
     shard_task = _with_retries(gan_shard, cfg.orchestration)
     futures = [shard_task.submit(cfg, run_dir, i) for i in range(n)]
     states = [f.wait() or f.state for f in futures]
@@ -182,7 +181,7 @@ def _train_shards(cfg: Config, run_dir: str) -> State | None:
 
     api = PREFECT_API_URL.value() or str(get_client().api_url).rstrip("/")
     with temporary_settings(updates={PREFECT_API_URL: api}):
-        state = gan_shards.with_options(task_runner=runner)(cfg, run_dir, return_state=True)
+        state = gan_shards.with_options(task_runner=runner)(cfg, run_dir, n, return_state=True)
     return None if state.is_completed() else Failed(message=state.message)
 
 
