@@ -1,7 +1,21 @@
 """Expand a scarce labeled image dataset and measure, honestly, whether it helped.
 
 Plain functions over arrays and one run directory; no Prefect import anywhere in this package
-(the flows/ package wraps the stages as Prefect tasks).
+(the flows/ package wraps the stage graph as Prefect tasks). Layers, imports one way:
+
+    augment.graph     the stage graph: order, inputs, fingerprints, skipping
+    augment.stages    one module per stage: run-directory I/O and calls into augment.core
+    augment.core      pure modelling code: arrays and tensors in, arrays and tensors out
+    contracts         augment.config, .registry, .rundir, .summary, .atomic, .png, .runtime, .errors
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Lazy, so `import augment.png` in a spawned worker does not import torch and the stages.
+    if name in ("load_config", "run_pipeline"):
+        from augment import graph
+
+        return getattr(graph, name)
+    raise AttributeError(f"module 'augment' has no attribute {name!r}")

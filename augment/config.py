@@ -5,19 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from augment.errors import UserError
-
-ARMS = (
-    "real", "real+classical", "real+trivialaugment", "real+balanced",  # baselines: no generated images
-    "real+classical+trivialaugment",  # the classical copies, and TrivialAugmentWide on the fly over them
-    "real+smote", "real+gan", "real+classical+gan",  # synthetic arms: candidates to recommend
-    "synthetic_only",  # classification accuracy score of the GAN's kept samples (a diagnostic)
-)
+from augment.registry import ARMS, SAMPLERS, FeatureSpace, GeneratorMode
 
 
 def _torchvision_models() -> list[str]:
@@ -88,21 +82,12 @@ class ClassicalConfig(_Section):
             raise ValueError(f"classical.pipeline_file: {self.pipeline_file} not found")
         return self
 
-    @field_validator("transforms")
-    @classmethod
-    def _valid_transforms(cls, transforms: list[dict] | None) -> list[dict] | None:
-        if transforms is not None:
-            from augment.classical import validate_transforms
-
-            validate_transforms(transforms)
-        return transforms
-
 
 class SmoteConfig(_Section):
     enabled: bool = True
     sampler: str = "SMOTE"
     params: dict[str, Any] = Field(default_factory=dict)
-    features: Literal["pixels", "cnn", "pretrained", "discriminator"] = "pixels"
+    features: FeatureSpace = "pixels"
     pca_components: int | None = Field(default=None, ge=1)
     backbone: str = "resnet18"
     weights: Path | None = None
@@ -117,8 +102,6 @@ class SmoteConfig(_Section):
     @field_validator("sampler")
     @classmethod
     def _known_sampler(cls, name: str) -> str:
-        from augment.smote import SAMPLERS
-
         if name not in SAMPLERS:
             raise ValueError(f"unknown sampler {name!r}; choose one of {', '.join(sorted(SAMPLERS))}")
         return name
@@ -126,7 +109,7 @@ class SmoteConfig(_Section):
 
 class GanConfig(_Section):
     enabled: bool = True
-    mode: Literal["per_class", "conditional"] = "per_class"
+    mode: GeneratorMode = "per_class"
     steps: int = Field(default=2000, ge=1)
     image_size: Literal[16, 32, 64] = 32
     batch_size: int = Field(default=32, ge=2)
@@ -177,6 +160,10 @@ class BenchmarkConfig(_Section):
         if name != "cnn" and name not in _torchvision_models():
             raise ValueError(f"{name!r} is neither 'cnn' nor a torchvision classification model")
         return name
+
+    # The keys the classifier trains with (not seeds or arms): a stage that trains this
+    # classifier (SMOTE's cnn features, the gate's judge) reads these and no others.
+    TRAINER_KEYS: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr", "width", "classifier", "weights", "input_size")
 
     def trainer_kwargs(self) -> dict:
         """The classifier settings every arm (and the quality gate's judge) trains with."""
@@ -234,9 +221,17 @@ class Config(_Section):
         return self
 
     def section_hash(self, *keys: str) -> str:
-        """Stable short hash of the named sections (for stage fingerprints)."""
+        """Stable short hash of the named sections or dotted keys (e.g. "benchmark.steps"), for
+        stage fingerprints."""
         dumped = self.model_dump(mode="json")
-        blob = json.dumps({k: dumped[k] for k in keys}, sort_keys=True)
+
+        def get(path: str):
+            node = dumped
+            for part in path.split("."):
+                node = node[part]
+            return node
+
+        blob = json.dumps({k: get(k) for k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

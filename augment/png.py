@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from augment.runtime import write_bytes
+from augment.atomic import write_bytes
 
 
 def encode_png(image: np.ndarray) -> bytes:

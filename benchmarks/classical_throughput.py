@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def source_images(mnist: Path | None, n: int, size: int, channels: int) -> list[Image.Image]:
-    from augment.data import read_digits, read_idx
+    from augment.core.sources import read_digits, read_idx
 
     raw = read_idx(mnist) if mnist else read_digits()
     mode = "L" if channels == 1 else "RGB"
@@ -57,11 +57,10 @@ def main() -> None:
                         help="measure every variant this many times, interleaved (drift hits all alike); keep the best")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "classical_throughput.json")
     args = parser.parse_args()
-    from augment import manifest
-    from augment.classical import build_pipeline, classical_stage, transforms_for
-    from augment.config import load_config
-    from augment.data import ingest_stage
-    from augment.runtime import write_json
+    from augment import rundir
+    from augment.core.augmentation import build_pipeline, transforms_for
+    from augment.atomic import write_json
+    from augment.graph import load_config, run_stage
 
     images = source_images(args.mnist, args.images, args.size, args.channels)
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,8 +71,8 @@ def main() -> None:
         base = ["data.source=folder", f"data.path={folder}", "data.val_fraction=0.05", "data.test_fraction=0.05",
                 f"classical.preset={args.preset}", f"classical.multiplier={args.copies}", f"data.channels={args.channels}"]
         run_dir = Path(tmp) / "run"
-        ingest_stage(load_config(None, base), run_dir)
-        frame = manifest.read(run_dir)
+        run_stage("ingest", load_config(None, base), run_dir)
+        frame = rundir.read_manifest(run_dir)
         train = frame[(frame["split"] == "train") & (frame["source"] == "real")]
         files = [run_dir / p for p in train["path"]]
         n_out = len(files) * args.copies
@@ -111,7 +110,7 @@ def main() -> None:
         def stage(workers: int):
             def go() -> None:
                 cfg = load_config(None, [*base, f"classical.workers={workers}", f"seed={time.monotonic_ns()}"])
-                classical_stage(cfg, run_dir)  # a new seed each time: the stage really runs
+                run_stage("classical", cfg, run_dir)  # a new seed each time: the stage really runs
             return go
 
         def timed(fn) -> float:

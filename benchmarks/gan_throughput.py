@@ -97,7 +97,7 @@ class ReferenceGAN:
 
 def ours(size: int, k: int, nz: int, ngf: int, nc: int, batch: int, device: torch.device, compile_: bool):
     from augment.config import GanConfig
-    from augment.gan_training import build_state, train_step
+    from augment.core.gan_train import build_state, train_step
 
     cfg = GanConfig(image_size=size, batch_size=batch, nz=nz, ngf=ngf, ndf=ngf, diffaugment=["translation", "cutout"])
     state = build_state(cfg, k, nc, seed=0, device=device)

@@ -20,9 +20,9 @@ import platform
 import time
 from pathlib import Path
 
-from augment.config import load_config
-from augment.pipeline import run_pipeline
-from augment.runtime import write_json
+from augment.atomic import write_json
+from augment.graph import load_config, run_pipeline
+from augment.summary import read_summary
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = [
@@ -41,17 +41,17 @@ MINORITY = [str(c) for c in range(5, 10)]
 
 
 def summarise_case(run_dir: Path, case: str, seconds: float) -> dict:
-    summary = json.loads((run_dir / "benchmark" / "summary.json").read_text())
+    summary = read_summary(run_dir)
     arms = {}
-    for arm, splits in summary["arms"].items():
-        t = splits["test"]
-        row = {m: {k: round(t[m][k], 4) for k in ("mean", "std", "ci_low", "ci_high")}
+    for arm, result in summary.arms.items():
+        t = result.test
+        row = {m: {k: round(getattr(t.metrics[m], k), 4) for k in ("mean", "std", "ci_low", "ci_high")}
                for m in ("accuracy", "balanced_accuracy", "macro_f1", "geometric_mean")}
         if case == "imbalanced":
-            row["minority_recall"] = round(sum(t[f"recall[{c}]"]["mean"] for c in MINORITY) / len(MINORITY), 4)
-        row["train_images"] = summary["train_images"][arm]
+            row["minority_recall"] = round(sum(t.recall[c].mean for c in MINORITY) / len(MINORITY), 4)
+        row["train_images"] = result.train_images
         arms[arm] = row
-    rec = summary["recommendation"]
+    rec = summary.recommendation
     gate = None
     if (run_dir / "gan" / "quality.json").is_file():
         q = json.loads((run_dir / "gan" / "quality.json").read_text())
@@ -61,13 +61,13 @@ def summarise_case(run_dir: Path, case: str, seconds: float) -> dict:
                 "collapsed_classes": q["collapsed_classes"], "cas_accuracy_on_val": q["cas_accuracy_on_val"],
                 "kept_diversity": {c: v["kept"]["diversity"] for c, v in q["classes"].items()},
                 "kept_frechet_distance": {c: v["kept"]["frechet_distance"] for c, v in q["classes"].items()}}
-    ta = summary["arms"].get("real+trivialaugment", {}).get("test", {}).get("accuracy", {}).get("mean")
-    best = summary["arms"][rec["arm"]]["test"]["accuracy"]["mean"]
+    ta = summary.mean("real+trivialaugment", "test", "accuracy") if "real+trivialaugment" in summary.arms else None
+    best = summary.mean(rec.arm, "test", "accuracy")
     return {
         "seconds": round(seconds, 1),
         "arms": arms,
-        "recommended": rec["arm"],
-        "synthetic_helps_on_val": rec["synthetic_helps_on_val"],
+        "recommended": rec.arm,
+        "synthetic_helps_on_val": rec.synthetic_helps_on_val,
         "gate": gate,
         "recommended_minus_trivialaugment_accuracy_points": None if ta is None else round(100 * (best - ta), 2),
         "stage_seconds": {p.stem: json.loads(p.read_text())["seconds"] for p in sorted((run_dir / "stages").glob("*.json"))},

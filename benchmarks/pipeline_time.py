@@ -33,6 +33,8 @@ def machine() -> dict:
 
 
 def time_config(name: str) -> dict:
+    from augment.summary import read_summary
+
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         proc = subprocess.run(
@@ -43,12 +45,12 @@ def time_config(name: str) -> dict:
         if proc.returncode != 0:
             raise SystemExit(f"{name}: augment run failed:\n{proc.stderr[-2000:]}")
         stages = {p.stem: json.loads(p.read_text())["seconds"] for p in sorted(Path(tmp, "stages").glob("*.json"))}
-        summary = json.loads(Path(tmp, "benchmark", "summary.json").read_text())
+        summary = read_summary(Path(tmp))
     return {
         "seconds": round(seconds, 1),
         "stage_seconds": stages,
-        "recommended": summary["recommendation"]["arm"],
-        "test_balanced_accuracy": {a: round(v["test"]["balanced_accuracy"]["mean"], 4) for a, v in summary["arms"].items()},
+        "recommended": summary.recommendation.arm,
+        "test_balanced_accuracy": {a: round(summary.mean(a, "test", "balanced_accuracy"), 4) for a in summary.arms},
     }
 
 

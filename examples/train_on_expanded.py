@@ -19,11 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 
-from augment.classifier import SmallCNN
+from augment.core.classifier import SmallCNN
 
 
 class ManifestSplit(Dataset):
-    """The real images of one split of a run, from its manifest."""
+    """The real images of one split of a run, from its rundir."""
 
     def __init__(self, run_dir: Path, split: str, classes: list[str], transform):
         frame = pd.read_parquet(run_dir / "manifest.parquet")

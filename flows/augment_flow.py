@@ -1,22 +1,22 @@
-"""The `augment-dataset` flow: one Prefect task per stage, paths (not tensors) between them.
+"""The `augment-dataset` flow: one Prefect task per stage of augment.graph, paths (not tensors) between them.
 
-Caching: a stage is skipped when its fingerprint (the content of its inputs and its config
-section, augment.runtime.run_stage) is unchanged; the task then ends in a Completed state
-named "Cached", as a Prefect cache hit would. Prefect's own result cache stays off: it would
-skip a stage whose outputs were deleted from the run directory.
+The flow iterates the stage graph's declaration: it repeats no stage order, no skip logic and
+no shard plan. Caching: a stage whose fingerprint (augment.graph.fingerprints) is unchanged is
+skipped; its task then ends in a Completed state named "Cached", as a Prefect cache hit would.
+Prefect's own result cache stays off: it would skip a stage whose outputs were deleted from
+the run directory.
 
 Retries: a stage that fails with a transient I/O error (an OSError such as a dropped network
 file system) is retried with exponential back-off; a user's mistake (bad config or input, a
 UserError) and a bug are not, since running them again gives the same failure.
 
-Scale-out: with gan.shards > 1 the per-class GAN shards train in the sub-flow `gan-shards`
-on the task runner orchestration.task_runner names: threads in this process, or Dask workers
-(prefect-dask; one worker per GPU with dask_cuda.LocalCUDACluster).
+Scale-out: a stage with parts (the GAN with gan.shards > 1) runs them in the sub-flow
+`stage-parts` on the task runner orchestration.task_runner names: threads in this process, or
+Dask workers (prefect-dask; one worker per GPU with dask_cuda.LocalCUDACluster).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from prefect import flow, task
@@ -27,13 +27,11 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
-from augment.config import Config, OrchestrationConfig, load_config
-from augment.data import ingest_info
+from augment import graph
+from augment.config import Config, OrchestrationConfig
+from augment.core.report_text import arm_rows, summary_markdown
 from augment.errors import UserError
-from augment.gan_training import class_shards, gan_fingerprint, train_shard
-from augment.pipeline import STAGES, default_run_dir, open_run
-from augment.report import arm_rows, summary_markdown
-from augment.runtime import stage_fingerprint
+from augment.summary import read_summary
 
 # Errors that say nothing about the input or the code, and may pass: worth another try.
 _DETERMINISTIC_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
@@ -49,32 +47,6 @@ def is_transient(task, task_run, state: State) -> bool:
 _TASK_OPTS = dict(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=is_transient)
 
 
-def _outcome(result: dict) -> dict | State:
-    """A stage skipped because nothing changed reads as a cache hit in the Prefect UI."""
-    if result.get("skipped"):
-        return Completed(name="Cached", message="unchanged since the last run (same inputs and config)", data=result)
-    return result
-
-
-def _call(name: str, cfg: Config, run_dir: str, **kwargs) -> dict | State:
-    """Run a stage; a user's mistake becomes a Failed state with one line, not a traceback."""
-    try:
-        return _outcome(STAGES[name](cfg, Path(run_dir), **kwargs))
-    except UserError as err:
-        return Failed(message=str(err))
-
-
-def _stage_task(name: str, doc: str):
-    """A Prefect task named after the stage that just runs it."""
-
-    def run(cfg: Config, run_dir: str):
-        return _call(name, cfg, run_dir)
-
-    run.__name__ = run.__qualname__ = name
-    run.__doc__ = doc
-    return task(name=name, **_TASK_OPTS)(run)
-
-
 def _progress(key: str, description: str):
     """A Prefect progress artifact and the (step, total) callback that moves it."""
     artifact = create_progress_artifact(progress=0.0, key=key, description=description)
@@ -85,50 +57,58 @@ def _progress(key: str, description: str):
     return progress
 
 
-ingest = _stage_task("ingest", "Read and validate the images; split train/val/test; simulate scarcity.")
-classical = _stage_task("classical", "Classical augmentation of the train split with albumentations.")
-smote = _stage_task("smote", "SMOTE-family over-sampling of train features with imbalanced-learn.")
-synthesize = _stage_task("synthesize", "Sample the generator and gate every sample.")
-benchmark = _stage_task("benchmark", "Train the classifier per arm and seed; score on the real test split.")
-expand = _stage_task("expand", "Build the expanded ImageFolder for the recommended arm.")
+def _publish_report(run_dir: str, info: dict) -> None:
+    """The report's verdict and tables as Prefect artifacts under stable keys (their history in the UI)."""
+    summary = read_summary(Path(run_dir))
+    create_markdown_artifact(markdown=summary_markdown(summary, info["verdict"]), key="augment-report",
+                             description=info["verdict"][:200])
+    create_table_artifact(table=arm_rows(summary), key="augment-arms",
+                          description="Per-arm test results (mean over seeds, 95% CI, gain over real)")
 
 
-@task(name="gan", **_TASK_OPTS)
-def gan(cfg: Config, run_dir: str):
-    """Train the class-conditional DCGAN (resumes from its checkpoint; merges finished shards)."""
-    return _call("gan", cfg, run_dir, progress=_progress("gan-training", "GAN training steps"))
+# What a stage's task does in Prefect beyond the stage itself, also when the stage was cached.
+_AFTER = {"report": _publish_report}
 
 
-@task(name="report", **_TASK_OPTS)
-def report(cfg: Config, run_dir: str):
-    """Write the report and publish it as a Prefect artifact."""
-    result = _call("report", cfg, run_dir)
-    if isinstance(result, State) and result.is_completed():
-        result = result.result()
-    if isinstance(result, dict):
-        summary = json.loads((Path(run_dir) / "benchmark" / "summary.json").read_text())
-        create_markdown_artifact(markdown=summary_markdown(summary, result["verdict"]), key="augment-report",
-                                 description=result["verdict"][:200])
-        create_table_artifact(table=arm_rows(summary), key="augment-arms",
-                              description="Per-arm test results (mean over seeds, 95% CI, gain over real)")
-    return result
+def _stage_task(stage: graph.Stage):
+    """A Prefect task named after the stage that runs it through the graph."""
+
+    def run(cfg: Config, run_dir: str):
+        progress = _progress(stage.progress, f"{stage.name} steps") if stage.progress else None
+        try:
+            info = graph.run_stage(stage.name, cfg, Path(run_dir), progress)
+        except UserError as err:  # a user's mistake: a Failed state with one line, no traceback
+            return Failed(message=str(err))
+        if stage.name in _AFTER:
+            _AFTER[stage.name](run_dir, info)
+            return info
+        if info.get("skipped"):  # unchanged since the last run: reads as a cache hit in the Prefect UI
+            return Completed(name="Cached", message="unchanged since the last run (same inputs and config)", data=info)
+        return info
+
+    run.__name__ = run.__qualname__ = stage.name
+    run.__doc__ = stage.doc
+    return task(name=stage.name, **_TASK_OPTS)(run)
+
+
+TASKS = {stage.name: _stage_task(stage) for stage in graph.STAGES}
 
 
 def _with_retries(t, o: OrchestrationConfig):
     """The task with orchestration.retries retries, retry_delay seconds apart, doubling each time."""
-    delays = exponential_backoff(o.retry_delay)(o.retries) if o.retries and o.retry_delay else 0
+    delays = exponential_backoff(o.retry_delay)(o.retries) if o.retry_delay and o.retries else 0
     return t.with_options(retries=o.retries, retry_delay_seconds=delays)
 
 
-# --------------------------------------------------------------------------- GAN shards
+# --------------------------------------------------------------------------- parts (GAN shards)
 
 
-@task(name="gan-shard", tags=["gpu"], **_TASK_OPTS)
-def gan_shard(cfg: Config, run_dir: str, shard: int):
-    """Train (or resume) one shard of the per-class GANs into gan/shards/<shard>/."""
-    progress = _progress(f"gan-training-shard-{shard}", f"GAN training steps, shard {shard}")
+@task(name="stage-part", tags=["gpu"], **_TASK_OPTS)
+def stage_part(name: str, cfg: Config, run_dir: str, part: int):
+    """Train (or resume) one part of a stage, e.g. one shard of the per-class GANs."""
+    progress = _progress(f"{name}-part-{part}", f"{name} steps, part {part}")
     try:
-        return train_shard(cfg, Path(run_dir), shard, progress)
+        return graph.run_part(name, cfg, Path(run_dir), part, progress)
     except UserError as err:
         return Failed(message=str(err))
 
@@ -153,11 +133,11 @@ def task_runner(o: OrchestrationConfig, tasks: int):
     return DaskTaskRunner(cluster_kwargs={"n_workers": o.workers or tasks, "threads_per_worker": 1})
 
 
-@flow(name="gan-shards")
-def gan_shards(cfg: Config, run_dir: str, n: int) -> list[dict] | State:
-    """The n shards of classes train as tasks of their own, side by side on the flow's task runner."""
-    shard_task = _with_retries(gan_shard, cfg.orchestration)
-    futures = [shard_task.submit(cfg, run_dir, i) for i in range(n)]
+@flow(name="stage-parts")
+def stage_parts(name: str, cfg: Config, run_dir: str, n: int) -> list[dict] | State:
+    """The n parts of a stage run as tasks of their own, side by side on the flow's task runner."""
+    part_task = _with_retries(stage_part, cfg.orchestration)
+    futures = [part_task.with_options(name=f"{name}-shard").submit(name, cfg, run_dir, i) for i in range(n)]
     states = [f.wait() or f.state for f in futures]
     failed = [s for s in states if not s.is_completed()]
     if failed:
@@ -165,11 +145,8 @@ def gan_shards(cfg: Config, run_dir: str, n: int) -> list[dict] | State:
     return [s.result() for s in states]
 
 
-def _train_shards(cfg: Config, run_dir: str) -> State | None:
-    """Fan the GAN shards out before the gan task merges them (nothing to do when it is finished)."""
-    if not cfg.gan.enabled or cfg.gan.shards == 1 or stage_fingerprint(Path(run_dir), "gan") == gan_fingerprint(cfg):
-        return None
-    n = len(class_shards(len(ingest_info(Path(run_dir))["classes"]), cfg.gan.shards))
+def _fan_out(name: str, cfg: Config, run_dir: str, n: int) -> State | None:
+    """Run a stage's n parts side by side before its task merges them."""
     try:
         runner = task_runner(cfg.orchestration, n)
     except UserError as err:
@@ -181,7 +158,7 @@ def _train_shards(cfg: Config, run_dir: str) -> State | None:
 
     api = PREFECT_API_URL.value() or str(get_client().api_url).rstrip("/")
     with temporary_settings(updates={PREFECT_API_URL: api}):
-        state = gan_shards.with_options(task_runner=runner)(cfg, run_dir, n, return_state=True)
+        state = stage_parts.with_options(task_runner=runner)(name, cfg, run_dir, n, return_state=True)
     return None if state.is_completed() else Failed(message=state.message)
 
 
@@ -192,22 +169,17 @@ def _train_shards(cfg: Config, run_dir: str) -> State | None:
 def augment_dataset(config_path: str | None = None, overrides: list[str] | None = None, run_dir: str | None = None):
     """Expand a scarce image dataset and measure whether it helped; returns the report's verdict."""
     try:
-        cfg = load_config(config_path, overrides)
-    except UserError as err:
+        cfg = graph.load_config(config_path, overrides)
+        with graph.open_run(cfg, Path(run_dir) if run_dir else graph.default_run_dir(cfg, config_path)) as path:
+            out, info = str(path), {}
+            for stage in graph.STAGES:
+                if n := graph.fan_out(stage.name, cfg, path):
+                    if (failed := _fan_out(stage.name, cfg, out, n)) is not None:
+                        return failed
+                state = _with_retries(TASKS[stage.name], cfg.orchestration)(cfg, out, return_state=True)
+                if not state.is_completed():  # a Failed state carrying the user's one-line error
+                    return Failed(message=state.message)
+                info = state.result()
+    except UserError as err:  # a bad config, or the run directory is unusable or in use
         return Failed(message=str(err))
-    try:
-        with open_run(cfg, Path(run_dir) if run_dir else default_run_dir(cfg, config_path)) as path:
-            out = str(path)
-            result: dict = {}
-            for stage in (ingest, classical, gan, smote, synthesize, benchmark, expand, report):
-                if stage is gan and (failed := _train_shards(cfg, out)) is not None:
-                    return failed
-                value = _with_retries(stage, cfg.orchestration)(cfg, out)
-                if isinstance(value, State):
-                    if not value.is_completed():  # a Failed state carrying the user's one-line error
-                        return Failed(message=value.message)
-                    value = value.result()
-                result = value
-    except UserError as err:  # the run directory is unusable or in use
-        return Failed(message=str(err))
-    return {"run_dir": out, "verdict": result["verdict"]}
+    return {"run_dir": out, "verdict": info["verdict"]}

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-import flows  # noqa: F401  (sets Prefect's environment before Prefect is imported)
+from flows import settings
 
 DEFAULT_CONFIG = "configs/default.yaml"
 
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _offline(args: argparse.Namespace) -> int:
     """`augment report` and `augment runs`: read a run directory, no Prefect needed."""
     from augment.errors import UserError
-    from augment.report import list_runs, rerender
+    from augment.stages.report import list_runs, rerender
 
     try:
         if args.command == "report":
@@ -119,7 +119,7 @@ def _schedule(args: argparse.Namespace, cfg) -> int:
     from prefect.settings import PREFECT_API_URL
 
     from augment.errors import UserError
-    from augment.pipeline import check_run_dir, default_run_dir
+    from augment.graph import check_run_dir, default_run_dir
 
     if not PREFECT_API_URL.value():  # Prefect's temporary server has no scheduler
         raise UserError("augment schedule needs a Prefect server, which runs the scheduler: start one with "
@@ -139,11 +139,12 @@ def _schedule(args: argparse.Namespace, cfg) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    settings.apply()  # before anything imports Prefect or albumentations
     args = build_parser().parse_args(argv)
     if args.command in ("report", "runs"):
         return _offline(args)
-    from augment.config import load_config
     from augment.errors import UserError
+    from augment.graph import load_config
 
     config = args.config or _default_config()
     try:  # fail on a bad config (or schedule) before paying for Prefect's start-up

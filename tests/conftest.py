@@ -70,8 +70,8 @@ def image_folder(tmp_path):
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """The whole pipeline once on the smoke config, without Prefect: (cfg, run_dir, stage infos)."""
-    from augment.config import load_config
-    from augment.pipeline import run_pipeline
+    from augment.graph import load_config
+    from augment.graph import run_pipeline
 
     run_dir = tmp_path_factory.mktemp("smoke")
     cfg = load_config(SMOKE)

@@ -8,9 +8,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from augment import manifest
-from augment.config import DataConfig, load_config
-from augment.data import ingest_stage, read_csv, read_folder, read_source, to_array
+from augment import rundir
+from augment.config import DataConfig
+from augment.graph import load_config
+from augment.core.sources import read_csv, read_folder, read_source, to_array
+from augment.graph import run_stage
 from augment.errors import UserError
 from conftest import write_image_folder
 
@@ -47,7 +49,7 @@ def test_damaged_file_is_named_or_skipped(root, tmp_path, damage):
     assert "\n" not in str(err.value)
     data = read_folder(folder(root, on_bad_image="skip"))
     assert len(data.images) == 10
-    assert data.skipped == [{"origin": str(bad), "label": "a", "reason": data.skipped[0]["reason"]}]
+    assert data.skipped == [{"origin": str(bad), "label": "a", "code": "bad_image", "reason": data.skipped[0]["reason"]}]
     assert data.skipped[0]["reason"].startswith("not a readable image")
 
 
@@ -55,13 +57,14 @@ def test_skips_are_recorded_in_the_manifest_and_never_split(root, tmp_path):
     DAMAGE["zero-byte"](root / "b" / "empty.png")
     cfg = load_config(None, ["data.source=folder", f"data.path={root}", "data.min_per_class=3",
                              "data.on_bad_image=skip"])
-    info = ingest_stage(cfg, tmp_path / "run")
-    frame = manifest.read(tmp_path / "run")
+    info = run_stage("ingest", cfg, tmp_path / "run")
+    frame = rundir.read_manifest(tmp_path / "run")
     skipped = frame[~frame["kept"]]
     assert info["skipped_inputs"] == 1 and len(skipped) == 1
     row = skipped.iloc[0]
     assert row["generator"] == str(root / "b" / "empty.png") and row["label"] == "b"
     assert row["split"] == "excluded" and pd.isna(row["path"]) and row["reason"].startswith("not a readable image")
+    assert row["reason_code"] == "bad_image"
 
 
 MODES = {
@@ -148,7 +151,7 @@ def test_exact_duplicates_are_dropped_and_conflicts_named(root):
     (root / "a" / "copy.png").write_bytes((root / "a" / "001.png").read_bytes())
     data = read_source(folder(root))
     assert len(data.images) == 10
-    assert data.skipped == [{"origin": str(root / "a" / "copy.png"), "label": "a",
+    assert data.skipped == [{"origin": str(root / "a" / "copy.png"), "label": "a", "code": "duplicate",
                              "reason": f"exact duplicate of {root / 'a' / '001.png'}"}]
     # The same pixels in another format are the same image too.
     Image.open(root / "a" / "002.png").save(root / "b" / "same.bmp")
@@ -164,7 +167,7 @@ def test_mixed_sizes_need_a_working_size(tmp_path):
     Image.new("L", (30, 20), 9).save(root / "b" / "big.png")
     cfg = load_config(None, ["data.source=folder", f"data.path={root}", "data.min_per_class=3"])
     with pytest.raises(UserError, match="images have different sizes .* set data.image_size"):
-        ingest_stage(cfg, tmp_path / "run")
+        run_stage("ingest", cfg, tmp_path / "run")
 
 
 def test_one_image_class_is_refused_with_the_key(tmp_path):
@@ -239,4 +242,4 @@ def test_a_split_too_small_for_every_class_names_the_key(tmp_path):
     cfg = load_config(None, ["data.source=folder", f"data.path={root}", "data.min_per_class=3",
                              "data.test_fraction=0.1"])
     with pytest.raises(UserError, match=r"config key 'data.test_fraction': 2 of 25 images for 5 classes"):
-        ingest_stage(cfg, tmp_path / "run")
+        run_stage("ingest", cfg, tmp_path / "run")

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from augment.benchmark import mean_ci, paired_gain, score, summarise
-from augment.report import verdict
+from augment.core.stats import mean_ci, paired_gain, score, summarise
+from augment.core.report_text import verdict
 
 
 def test_mean_ci_matches_the_t_interval():
@@ -20,12 +20,12 @@ def test_paired_gain():
     arm, base = np.array([0.80, 0.82, 0.85, 0.81, 0.84]), np.array([0.70, 0.71, 0.74, 0.73, 0.72])
     g = paired_gain(arm, base)
     diff = arm - base  # 0.10, 0.11, 0.11, 0.08, 0.12
-    assert g["gain"] == pytest.approx(diff.mean())
-    assert g["p_value"] == pytest.approx(stats_t_p(diff))
-    assert g["wilcoxon_p"] == pytest.approx(0.0625)  # the floor for 5 pairs, two-sided
-    assert diff.min() <= g["boot_low"] < g["gain"] < g["boot_high"] <= diff.max()
-    assert paired_gain(np.array([0.5, 0.6]), np.array([0.5, 0.6]))["p_value"] == 1.0
-    assert math.isnan(paired_gain(np.array([0.5]), np.array([0.4]))["p_value"])
+    assert g.gain == pytest.approx(diff.mean())
+    assert g.p_value == pytest.approx(stats_t_p(diff))
+    assert g.wilcoxon_p == pytest.approx(0.0625)  # the floor for 5 pairs, two-sided
+    assert diff.min() <= g.boot_low < g.gain < g.boot_high <= diff.max()
+    assert paired_gain(np.array([0.5, 0.6]), np.array([0.5, 0.6])).p_value == 1.0
+    assert math.isnan(paired_gain(np.array([0.5]), np.array([0.4])).p_value)
 
 
 def stats_t_p(diff):
@@ -38,7 +38,7 @@ def stats_t_p(diff):
 def test_score():
     s = score(np.array([0, 0, 0, 1]), np.array([0, 0, 0, 0]), ["a", "b"])
     assert s["accuracy"] == 0.75 and s["balanced_accuracy"] == 0.5
-    assert s["recall[a]"] == 1.0 and s["recall[b]"] == 0.0
+    assert s["recall"] == {"a": 1.0, "b": 0.0}
     assert s["geometric_mean"] == 0.0  # a class never recognised zeroes the geometric mean
 
 
@@ -57,17 +57,17 @@ def test_recommendation_is_chosen_on_val_not_test():
         ("real+classical", "val"): [0.80, 0.81, 0.82], ("real+classical", "test"): [0.75, 0.75, 0.76],
         ("real+gan", "val"): [0.75, 0.76, 0.77], ("real+gan", "test"): [0.90, 0.91, 0.92],  # best on test only
     })
-    s = summarise(table, ["real", "real+classical", "real+gan"])
-    rec = s["recommendation"]
-    assert set(s["gains"]) == {"real+classical vs real", "real+gan vs real", "real+gan vs real+classical"}
-    assert rec["arm"] == "real+classical" and rec["chosen_on"] == "val"
-    assert not rec["synthetic_helps_on_val"]
-    assert s["gains"]["real+gan vs real"]["test"]["gain"] == pytest.approx(0.21)
-    s["train_images"] = {"real": 10, "real+classical": 50, "real+gan": 30}
+    s = summarise(table, ["real", "real+classical", "real+gan"], {"real": 10, "real+classical": 50, "real+gan": 30})
+    rec = s.recommendation
+    assert {(c.arm, c.base) for c in s.comparisons} == {
+        ("real+classical", "real"), ("real+gan", "real"), ("real+gan", "real+classical")}
+    assert rec.arm == "real+classical" and rec.chosen_on == "val"
+    assert not rec.synthetic_helps_on_val
+    assert s.comparison("real+gan", "real").test.gain == pytest.approx(0.21)
     text = verdict(s)
     assert "recommends not using the synthetic data" in text and "'real+classical'" in text
-    g = s["recommendation"]["test_gain_over_real"]
-    assert ("a significant gain" if g["p_value"] < 0.05 and g["ci_low"] > 0 else "not statistically significant") in text
+    g = s.recommendation.test_gain_over_real
+    assert ("a significant gain" if g.p_value < 0.05 and g.ci_low > 0 else "not statistically significant") in text
 
 
 def test_verdict_reports_a_synthetic_gain_with_its_interval():
@@ -75,9 +75,8 @@ def test_verdict_reports_a_synthetic_gain_with_its_interval():
         ("real", "val"): [0.70, 0.71, 0.72], ("real", "test"): [0.70, 0.71, 0.72],
         ("real+gan", "val"): [0.80, 0.81, 0.83], ("real+gan", "test"): [0.80, 0.82, 0.83],
     })
-    s = summarise(table, ["real", "real+gan"])
-    s["train_images"] = {"real": 10, "real+gan": 30}
-    assert s["recommendation"]["arm"] == "real+gan" and s["recommendation"]["synthetic_helps_on_val"]
+    s = summarise(table, ["real", "real+gan"], {"real": 10, "real+gan": 30})
+    assert s.recommendation.arm == "real+gan" and s.recommendation.synthetic_helps_on_val
     text = verdict(s)
     assert "from 71.0% to 81.7%" in text and "+10.7 points" in text and "a significant gain" in text
 
@@ -90,9 +89,9 @@ def test_trivialaugment_is_a_baseline_a_synthetic_arm_must_beat():
         ("synthetic_only", "val"): [0.95, 0.96, 0.97], ("synthetic_only", "test"): [0.95, 0.96, 0.97],
     })
     s = summarise(table, ["real", "real+trivialaugment", "real+gan", "synthetic_only"])
-    rec = s["recommendation"]
-    assert rec["arm"] == "real+trivialaugment" and rec["best_synthetic"] == "real+gan"
-    assert not rec["synthetic_helps_on_val"]  # synthetic_only is a diagnostic, never a candidate
+    rec = s.recommendation
+    assert rec.arm == "real+trivialaugment" and rec.best_synthetic == "real+gan"
+    assert not rec.synthetic_helps_on_val  # synthetic_only is a diagnostic, never a candidate
 
 
 def test_a_tiny_unsupported_val_gain_is_not_enough():
@@ -100,5 +99,38 @@ def test_a_tiny_unsupported_val_gain_is_not_enough():
         ("real", "val"): [0.70, 0.75, 0.72], ("real", "test"): [0.70, 0.71, 0.72],
         ("real+gan", "val"): [0.71, 0.74, 0.73], ("real+gan", "test"): [0.90, 0.91, 0.92],
     })
-    rec = summarise(table, ["real", "real+gan"])["recommendation"]
-    assert rec["arm"] == "real" and rec["synthetic_val_gain_over_best_baseline"]["gain"] > 0
+    rec = summarise(table, ["real", "real+gan"]).recommendation
+    assert rec.arm == "real" and rec.synthetic_val_gain_over_best_baseline.gain > 0
+
+
+def test_summary_round_trips_through_its_json(tmp_path):
+    """summary.json is written and read through one pair of functions; NaN (one seed) survives."""
+    from augment.summary import read_summary, write_summary
+
+    table = results({("real", "val"): [0.7], ("real", "test"): [0.6], ("real+gan", "val"): [0.8],
+                     ("real+gan", "test"): [0.9]})
+    s = summarise(table, ["real", "real+gan"], {"real": 10, "real+gan": 30})
+    write_summary(tmp_path, s)
+    back = read_summary(tmp_path)
+    assert back.recommendation.arm == s.recommendation.arm and back.train_images == s.train_images
+    assert math.isnan(back.arms["real"].test.metrics["accuracy"].ci_low)
+    assert back.comparison("real+gan", "real").test.gain == pytest.approx(0.3)
+
+
+def test_summaries_written_before_the_typed_model_are_still_read():
+    """`augment runs` reads history entries of older runs (keys "X vs Y" and "recall[c]")."""
+    from augment.summary import summary_from_json
+
+    stat = {"mean": 0.5, "std": 0.1, "ci_low": 0.4, "ci_high": 0.6}
+    gain = {"gain": 0.1, "ci_low": 0.0, "ci_high": 0.2, "seeds": 3, "p_value": 0.04, "wilcoxon_p": 0.25,
+            "boot_low": 0.05, "boot_high": 0.15}
+    arm = {s: {"accuracy": stat, "balanced_accuracy": stat, "recall[a]": stat} for s in ("val", "test")}
+    old = {"primary_metric": "balanced_accuracy", "arms": {"real": arm, "real+gan": arm},
+           "gains": {"real+gan vs real": {"val": gain, "test": gain}}, "train_images": {"real": 10, "real+gan": 20},
+           "recommendation": {"arm": "real", "chosen_on": "val", "rule": "r", "best_baseline": "real",
+                              "best_synthetic": "real+gan", "synthetic_val_gain_over_best_baseline": gain,
+                              "synthetic_helps_on_val": False, "test_gain_over_real": gain,
+                              "test_gain_over_best_baseline": gain, "synthetic_test_gain_over_best_baseline": gain}}
+    s = summary_from_json(old)
+    assert s.arms["real"].test.recall == {"a": s.arms["real"].test.metrics["accuracy"]}
+    assert s.comparison("real+gan", "real").test.p_value == 0.04 and s.train_images["real+gan"] == 20

@@ -3,11 +3,12 @@ import json
 import numpy as np
 import pytest
 
-from augment import manifest
-from augment.classical import (PRESETS, augment_images, build_pipeline, classical_stage, copies_per_class, spread,
+from augment import rundir
+from augment.core.augmentation import (PRESETS, augment_images, build_pipeline, copies_per_class, spread,
                                transforms_for, validate_transforms)
-from augment.config import ClassicalConfig, load_config
-from augment.data import ingest_stage
+from augment.config import ClassicalConfig
+from augment.graph import load_config
+from augment.graph import run_stage
 from augment.errors import UserError
 
 
@@ -94,15 +95,15 @@ def ingested(tmp_path_factory):
     cfg = load_config(None, ["data.class_counts={'0': 6, '1': 6, '2': 6, '3': 6, '4': 6, '5': 2, '6': 2, "
                              "'7': 2, '8': 2, '9': 2}", "data.per_class=null"])
     run_dir = tmp_path_factory.mktemp("classical")
-    ingest_stage(cfg, run_dir)
+    run_stage("ingest", cfg, run_dir)
     return run_dir
 
 
 def _classical(run_dir, *overrides):
     cfg = load_config(None, ["data.class_counts={'0': 6, '1': 6, '2': 6, '3': 6, '4': 6, '5': 2, '6': 2, "
                              "'7': 2, '8': 2, '9': 2}", "data.per_class=null", *overrides])
-    info = classical_stage(cfg, run_dir)
-    frame = manifest.read(run_dir)
+    info = run_stage("classical", cfg, run_dir)
+    frame = rundir.read_manifest(run_dir)
     return info, frame[frame["source"] == "classical"].reset_index(drop=True)
 
 
@@ -110,7 +111,7 @@ def test_stage_balances_and_records_parents_and_applied_parameters(ingested):
     info, rows = _classical(ingested, "classical.balance=true", "classical.multiplier=1")
     counts = rows.groupby("label").size().to_dict()
     assert sum(counts.values()) == 40 and {counts[c] for c in "56789"} == {6} and {counts[c] for c in "01234"} == {2}
-    real = manifest.read(ingested)
+    real = rundir.read_manifest(ingested)
     assert rows["parent_id"].isin(real.loc[real["source"] == "real", "id"]).all()
     applied = json.loads(rows["params"].iloc[0])
     assert applied[0][0] == "Affine" and "rotate" in applied[0][1]

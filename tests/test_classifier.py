@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from augment.classifier import predict_proba, train_classifier, trivial_augment
+from augment.core.classifier import predict_proba, train_classifier, trivial_augment
 
 
 def data(seed=0):
@@ -41,7 +41,7 @@ def test_balanced_sampling_draws_classes_equally(monkeypatch):
         seen.append(target.clone())
         return real_ce(logits, target)
 
-    monkeypatch.setattr("augment.classifier.F.cross_entropy", spy)
+    monkeypatch.setattr("augment.core.classifier.F.cross_entropy", spy)
     train_classifier(x, y, 2, steps=60, batch_size=32, width=4, seed=0, balanced=True)
     share = torch.cat(seen).float().mean().item()  # share of the minority class (label 1) drawn
     assert 0.45 < share < 0.55
@@ -98,7 +98,7 @@ def test_wrong_or_missing_weights_file_is_named(tmp_path):
 def test_unknown_classifier_name_is_a_config_error():
     import pytest
 
-    from augment.config import load_config
+    from augment.graph import load_config
     from augment.errors import UserError
 
     with pytest.raises(UserError, match="config key 'benchmark.classifier'.*'resnet9000'"):

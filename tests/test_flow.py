@@ -1,5 +1,6 @@
 """The Prefect flow end to end on the smoke config, under one session-scoped test harness."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -58,11 +59,11 @@ def _task_runs(flow_run_id):
 def test_gan_shards_fan_out_on_dask_workers_and_match_an_in_process_run(prefect_harness, tmp_path):
     """gan.shards: 2 with the Dask task runner: each shard is a task run on a Dask worker process,
     reported to the same Prefect API; the merged GAN is bit-identical to training the shards in one
-    process (augment.pipeline, no Prefect)."""
+    process (augment.graph, no Prefect)."""
     import torch
 
-    from augment.config import load_config
-    from augment.pipeline import run_pipeline
+    from augment.graph import load_config
+    from augment.graph import run_pipeline
     from flows.augment_flow import augment_dataset
 
     sets = ["gan.shards=2", "orchestration.task_runner=dask", "benchmark.seeds=1", "benchmark.arms=[real]"]
@@ -79,7 +80,7 @@ def test_gan_shards_fan_out_on_dask_workers_and_match_an_in_process_run(prefect_
 
 
 def _flaky(error: Exception, fails: int, calls: list):
-    def stage(cfg, run_dir):
+    def stage(cfg, run_dir, **kwargs):
         calls.append(1)
         if len(calls) <= fails:
             raise error
@@ -98,13 +99,14 @@ def test_only_transient_io_errors_are_retried(prefect_harness, monkeypatch, tmp_
                                               completes):
     from prefect import flow
 
-    from augment.config import OrchestrationConfig, load_config
-    from augment.pipeline import STAGES
-    from flows.augment_flow import _with_retries, ingest
+    from augment.config import OrchestrationConfig
+    from augment.graph import load_config
+    from augment.graph import BY_NAME
+    from flows.augment_flow import TASKS, _with_retries
 
     calls: list = []
-    monkeypatch.setitem(STAGES, "ingest", _flaky(error, fails, calls))
-    task = _with_retries(ingest, OrchestrationConfig(retries=2, retry_delay=0.01))
+    monkeypatch.setitem(BY_NAME, "ingest", dataclasses.replace(BY_NAME["ingest"], run=_flaky(error, fails, calls)))
+    task = _with_retries(TASKS["ingest"], OrchestrationConfig(retries=2, retry_delay=0.01))
 
     @flow
     def one_stage():
@@ -117,17 +119,20 @@ def test_only_transient_io_errors_are_retried(prefect_harness, monkeypatch, tmp_
 def test_a_users_mistake_is_not_retried(prefect_harness, monkeypatch, tmp_path):
     from prefect import flow
 
-    from augment.config import OrchestrationConfig, load_config
+    from augment.config import OrchestrationConfig
+    from augment.graph import load_config
     from augment.errors import UserError
-    from augment.pipeline import STAGES
-    from flows.augment_flow import _with_retries, ingest
+    from augment.graph import BY_NAME
+    from flows.augment_flow import TASKS, _with_retries
 
     calls: list = []
-    monkeypatch.setitem(STAGES, "ingest", _flaky(UserError("data.path: no such folder"), 1, calls))
+    flaky = _flaky(UserError("data.path: no such folder"), 1, calls)
+    monkeypatch.setitem(BY_NAME, "ingest", dataclasses.replace(BY_NAME["ingest"], run=flaky))
 
     @flow
     def one_stage():
-        value = _with_retries(ingest, OrchestrationConfig(retries=3, retry_delay=0.01))(load_config(SMOKE), str(tmp_path))
+        task = _with_retries(TASKS["ingest"], OrchestrationConfig(retries=3, retry_delay=0.01))
+        value = task(load_config(SMOKE), str(tmp_path))
         return value.type.value, value.message  # the task's Failed state, as the main flow sees it
 
     assert one_stage() == ("FAILED", "data.path: no such folder") and len(calls) == 1

@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from augment.config import GanConfig
-from augment.gan import Discriminator, Generator, dcgan_init, diff_augment
-from augment.gan_training import (build_state, d_real_accuracy, load_checkpoint, prepare_real, sample, to_uint8,
-                                  train_gan)
+from augment.core.diffaugment import diff_augment
+from augment.core.networks import Discriminator, Generator, dcgan_init
+from augment.core.gan_train import build_state, d_real_accuracy, load_checkpoint, prepare_real, train_gan
+from augment.core.sampling import sample
+from augment.core.tensors import to_uint8
 
 TINY = dict(steps=6, image_size=16, batch_size=4, nz=8, ngf=4, ndf=4, checkpoint_every=100, sample_every=100)
 
@@ -50,7 +52,7 @@ def test_per_class_networks_are_independent():
 def test_shards_concatenate_into_the_one_k_class_network():
     """Per_class shards of 2 and 3 classes merge, weights concatenated, into a 5-class network whose
     outputs for each class are exactly its shard's (G and D, batch norm in eval mode)."""
-    from augment.gan_training import class_shards, concat_grouped
+    from augment.core.gan_train import class_shards, concat_grouped
 
     assert [list(s) for s in class_shards(5, 2)] == [[0, 1, 2], [3, 4]]
     assert len(class_shards(3, 8)) == 3  # never an empty shard
@@ -80,7 +82,7 @@ def test_shards_concatenate_into_the_one_k_class_network():
 def test_grouped_network_equals_k_independent_dcgans_in_outputs_and_gradients(size):
     """With the same weights, the per_class network's outputs and gradients for class k equal those
     of class k's own one-class DCGAN (training mode: batch norm on batch statistics)."""
-    from augment.gan_training import concat_grouped
+    from augment.core.gan_train import concat_grouped
 
     k, nz, g = 3, 8, torch.Generator().manual_seed(1)
     singles = []
@@ -226,7 +228,7 @@ def test_cuda_step_runs_in_bf16(tmp_path):
 def test_ema_warms_up_so_initial_weights_fade():
     from torch.optim.swa_utils import AveragedModel
 
-    from augment.gan_training import ema_with_warmup
+    from augment.core.gan_train import ema_with_warmup
 
     net = torch.nn.Linear(1, 1, bias=False)
     with torch.no_grad():
@@ -247,24 +249,26 @@ def test_ema_warms_up_so_initial_weights_fade():
 def test_sharded_gan_stage_trains_each_shard_and_merges_them(tmp_path):
     """gan.shards: 3 trains three smaller grouped networks into gan/shards/<i>/ and merges them into
     gan/checkpoint.pt whose weights are the shards' weights, concatenated in class order."""
-    from augment.config import load_config
-    from augment.data import ingest_stage
-    from augment.gan_training import gan_stage, load_generator, read_checkpoint, shard_dir
+    from augment.graph import load_config
+    from augment.core.checkpoint import read_checkpoint
+    from augment.core.sampling import load_generator
+    from augment.graph import run_stage
+    from augment.stages.gan import shard_dir
     from conftest import SMOKE
 
     cfg = load_config(SMOKE, ["gan.shards=3", "gan.steps=4", "gan.checkpoint_every=2", "gan.sample_every=2"])
     run = tmp_path / "run"
-    ingest_stage(cfg, run)
-    info = gan_stage(cfg, run)
+    run_stage("ingest", cfg, run)
+    info = run_stage("gan", cfg, run)
     assert info["shards"] == 3 and info["steps"] == 4 and 0 <= info["d_acc_val"] <= 1
     payload = read_checkpoint(run / "gan" / "checkpoint.pt")
     assert payload["step"] == 4 and payload["shards"] == 3
     history = pd.read_csv(run / "gan" / "history.csv")
     assert history["step"].tolist() == [1, 2, 3, 4] and history["loss_d"].notna().all()
-    G = load_generator(run / "gan", cfg.gan, 10, 1, "cpu")
+    G = load_generator(run / "gan" / "checkpoint.pt", "cpu")
     shards = [read_checkpoint(shard_dir(run, i) / "checkpoint.pt") for i in range(3)]
     assert [p["G"]["net.0.weight"].shape[0] // cfg.gan.nz for p in shards] == [4, 3, 3]
     for part, key in (("ema", "module.net.0.weight"), ("D", "head.weight"), ("G", "net.1.running_var")):
         assert torch.equal(payload[part][key], torch.cat([p[part][key] for p in shards])), (part, key)
     assert G(torch.randn(2, 10, cfg.gan.nz)).shape == (2, 10, 1, 16, 16)
-    assert gan_stage(cfg, run)["skipped"]
+    assert run_stage("gan", cfg, run)["skipped"]

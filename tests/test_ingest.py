@@ -6,12 +6,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from augment import manifest
-from augment.config import DataConfig, load_config
-from augment.data import (
-    ingest_info, ingest_stage, read_csv, read_digits, read_folder, read_idx, scarce_counts, simulate_scarcity,
-    split_indices,
-)
+from augment import rundir
+from augment.config import DataConfig
+from augment.graph import load_config
+from augment.core.sources import read_csv, read_digits, read_folder, read_idx
+from augment.core.splits import scarce_counts, simulate_scarcity, split_indices
+from augment.graph import run_stage
+from augment.rundir import ingest_info
 from augment.errors import UserError
 from conftest import tree_state, write_image_folder
 
@@ -58,13 +59,13 @@ def test_non_image_files_are_skipped(image_folder):
 def test_class_with_too_few_images_is_named(tmp_path):
     root = write_image_folder(tmp_path / "in", {"big": 9, "tiny": 2})
     with pytest.raises(UserError, match=r"class 'tiny' has 2 image\(s\); at least 5 are needed \(data.min_per_class\)"):
-        ingest_stage(folder_cfg(root), tmp_path / "run")
+        run_stage("ingest", folder_cfg(root), tmp_path / "run")
 
 
 def test_one_class_is_an_error(tmp_path):
     root = write_image_folder(tmp_path / "in", {"only": 9})
     with pytest.raises(UserError, match="at least two are needed"):
-        ingest_stage(folder_cfg(root), tmp_path / "run")
+        run_stage("ingest", folder_cfg(root), tmp_path / "run")
 
 
 def test_missing_folder(tmp_path):
@@ -92,16 +93,16 @@ def test_csv_errors_name_the_row(tmp_path):
 
 def test_ingest_never_writes_to_the_input(tmp_path, image_folder):
     before = tree_state(image_folder)
-    ingest_stage(folder_cfg(image_folder), tmp_path / "run")
+    run_stage("ingest", folder_cfg(image_folder), tmp_path / "run")
     assert tree_state(image_folder) == before
     assert not any(p.is_relative_to(image_folder) for p in (tmp_path / "run").rglob("*"))
 
 
 def test_ingest_writes_manifest_and_pngs(tmp_path, image_folder):
     run = tmp_path / "run"
-    info = ingest_stage(folder_cfg(image_folder, "data.channels=3"), run)
-    frame = manifest.read(run)
-    assert list(frame.columns) == list(manifest.COLUMNS)
+    info = run_stage("ingest", folder_cfg(image_folder, "data.channels=3"), run)
+    frame = rundir.read_manifest(run)
+    assert list(frame.columns) == list(rundir.COLUMNS)
     assert len(frame) == 21 and (frame["source"] == "real").all() and frame["kept"].all()
     assert set(frame["split"]) == {"train", "val", "test"}
     assert frame["id"].is_unique
@@ -117,10 +118,10 @@ def test_different_sizes_need_image_size(tmp_path):
     root = write_image_folder(tmp_path / "in", {"a": 6, "b": 6})
     write_image_folder(root, {"c": 6}, size=(20, 20))
     with pytest.raises(UserError, match="set data.image_size"):
-        ingest_stage(folder_cfg(root), tmp_path / "run")
-    info = ingest_stage(folder_cfg(root, "data.image_size=16"), tmp_path / "run2")
+        run_stage("ingest", folder_cfg(root), tmp_path / "run")
+    info = run_stage("ingest", folder_cfg(root, "data.image_size=16"), tmp_path / "run2")
     assert info["size"] == [16, 16]
-    frame = manifest.read(tmp_path / "run2")
+    frame = rundir.read_manifest(tmp_path / "run2")
     assert set(frame["height"]) == {12, 20}  # the manifest keeps native sizes
 
 
@@ -149,9 +150,9 @@ def test_scarcity_only_touches_train():
 
 def test_digits_ingest_scarce_val_test_identical_to_full(tmp_path):
     """Scarcity simulation never changes val or test: the same held-out images whatever per_class is."""
-    ingest_stage(load_config(None, ["data.per_class=5"]), tmp_path / "a")
-    ingest_stage(load_config(None, ["data.per_class=20"]), tmp_path / "b")
-    a, b = manifest.read(tmp_path / "a"), manifest.read(tmp_path / "b")
+    run_stage("ingest", load_config(None, ["data.per_class=5"]), tmp_path / "a")
+    run_stage("ingest", load_config(None, ["data.per_class=20"]), tmp_path / "b")
+    a, b = rundir.read_manifest(tmp_path / "a"), rundir.read_manifest(tmp_path / "b")
     for split in ("val", "test"):
         assert sorted(a[a["split"] == split]["id"]) == sorted(b[b["split"] == split]["id"])
     assert (a[a["split"] == "train"].groupby("label").size() == 5).all()
@@ -206,9 +207,9 @@ def test_shared_mnist_reads_when_present():
 
 def test_class_counts_make_an_exact_imbalance(tmp_path):
     cfg = load_config(None, ["data.class_counts={'0': 12, '1': 3, '2': 3, '3': 3, '4': 3, '5': 3, '6': 3, '7': 3, '8': 3, '9': 2}"])
-    ingest_stage(cfg, tmp_path / "run")
-    frame = manifest.read(tmp_path / "run")
+    run_stage("ingest", cfg, tmp_path / "run")
+    frame = rundir.read_manifest(tmp_path / "run")
     train = frame[frame["split"] == "train"].groupby("label").size().to_dict()
     assert train == {"0": 12, **{str(i): 3 for i in range(1, 9)}, "9": 2}
     with pytest.raises(UserError, match=r"data.class_counts names class\(es\) \['x'\]"):
-        ingest_stage(load_config(None, ["data.class_counts={x: 3}"]), tmp_path / "run2")
+        run_stage("ingest", load_config(None, ["data.class_counts={x: 3}"]), tmp_path / "run2")

@@ -8,10 +8,11 @@ import pandas as pd
 import pytest
 from torchvision.datasets import ImageFolder
 
-from augment import manifest
-from augment.benchmark import ARMS, ids_digest
-from augment.config import load_config
-from augment.pipeline import run_pipeline
+from augment import rundir
+from augment.core.stats import ids_digest
+from augment.registry import ARMS
+from augment.graph import load_config
+from augment.graph import run_pipeline
 from conftest import SMOKE, tree_state, write_image_folder
 
 
@@ -27,8 +28,8 @@ def test_every_stage_ran(smoke_run):
 
 def test_manifest_contents(smoke_run):
     cfg, run_dir, _ = smoke_run
-    frame = manifest.read(run_dir)
-    assert list(frame.columns) == list(manifest.COLUMNS)
+    frame = rundir.read_manifest(run_dir)
+    assert list(frame.columns) == list(rundir.COLUMNS)
     assert frame["id"].is_unique
     assert set(frame["source"]) == {"real", "classical", "smote", "gan"}
     for rel, digest in zip(frame["path"], frame["sha256"]):
@@ -65,7 +66,7 @@ def test_quality_metrics_and_overfitting_signal(smoke_run):
 
 def test_no_synthetic_row_in_val_or_test(smoke_run):
     _, run_dir, _ = smoke_run
-    frame = manifest.read(run_dir)
+    frame = rundir.read_manifest(run_dir)
     held_out = frame[frame["split"].isin(["val", "test"])]
     assert (held_out["source"] == "real").all()
     assert (frame.loc[frame["source"] != "real", "split"] == "train").all()
@@ -75,7 +76,7 @@ def test_test_split_is_identical_across_arms(smoke_run):
     """Every arm is scored on the real val/test images ingest split off, and on nothing else."""
     _, run_dir, info = smoke_run
     summary = json.loads((run_dir / "benchmark" / "summary.json").read_text())
-    frame = manifest.read(run_dir)
+    frame = rundir.read_manifest(run_dir)
     for split in ("val", "test"):
         ids = frame.loc[frame["split"] == split, "id"]
         assert summary["held_out"][split] == {"images": len(ids), "ids_sha256": ids_digest(ids)}
@@ -101,7 +102,7 @@ def test_expanded_loads_with_imagefolder(smoke_run):
     arm = summary["recommendation"]["arm"]
     ds = ImageFolder(run_dir / "expanded")
     assert ds.classes == [str(i) for i in range(10)]
-    assert len(ds) == summary["train_images"][arm]
+    assert len(ds) == summary["arms"][arm]["train_images"]
     image, label = ds[0]
     assert image.size == (8, 8) and label == 0
 
@@ -159,15 +160,15 @@ def test_cuda_without_cuda_fails_before_any_work(tmp_path, monkeypatch):
 
 
 def test_adding_an_image_to_the_input_reruns_ingest(tmp_path):
-    from augment.data import ingest_stage
+    from augment.graph import run_stage
 
     root = write_image_folder(tmp_path / "in", {"a": 6, "b": 6}, size=(8, 8))
     cfg = load_config(SMOKE, ["data.source=folder", f"data.path={root}", "data.per_class=null"])
-    assert not ingest_stage(cfg, tmp_path / "run")["skipped"]
-    assert ingest_stage(cfg, tmp_path / "run")["skipped"]
+    assert not run_stage("ingest", cfg, tmp_path / "run")["skipped"]
+    assert run_stage("ingest", cfg, tmp_path / "run")["skipped"]
     write_image_folder(root, {"a": 7}, size=(8, 8), seed=1)  # one more image in class a (006.png)
-    assert not ingest_stage(cfg, tmp_path / "run")["skipped"]
-    assert len(manifest.read(tmp_path / "run")) == 13
+    assert not run_stage("ingest", cfg, tmp_path / "run")["skipped"]
+    assert len(rundir.read_manifest(tmp_path / "run")) == 13
 
 
 def test_the_input_cache_key_is_content_not_file_times(tmp_path):
@@ -175,26 +176,26 @@ def test_the_input_cache_key_is_content_not_file_times(tmp_path):
     modification time (a clock-skewed sync) is not."""
     import os
 
-    from augment.data import ingest_stage
+    from augment.graph import run_stage
 
     root = write_image_folder(tmp_path / "in", {"a": 6, "b": 6}, size=(8, 8))
     cfg = load_config(SMOKE, ["data.source=folder", f"data.path={root}", "data.per_class=null"])
-    ingest_stage(cfg, tmp_path / "run")
+    run_stage("ingest", cfg, tmp_path / "run")
     image = root / "a" / "000.png"
     os.utime(image, ns=(1, 1))
-    assert ingest_stage(cfg, tmp_path / "run")["skipped"]
+    assert run_stage("ingest", cfg, tmp_path / "run")["skipped"]
     data = bytearray(image.read_bytes())
     data[-13] ^= 0xFF  # a byte of the IEND chunk's CRC: same size, decoders do not care
     image.write_bytes(bytes(data))
     os.utime(image, ns=(1, 1))
-    assert not ingest_stage(cfg, tmp_path / "run")["skipped"]
+    assert not run_stage("ingest", cfg, tmp_path / "run")["skipped"]
 
 
 def test_a_second_run_on_the_same_directory_is_refused_and_a_finished_one_frees_it(tmp_path):
     import os
 
     from augment.errors import UserError
-    from augment.runtime import run_lock
+    from augment.rundir import run_lock
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -208,7 +209,7 @@ def test_a_second_run_on_the_same_directory_is_refused_and_a_finished_one_frees_
 
 
 def test_temporaries_of_an_interrupted_run_are_removed_under_the_lock(tmp_path):
-    from augment.pipeline import open_run
+    from augment.graph import open_run
 
     run_dir = tmp_path / "run"
     (run_dir / "images" / "real").mkdir(parents=True)

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from augment import manifest
-from augment.config import load_config
+from augment import rundir
+from augment.graph import load_config
 from augment.errors import UserError
 from conftest import REPO, SMOKE
 
@@ -39,7 +39,8 @@ def test_yaml_tags_that_would_run_code_are_refused(tmp_path):
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path):
     from augment.config import GanConfig
-    from augment.gan_training import build_state, load_checkpoint, load_generator
+    from augment.core.gan_train import build_state, load_checkpoint
+    from augment.core.sampling import load_generator
 
     marker = tmp_path / "pwned"
     torch.save({"fingerprint": "f", "ema": Payload(marker)}, tmp_path / "checkpoint.pt")
@@ -47,7 +48,7 @@ def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path):
     with pytest.raises(UserError, match=r"checkpoint.pt: not a checkpoint this tool wrote \(UnpicklingError"):
         load_checkpoint(tmp_path / "checkpoint.pt", state, "f")
     with pytest.raises(UserError, match=r"checkpoint.pt: not a checkpoint this tool wrote"):
-        load_generator(tmp_path, GanConfig(image_size=16, ngf=4, nz=8), 2, 1, "cpu")
+        load_generator(tmp_path / "checkpoint.pt", "cpu")
     (tmp_path / "checkpoint.pt").write_bytes(b"\x80garbage")
     with pytest.raises(UserError, match=r"checkpoint.pt: not a checkpoint this tool wrote"):
         load_checkpoint(tmp_path / "checkpoint.pt", state, "f")
@@ -55,7 +56,7 @@ def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path):
 
 
 def test_backbone_weights_are_loaded_without_running_pickled_code(tmp_path):
-    from augment.classifier import build_backbone
+    from augment.core.classifier import build_backbone
 
     marker = tmp_path / "pwned"
     torch.save({"fc.weight": Payload(marker)}, tmp_path / "w.pth")
@@ -101,7 +102,7 @@ KILL_POINTS = {
 
 def _outputs(run_dir):
     """What a finished run produced, without timings or the run directory's own path."""
-    frame = manifest.read(run_dir).drop(columns=["score", "novelty"])
+    frame = rundir.read_manifest(run_dir).drop(columns=["score", "novelty"])
     results = pd.read_parquet(run_dir / "benchmark" / "results.parquet")
     expanded = sorted(str(p.relative_to(run_dir)) for p in (run_dir / "expanded").rglob("*.png"))
     return frame, results, expanded

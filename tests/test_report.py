@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from augment.report import _pct, list_runs
+from augment.core.report_text import _pct
+from augment.stages.report import list_runs
 from flows.cli import main
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -77,7 +78,7 @@ def test_headline_matches_summary_json(smoke_run):
     rec = summary["recommendation"]
     metric = summary["primary_metric"]
     for arm in {rec["arm"], "real"}:
-        assert _pct(summary["arms"][arm]["test"][metric]["mean"]) in headline
+        assert _pct(summary["arms"][arm]["test"]["metrics"][metric]["mean"]) in headline
     assert rec["best_baseline"] in headline or rec["arm"] in headline
     if rec["arm"] != "real":
         assert f"{100 * rec['test_gain_over_real']['gain']:+.1f} points" in headline
@@ -118,8 +119,8 @@ def test_augment_runs_lists_finished_runs(smoke_run, capsys):
 def test_a_reused_run_directory_keeps_one_history_entry_per_result(smoke_run, tmp_path):
     """A scheduled job re-uses its run directory: each new benchmark result is kept in history/ and
     listed by `augment runs`; a run that changed nothing (all cached) or only re-rendered adds none."""
-    from augment.config import load_config
-    from augment.pipeline import run_pipeline
+    from augment.graph import load_config
+    from augment.graph import run_pipeline
     from conftest import SMOKE
 
     _, source, _ = smoke_run
@@ -172,8 +173,8 @@ def test_outputs_are_readable_by_others_like_any_created_file(smoke_run):
 
 
 def test_a_run_without_any_generator_still_reports(tmp_path):
-    from augment.config import load_config
-    from augment.pipeline import run_pipeline
+    from augment.graph import load_config
+    from augment.graph import run_pipeline
     from conftest import SMOKE
 
     cfg = load_config(SMOKE, ["gan.enabled=false", "classical.enabled=false", "smote.enabled=false",

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from augment.errors import UserError
-from augment.features import PixelFeatures
-from augment.smote import oversample
+from augment.core.features import PixelFeatures
+from augment.core.oversampling import oversample
 
 
 def blobs(counts, dim=4, seed=0, gap=10.0):
@@ -92,7 +92,7 @@ def test_combined_samplers_add_only_new_rows_with_small_classes(sampler):
 
 
 def test_interpolation_parents_are_recovered_for_smote_rows():
-    from augment.smote import interpolation_parents
+    from augment.core.oversampling import interpolation_parents
 
     x, y = blobs([9, 6], dim=5)
     x_new, y_new = oversample(x, y, {0: 20, 1: 20}, "SMOTE", seed=1)
@@ -115,7 +115,7 @@ def _digits(n_per_class=6):
 
 def test_each_extractor_gives_one_row_per_image(tmp_path):
     from augment.config import SmoteConfig
-    from augment.features import make_extractor
+    from augment.core.features import make_extractor
     from test_classifier import save_resnet18
 
     images, labels = _digits()
@@ -135,7 +135,7 @@ def test_missing_pretrained_weights_are_an_offline_error_naming_the_smote_keys(t
     import torch
 
     from augment.config import SmoteConfig
-    from augment.features import make_extractor
+    from augment.core.features import make_extractor
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     images, labels = _digits()
@@ -149,15 +149,15 @@ def test_missing_pretrained_weights_are_an_offline_error_naming_the_smote_keys(t
 def test_smote_in_a_classifier_feature_space_feeds_the_linear_probe_not_the_cnn_arm(tmp_path, features, gan):
     import json
 
-    from augment import manifest
-    from augment.config import load_config
-    from augment.pipeline import run_pipeline
+    from augment import rundir
+    from augment.graph import load_config
+    from augment.graph import run_pipeline
     from conftest import SMOKE
 
     cfg = load_config(SMOKE, [f"smote.features={features}", f"gan.enabled={gan}", "benchmark.seeds=2",
                               "benchmark.steps=10", "gan.steps=4"])
     run_pipeline(cfg, tmp_path / "run")
-    frame = manifest.read(tmp_path / "run")
+    frame = rundir.read_manifest(tmp_path / "run")
     smote = frame[frame["source"] == "smote"]
     assert len(smote) and smote["path"].isna().all() and smote["parent_id"].notna().all()
     summary = json.loads((tmp_path / "run" / "benchmark" / "summary.json").read_text())
@@ -172,7 +172,7 @@ def test_smote_in_a_classifier_feature_space_feeds_the_linear_probe_not_the_cnn_
 def test_discriminator_features_are_label_free(mode, width):
     import torch
 
-    from augment.gan import Discriminator
+    from augment.core.networks import Discriminator
 
     D = Discriminator(3, 8, 1, 16, mode).eval()
     x = torch.randn(5, 1, 16, 16)
@@ -181,7 +181,7 @@ def test_discriminator_features_are_label_free(mode, width):
 
 
 def test_discriminator_features_need_the_gan():
-    from augment.config import load_config
+    from augment.graph import load_config
 
     with pytest.raises(UserError, match=r"smote.features 'discriminator' needs the GAN stage"):
         load_config(None, ["smote.features=discriminator", "gan.enabled=false"])

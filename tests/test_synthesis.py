@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from augment import quality
-from augment.classifier import train_classifier
+from augment.core import quality
+from augment.core.classifier import train_classifier
 from augment.config import GateConfig
-from augment.synthesis import apply_alarm, class_quality, judge_samples, select
+from augment.core.gate import apply_alarm, class_quality, judge_samples, select
 
 
 def test_select_rejects_unconfident_and_copies_and_keeps_the_best_up_to_the_target():
@@ -19,8 +19,9 @@ def test_select_rejects_unconfident_and_copies_and_keeps_the_best_up_to_the_targ
         [0.5, 0.5],  # intended 1, exactly at both thresholds: kept
     ])
     novelty = np.array([1.0, 0.01, 1.2, 1.0, 0.25])
-    score, kept, reasons = select(probs, np.array([0, 0, 0, 1, 1]), novelty, ["a", "b", "c", "d", "e"], target=1,
-                                  min_confidence=0.5, min_novelty=0.25)
+    score, kept, codes, reasons = select(probs, np.array([0, 0, 0, 1, 1]), novelty, ["a", "b", "c", "d", "e"], target=1,
+                                         min_confidence=0.5, min_novelty=0.25)
+    assert codes == [None, "near_copy", "surplus", "low_confidence", None]
     assert score.tolist() == [0.9, 0.95, 0.7, 0.4, 0.5]
     assert kept.tolist() == [True, False, False, False, True]
     assert reasons[0] is None and reasons[4] is None
@@ -52,6 +53,7 @@ def test_gate_catches_copies_rejects_the_wrong_class_and_passes_held_out_real_im
 
     assert not j.kept[:10].any()
     assert all(r.startswith("near-copy of real image real-") for r in j.reasons[:10])
+    assert set(j.codes[:10]) == {"near_copy"} and set(j.codes[10:20]) == {"low_confidence"}
     assert j.novelty[:10].max() < 1e-3
     assert {r.split()[4] for r in j.reasons[:10]} == {f"real-{i}" for i in copies}  # names the copied image
     assert not j.kept[10:20].any()
@@ -100,18 +102,20 @@ def test_collapse_alarm_flags_only_the_collapsed_class_and_unkeeps_it():
     one_mode = real[10] + rng.normal(scale=1e-3, size=(50, 6))  # class 1: one image, over and over
     fake, intended = np.concatenate([varied, one_mode]), np.repeat([0, 1], 50)
     kept = np.ones(100, dtype=bool)
-    reasons = [None] * 100
+    codes, reasons = [None] * 100, [None] * 100
     per_class = class_quality(real, real_y, fake, intended, kept, np.ones(100), ["a", "b"], GateConfig())
     assert not per_class["a"]["collapsed"] and per_class["a"]["kept"]["recall"] >= 0.5
     assert per_class["b"]["collapsed"] and per_class["b"]["kept"]["recall"] <= 0.1
     assert per_class["b"]["generated"]["diversity"] < 0.01 and per_class["a"]["generated"]["diversity"] > 0.5
     assert per_class["a"]["kept"]["frechet_distance"] < per_class["b"]["kept"]["frechet_distance"]
 
-    apply_alarm(per_class, ["a", "b"], intended, kept, reasons, keep_collapsed=False)
+    apply_alarm(per_class, ["a", "b"], intended, kept, codes, reasons, keep_collapsed=False)
     assert kept[:50].all() and not kept[50:].any()
+    assert codes[50] == "class_collapsed" and codes[49] is None
     assert reasons[50].startswith("class b flagged: mode collapse") and "gate.keep_collapsed" in reasons[50]
 
     kept_anyway = np.ones(100, dtype=bool)
     per_class = class_quality(real, real_y, fake, intended, kept_anyway, np.ones(100), ["a", "b"], GateConfig())
-    apply_alarm(per_class, ["a", "b"], intended, kept_anyway, [None] * 100, keep_collapsed=True)
+    apply_alarm(per_class, ["a", "b"], intended, kept_anyway, [None] * 100, [None] * 100,
+                keep_collapsed=True)
     assert kept_anyway.all() and "kept anyway" in per_class["b"]["alarm"]

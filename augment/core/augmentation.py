@@ -1,25 +1,39 @@
-"""Classical augmentation with albumentations: the only module that imports it."""
+"""Classical augmentation with albumentations: the only module that imports it.
+
+Presets and custom pipelines in albumentations' own serialisation format, strict validation,
+seeded copies, and the worker that writes them. Light on purpose: a spawned worker imports only
+numpy, Pillow and albumentations (not pandas, scikit-learn, pydantic or torch: albumentations
+imports torch only for its optional ToTensorV2, and the worker initializer blocks that import,
+which takes a worker's start from about 4 s to under 1 s on 2 cores). albumentations itself is
+imported on first use, after the initializer has run.
+"""
 
 from __future__ import annotations
 
 import heapq
 import inspect
-import math
+import json
 import os
+import sys
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
-import albumentations as A  # noqa: E402
+from augment.errors import UserError
 
-from augment import manifest  # noqa: E402
-from augment.config import ClassicalConfig, Config  # noqa: E402
-from augment.data import ingest_fingerprint, ingest_info  # noqa: E402
-from augment.errors import UserError  # noqa: E402
-from augment.runtime import combine, derive_seed, run_stage  # noqa: E402
-from augment.classical_worker import build_pipeline, copies_of, run_jobs, with_p  # noqa: E402,F401
+if TYPE_CHECKING:
+    from augment.config import ClassicalConfig
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
+
+
+def _albumentations():
+    import albumentations as A
+
+    return A
 
 
 def _t(name: str, **params) -> dict:
@@ -70,6 +84,7 @@ def validate_transforms(transforms: list) -> None:
         if not isinstance(item, dict) or not isinstance(item.get("__class_fullname__"), str):
             raise ValueError(f"{where}: expected a mapping with '__class_fullname__' (A.to_dict format)")
         name = item["__class_fullname__"]
+        A = _albumentations()
         cls = getattr(A, name.rsplit(".", 1)[-1], None)
         if not (inspect.isclass(cls) and issubclass(cls, A.BasicTransform)):
             raise ValueError(f"{where}: {name!r} is not an albumentations transform")
@@ -113,7 +128,7 @@ def transforms_for(c: ClassicalConfig, channels: int) -> list[dict]:
     return out + [FLIP] if c.flips else out
 
 
-def augment_images(images: np.ndarray, parent_seeds: list[int], pipeline: A.Compose, copies: int | list[int]) -> np.ndarray:
+def augment_images(images: np.ndarray, parent_seeds: list[int], pipeline, copies: int | list[int]) -> np.ndarray:
     """Augmented versions of each image (`copies` each, or copies[i] for image i); uint8, parent-major.
 
     Each parent's random stream is seeded from its own seed, so the output does not depend
@@ -170,47 +185,91 @@ def auto_workers(n_outputs: int, pixels_each: int, configured: int | None) -> in
     return (os.cpu_count() or 1) if n_outputs * pixels_each >= AUTO_POOL_PIXELS else 1
 
 
-def classical_fingerprint(cfg: Config) -> str:
-    pipeline = ""
-    if cfg.classical.pipeline_file is not None and Path(cfg.classical.pipeline_file).is_file():
-        pipeline = Path(cfg.classical.pipeline_file).read_text()
-    return combine(ingest_fingerprint(cfg), cfg.section_hash("seed", "classical"), pipeline)
+def with_p(item: dict) -> dict:
+    """A transform dict with `p` filled from the class default when missing (no warning spam)."""
+    if "p" in item or item.get("__class_fullname__") is None:
+        return item
+    cls = getattr(_albumentations(), item["__class_fullname__"].rsplit(".", 1)[-1])
+    default = inspect.signature(cls.__init__).parameters.get("p")
+    return {**item, "p": default.default if default is not None else 1.0}
 
 
-def classical_stage(cfg: Config, run_dir: Path) -> dict:
-    """Augment the real train images (multiplier, target or balance); PNGs + manifest rows."""
-    run_dir = Path(run_dir)
-    c = cfg.classical
+def build_pipeline(transforms: list[dict], seed: int | None = None, save_params: bool = False):
+    """An albumentations Compose from serialised transform dicts (A.from_dict format)."""
+    spec = {"transform": {"__class_fullname__": "Compose", "transforms": [with_p(t) for t in transforms], "p": 1.0}}
+    pipeline = _albumentations().from_dict(spec)
+    pipeline.save_applied_params = save_params
+    if seed is not None:
+        pipeline.set_random_seed(seed % 2**32)
+    return pipeline
 
-    def body() -> dict:
-        plan = []
-        if c.enabled:
-            info = ingest_info(run_dir)
-            frame = manifest.read(run_dir)
-            train = frame[(frame["split"] == "train") & (frame["source"] == "real")].reset_index(drop=True)
-            extra = copies_per_class(train.groupby("label").size().to_dict(), c)
-            for label, group in train.groupby("label", sort=True):
-                for (_, parent), k in zip(group.iterrows(), spread(extra[label], len(group))):
-                    if k:
-                        plan.append(({"id": parent["id"], "path": parent["path"], "label": label},
-                                     derive_seed(cfg.seed, "classical", parent["id"]), k))
-        if not plan:
-            manifest.replace_source(run_dir, "classical", [])
-            return {"images": 0}
-        transforms = transforms_for(c, info["channels"])
-        name = "custom" if c.transforms is not None or c.pipeline_file is not None else c.preset
-        n_out = sum(k for _, _, k in plan)
-        size = info["size"]
-        workers = auto_workers(n_out, size[0] * size[1] * info["channels"], c.workers)
-        per_job = math.ceil(len(plan) / (workers * 4))  # a few jobs per worker evens out the load
-        jobs = [dict(run_dir=str(run_dir), transforms=transforms, channels=info["channels"],
-                     generator=f"albumentations:{name}", parents=plan[i : i + per_job])
-                for i in range(0, len(plan), per_job)]
-        rows = run_jobs(jobs, workers)
-        manifest.replace_source(run_dir, "classical", rows)
-        per_class = {}
-        for row in rows:
-            per_class[row["label"]] = per_class.get(row["label"], 0) + 1
-        return {"images": len(rows), "per_class": per_class, "workers": workers, "pipeline": transforms}
 
-    return run_stage(run_dir, "classical", classical_fingerprint(cfg), body)
+def _plain(params: dict) -> dict:
+    """Applied parameters without arrays (transformation matrices) and numpy scalars, for JSON."""
+    out = {}
+    for k, v in params.items():
+        if isinstance(v, np.ndarray) or k in ("shape",):
+            continue
+        if isinstance(v, np.generic):
+            v = v.item()
+        elif isinstance(v, dict):
+            v = _plain(v)
+        elif isinstance(v, (list, tuple)):
+            v = [x.item() if isinstance(x, np.generic) else x for x in v]
+        out[k] = v
+    return out
+
+
+def copies_of(pipeline, image: np.ndarray, seed: int, copies: int):
+    """`copies` augmentation results (dicts) of one image, drawn from the image's own seeded
+    stream, so they do not depend on the order or the process images are handled in."""
+    pipeline.set_random_seed(seed % 2**32)
+    for _ in range(copies):
+        yield pipeline(image=image)
+
+
+def augment_parents(job: dict) -> list[dict]:
+    """One worker's share: read each parent, write its augmented copies, return their manifest rows.
+
+    `job`: run_dir, transforms, channels, generator and parents [(row dict, seed, copies)]. A
+    top-level function so a process pool can run it.
+    """
+    from augment.png import load_images, save_png
+
+    run_dir = Path(job["run_dir"])
+    pipeline = build_pipeline(job["transforms"], save_params=True)
+    rows = []
+    for parent, seed, copies in job["parents"]:
+        image = load_images(run_dir, [parent["path"]], None, job["channels"])[0]  # native size
+        for c, result in enumerate(copies_of(pipeline, image, seed, copies)):
+            aug = result["image"].reshape(image.shape)
+            applied = [[name, _plain(p)] for name, p in result.get("applied_transforms", [])]
+            cid = f"classical-{parent['id']}-{c}"
+            rel = f"images/classical/{parent['label']}/{cid}.png"
+            rows.append(dict(
+                id=cid, path=rel, label=parent["label"], split="train", source="classical", parent_id=parent["id"],
+                seed=seed % 2**32, generator=job["generator"], sha256=save_png(run_dir, rel, aug),
+                height=aug.shape[0], width=aug.shape[1], channels=aug.shape[2], kept=True,
+                params=json.dumps(applied, default=str),
+            ))
+    return rows
+
+
+def _init_worker() -> None:
+    sys.modules.setdefault("torch", None)  # albumentations then skips its torch-only transforms
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core: no nested thread pools
+
+
+def run_jobs(jobs: list[dict], workers: int) -> list[dict]:
+    """Run augment_parents over jobs, in-process or in a pool of `workers` processes (spawned:
+    safe beside torch's threads); rows come back in job order either way."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [row for job in jobs for row in augment_parents(job)]
+    import multiprocessing
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker) as pool:
+        return [row for rows in pool.map(augment_parents, jobs) for row in rows]
+
+

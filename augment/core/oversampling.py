@@ -1,36 +1,17 @@
-"""SMOTE-family over-sampling (imbalanced-learn) on feature rows."""
+"""SMOTE-family over-sampling (imbalanced-learn) on feature rows, and the provenance of each new row."""
 
 from __future__ import annotations
 
 import importlib
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from augment import manifest
-from augment.data import ingest_fingerprint, ingest_info, load_split
 from augment.errors import UserError
-from augment.features import make_extractor
-from augment.runtime import combine, derive_seed, run_stage, stage_fingerprint, write_npz
+from augment.registry import COMBINED_SAMPLERS, SAMPLERS
 
 log = logging.getLogger("augment")
 
-# Sampler name -> "module:Class"; resolved lazily so loading a config stays cheap.
-SAMPLERS = {
-    "SMOTE": "imblearn.over_sampling:SMOTE",
-    "BorderlineSMOTE": "imblearn.over_sampling:BorderlineSMOTE",
-    "SVMSMOTE": "imblearn.over_sampling:SVMSMOTE",
-    "ADASYN": "imblearn.over_sampling:ADASYN",
-    "KMeansSMOTE": "imblearn.over_sampling:KMeansSMOTE",
-    "RandomOverSampler": "imblearn.over_sampling:RandomOverSampler",
-    # over-sampling followed by cleaning (Edited Nearest Neighbours, Tomek links)
-    "SMOTEENN": "imblearn.combine:SMOTEENN",
-    "SMOTETomek": "imblearn.combine:SMOTETomek",
-}
-COMBINED = ("SMOTEENN", "SMOTETomek")
 _NEIGHBOUR_PARAMS = ("k_neighbors", "n_neighbors")
 
 
@@ -43,7 +24,7 @@ def make_sampler(name: str, params: dict, targets: dict[int, int], smallest: int
     module, cls_name = SAMPLERS[name].split(":")
     cls = getattr(importlib.import_module(module), cls_name)
     params = dict(params)
-    if name in COMBINED:
+    if name in COMBINED_SAMPLERS:
         inner = {k: params.pop(k) for k in list(params) if k == "k_neighbors"}
         smote = make_sampler("SMOTE", inner, targets, smallest, seed)
         try:
@@ -95,7 +76,7 @@ def oversample(
             raise UserError(f"smote.sampler {sampler} failed to over-sample class(es) {growing}: "
                             f"{' '.join(str(exc).split())}") from None
         n = int(mask.sum())
-        if sampler in COMBINED:  # cleaning reorders and removes rows: new rows are those not in the input
+        if sampler in COMBINED_SAMPLERS:  # cleaning reorders and removes rows: new rows are those not in the input
             seen = {row.tobytes() for row in np.ascontiguousarray(x[mask])}
             fresh = np.array([row.tobytes() not in seen for row in np.ascontiguousarray(x_res)], dtype=bool)
             kept = len(x_res) - int(fresh.sum())
@@ -141,63 +122,3 @@ def interpolation_parents(x_new: np.ndarray, y_new: np.ndarray, x: np.ndarray, y
             best = int(np.argmin(err))
             a_idx[r], b_idx[r], weight[r], residual[r] = members[i[best]], members[j[best]], t[best], err[best]
     return a_idx, b_idx, weight, residual
-
-
-def gan_source(cfg, run_dir: Path) -> tuple:
-    """What the discriminator extractor needs: the GAN's directory, config and class count."""
-    if cfg.smote.features != "discriminator":
-        return None
-    return (Path(run_dir) / "gan", cfg.gan, len(ingest_info(run_dir)["classes"]))
-
-
-def smote_stage(cfg, run_dir: Path) -> dict:
-    """Feature rows of the real train split, over-sampled per class; rows to features/ + manifest."""
-    run_dir = Path(run_dir)
-
-    def body() -> dict:
-        if not cfg.smote.enabled:
-            manifest.replace_source(run_dir, "smote", [])
-            return {"rows": 0}
-        info = ingest_info(run_dir)
-        x_img, y, rows = load_split(run_dir, "train")
-        seed = derive_seed(cfg.seed, "smote")
-        extractor = make_extractor(cfg.smote, seed, cfg.benchmark.trainer_kwargs(), gan_source(cfg, run_dir))
-        extractor.fit(x_img, y, len(info["classes"]))
-        feats = extractor.transform(x_img)
-        target = int(round(cfg.smote.multiplier * np.bincount(y).max()))
-        x_new, y_new = oversample(
-            feats, y, {c: target for c in range(len(info["classes"]))}, cfg.smote.sampler,
-            cfg.smote.params, seed, info["classes"],
-        )
-        ids = np.array([f"smote-{i:06d}" for i in range(len(y_new))])
-        real_ids = rows["id"].to_numpy(str)
-        a, b, t, residual = interpolation_parents(x_new, y_new, feats, y)
-        exact = residual <= 1e-6 * max(1.0, float(np.abs(feats).max()))
-        write_npz(run_dir / "features" / "real.npz", ids=real_ids, x=feats, y=y)
-        write_npz(run_dir / "features" / "smote.npz", ids=ids, x=x_new, y=y_new, parent_a=real_ids[a],
-                  parent_b=real_ids[b], weight=t, residual=residual)
-        provenance = [json.dumps({"parents": [real_ids[i], real_ids[j]], "weight": round(float(w), 6)} if ok
-                                 else {"parents": None, "nearest": real_ids[i], "residual": round(float(e), 6)})
-                      for i, j, w, e, ok in zip(a, b, t, residual, exact)]
-        # Pixel (and PCA) rows decode back to images: the image view the CNN arm trains on.
-        # Classifier features do not: those rows stay feature rows (the linear probe uses them).
-        labels = [info["classes"][c] for c in y_new]
-        if extractor.invertible:
-            paths = [f"images/smote/{label}/{sid}.png" for sid, label in zip(ids, labels)]
-            digests = [manifest.save_png(run_dir, rel, im) for rel, im in zip(paths, extractor.inverse_transform(x_new))]
-        else:
-            paths, digests = [None] * len(ids), [None] * len(ids)
-        new_rows = pd.DataFrame(dict(
-            id=ids, path=paths, label=labels, split="train", source="smote", parent_id=real_ids[a],
-            seed=seed % 2**32, generator=f"imblearn:{cfg.smote.sampler}", sha256=digests,
-            height=info["size"][0], width=info["size"][1], channels=info["channels"],
-            score=None, kept=True, reason=None, params=provenance,
-        ))
-        manifest.replace_source(run_dir, "smote", new_rows)
-        return {"rows": len(ids), "features": int(feats.shape[1]), "target_per_class": target,
-                "interpolations_recovered": int(exact.sum())}
-
-    depends = {"cnn": str(sorted(cfg.benchmark.trainer_kwargs().items())),
-               "discriminator": stage_fingerprint(run_dir, "gan")}.get(cfg.smote.features, "")
-    fp = combine(ingest_fingerprint(cfg), cfg.section_hash("seed", "smote"), depends)
-    return run_stage(run_dir, "smote", fp, body)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from augment.runtime import write_bytes
+from augment.atomic import write_bytes
 
 SOURCE_COLOURS = {"real": "#222222", "classical": "#1f77b4", "smote": "#2ca02c", "gan": "#d62728"}
 

@@ -1,11 +1,10 @@
-"""Ingest: read a source, validate every image, split train/val/test, simulate scarcity."""
+"""Input sources (digits, ImageFolder, CSV, IDX): read and validate every image; hash the input's content."""
 
 from __future__ import annotations
 
 import functools
 import gzip
 import hashlib
-import json
 import logging
 import struct
 import warnings
@@ -16,12 +15,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps
-from sklearn.model_selection import train_test_split
 
-from augment import manifest
-from augment.config import Config, DataConfig
+from augment.config import DataConfig
 from augment.errors import UserError
-from augment.runtime import combine, derive_seed, run_stage, stage_fingerprint
 
 log = logging.getLogger("augment")
 
@@ -36,7 +32,7 @@ class RawDataset:
     images: list[np.ndarray]
     labels: list[str]
     origins: list[str]  # where each image came from (file path or digits[i])
-    skipped: list[dict] = field(default_factory=list)  # {origin, label, reason} per input not used
+    skipped: list[dict] = field(default_factory=list)  # {origin, label, code, reason} per input not used
 
 
 class BadInput(UserError):
@@ -62,7 +58,7 @@ class _Collector:
             if not self.skip:
                 raise
             log.warning("%s (skipped: data.on_bad_image is 'skip')", bad)
-            self.data.skipped.append({"origin": bad.origin, "label": label_hint, "reason": bad.reason})
+            self.data.skipped.append({"origin": bad.origin, "label": label_hint, "code": "bad_image", "reason": bad.reason})
             return
         self.data.images.append(image)
         self.data.labels.append(label)
@@ -286,105 +282,30 @@ def drop_duplicates(data: RawDataset, on_bad_image: str) -> None:
     copies with different labels are an error, or with on_bad_image 'skip' all are dropped.
     """
     first: dict[bytes, int] = {}
-    drop: dict[int, str] = {}
+    drop: dict[int, tuple[str, str]] = {}  # index -> (reason code, message)
     for i, image in enumerate(data.images):
         key = hashlib.sha256(repr(image.shape).encode() + image.tobytes()).digest()
         j = first.setdefault(key, i)
         if j == i:
             continue
         if data.labels[i] == data.labels[j]:
-            drop[i] = f"exact duplicate of {data.origins[j]}"
+            drop[i] = ("duplicate", f"exact duplicate of {data.origins[j]}")
             continue
         conflict = f"the same image as {data.origins[j]} (class {data.labels[j]!r}) but labelled {data.labels[i]!r}"
         if on_bad_image != "skip":
             raise UserError(f"{data.origins[i]}: {conflict}; fix the label or set data.on_bad_image: skip")
-        drop[i] = conflict
-        drop.setdefault(j, f"the same image as {data.origins[i]} under another label")
+        drop[i] = ("label_conflict", conflict)
+        drop.setdefault(j, ("label_conflict", f"the same image as {data.origins[i]} under another label"))
     if not drop:
         return
     log.warning("ingest: %d duplicate or conflicting image(s) left out (see the manifest's reason column)", len(drop))
-    for i, reason in sorted(drop.items()):
-        data.skipped.append({"origin": data.origins[i], "label": data.labels[i], "reason": reason})
+    for i, (code, reason) in sorted(drop.items()):
+        data.skipped.append({"origin": data.origins[i], "label": data.labels[i], "code": code, "reason": reason})
     keep = [i for i in range(len(data.images)) if i not in drop]
     data.images, data.labels, data.origins = ([seq[i] for i in keep] for seq in (data.images, data.labels, data.origins))
 
 
-# --------------------------------------------------------------------------- splits
-
-
-def split_indices(labels: list[str], val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
-    """Stratified, seeded split; returns an array of 'train' | 'val' | 'test' per image."""
-    labels = np.asarray(labels)
-    idx = np.arange(len(labels))
-    n_test, n_val = round(test_fraction * len(idx)), round(val_fraction * len(idx))  # counts, not shares
-    n_classes = len(set(labels.tolist()))
-    for key, n in (("data.test_fraction", n_test), ("data.val_fraction", n_val)):
-        if n < n_classes:  # a stratified split needs one image per class on each side
-            raise UserError(f"config key '{key}': {n} of {len(idx)} images for {n_classes} classes; at least one "
-                            f"image per class is needed in each split: raise it or add images")
-    rest, test = train_test_split(idx, test_size=n_test, stratify=labels, random_state=seed % 2**32)
-    train, val = train_test_split(rest, test_size=n_val, stratify=labels[rest], random_state=(seed + 1) % 2**32)
-    split = np.empty(len(labels), dtype=object)
-    split[train], split[val], split[test] = "train", "val", "test"
-    return split
-
-
-def scarce_counts(classes: list[str], per_class: int, imbalance_ratio: float) -> dict[str, int]:
-    """Train images kept per class: per_class for the first class, down to per_class/ratio for the last."""
-    k = len(classes)
-    out = {}
-    for rank, label in enumerate(classes):
-        frac = rank / (k - 1) if k > 1 else 0.0
-        out[label] = max(1, int(round(per_class / imbalance_ratio**frac)))
-    return out
-
-
-def simulate_scarcity(labels, split: np.ndarray, counts: dict[str, int], seed: int) -> np.ndarray:
-    """Keep a seeded subset of counts[class] train images per class; returns a boolean keep-mask."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    keep = split != "train"
-    short = []
-    for label, n in counts.items():
-        train_idx = np.flatnonzero((labels == label) & (split == "train"))
-        if len(train_idx) < n:
-            short.append(f"{label!r} ({len(train_idx)} < {n})")
-        keep[rng.permutation(train_idx)[:n]] = True
-    if short:
-        log.warning("data.per_class: fewer train images than asked for in class(es) %s", ", ".join(short))
-    return keep
-
-
-def working_size(images: list[np.ndarray], image_size: int | None, where: str) -> tuple[int, int]:
-    """The (H, W) every stage trains at: data.image_size, else the shared native size."""
-    if image_size is not None:
-        return (image_size, image_size)
-    sizes = {im.shape[:2] for im in images}
-    if len(sizes) > 1:
-        a, b = sorted(sizes)[:2]
-        raise UserError(
-            f"{where}: images have different sizes ({a[0]}x{a[1]}, {b[0]}x{b[1]}, ...); "
-            "set data.image_size to train at one size"
-        )
-    return next(iter(sizes))
-
-
-def train_counts(d: DataConfig, classes: list[str], where: str) -> dict[str, int] | None:
-    """Train images to keep per class (scarcity simulation), or None to keep all."""
-    if d.class_counts is not None:
-        unknown = sorted(set(d.class_counts) - set(classes))
-        if unknown:
-            raise UserError(f"data.class_counts names class(es) {unknown} not found in {where}")
-        missing = sorted(set(classes) - set(d.class_counts))
-        if missing:
-            raise UserError(f"data.class_counts has no count for class(es) {missing}")
-        return {c: d.class_counts[c] for c in classes}
-    if d.per_class is not None:
-        return scarce_counts(classes, d.per_class, d.imbalance_ratio)
-    return None
-
-
-# --------------------------------------------------------------------------- stage
+# --------------------------------------------------------------------------- content
 
 
 def input_signature(d: DataConfig) -> str:
@@ -428,72 +349,3 @@ def _hash_file(path: str, *stat_key: int) -> str:
             return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:
         return "missing"
-
-
-def ingest_fingerprint(cfg: Config) -> str:
-    return combine(cfg.section_hash("seed", "data"), input_signature(cfg.data))
-
-
-def ingest_stage(cfg: Config, run_dir: Path) -> dict:
-    """Read, validate, split and (optionally) make scarce; write real PNGs and manifest rows."""
-    run_dir = Path(run_dir)
-
-    def body() -> dict:
-        d = cfg.data
-        raw = read_source(d)
-        where = str(d.path or d.source)
-        size = working_size(raw.images, d.image_size, where)
-        split_seed = derive_seed(cfg.seed, "split")
-        split = split_indices(raw.labels, d.val_fraction, d.test_fraction, split_seed)
-        keep = np.ones(len(raw.labels), bool)
-        counts = train_counts(d, sorted(set(raw.labels)), where)
-        if counts is not None:
-            keep = simulate_scarcity(raw.labels, split, counts, derive_seed(cfg.seed, "scarcity"))
-        rows = []
-        for i in np.flatnonzero(keep):
-            image, label = raw.images[i], raw.labels[i]
-            rid = f"real-{i:06d}"
-            rel = f"images/real/{label}/{rid}.png"
-            rows.append(
-                dict(
-                    id=rid, path=rel, label=label, split=split[i], source="real", parent_id=None,
-                    seed=None, generator=raw.origins[i], sha256=manifest.save_png(run_dir, rel, image),
-                    height=image.shape[0], width=image.shape[1], channels=image.shape[2],
-                    score=None, kept=True, reason=None,
-                )
-            )
-        for n, skip in enumerate(raw.skipped):  # inputs left out: in the manifest, in no split
-            rows.append(dict(id=f"skipped-{n:06d}", path=None, label=skip["label"], split="excluded", source="real",
-                             generator=skip["origin"], kept=False, reason=skip["reason"]))
-        frame = manifest.normalise(rows)
-        manifest.write(run_dir, frame)  # ingest starts the manifest afresh
-        counts = frame[frame["kept"]].groupby(["split", "label"]).size().unstack(fill_value=0)
-        return {
-            "size": list(size),
-            "channels": d.channels,
-            "classes": sorted(set(raw.labels)),
-            "counts": {s: {str(k): int(v) for k, v in row.items()} for s, row in counts.iterrows()},
-            "dropped_by_scarcity": int((~keep).sum()),
-            "skipped_inputs": len(raw.skipped),
-        }
-
-    return run_stage(run_dir, "ingest", ingest_fingerprint(cfg), body)
-
-
-def ingest_info(run_dir: Path) -> dict:
-    """What ingest recorded: working size, channels, classes, counts."""
-    if stage_fingerprint(run_dir, "ingest") is None:
-        raise RuntimeError(f"{run_dir}: ingest has not finished")
-    return json.loads((Path(run_dir) / "stages" / "ingest.json").read_text())
-
-
-def load_split(run_dir: Path, split: str, sources=("real",)) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    """Kept images of one split and sources at working size: (x uint8 NHWC, y class index, rows)."""
-    info = ingest_info(run_dir)
-    frame = manifest.read(run_dir)
-    rows = frame[(frame["split"] == split) & frame["source"].isin(sources) & frame["kept"] & frame["path"].notna()]
-    rows = rows.reset_index(drop=True)
-    x = manifest.load_images(run_dir, rows["path"], tuple(info["size"]), info["channels"])
-    index = {c: i for i, c in enumerate(info["classes"])}
-    y = np.array([index[label] for label in rows["label"]], dtype=np.int64)
-    return x, y, rows

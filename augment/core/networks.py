@@ -1,4 +1,4 @@
-"""Class-conditional DCGAN networks (Radford et al. 2016) and DiffAugment (Zhao et al. 2020).
+"""Class-conditional DCGAN networks (Radford et al. 2016) and the settings that build them.
 
 Both modes share one interface so the trainer never branches on the mode:
     G(z: (B, K, nz))            -> images (B, K, nc, S, S) in [-1, 1], one per class
@@ -12,9 +12,9 @@ projection discriminator (Miyato & Koyama 2018) in D.
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -78,7 +78,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     def __init__(self, n_classes: int, ndf: int, nc: int, image_size: int, mode: str):
         super().__init__()
-        self.k, self.mode = n_classes, mode
+        self.k, self.mode, self.image_size = n_classes, mode, image_size
         g = n_classes if mode == "per_class" else 1
         n_down = _n_up(image_size)
         # input: (B', g*nc, S, S); no batch norm at D's input
@@ -119,57 +119,25 @@ class Discriminator(nn.Module):
         return (self.head(h).flatten() + proj).view(b, k)
 
 
-# --------------------------------------------------------------------------- DiffAugment
+@dataclass(frozen=True)
+class GanSpec:
+    """Everything that fixes the networks' shapes; stored in every checkpoint, so a checkpoint
+    loads without the run's config."""
 
+    mode: str
+    n_classes: int
+    nz: int
+    ngf: int
+    ndf: int
+    image_size: int
+    channels: int
 
-def diff_augment(x: torch.Tensor, policy: list[str], generator: torch.Generator | None = None) -> torch.Tensor:
-    """Differentiable augmentation of (N, C, H, W) images in [-1, 1], the same for real and fake.
+    def generator(self) -> Generator:
+        return Generator(self.n_classes, self.nz, self.ngf, self.channels, self.image_size, self.mode)
 
-    Follows Zhao et al. 2020's reference policy: color (brightness, saturation, contrast),
-    translation (1/8 of the size, zero padded), cutout (a 1/2-size square set to zero).
-    """
-    for name in policy:
-        x = _AUGMENTS[name](x, generator)
-    return x
+    def discriminator(self) -> Discriminator:
+        return Discriminator(self.n_classes, self.ndf, self.channels, self.image_size, self.mode)
 
+    def to_dict(self) -> dict:
+        return asdict(self)
 
-def _rand(x: torch.Tensor, generator, *shape) -> torch.Tensor:
-    return torch.rand(*shape, generator=generator, device=x.device, dtype=torch.float32).to(x.dtype)
-
-
-def _color(x, generator):
-    n = x.shape[0]
-    x = x + (_rand(x, generator, n, 1, 1, 1) - 0.5)
-    if x.shape[1] > 1:
-        mean = x.mean(dim=1, keepdim=True)
-        x = (x - mean) * (_rand(x, generator, n, 1, 1, 1) * 2) + mean
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - mean) * (_rand(x, generator, n, 1, 1, 1) + 0.5) + mean
-
-
-def _translation(x, generator, ratio: float = 0.125):
-    n, _, h, w = x.shape
-    sh, sw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    ty = torch.randint(-sh, sh + 1, (n, 1, 1), generator=generator, device=x.device)
-    tx = torch.randint(-sw, sw + 1, (n, 1, 1), generator=generator, device=x.device)
-    gy, gx = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
-    gy = torch.clamp(gy[None] + ty + 1, 0, h + 1)
-    gx = torch.clamp(gx[None] + tx + 1, 0, w + 1)
-    padded = F.pad(x, [1, 1, 1, 1])  # the zero border is where out-of-range pixels come from
-    idx = torch.arange(n, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[idx, gy, gx].permute(0, 3, 1, 2).contiguous()
-
-
-def _cutout(x, generator, ratio: float = 0.5):
-    n, _, h, w = x.shape
-    ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
-    oy = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), generator=generator, device=x.device)
-    ox = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), generator=generator, device=x.device)
-    gy, gx = torch.meshgrid(torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
-    y0, x0 = oy - ch // 2, ox - cw // 2  # the square may hang over the border, as in the reference
-    inside = (gy[None] >= y0) & (gy[None] < y0 + ch) & (gx[None] >= x0) & (gx[None] < x0 + cw)
-    # inside the square -> 0 (mid-grey in [-1, 1]), as the reference implementation does
-    return x * (~inside)[:, None].to(x.dtype)
-
-
-_AUGMENTS = {"color": _color, "translation": _translation, "cutout": _cutout}

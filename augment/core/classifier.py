@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from augment.core.tensors import scale, to_tensor
 from augment.errors import UserError
 
 
@@ -108,16 +109,6 @@ def _small_cnn(in_channels: int, n_classes: int, width: int, gen: torch.Generato
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
     return model
-
-
-def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 (N, H, W, C) -> float (N, C, H, W) in [-1, 1]."""
-    return scale(torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2))
-
-
-def scale(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float in [-1, 1]."""
-    return batch.float().div_(127.5).sub_(1.0)
 
 
 def trivial_augment(batch: torch.Tensor, seed: int) -> torch.Tensor:

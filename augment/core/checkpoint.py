@@ -1,0 +1,28 @@
+"""Reading GAN checkpoints safely: tensors and plain containers only, never arbitrary pickles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from augment.core.networks import GanSpec
+from augment.errors import UserError
+
+
+def read_checkpoint(path: Path) -> dict:
+    """torch.load with weights_only=True; anything else, or a damaged file, is a one-line error naming the file."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001  (UnpicklingError, RuntimeError, EOFError, zip errors)
+        raise UserError(f"{path}: not a checkpoint this tool wrote ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to train from scratch") from None
+    if not isinstance(payload, dict) or "ema" not in payload or "model" not in payload:
+        raise UserError(f"{path}: not a checkpoint this tool wrote (no generator state or model settings); "
+                        "delete it to train from scratch")
+    return payload
+
+
+def checkpoint_spec(payload: dict) -> GanSpec:
+    """The model settings a checkpoint was trained with."""
+    return GanSpec(**payload["model"])

@@ -1,0 +1,385 @@
+"""The report's words and tables: a plain verdict first, then the per-arm table, gains, data counts and config.
+
+Pure: it takes the typed Summary, the manifest frame and what the stages recorded, and returns
+Markdown or HTML text. augment.stages.report reads the run directory and writes the files.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+import platform
+import re
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+from augment.config import Config, dump_config
+from augment.summary import Gain, Stat, Summary
+
+METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
+
+
+def _pts(x: float) -> str:
+    return "n/a" if x is None or math.isnan(x) else f"{100 * x:+.1f}"
+
+
+def _ci(stat: Stat) -> str:
+    if math.isnan(stat.ci_low):
+        return _pct(stat.mean)
+    return f"{_pct(stat.mean)} [{_pct(stat.ci_low)}, {_pct(stat.ci_high)}]"
+
+
+def _p(p: float) -> str:
+    return "n/a" if math.isnan(p) else ("<0.001" if p < 0.001 else f"{p:.3f}")
+
+
+def _grown(n_images: dict, arm: str) -> str:
+    """' (N training images from M real)' when the arm adds images, else nothing."""
+    n, real = n_images[arm], n_images["real"]
+    return f" ({n} training images from {real} real)" if n != real else ""
+
+
+def _significance(g: Gain) -> str:
+    """'a significant gain' / 'a significant loss' / 'not statistically significant' (p < 0.05, CI excludes 0)."""
+    if not g.significant:
+        return "not statistically significant"
+    return "a significant gain" if g.ci_low > 0 else "a significant loss"
+
+
+def verdict(summary: Summary, run_dir: Path | None = None) -> str:
+    """One plain paragraph: what was expanded, by how much, the measured gain and whether it is significant."""
+    rec = summary.recommendation
+    arm, n_images = rec.arm, summary.train_images
+    metric = METRIC_NAMES[summary.primary_metric]
+    real_test = summary.mean("real")
+    seeds = rec.test_gain_over_real.seeds
+    where = f" The expanded dataset is in {Path(run_dir) / 'expanded'}." if run_dir else ""
+    if arm == "real" or not rec.synthetic_helps_on_val:
+        base = rec.best_baseline
+        lead = (
+            f"No synthetic arm (SMOTE or GAN) beat '{base}' on the validation split, so the tool recommends "
+            f"not using the synthetic data. "
+        )
+        if arm != "real":
+            g = rec.test_gain_over_real
+            lead += (
+                f"'{arm}'{_grown(n_images, arm)} scored {metric} "
+                f"{_pct(summary.mean(arm))} on the real test split against {_pct(real_test)} for "
+                f"real images alone ({_pts(g.gain)} points, 95% CI [{_pts(g.ci_low)}, {_pts(g.ci_high)}], "
+                f"paired t-test p={_p(g.p_value)} over {seeds} seeds: {_significance(g)})."
+            )
+        else:
+            lead += f"Real images alone scored {metric} {_pct(real_test)} on the test split ({seeds} seeds)."
+        return lead + where
+    g, gb = rec.test_gain_over_real, rec.test_gain_over_best_baseline
+    return (
+        f"Expanding {n_images['real']} real training images to {n_images[arm]} with '{arm}' (chosen on the "
+        f"validation split) changed {metric} on the untouched real test split from {_pct(real_test)} to "
+        f"{_pct(summary.mean(arm))}: {_pts(g.gain)} points, 95% CI [{_pts(g.ci_low)}, "
+        f"{_pts(g.ci_high)}], paired t-test p={_p(g.p_value)} over {seeds} seeds, "
+        f"{_significance(g)}. Against the best arm "
+        f"without synthetic images ('{rec.best_baseline}') the gain is {_pts(gb.gain)} points "
+        f"(p={_p(gb.p_value)})." + where
+    )
+
+
+def _arm_table(summary: Summary) -> str:
+    lines = [
+        "| arm | train images | test accuracy | test balanced accuracy | test macro-F1 | val balanced accuracy |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for arm, result in summary.arms.items():
+        t = result.test.metrics
+        mark = " (recommended)" if arm == summary.recommendation.arm else ""
+        lines.append(
+            f"| {arm}{mark} | {result.train_images} | {_ci(t['accuracy'])} | {_ci(t['balanced_accuracy'])} "
+            f"| {_ci(t['macro_f1'])} | {_ci(result.val.metrics['balanced_accuracy'])} |"
+        )
+    return "\n".join(lines)
+
+
+def _gain_table(summary: Summary) -> str:
+    lines = [
+        "| comparison | test gain (points) [95% t CI] | bootstrap 95% CI | p (paired t) | p (Wilcoxon) | val gain (points) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for c in summary.comparisons:
+        t, v = c.test, c.val
+        lines.append(
+            f"| {c.arm} vs {c.base} | {_pts(t.gain)} [{_pts(t.ci_low)}, {_pts(t.ci_high)}] "
+            f"| [{_pts(t.boot_low)}, {_pts(t.boot_high)}] | {_p(t.p_value)} | {_p(t.wilcoxon_p)} "
+            f"| {_pts(v.gain)} |"
+        )
+    return "\n".join(lines)
+
+
+def _linear_table(summary: Summary) -> str:
+    probe = summary.linear_probe
+    if not probe:
+        return "The linear probe was off (benchmark.linear_probe)."
+    lines = ["| arm | test accuracy | test balanced accuracy | val balanced accuracy |", "|---|---:|---:|---:|"]
+    for arm, splits in probe.items():
+        lines.append(f"| {arm} | {_pct(splits['test']['accuracy'])} | {_pct(splits['test']['balanced_accuracy'])} "
+                     f"| {_pct(splits['val']['balanced_accuracy'])} |")
+    return "\n".join(lines)
+
+
+def class_order(summary: Summary, train_counts: dict[str, int] | None = None) -> list[str]:
+    """Classes minority first (fewest real train images), then the ones real images alone
+    recognise worst: where a gain from synthetic data should show."""
+    recall = summary.arms["real"].test.recall
+    counts = train_counts or {}
+    return sorted(recall, key=lambda c: (counts.get(c, 0), recall[c].mean))
+
+
+def _recall_table(summary: Summary, order: list[str]) -> str:
+    """Per-class test recall per arm, in `order`."""
+    arms = summary.arms
+    lines = ["| class | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
+    for c in order:
+        lines.append(f"| {c} | " + " | ".join(_pct(arms[a].test.recall[c].mean) for a in arms) + " |")
+    return "\n".join(lines)
+
+
+def _data_table(frame: pd.DataFrame) -> str:
+    train = frame[frame["split"] == "train"]
+    counts = pd.DataFrame({
+        "real train": train[train["source"] == "real"].groupby("label").size(),
+        "classical": train[train["source"] == "classical"].groupby("label").size(),
+        "smote": train[train["source"] == "smote"].groupby("label").size(),
+        "gan kept": train[(train["source"] == "gan") & train["kept"]].groupby("label").size(),
+        "gan rejected": train[(train["source"] == "gan") & ~train["kept"]].groupby("label").size(),
+        "val": frame[frame["split"] == "val"].groupby("label").size(),
+        "test": frame[frame["split"] == "test"].groupby("label").size(),
+    }).fillna(0).astype(int)
+    header = "| class | " + " | ".join(counts.columns) + " |"
+    lines = [header, "|---|" + "---:|" * len(counts.columns)]
+    for label, row in counts.iterrows():
+        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _gate_summary(frame: pd.DataFrame) -> str:
+    """How many generated images were kept, and why the others were not."""
+    gan = frame[frame["source"] == "gan"]
+    if gan.empty:
+        return "No GAN samples were generated."
+    counts = gan.loc[~gan["kept"], "reason_code"].fillna("other").value_counts()
+    parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items())
+    return f"Generated {len(gan)} images, kept {int(gan['kept'].sum())}" + (f"; not kept: {parts}." if parts else ".")
+
+
+def _quality_section(cfg: Config, q: dict | None, history: pd.DataFrame | None, frame: pd.DataFrame) -> str:
+    """The gate's outcome and per-class quality (gan/quality.json), and D's overfitting signal."""
+    if q is None:
+        return "The GAN stage was disabled.\n"
+    lines = [
+        _gate_summary(frame), "",
+        f"Each sample was kept if the gate's judge gave its intended class at least {cfg.gate.min_confidence} and "
+        f"its novelty (distance to the nearest real training image over the typical spacing of real images; 0 is "
+        f"a copy) was at least {cfg.gate.min_novelty}; of those, the {q['target_per_class']} most confident per "
+        f"class out of {q['generated_per_class']} generated. Metrics are in the judge's feature space against the "
+        f"real train images of the class (k = {q['k']} for precision and recall); CAS recall is the val recall of a "
+        f"classifier trained on kept samples only (overall {_pct(q['cas_accuracy_on_val'])}).", "",
+        "| class | kept | Frechet distance | precision | recall | diversity (all / kept) | median novelty | CAS recall | alarm |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for label, c in q["classes"].items():
+        k = c["kept"]
+        lines.append(
+            f"| {label} | {k['n']} | {_num(k['frechet_distance'])} | {_num(k['precision'])} | {_num(k['recall'])} "
+            f"| {_num(c['generated']['diversity'])} / {_num(k['diversity'])} | {_num(c['median_novelty'])} "
+            f"| {_pct(c['cas_recall'])} | {c['alarm'] or ''} |"
+        )
+    if history is not None:
+        h = history
+        if {"d_acc_train", "d_acc_val"} <= set(h.columns) and h["d_acc_val"].notna().any():
+            last = h[h["d_acc_val"].notna()].iloc[-1]
+            lines += ["", (
+                f"Discriminator overfitting signal at step {int(last['step'])}: D calls {_pct(last['d_acc_train'])} of "
+                f"the training images real and {_pct(last['d_acc_val'])} of held-out real (val) images; a wide gap "
+                f"means D memorised the training set (history in gan/history.csv).")]
+    return "\n".join(lines) + "\n"
+
+
+def _skipped_inputs(frame: pd.DataFrame, limit: int = 20) -> str:
+    """The input files ingest left out (data.on_bad_image: skip, duplicates) and why."""
+    skipped = frame[(frame["source"] == "real") & ~frame["kept"]]
+    if skipped.empty:
+        return "Every input image was used."
+    lines = [f"Input images left out: {len(skipped)}.", "", "| input | class | reason |", "|---|---|---|"]
+    for origin, label, reason in skipped[["generator", "label", "reason"]].head(limit).itertuples(index=False):
+        lines.append(f"| {origin} | {'' if pd.isna(label) else label} | {reason} |")
+    if len(skipped) > limit:
+        lines.append(f"| ... {len(skipped) - limit} more in manifest.parquet | | |")
+    return "\n".join(lines)
+
+
+def _versions() -> str:
+    names = ["torch", "torchvision", "albumentations", "imbalanced-learn", "scikit-learn", "prefect", "pandas"]
+    found = []
+    for n in names:
+        try:
+            found.append(f"{n} {metadata.version(n)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return f"Python {platform.python_version()}; " + ", ".join(found)
+
+
+def _fig(figs: dict[str, str], name: str, alt: str, missing: str = "") -> str:
+    return f"![{alt}]({figs[name]})\n" if name in figs else missing
+
+
+def render_markdown(cfg: Config, run_dir: Path, summary: Summary, frame: pd.DataFrame, train_counts: dict[str, int],
+                    quality: dict | None = None, history: pd.DataFrame | None = None,
+                    figs: dict[str, str] | None = None) -> tuple[str, str]:
+    """(report markdown, verdict paragraph) from the summary, the manifest, what the GAN recorded
+    (gan/quality.json, gan/history.csv) and the figures (name -> path relative to report/)."""
+    figs = figs or {}
+    para = verdict(summary, run_dir)
+    order = class_order(summary, train_counts)
+    gan_part = ("Samples of the EMA generator after the last step, one row per class:\n\n" + _fig(figs, "gan_samples", "GAN samples")
+                if "gan_samples" in figs else "The GAN stage was disabled.\n")
+    walk = ("Latent-space walk between two noise vectors, one row per class (smooth change: the generator learned "
+            "a space, not a list of training images):\n\n" + _fig(figs, "interpolation", "Latent interpolation")
+            if "interpolation" in figs else "")
+    md = f"""# Augmentation report
+
+{para}
+
+## Per-arm results
+
+Mean over {cfg.benchmark.seeds} seeds with a 95% Student-t interval; every arm trains the same
+classifier for {cfg.benchmark.steps} steps and is scored on the same real val and test images.
+The recommended arm is chosen on val ({summary.primary_metric.replace('_', ' ')}), never on test.
+
+{_arm_table(summary)}
+
+## Gains ({METRIC_NAMES[summary.primary_metric]}, paired over seeds)
+
+{_fig(figs, "gain", "Gain over real images alone, with 95% confidence intervals")}
+{_gain_table(summary)}
+
+## Linear probe in the SMOTE feature space
+
+A logistic regression on the features SMOTE interpolated in (one deterministic fit per arm):
+the SMOTE arm trains on its own feature rows, every other arm on the same features of its images.
+
+{_linear_table(summary)}
+
+## Per-class recall on test (where a gain comes from; minority classes first, then the weakest)
+
+{_fig(figs, "recall", "Per-class recall, real vs the recommended arm")}
+{_recall_table(summary, order)}
+
+## Data
+
+{_data_table(frame)}
+
+{_skipped_inputs(frame)}
+
+Train images per class and source (real, classical, SMOTE decoded to pixels, GAN kept):
+
+{_fig(figs, "images", "Image grid: real vs classical vs SMOTE vs GAN, one row per class")}
+{_fig(figs, "projection", "2-D projection of real and synthetic train images")}
+## GAN
+
+{gan_part}
+{_fig(figs, "gan_curves", "GAN training curves")}
+{walk}
+### Quality gate and sample quality
+
+{_quality_section(cfg, quality, history, frame)}
+## Config
+
+```yaml
+{dump_config(cfg).rstrip()}
+```
+
+Versions: {_versions()}.
+"""
+    return md, para
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 + p { font-size: 1.15em; background: #f4f7fb; border-left: 4px solid #1f77b4; padding: 0.8em 1em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+img { max-width: 100%; display: block; margin: 0.6em 0; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+
+def render_html(md: str, report_dir: Path) -> str:
+    """One self-contained HTML page from the report's markdown: figures inlined as data: URIs,
+    styles inline, no script and no link to anything outside the file."""
+    import markdown
+
+    body = markdown.markdown(md, extensions=["tables", "fenced_code"], output_format="html")
+
+    def inline(match: re.Match) -> str:
+        data = base64.b64encode((Path(report_dir) / match.group(1)).read_bytes()).decode()
+        return f'src="data:image/png;base64,{data}"'
+
+    body = re.sub(r'src="(figures/[A-Za-z0-9_]+\.png)"', inline, body)
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+            f"<title>Augmentation report</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
+
+
+def arm_rows(summary: Summary) -> list[dict]:
+    """Per-arm results as plain rows (the Prefect table artifact and anything tabular)."""
+    metric = summary.primary_metric
+    rows = []
+    for arm, result in summary.arms.items():
+        t = result.test.metrics[metric]
+        c = summary.comparison(arm, "real")
+        g = None if c is None else c.test
+        rows.append({
+            "arm": arm,
+            "recommended": arm == summary.recommendation.arm,
+            "train_images": result.train_images,
+            f"test_{metric}": round(t.mean, 4),
+            "ci_low": round(t.ci_low, 4),
+            "ci_high": round(t.ci_high, 4),
+            f"val_{metric}": round(result.val.metrics[metric].mean, 4),
+            "test_gain_over_real": None if g is None else round(g.gain, 4),
+            "p_value": None if g is None or math.isnan(g.p_value) else round(g.p_value, 4),
+        })
+    return rows
+
+
+def run_row(run: str, finished: str, data: dict, summary: Summary) -> dict:
+    """One line of `augment runs`: when, on what data, the recommended arm and its test gain over real."""
+    rec = summary.recommendation
+    g = rec.test_gain_over_real
+    metric = summary.primary_metric
+    return {
+        "run": run,
+        "finished": pd.Timestamp(finished).tz_convert("UTC").strftime("%Y-%m-%d %H:%M"),
+        "dataset": data.get("source", "?") + (f":{Path(data['path']).name}" if data.get("path") else ""),
+        "train images": summary.train_images.get("real"),
+        "recommended": rec.arm,
+        "synthetic helps": rec.synthetic_helps_on_val,
+        f"test {METRIC_NAMES[metric]}": _pct(summary.mean(rec.arm, "test", metric)),
+        "gain over real": f"{_pts(g.gain)} [{_pts(g.ci_low)}, {_pts(g.ci_high)}]",
+        "p": _p(g.p_value),
+    }
+
+
+def summary_markdown(summary: Summary, verdict_text: str) -> str:
+    """The verdict and the two tables, without figures: for the Prefect UI and chat."""
+    return f"# Augmentation report\n\n{verdict_text}\n\n{_arm_table(summary)}\n\n## Gains\n\n{_gain_table(summary)}\n"

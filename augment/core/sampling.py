@@ -1,0 +1,85 @@
+"""Sampling a trained generator: from a checkpoint alone, with standing statistics, grids and walks."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, update_bn
+from torchvision.utils import make_grid
+
+from augment.atomic import write_bytes
+from augment.core.checkpoint import checkpoint_spec, read_checkpoint
+from augment.core.networks import Discriminator, Generator
+from augment.png import encode_png
+
+
+def autocast(device: torch.device | str):
+    """The one mixed-precision context: bf16 autocast on CUDA, full precision elsewhere."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def sample(G: torch.nn.Module, n_per_class: int, nz: int, n_classes: int, seed: int, device, batch: int = 256) -> torch.Tensor:
+    """n_per_class samples per class, (n, K, C, S, S) in [-1, 1], from an explicit seed."""
+    gen = torch.Generator(device=device).manual_seed(seed % 2**63)
+    G.eval()
+    out = []
+    for start in range(0, n_per_class, batch):
+        z = torch.randn(min(batch, n_per_class - start), n_classes, nz, generator=gen, device=device)
+        out.append(G(z).float())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def interpolate(G: torch.nn.Module, n_classes: int, nz: int, steps: int, seed: int, device) -> torch.Tensor:
+    """The DCGAN paper's latent walk: G along the straight line between two noise vectors per
+    class, (steps, K, C, S, S). Smooth change means G learned a space, not a list of images."""
+    gen = torch.Generator(device=device).manual_seed(seed % 2**63)
+    z0, z1 = torch.randn(2, 1, n_classes, nz, generator=gen, device=device)
+    t = torch.linspace(0, 1, steps, device=device).view(steps, 1, 1)
+    G.eval()
+    return G((1 - t) * z0 + t * z1).float()
+
+
+@torch.no_grad()
+def standing_stats(G: torch.nn.Module, n_classes: int, nz: int, seed: int, device, batches: int = 8, batch: int = 64) -> torch.nn.Module:
+    """A copy of G with batch-norm statistics re-estimated on fresh noise ("standing statistics").
+
+    Averaging weights (EMA) leaves the averaged running statistics out of step with the
+    averaged weights: sampled images wash out to grey. Re-estimating them fixes that.
+    """
+    G = copy.deepcopy(G)
+    gen = torch.Generator(device=device).manual_seed(seed % 2**63)
+    update_bn([torch.randn(batch, n_classes, nz, generator=gen, device=device) for _ in range(batches)], G)
+    return G.eval()
+
+
+def save_grid(path: Path, images: torch.Tensor, nrow: int) -> None:
+    """Grid of (N, C, S, S) images in [-1, 1] as one PNG (torchvision's make_grid), atomically."""
+    grid = make_grid(images.float().cpu(), nrow=nrow, normalize=True, value_range=(-1, 1), pad_value=1.0)
+    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    write_bytes(path, encode_png(arr if images.shape[1] == 3 else arr[:, :, :1]))
+
+
+def load_generator(checkpoint: Path, device, seed: int = 0) -> Generator:
+    """The EMA generator of a checkpoint, with standing statistics, ready to sample; needs no config."""
+    payload = read_checkpoint(Path(checkpoint))
+    spec = checkpoint_spec(payload)
+    ema = AveragedModel(spec.generator(), use_buffers=True)
+    ema.load_state_dict(payload["ema"])
+    return standing_stats(ema.module.to(device), spec.n_classes, spec.nz, seed, device)
+
+
+def load_discriminator(checkpoint: Path) -> Discriminator:
+    """The trained discriminator of a checkpoint, in eval mode, on the CPU; needs no config."""
+    payload = read_checkpoint(Path(checkpoint))
+    D = checkpoint_spec(payload).discriminator()
+    D.load_state_dict(payload["D"])
+    return D.eval()

@@ -1,0 +1,85 @@
+"""Splits and scarcity: which image goes to train, val or test, and how many train images a class keeps."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from augment.config import DataConfig
+from augment.errors import UserError
+
+log = logging.getLogger("augment")
+
+
+def split_indices(labels: list[str], val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """Stratified, seeded split; returns an array of 'train' | 'val' | 'test' per image."""
+    labels = np.asarray(labels)
+    idx = np.arange(len(labels))
+    n_test, n_val = round(test_fraction * len(idx)), round(val_fraction * len(idx))  # counts, not shares
+    n_classes = len(set(labels.tolist()))
+    for key, n in (("data.test_fraction", n_test), ("data.val_fraction", n_val)):
+        if n < n_classes:  # a stratified split needs one image per class on each side
+            raise UserError(f"config key '{key}': {n} of {len(idx)} images for {n_classes} classes; at least one "
+                            f"image per class is needed in each split: raise it or add images")
+    rest, test = train_test_split(idx, test_size=n_test, stratify=labels, random_state=seed % 2**32)
+    train, val = train_test_split(rest, test_size=n_val, stratify=labels[rest], random_state=(seed + 1) % 2**32)
+    split = np.empty(len(labels), dtype=object)
+    split[train], split[val], split[test] = "train", "val", "test"
+    return split
+
+
+def scarce_counts(classes: list[str], per_class: int, imbalance_ratio: float) -> dict[str, int]:
+    """Train images kept per class: per_class for the first class, down to per_class/ratio for the last."""
+    k = len(classes)
+    out = {}
+    for rank, label in enumerate(classes):
+        frac = rank / (k - 1) if k > 1 else 0.0
+        out[label] = max(1, int(round(per_class / imbalance_ratio**frac)))
+    return out
+
+
+def simulate_scarcity(labels, split: np.ndarray, counts: dict[str, int], seed: int) -> np.ndarray:
+    """Keep a seeded subset of counts[class] train images per class; returns a boolean keep-mask."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    keep = split != "train"
+    short = []
+    for label, n in counts.items():
+        train_idx = np.flatnonzero((labels == label) & (split == "train"))
+        if len(train_idx) < n:
+            short.append(f"{label!r} ({len(train_idx)} < {n})")
+        keep[rng.permutation(train_idx)[:n]] = True
+    if short:
+        log.warning("data.per_class: fewer train images than asked for in class(es) %s", ", ".join(short))
+    return keep
+
+
+def working_size(images: list[np.ndarray], image_size: int | None, where: str) -> tuple[int, int]:
+    """The (H, W) every stage trains at: data.image_size, else the shared native size."""
+    if image_size is not None:
+        return (image_size, image_size)
+    sizes = {im.shape[:2] for im in images}
+    if len(sizes) > 1:
+        a, b = sorted(sizes)[:2]
+        raise UserError(
+            f"{where}: images have different sizes ({a[0]}x{a[1]}, {b[0]}x{b[1]}, ...); "
+            "set data.image_size to train at one size"
+        )
+    return next(iter(sizes))
+
+
+def train_counts(d: DataConfig, classes: list[str], where: str) -> dict[str, int] | None:
+    """Train images to keep per class (scarcity simulation), or None to keep all."""
+    if d.class_counts is not None:
+        unknown = sorted(set(d.class_counts) - set(classes))
+        if unknown:
+            raise UserError(f"data.class_counts names class(es) {unknown} not found in {where}")
+        missing = sorted(set(classes) - set(d.class_counts))
+        if missing:
+            raise UserError(f"data.class_counts has no count for class(es) {missing}")
+        return {c: d.class_counts[c] for c in classes}
+    if d.per_class is not None:
+        return scarce_counts(classes, d.per_class, d.imbalance_ratio)
+    return None

@@ -1,0 +1,155 @@
+"""Benchmark statistics: per-seed scores, means with intervals, paired gains, the val-only recommendation."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+from imblearn.metrics import geometric_mean_score
+from scipy import stats
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score
+
+from augment.registry import GAIN_BASES, arms_of
+from augment.summary import METRICS, Comparison, Gain, Recommendation, Stat, Summary
+
+PRIMARY = "balanced_accuracy"
+SIGNIFICANCE = 0.05
+
+
+def score(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict:
+    """Headline metrics (METRICS) plus "recall": {class: recall}."""
+    labels = np.arange(len(classes))
+    recalls = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "geometric_mean": float(geometric_mean_score(y_true, y_pred, labels=labels, average="multiclass")),
+        "recall": {c: float(r) for c, r in zip(classes, recalls)},
+    }
+
+
+def score_records(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], **key) -> list[dict]:
+    """score() as rows of the long results table: key columns + metric, class (recall only), value."""
+    s = score(y_true, y_pred, classes)
+    rows = [dict(key, metric=m, value=s[m]) for m in METRICS]
+    return rows + [dict(key, metric="recall", **{"class": c}, value=v) for c, v in s["recall"].items()]
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float, float]:
+    """Mean, standard deviation and Student-t confidence interval of per-seed values."""
+    values = np.asarray(values, float)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan"), float("nan")
+    sd = float(values.std(ddof=1))
+    lo, hi = stats.t.interval(level, len(values) - 1, loc=mean, scale=stats.sem(values)) if sd > 0 else (mean, mean)
+    return mean, sd, float(lo), float(hi)
+
+
+def paired_gain(arm: np.ndarray, base: np.ndarray, level: float = 0.95, seed: int = 0) -> Gain:
+    """Mean per-seed gain of arm over base with a t interval, a bootstrap interval, paired t and Wilcoxon p.
+
+    The decision uses the paired t-test: with 5 seeds a two-sided Wilcoxon test cannot go below
+    p = 0.0625, so it is reported, not used to decide.
+    """
+    arm, base = np.asarray(arm, float), np.asarray(base, float)
+    diff = arm - base
+    mean, _, lo, hi = mean_ci(diff, level)
+    out = Gain(gain=mean, ci_low=lo, ci_high=hi, seeds=len(diff))
+    if len(diff) < 2:
+        return out
+    if np.ptp(diff) == 0:  # no spread: the t statistic is 0/0 or x/0, the bootstrap degenerate
+        p = 1.0 if diff[0] == 0 else 0.0
+        return out.model_copy(update=dict(p_value=p, wilcoxon_p=p, boot_low=mean, boot_high=mean))
+    boot = stats.bootstrap((diff,), np.mean, confidence_level=level, n_resamples=9999, method="percentile",
+                           random_state=np.random.default_rng(seed))
+    return out.model_copy(update=dict(
+        p_value=float(stats.ttest_rel(arm, base).pvalue),
+        wilcoxon_p=float(stats.wilcoxon(arm, base).pvalue) if np.any(diff != 0) else 1.0,
+        boot_low=float(boot.confidence_interval.low),
+        boot_high=float(boot.confidence_interval.high),
+    ))
+
+
+def _stat(values: np.ndarray) -> Stat:
+    mean, sd, lo, hi = mean_ci(values)
+    return Stat(mean=mean, std=sd, ci_low=lo, ci_high=hi)
+
+
+def summarise(results: pd.DataFrame, arms: list[str], train_images: dict[str, int] | None = None) -> Summary:
+    """Per-arm means and intervals per split; gains over real and real+classical; the recommendation.
+
+    `results`: the long table (arm, seed, split, metric, value, and class for metric "recall").
+    """
+    results = results.copy()
+    if "class" not in results:
+        results["class"] = None
+    per_arm: dict = {}
+    for arm in arms:
+        mine = results[results["arm"] == arm]
+        per_arm[arm] = {"train_images": (train_images or {}).get(arm, 0)}
+        for split in ("val", "test"):
+            rows = mine[mine["split"] == split].sort_values("seed")
+            metrics = {m: _stat(g["value"].to_numpy()) for m, g in rows[rows["metric"] != "recall"].groupby("metric")}
+            recall = {c: _stat(g["value"].to_numpy())
+                      for c, g in rows[rows["metric"] == "recall"].groupby("class", sort=False)}
+            per_arm[arm][split] = {"metrics": metrics, "recall": recall}
+
+    def per_seed(arm: str, split: str) -> np.ndarray:
+        sel = results[(results["arm"] == arm) & (results["split"] == split) & (results["metric"] == PRIMARY)]
+        return sel.sort_values("seed")["value"].to_numpy()
+
+    def gain(arm: str, base: str, split: str) -> Gain:
+        return paired_gain(per_seed(arm, split), per_seed(base, split))
+
+    comparisons = [Comparison(arm=arm, base=base, val=gain(arm, base, "val"), test=gain(arm, base, "test"))
+                   for base in GAIN_BASES if base in arms
+                   for arm in arms if arm != base and not (base != "real" and arm == "real")]
+
+    def val_mean(arm: str) -> float:
+        return per_arm[arm]["val"]["metrics"][PRIMARY].mean
+
+    best_baseline = max(arms_of("baseline", arms), key=val_mean)
+    synthetic = arms_of("synthetic", arms)
+    best_synthetic = max(synthetic, key=val_mean) if synthetic else None
+    # A synthetic arm is recommended only if it beats the best arm without generated images on
+    # val by a margin the seeds support (paired t-test), never on test and never on a tie.
+    val_gain = gain(best_synthetic, best_baseline, "val") if synthetic else None
+    helps = bool(val_gain and val_gain.gain > 0 and val_gain.p_value < SIGNIFICANCE)
+    best = best_synthetic if helps else best_baseline
+    recommendation = Recommendation(
+        arm=best,
+        rule=f"best synthetic arm if its paired val gain over the best baseline is > 0 with p < {SIGNIFICANCE}",
+        best_baseline=best_baseline,
+        best_synthetic=best_synthetic,
+        synthetic_val_gain_over_best_baseline=val_gain,
+        synthetic_helps_on_val=helps,
+        test_gain_over_real=gain(best, "real", "test"),
+        test_gain_over_best_baseline=gain(best, best_baseline, "test"),
+        synthetic_test_gain_over_best_baseline=gain(best_synthetic, best_baseline, "test") if synthetic else None,
+    )
+    return Summary.model_validate({"primary_metric": PRIMARY, "arms": per_arm, "comparisons": comparisons,
+                                   "recommendation": recommendation})
+
+
+def ids_digest(ids) -> str:
+    """A digest of a set of manifest ids (to show every arm was scored on the same images)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def linear_probe_scores(train: dict[str, tuple[np.ndarray, np.ndarray, bool]], held_out: dict[str, tuple],
+                        classes: list[str]) -> list[dict]:
+    """Logistic regression per arm on fixed feature rows; long-table rows like the CNN arms'.
+
+    train: arm -> (features, labels, class-balanced?); held_out: split -> (features, labels).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    records = []
+    for arm, (feats, y, balanced) in train.items():
+        clf = LogisticRegression(max_iter=1000, class_weight="balanced" if balanced else None).fit(feats, y)
+        for split, (xs, ys) in held_out.items():
+            records += score_records(ys, clf.predict(xs), classes, arm=arm, seed=0, split=split, classifier="linear")
+    return records

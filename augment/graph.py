@@ -1,0 +1,193 @@
+"""The stage graph: every stage declared once, with its inputs; fingerprints and skipping in one place.
+
+A stage's fingerprint is derived here, and only here, from the config keys it reads, the
+content it depends on outside the config (the input images, a pipeline file) and its upstream
+stages' fingerprints. A stage whose recorded fingerprint matches is skipped (resume); any
+change re-runs it and everything downstream. `run_pipeline` runs the graph without an
+orchestrator; flows/augment_flow.py iterates the same declaration as Prefect tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from augment import config as config_module
+from augment import rundir
+from augment.atomic import write_text
+from augment.config import BenchmarkConfig, Config, dump_config
+from augment.errors import UserError
+from augment.runtime import resolve_device
+from augment.stages import benchmark, classical, expand, gan, ingest, report, smote, synthesize
+
+log = logging.getLogger("augment")
+Keys = tuple[str, ...]
+_TRAINER_KEYS = tuple(f"benchmark.{k}" for k in BenchmarkConfig.TRAINER_KEYS)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: what runs it, what it depends on, and what it reads from the config."""
+
+    name: str
+    run: Callable[..., dict]  # run(cfg, run_dir, progress=None, fingerprint="") -> info
+    doc: str
+    after: Keys | Callable[[Config], Keys] = ()  # upstream stages whose outputs it reads
+    reads: Keys | Callable[[Config], Keys] = ()  # config sections or dotted keys that change its output
+    content: Callable[[Config], str] | None = None  # what it reads outside the config (input files)
+    check: Callable[[Config], None] | None = None  # config checks that need the stage's code, at load
+    parts: Callable[[Config, Path], int] | None = None  # independent parts an orchestrator may fan out
+    run_part: Callable[..., dict] | None = None  # run_part(cfg, run_dir, i, fingerprint, progress)
+    progress: str | None = None  # a progress artifact key, for stages long enough to show one
+
+    def upstream(self, cfg: Config) -> Keys:
+        return self.after(cfg) if callable(self.after) else self.after
+
+    def keys(self, cfg: Config) -> Keys:
+        return self.reads(cfg) if callable(self.reads) else self.reads
+
+
+def _smote_after(cfg: Config) -> Keys:
+    """SMOTE in the discriminator's feature space needs the trained GAN."""
+    return ("ingest", "gan") if cfg.smote.enabled and cfg.smote.features == "discriminator" else ("ingest",)
+
+
+def _smote_reads(cfg: Config) -> Keys:
+    """The cnn feature space is the benchmark's classifier trained here: its settings matter."""
+    return ("seed", "smote") + (_TRAINER_KEYS if cfg.smote.features == "cnn" else ())
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("ingest", ingest.run, "Read and validate the images; split train/val/test; simulate scarcity.",
+          reads=("seed", "data"), content=ingest.fingerprint_extra),
+    Stage("classical", classical.run, "Classical augmentation of the train split with albumentations.",
+          after=("ingest",), reads=("seed", "classical"), content=classical.fingerprint_extra, check=classical.check),
+    Stage("gan", gan.run, "Train the class-conditional DCGAN (resumes from its checkpoint; merges finished shards).",
+          after=("ingest",), reads=("seed", "gan"), parts=gan.parts, run_part=gan.run_part, progress="gan-training"),
+    # after gan: SMOTE may work in the trained discriminator's feature space
+    Stage("smote", smote.run, "SMOTE-family over-sampling of train features with imbalanced-learn.",
+          after=_smote_after, reads=_smote_reads),
+    Stage("synthesize", synthesize.run, "Sample the generator and gate every sample.",
+          after=("gan", "classical"), reads=("seed", "gate", "device", *_TRAINER_KEYS)),
+    Stage("benchmark", benchmark.run, "Train the classifier per arm and seed; score on the real test split.",
+          after=("ingest", "classical", "smote", "synthesize"), reads=("seed", "device", "benchmark")),
+    Stage("expand", expand.run, "Build the expanded ImageFolder for the recommended arm.", after=("benchmark",)),
+    Stage("report", report.run, "Write the report and publish it.", after=("benchmark", "expand"),
+          reads=tuple(Config.model_fields)),  # the report shows the whole config
+)
+BY_NAME = {s.name: s for s in STAGES}
+_VERSION = "graph-v1"  # bump to re-run every stage once (a change in what stages write)
+
+
+def fingerprints(cfg: Config) -> dict[str, str]:
+    """Every stage's fingerprint, in graph order: its config keys, its outside content and its
+    upstream stages' fingerprints. Changing any of them re-runs the stage and what depends on it."""
+    out: dict[str, str] = {}
+    for stage in STAGES:
+        parts = [_VERSION, stage.name, cfg.section_hash(*stage.keys(cfg)) if stage.keys(cfg) else "-",
+                 stage.content(cfg) if stage.content else "-", *(out[u] for u in stage.upstream(cfg))]
+        out[stage.name] = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    return out
+
+
+def is_current(name: str, cfg: Config, run_dir: Path, fps: dict[str, str] | None = None) -> bool:
+    """Whether the stage finished with the fingerprint it would have now (it would be skipped)."""
+    return rundir.recorded_fingerprint(run_dir, name) == (fps or fingerprints(cfg))[name]
+
+
+def run_stage(name: str, cfg: Config, run_dir: Path, progress=None, fps: dict[str, str] | None = None) -> dict:
+    """Run one stage unless it already finished with the same fingerprint (resume).
+
+    Its record (stages/<name>.json) is written only after it returns, so an interrupted stage
+    re-runs. Returns the stage's recorded info, with `skipped` telling whether it ran.
+    """
+    stage, run_dir = BY_NAME[name], Path(run_dir)
+    fp = (fps or fingerprints(cfg))[name]
+    record = rundir.stage_record(run_dir, name)
+    if record is not None and record.get("fingerprint") == fp:
+        log.info("stage %s: unchanged since the last run, skipped", name)
+        return {**record, "skipped": True}
+    rundir.clear_stage_record(run_dir, name)
+    start = time.perf_counter()
+    log.info("stage %s: started", name)
+    info = dict(stage.run(cfg, run_dir, progress=progress, fingerprint=fp) or {})
+    info.update(fingerprint=fp, seconds=round(time.perf_counter() - start, 3))
+    rundir.write_stage_record(run_dir, name, info)
+    log.info("stage %s: done in %.1f s", name, info["seconds"])
+    return {**info, "skipped": False}
+
+
+def fan_out(name: str, cfg: Config, run_dir: Path, fps: dict[str, str] | None = None) -> int:
+    """How many parts an orchestrator should run side by side before the stage itself: 0 when the
+    stage has no parts or will be skipped, else its part count (the stage then merges them)."""
+    stage = BY_NAME[name]
+    if stage.parts is None or is_current(name, cfg, run_dir, fps):
+        return 0
+    n = stage.parts(cfg, run_dir)
+    return n if n > 1 else 0
+
+
+def run_part(name: str, cfg: Config, run_dir: Path, part: int, progress=None, fps: dict[str, str] | None = None) -> dict:
+    """Run (or resume, or find finished) one part of a stage."""
+    return BY_NAME[name].run_part(cfg, Path(run_dir), part, (fps or fingerprints(cfg))[name], progress)
+
+
+# --------------------------------------------------------------------------- config and run directory
+
+
+def check_config(cfg: Config) -> Config:
+    """The checks that need a stage's code (albumentations transforms, ...), before any work."""
+    for stage in STAGES:
+        if stage.check is not None:
+            stage.check(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load and fully check a config: the typed model (augment.config) plus every stage's checks."""
+    return check_config(config_module.load_config(path, overrides))
+
+
+def default_run_dir(cfg: Config, config_path: str | Path | None) -> Path:
+    """runs/<config name>: the same config re-run lands in the same directory and resumes."""
+    name = Path(config_path).stem if config_path else "default"
+    return Path(cfg.run_root) / name
+
+
+def check_run_dir(cfg: Config, run_dir: Path) -> Path:
+    """Check what can be checked before any work: the device, and that the run directory can be used."""
+    run_dir = Path(run_dir)
+    resolve_device(cfg.device)  # 'cuda' without CUDA fails now, not after an hour of CPU work
+    if cfg.data.path is not None:
+        data_root = Path(cfg.data.path).resolve()
+        data_root = data_root if data_root.is_dir() else data_root.parent
+        if run_dir.resolve().is_relative_to(data_root):
+            raise UserError(f"run directory {run_dir} is inside the input dataset {data_root}; "
+                            "the input is never written to: choose another --run-dir or run_root")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} exists and is not a folder")
+    return run_dir
+
+
+@contextmanager
+def open_run(cfg: Config, run_dir: Path) -> Iterator[Path]:
+    """Check, create and lock the run directory for the whole run; clear what an interrupted run
+    left half-written; freeze the config in it. A second run on the same directory is refused."""
+    run_dir = check_run_dir(cfg, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with rundir.run_lock(run_dir):
+        rundir.remove_stale_temporaries(run_dir)
+        write_text(run_dir / "config.yaml", dump_config(cfg))
+        yield run_dir
+
+
+def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, dict]:
+    """Every stage in graph order, without an orchestrator (the flow does the same with one task each)."""
+    fps = fingerprints(cfg)
+    with open_run(cfg, run_dir) as run_dir:
+        return {stage.name: run_stage(stage.name, cfg, run_dir, fps=fps) for stage in STAGES}

@@ -1,0 +1,105 @@
+"""Every name a config can choose, in one place: arms, samplers, feature spaces, generator modes.
+
+Config validation, the stages and the report all read these tables, so a new arm, sampler,
+feature space or generator mode is one entry here (plus its code in augment/core/).
+Nothing heavy is imported: samplers are named by import path and resolved when used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+# --------------------------------------------------------------------------- arms
+
+ArmKind = Literal["baseline", "synthetic", "diagnostic"]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """What one benchmark arm trains on: manifest sources, plus how batches are drawn.
+
+    kind: "baseline" arms use no generated images; "synthetic" arms do and are candidates to
+    recommend only if they beat the best baseline; a "diagnostic" arm is reported, never recommended.
+    """
+
+    sources: tuple[str, ...]
+    kind: ArmKind
+    augment: str | None = None  # on-the-fly augmentation (torchvision)
+    balanced: bool = False  # class-balanced sampling
+    description: str = ""
+
+
+ARMS: dict[str, Arm] = {
+    "real": Arm(("real",), "baseline", description="the real train images alone"),
+    "real+classical": Arm(("real", "classical"), "baseline", description="plus the classical (albumentations) copies"),
+    "real+trivialaugment": Arm(("real",), "baseline", augment="trivialaugment",
+                               description="torchvision's TrivialAugmentWide on the fly"),
+    "real+balanced": Arm(("real",), "baseline", balanced=True, description="class-balanced sampling"),
+    "real+classical+trivialaugment": Arm(("real", "classical"), "baseline", augment="trivialaugment",
+                                         description="the classical copies, TrivialAugmentWide on the fly over them"),
+    "real+smote": Arm(("real", "smote"), "synthetic", description="plus SMOTE rows decoded to images"),
+    "real+gan": Arm(("real", "gan"), "synthetic", description="plus the GAN samples the gate kept"),
+    "real+classical+gan": Arm(("real", "classical", "gan"), "synthetic",
+                              description="plus the classical copies and the kept GAN samples"),
+    "synthetic_only": Arm(("gan",), "diagnostic",
+                          description="the kept GAN samples alone (classification accuracy score)"),
+}
+# Gains are reported over these arms, when configured.
+GAIN_BASES = ("real", "real+classical")
+
+
+def arms_of(kind: ArmKind, arms: list[str] | None = None) -> list[str]:
+    """The arms of one kind, in `arms`' order (default: the registry's)."""
+    return [a for a in (ARMS if arms is None else arms) if ARMS[a].kind == kind]
+
+
+# --------------------------------------------------------------------------- manifest sources
+
+SOURCES = ("real", "classical", "smote", "gan")
+
+# Why a manifest row was not kept: a code (for tables and code) beside the human message.
+REASONS = {
+    "duplicate": "an exact duplicate of another input image",
+    "label_conflict": "the same image as another input under another label",
+    "bad_image": "an input that could not be used (data.on_bad_image: skip)",
+    "low_confidence": "the gate's judge did not recognise the intended class",
+    "near_copy": "too close to a real training image",
+    "surplus": "passed the gate, but more confident samples filled the class",
+    "class_collapsed": "its class was flagged for mode collapse",
+}
+
+# --------------------------------------------------------------------------- SMOTE samplers
+
+# Sampler name -> "module:Class"; resolved lazily so loading a config stays cheap.
+SAMPLERS = {
+    "SMOTE": "imblearn.over_sampling:SMOTE",
+    "BorderlineSMOTE": "imblearn.over_sampling:BorderlineSMOTE",
+    "SVMSMOTE": "imblearn.over_sampling:SVMSMOTE",
+    "ADASYN": "imblearn.over_sampling:ADASYN",
+    "KMeansSMOTE": "imblearn.over_sampling:KMeansSMOTE",
+    "RandomOverSampler": "imblearn.over_sampling:RandomOverSampler",
+    # over-sampling followed by cleaning (Edited Nearest Neighbours, Tomek links)
+    "SMOTEENN": "imblearn.combine:SMOTEENN",
+    "SMOTETomek": "imblearn.combine:SMOTETomek",
+}
+COMBINED_SAMPLERS = ("SMOTEENN", "SMOTETomek")
+
+# --------------------------------------------------------------------------- feature spaces
+
+FeatureSpace = Literal["pixels", "cnn", "pretrained", "discriminator"]
+FEATURE_SPACES: dict[str, str] = {
+    "pixels": "flattened pixels (optionally PCA); SMOTE rows decode back to images",
+    "cnn": "the benchmark classifier trained on the real train split; rows stay feature rows",
+    "pretrained": "a torchvision backbone with weights on disk; rows stay feature rows",
+    "discriminator": "the trained DCGAN discriminator; rows stay feature rows",
+}
+INVERTIBLE_FEATURE_SPACES = ("pixels",)
+
+# --------------------------------------------------------------------------- generator modes
+
+GeneratorMode = Literal["per_class", "conditional"]
+GENERATOR_MODES: dict[str, str] = {
+    "per_class": "one DCGAN per class, all classes trained as one grouped network; shardable",
+    "conditional": "one label-conditioned DCGAN (projection discriminator) shared by all classes",
+}

@@ -1,0 +1,183 @@
+"""The run-directory contract: its paths, the manifest, stage records, the lock, and loading a split.
+
+    runs/<run-id>/
+      config.yaml  manifest.parquet  stages/<stage>.json  images/<source>/<label>/<id>.png
+      features/  gan/  benchmark/  expanded/  report/  history/
+
+Every stage reads and writes the run directory through this module (PNG encoding lives in
+augment.png, which spawned workers import without pandas).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from augment.atomic import atomic_path, write_json
+from augment.errors import UserError
+from augment.png import encode_png, load_images, save_png, to_channels  # noqa: F401  (the run directory's PNG io)
+from augment.registry import REASONS, SOURCES  # noqa: F401
+
+log = logging.getLogger("augment")
+
+MANIFEST = "manifest.parquet"
+GAN_CHECKPOINT = Path("gan") / "checkpoint.pt"
+EXTRACTOR = Path("features") / "extractor.pt"  # the SMOTE stage's fitted feature extractor
+COLUMNS = {
+    "id": "string",
+    "path": "string",  # PNG relative to the run directory (smote rows: the decoded feature row)
+    "label": "string",
+    "split": "string",  # train | val | test | excluded (an input ingest left out; see reason)
+    "source": "string",  # real | classical | smote | gan
+    "parent_id": "string",
+    "seed": "Int64",
+    "generator": "string",  # what made the row: the input file, the preset, the sampler, the GAN mode
+    "sha256": "string",
+    "height": "Int64",
+    "width": "Int64",
+    "channels": "Int64",
+    "score": "Float64",  # gate score (classifier confidence) for gan rows
+    "novelty": "Float64",  # gan rows: distance to the nearest real train image / typical real spacing
+    "kept": "boolean",
+    "reason_code": "string",  # why a row was not kept: a key of registry.REASONS
+    "reason": "string",  # the same, in words, with the figures
+    "params": "string",  # classical rows: the applied albumentations parameters, JSON
+}
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def empty_manifest() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in COLUMNS.items()})
+
+
+def normalise(rows: pd.DataFrame | list[dict]) -> pd.DataFrame:
+    """Give rows exactly the manifest's columns and dtypes (missing columns are null)."""
+    frame = pd.DataFrame(rows)
+    for col, dtype in COLUMNS.items():
+        if col not in frame:
+            frame[col] = pd.NA
+        frame[col] = frame[col].astype(dtype)
+    bad = set(frame["reason_code"].dropna()) - set(REASONS)
+    if bad:
+        raise ValueError(f"unknown reason code(s) {sorted(bad)}; add them to registry.REASONS")
+    return frame[list(COLUMNS)].reset_index(drop=True)
+
+
+def read_manifest(run_dir: Path) -> pd.DataFrame:
+    path = Path(run_dir) / MANIFEST
+    if not path.is_file():
+        return empty_manifest()
+    return normalise(pd.read_parquet(path))
+
+
+def write_manifest(run_dir: Path, frame: pd.DataFrame) -> None:
+    with atomic_path(Path(run_dir) / MANIFEST) as tmp:
+        normalise(frame).to_parquet(tmp, index=False)
+
+
+def replace_source(run_dir: Path, source: str, rows: pd.DataFrame | list[dict]) -> pd.DataFrame:
+    """Swap every row of one source for `rows` (a stage re-run replaces its own rows only)."""
+    current = read_manifest(run_dir)
+    new = normalise(rows)
+    if len(new) and (new["source"] != source).any():
+        raise ValueError(f"rows for source {source!r} carry another source")
+    parts = [f for f in (current[current["source"] != source], new) if len(f)]
+    frame = pd.concat(parts, ignore_index=True) if parts else empty_manifest()
+    write_manifest(run_dir, frame)
+    return frame
+
+
+# --------------------------------------------------------------------------- stage records
+
+
+def stage_record_path(run_dir: Path, stage: str) -> Path:
+    return Path(run_dir) / "stages" / f"{stage}.json"
+
+
+def stage_record(run_dir: Path, stage: str) -> dict | None:
+    """What a finished stage recorded (its fingerprint, seconds and info), or None."""
+    path = stage_record_path(run_dir, stage)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def recorded_fingerprint(run_dir: Path, stage: str) -> str | None:
+    """The fingerprint a finished stage recorded, or None if it has not finished."""
+    record = stage_record(run_dir, stage)
+    return None if record is None else record.get("fingerprint")
+
+
+def write_stage_record(run_dir: Path, stage: str, record: dict) -> None:
+    write_json(stage_record_path(run_dir, stage), record)
+
+
+def clear_stage_record(run_dir: Path, stage: str) -> None:
+    stage_record_path(run_dir, stage).unlink(missing_ok=True)
+
+
+def ingest_info(run_dir: Path) -> dict:
+    """What ingest recorded: working size, channels, classes, counts."""
+    record = stage_record(run_dir, "ingest")
+    if record is None:
+        raise RuntimeError(f"{run_dir}: ingest has not finished")
+    return record
+
+
+def load_split(run_dir: Path, split: str, sources=("real",)) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Kept images of one split and sources at working size: (x uint8 NHWC, y class index, rows)."""
+    info = ingest_info(run_dir)
+    frame = read_manifest(run_dir)
+    rows = frame[(frame["split"] == split) & frame["source"].isin(sources) & frame["kept"] & frame["path"].notna()]
+    rows = rows.reset_index(drop=True)
+    x = load_images(run_dir, rows["path"], tuple(info["size"]), info["channels"])
+    index = {c: i for i, c in enumerate(info["classes"])}
+    y = np.array([index[label] for label in rows["label"]], dtype=np.int64)
+    return x, y, rows
+
+
+# --------------------------------------------------------------------------- lock and leftovers
+
+
+def remove_stale_temporaries(root: Path) -> int:
+    """Delete temporary files an interrupted run left behind (`.<name>.<pid>-<thread>.tmp` from
+    atomic_path). Only call it while holding the run lock: then no writer can be mid-way."""
+    stale = [p for p in Path(root).rglob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink()
+    if stale:
+        log.info("removed %d temporary file(s) left by an interrupted run", len(stale))
+    return len(stale)
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run directory for the whole run, or refuse at once.
+
+    An OS file lock (flock): it is released when the process ends, however it ends (a killed
+    run never leaves a stale lock), and a second `augment run` on the same directory gets a
+    one-line error instead of interleaving its writes.
+    """
+    import fcntl
+
+    path = Path(run_dir) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(f"run directory {run_dir} is in use by another augment run (pid {holder}); "
+                            "wait for it to finish or choose another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -1,0 +1,104 @@
+"""Stage benchmark: the same classifier and step budget per arm and seed, scored on untouched real val/test.
+
+Writes benchmark/results.parquet (the long table: arm, seed, split, metric, class, value,
+classifier) and benchmark/summary.json (augment.summary.Summary).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from augment import rundir
+from augment.atomic import atomic_path
+from augment.config import Config
+from augment.core.classifier import predict_proba, train_classifier
+from augment.core.features import load_extractor, make_extractor
+from augment.core.stats import ids_digest, linear_probe_scores, score_records, summarise
+from augment.registry import ARMS
+from augment.runtime import derive_seed, resolve_device
+from augment.summary import METRICS, HeldOut, write_summary
+
+log = logging.getLogger("augment")
+
+
+def _extractor(cfg: Config, run_dir: Path, classes: list[str]):
+    """The SMOTE stage's fitted extractor; with SMOTE off, the same extractor fitted here."""
+    if (Path(run_dir) / rundir.EXTRACTOR).is_file():
+        return load_extractor(Path(run_dir) / rundir.EXTRACTOR)
+    x, y, _ = rundir.load_split(run_dir, "train")
+    extractor = make_extractor(cfg.smote, derive_seed(cfg.seed, "smote"), cfg.benchmark.trainer_kwargs(),
+                               Path(run_dir) / rundir.GAN_CHECKPOINT)
+    return extractor.fit(x, y, len(classes))
+
+
+def _linear_probe(extractor, run_dir: Path, arms: list[str], held_out: dict, classes: list[str]) -> list[dict]:
+    """Logistic regression in the SMOTE stage's feature space, one deterministic fit per arm.
+
+    The SMOTE arm trains on its feature rows themselves (SMOTE's native output); every other arm
+    on the same features of its images, so the comparison is fair. Arms that only change how
+    batches are drawn on the fly (TrivialAugmentWide) have no fixed rows and are left out.
+    """
+    train = {}
+    for arm in arms:
+        spec = ARMS[arm]
+        if spec.augment:
+            continue
+        x, y, _ = rundir.load_split(run_dir, "train", tuple(s for s in spec.sources if s != "smote"))
+        feats = extractor.transform(x)
+        if "smote" in spec.sources:
+            with np.load(Path(run_dir) / "features" / "smote.npz") as rows:
+                feats, y = np.concatenate([feats, rows["x"]]), np.concatenate([y, rows["y"]])
+        train[arm] = (feats, y, spec.balanced)
+    return linear_probe_scores(train, {s: (extractor.transform(xs), ys) for s, (xs, ys) in held_out.items()}, classes)
+
+
+def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dict:
+    run_dir = Path(run_dir)
+    info = rundir.ingest_info(run_dir)
+    classes, k = info["classes"], len(info["classes"])
+    device = resolve_device(cfg.device)
+    b = cfg.benchmark
+    loaded = {s: rundir.load_split(run_dir, s) for s in ("val", "test")}  # real images only, once for all arms
+    held_out = {s: (xs, ys) for s, (xs, ys, _) in loaded.items()}
+    frame = rundir.read_manifest(run_dir)
+    # a source without images (SMOTE rows in a non-invertible feature space) has no CNN arm
+    kept_sources = set(frame.loc[frame["kept"] & (frame["split"] == "train") & frame["path"].notna(), "source"])
+    arms = [a for a in b.arms if set(ARMS[a].sources) <= kept_sources]
+    skipped = sorted(set(b.arms) - set(arms))
+    if skipped:
+        log.warning("benchmark: arm(s) %s skipped, their stage produced no images", skipped)
+    records, train_images = [], {}
+    for arm in arms:
+        spec = ARMS[arm]
+        x, y, _ = rundir.load_split(run_dir, "train", spec.sources)
+        train_images[arm] = len(x)
+        for s in range(b.seeds):
+            # the same seed for every arm: paired runs share initialisation
+            model = train_classifier(x, y, k, **b.trainer_kwargs(), seed=derive_seed(cfg.seed, "benchmark", s),
+                                     device=device, augment=spec.augment, balanced=spec.balanced)
+            for split, (xs, ys) in held_out.items():
+                records += score_records(ys, predict_proba(model, xs).argmax(1), classes,
+                                         arm=arm, seed=s, split=split, classifier=b.classifier)
+        log.info("benchmark: arm %s done (%d train images)", arm, len(x))
+    if b.linear_probe:
+        # SMOTE rows without images (classifier feature spaces) are still scored here, natively
+        has_rows = "smote" in set(frame.loc[frame["kept"], "source"])
+        probe_arms = arms + [a for a in b.arms if a not in arms and set(ARMS[a].sources) == {"real", "smote"} and has_rows]
+        records += _linear_probe(_extractor(cfg, run_dir, classes), run_dir, probe_arms, held_out, classes)
+    results = pd.DataFrame(records)
+    with atomic_path(run_dir / "benchmark" / "results.parquet") as tmp:
+        results.to_parquet(tmp, index=False)
+    summary = summarise(results[results["classifier"] == b.classifier], arms, train_images)
+    linear = results[(results["classifier"] == "linear") & results["metric"].isin(METRICS)]
+    summary.linear_probe = {
+        arm: {split: dict(zip(g["metric"], g["value"])) for split, g in by_arm.groupby("split")}
+        for arm, by_arm in linear.groupby("arm", sort=False)
+    }
+    summary.held_out = {s: HeldOut(images=len(rows), ids_sha256=ids_digest(rows["id"])) for s, (_, _, rows) in loaded.items()}
+    summary.skipped_arms = skipped
+    write_summary(run_dir, summary)
+    return {"arms": arms, "recommended": summary.recommendation.arm}

@@ -1,0 +1,116 @@
+"""The layout holds: imports run one way, no import loops, no stage imports another, no module over 400 lines.
+
+Layers, top to bottom (a module may import its own layer or any layer below it):
+
+    flows.cli -> flows (Prefect) -> augment.graph -> augment.stages -> augment.core -> contracts
+"""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_LINES = 400
+CONTRACTS = {"augment.errors", "augment.registry", "augment.atomic", "augment.runtime", "augment.png",
+             "augment.config", "augment.summary", "augment.rundir"}
+
+
+def layer(module: str) -> int:
+    if module in CONTRACTS:
+        return 0
+    if module.startswith("augment.core"):
+        return 1
+    if module.startswith("augment.stages"):
+        return 2
+    if module in ("augment", "augment.graph"):
+        return 3
+    if module == "flows.cli":
+        return 5
+    if module == "flows" or module.startswith("flows."):
+        return 4
+    raise AssertionError(f"{module}: not assigned to a layer; add it to tests/test_architecture.py")
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for package in ("augment", "flows"):
+        for path in sorted((REPO / package).rglob("*.py")):
+            parts = path.relative_to(REPO).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def imports(path: Path, known: set[str]) -> set[str]:
+    """Every module of ours that `path` imports, at module level or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from augment import rundir` imports the module augment.rundir
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in known else node.module
+                     for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n in known}
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = modules()
+    return {m: imports(p, set(mods)) - {m} for m, p in mods.items()}
+
+
+def test_every_module_has_a_layer():
+    for module in modules():
+        layer(module)
+
+
+def test_imports_run_one_way():
+    upward = [f"{m} (layer {layer(m)}) imports {d} (layer {layer(d)})"
+              for m, deps in import_graph().items() for d in sorted(deps) if layer(d) > layer(m)]
+    assert not upward, "\n".join(upward)
+
+
+def test_a_stage_never_imports_another_stage():
+    graph = import_graph()
+    stages = [m for m in graph if m.startswith("augment.stages.")]
+    crossing = [f"{m} imports {d}" for m in stages for d in graph[m] if d.startswith("augment.stages.")]
+    assert not crossing, "\n".join(crossing)
+
+
+def test_no_import_loops():
+    graph = import_graph()
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                loop = path[path.index(d):] + [d] if d in path else [m, d]
+                pytest.fail("import loop: " + " -> ".join(loop))
+            if d not in state:
+                visit(d, path + [d])
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_no_library_module_is_over_400_lines():
+    long = {m: n for m, p in modules().items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, long
+
+
+def test_the_checks_catch_what_they_guard(tmp_path, monkeypatch):
+    """The checks above are not vacuous: a planted upward import and a planted loop are found."""
+    graph = import_graph()
+    assert graph["augment.graph"] >= {"augment.stages.gan", "augment.rundir"}  # imports are seen at all
+    graph["augment.rundir"] = graph["augment.rundir"] | {"augment.graph"}  # contracts -> graph: upward, a loop
+    monkeypatch.setattr(__import__(__name__), "import_graph", lambda: graph)
+    with pytest.raises(AssertionError, match="augment.rundir .layer 0. imports augment.graph"):
+        test_imports_run_one_way()
+    with pytest.raises(pytest.fail.Exception, match="import loop: .*augment.rundir"):
+        test_no_import_loops()
