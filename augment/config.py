@@ -4,14 +4,38 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from augment.errors import UserError
 from augment.registry import ARMS, SAMPLERS, FeatureSpace, GeneratorMode
+
+# A boolean key takes true or false only: YAML 1.1's yes/no/on/off stay strings (see _YamlLoader)
+# and are refused, so `enabled: no` cannot silently switch a stage off.
+Bool = Annotated[bool, Strict()]
+# Keys holding a path to an input: a relative one is made absolute at load, against the folder of
+# the config file that sets it, or the current folder for --set.
+PATH_KEYS = ("data.path", "classical.pipeline_file", "smote.weights", "benchmark.weights")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """yaml.SafeLoader with YAML 1.2's booleans: only true/false (any case) are booleans."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                  list("tTfF"))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506  (a SafeLoader subclass)
 
 
 def _torchvision_models() -> list[str]:
@@ -45,6 +69,12 @@ class DataConfig(_Section):
     max_pixels: int = Field(default=50_000_000, ge=1)
     alpha_background: Literal["black", "white"] = "black"
 
+    @field_validator("class_counts", mode="before")
+    @classmethod
+    def _class_names_as_text(cls, counts):
+        """Class names are folder names, so text: `{0: 10}` means class '0' (digits' classes are numbers)."""
+        return {str(k): v for k, v in counts.items()} if isinstance(counts, dict) else counts
+
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
         if self.class_counts is not None:
@@ -62,14 +92,14 @@ class DataConfig(_Section):
 
 
 class ClassicalConfig(_Section):
-    enabled: bool = True
+    enabled: Bool = True
     preset: Literal["light", "medium", "heavy"] = "light"
-    flips: bool = False
+    flips: Bool = False
     transforms: list[dict[str, Any]] | None = None
     pipeline_file: Path | None = None
     multiplier: int = Field(default=2, ge=0, le=100)
     target: int | None = Field(default=None, ge=1)
-    balance: bool = False
+    balance: Bool = False
     workers: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
@@ -84,7 +114,7 @@ class ClassicalConfig(_Section):
 
 
 class SmoteConfig(_Section):
-    enabled: bool = True
+    enabled: Bool = True
     sampler: str = "SMOTE"
     params: dict[str, Any] = Field(default_factory=dict)
     features: FeatureSpace = "pixels"
@@ -108,7 +138,7 @@ class SmoteConfig(_Section):
 
 
 class GanConfig(_Section):
-    enabled: bool = True
+    enabled: Bool = True
     mode: GeneratorMode = "per_class"
     steps: int = Field(default=2000, ge=1)
     image_size: Literal[16, 32, 64] = 32
@@ -126,6 +156,8 @@ class GanConfig(_Section):
     sample_every: int = Field(default=500, ge=1)
     samples_per_class: int = Field(default=100, ge=1)
     shards: int = Field(default=1, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    channels_last: Bool | None = None  # null: channels_last on CUDA only
 
     @model_validator(mode="after")
     def _check(self) -> GanConfig:
@@ -139,7 +171,7 @@ class GateConfig(_Section):
     min_novelty: float = Field(default=0.25, ge=0.0)
     oversample: float = Field(default=2.0, ge=1.0, le=20.0)
     min_diversity: float = Field(default=0.5, ge=0.0)
-    keep_collapsed: bool = False
+    keep_collapsed: Bool = False
 
 
 class BenchmarkConfig(_Section):
@@ -152,7 +184,8 @@ class BenchmarkConfig(_Section):
     classifier: str = "cnn"
     weights: Path | None = None
     input_size: int = Field(default=64, ge=16, le=512)
-    linear_probe: bool = True
+    linear_probe: Bool = True
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
 
     @field_validator("classifier")
     @classmethod
@@ -163,12 +196,13 @@ class BenchmarkConfig(_Section):
 
     # The keys the classifier trains with (not seeds or arms): a stage that trains this
     # classifier (SMOTE's cnn features, the gate's judge) reads these and no others.
-    TRAINER_KEYS: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr", "width", "classifier", "weights", "input_size")
+    TRAINER_KEYS: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr", "width", "classifier", "weights",
+                                               "input_size", "precision")
 
     def trainer_kwargs(self) -> dict:
         """The classifier settings every arm (and the quality gate's judge) trains with."""
         return dict(steps=self.steps, batch_size=self.batch_size, lr=self.lr, width=self.width,
-                    model=self.classifier, weights=self.weights, input_size=self.input_size)
+                    model=self.classifier, weights=self.weights, input_size=self.input_size, precision=self.precision)
 
     @field_validator("arms")
     @classmethod
@@ -204,7 +238,7 @@ class OrchestrationConfig(_Section):
 
 class Config(_Section):
     seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     run_root: Path = Path("runs")
     data: DataConfig = Field(default_factory=DataConfig)
     classical: ClassicalConfig = Field(default_factory=ClassicalConfig)
@@ -213,6 +247,13 @@ class Config(_Section):
     gate: GateConfig = Field(default_factory=GateConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, name: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+", name):
+            raise ValueError(f"expected auto, cpu, cuda or cuda:N (N the GPU's index), got {name!r}")
+        return name
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -241,6 +282,8 @@ def _format_error(err: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown config key '{loc}'"
     msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "bool_type":  # yes/no/on/off/1/0 are not booleans here
+        msg = f"expected true or false, got {first['input']!r}"
     if not first["loc"] or f"{loc}." in msg:  # a rule across keys: the message names them
         return f"{source}: {msg}"
     return f"{source}: config key '{loc}': {msg}"
@@ -265,10 +308,21 @@ def parse_overrides(overrides: list[str] | None) -> dict:
         if not sep or not key.strip():
             raise UserError(f"--set {item!r}: expected key.path=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = yaml_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         _set_path(tree, key.strip(), value)
+    return tree
+
+
+def _absolute_paths(tree: dict, base: Path) -> dict:
+    """Make the relative input paths (PATH_KEYS) in `tree` absolute against `base`, in place."""
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        node = tree.get(section)
+        value = node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            node[key] = str((base / value).resolve())
     return tree
 
 
@@ -292,19 +346,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise UserError(f"{path}: config file not found")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" (line {mark.line + 1})" if mark else ""
             raise UserError(f"{path}: not valid YAML{where}") from None
         if not isinstance(raw, dict):
             raise UserError(f"{path}: the config must be a mapping of sections")
-        # Relative data paths are relative to the config file, like most tools do.
-        for section, key in (("data", "path"), ("classical", "pipeline_file")):
-            value = (raw.get(section) or {}).get(key) if isinstance(raw.get(section), dict) else None
-            if value and not Path(value).is_absolute():
-                raw[section][key] = str((path.parent / value).resolve())
-    raw = _merge(raw, parse_overrides(overrides))
+        _absolute_paths(raw, path.parent)
+    raw = _merge(raw, _absolute_paths(parse_overrides(overrides), Path.cwd()))
     try:
         return Config.model_validate(raw)
     except ValidationError as err:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,10 +20,10 @@ from typing import Callable, Iterator
 
 from augment import config as config_module
 from augment import rundir
-from augment.atomic import write_text
+from augment.atomic import write_json, write_text
 from augment.config import BenchmarkConfig, Config, dump_config
 from augment.errors import UserError
-from augment.runtime import resolve_device
+from augment.runtime import describe_device, resolve_device
 from augment.stages import benchmark, classical, expand, gan, ingest, report, smote, synthesize
 
 log = logging.getLogger("augment")
@@ -64,18 +65,19 @@ def _smote_reads(cfg: Config) -> Keys:
 
 STAGES: tuple[Stage, ...] = (
     Stage("ingest", ingest.run, "Read and validate the images; split train/val/test; simulate scarcity.",
-          reads=("seed", "data"), content=ingest.fingerprint_extra),
+          reads=("seed", "data"), content=ingest.fingerprint_extra, check=ingest.check),
     Stage("classical", classical.run, "Classical augmentation of the train split with albumentations.",
           after=("ingest",), reads=("seed", "classical"), content=classical.fingerprint_extra, check=classical.check),
     Stage("gan", gan.run, "Train the class-conditional DCGAN (resumes from its checkpoint; merges finished shards).",
           after=("ingest",), reads=("seed", "gan"), parts=gan.parts, run_part=gan.run_part, progress="gan-training"),
     # after gan: SMOTE may work in the trained discriminator's feature space
     Stage("smote", smote.run, "SMOTE-family over-sampling of train features with imbalanced-learn.",
-          after=_smote_after, reads=_smote_reads),
+          after=_smote_after, reads=_smote_reads, check=smote.check),
     Stage("synthesize", synthesize.run, "Sample the generator and gate every sample.",
           after=("gan", "classical"), reads=("seed", "gate", "device", *_TRAINER_KEYS)),
     Stage("benchmark", benchmark.run, "Train the classifier per arm and seed; score on the real test split.",
-          after=("ingest", "classical", "smote", "synthesize"), reads=("seed", "device", "benchmark")),
+          after=("ingest", "classical", "smote", "synthesize"), reads=("seed", "device", "benchmark"),
+          check=benchmark.check),
     Stage("expand", expand.run, "Build the expanded ImageFolder for the recommended arm.", after=("benchmark",)),
     Stage("report", report.run, "Write the report and publish it.", after=("benchmark", "expand"),
           reads=tuple(Config.model_fields)),  # the report shows the whole config
@@ -141,7 +143,9 @@ def run_part(name: str, cfg: Config, run_dir: Path, part: int, progress=None, fp
 
 
 def check_config(cfg: Config) -> Config:
-    """The checks that need a stage's code (albumentations transforms, ...), before any work."""
+    """Every check the config allows before any work: the device, and each stage's own checks
+    (the input exists, albumentations transforms, sampler arguments, weights on disk)."""
+    resolve_device(cfg.device)  # 'cuda' without CUDA, or cuda:N that does not exist
     for stage in STAGES:
         if stage.check is not None:
             stage.check(cfg)
@@ -160,9 +164,9 @@ def default_run_dir(cfg: Config, config_path: str | Path | None) -> Path:
 
 
 def check_run_dir(cfg: Config, run_dir: Path) -> Path:
-    """Check what can be checked before any work: the device, and that the run directory can be used."""
+    """Check, before any work, that the run directory can be used: outside the input, a folder we
+    can create and write to. Creates it."""
     run_dir = Path(run_dir)
-    resolve_device(cfg.device)  # 'cuda' without CUDA fails now, not after an hour of CPU work
     if cfg.data.path is not None:
         data_root = Path(cfg.data.path).resolve()
         data_root = data_root if data_root.is_dir() else data_root.parent
@@ -171,6 +175,13 @@ def check_run_dir(cfg: Config, run_dir: Path) -> Path:
                             "the input is never written to: choose another --run-dir or run_root")
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} exists and is not a folder")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".probe.{os.getpid()}.tmp"  # a read-only mount refuses this, not mkdir
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"run directory {run_dir} cannot be created or written to: {exc.strerror or exc}") from None
     return run_dir
 
 
@@ -179,11 +190,21 @@ def open_run(cfg: Config, run_dir: Path) -> Iterator[Path]:
     """Check, create and lock the run directory for the whole run; clear what an interrupted run
     left half-written; freeze the config in it. A second run on the same directory is refused."""
     run_dir = check_run_dir(cfg, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     with rundir.run_lock(run_dir):
         rundir.remove_stale_temporaries(run_dir)
         write_text(run_dir / "config.yaml", dump_config(cfg))
+        write_json(run_dir / rundir.DEVICE, device_record(cfg))
         yield run_dir
+
+
+def device_record(cfg: Config) -> dict:
+    """Where this run computes and how: device, GPU name, precisions, memory format, torch version."""
+    from augment.core.accel import resolve_precision, use_channels_last
+
+    device = resolve_device(cfg.device)
+    return {**describe_device(device), "gan_precision": resolve_precision(cfg.gan.precision, device),
+            "gan_channels_last": use_channels_last(cfg.gan.channels_last, device),
+            "classifier_precision": resolve_precision(cfg.benchmark.precision, device)}
 
 
 def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, dict]:

@@ -30,6 +30,7 @@ log = logging.getLogger("augment")
 MANIFEST = "manifest.parquet"
 GAN_CHECKPOINT = Path("gan") / "checkpoint.pt"
 EXTRACTOR = Path("features") / "extractor.pt"  # the SMOTE stage's fitted feature extractor
+DEVICE = Path("device.json")  # where the run computes: device, GPU name, precisions (graph.open_run)
 COLUMNS = {
     "id": "string",
     "path": "string",  # PNG relative to the run directory (smote rows: the decoded feature row)

@@ -8,7 +8,7 @@ Measured side by side in one run, for each training resolution:
                   dcgan: nn.Sequential, Sigmoid + BCELoss, fp32, Adam 2e-4/0.5): one class
   reference_K     K such GANs trained one after another (one step of each): what a user without
                   a grouped network does for K classes
-  ours_1          our per_class trainer (augment.gan_training.train_step) with K = 1
+  ours_1          our per_class trainer (augment.core.gan_train.train_step) with K = 1
   ours_K          our per_class trainer, all K classes in one grouped-convolution step
 Both sides train the same architecture and width (ngf = ndf, nz). Ours also does what the stage
 does every step: DiffAugment (translation + cutout) on real and fake, the EMA update of G, and

@@ -17,6 +17,7 @@ Dask workers (prefect-dask; one worker per GPU with dask_cuda.LocalCUDACluster).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from prefect import flow, task
@@ -32,6 +33,8 @@ from augment.config import Config, OrchestrationConfig
 from augment.core.report_text import arm_rows, summary_markdown
 from augment.errors import UserError
 from augment.summary import read_summary
+
+log = logging.getLogger("augment")
 
 # Errors that say nothing about the input or the code, and may pass: worth another try.
 _DETERMINISTIC_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
@@ -78,6 +81,7 @@ def _stage_task(stage: graph.Stage):
         try:
             info = graph.run_stage(stage.name, cfg, Path(run_dir), progress)
         except UserError as err:  # a user's mistake: a Failed state with one line, no traceback
+            log.debug("stage %s failed", stage.name, exc_info=True)  # the trace, under -v / AUGMENT_DEBUG=1
             return Failed(message=str(err))
         if stage.name in _AFTER:
             _AFTER[stage.name](run_dir, info)

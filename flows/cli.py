@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from flows import settings
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", default=None, metavar="DIR",
                      help="run directory (default: <run_root>/<config name>, so a re-run resumes)")
     run.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="debug logs, and the full trace of any error (also AUGMENT_DEBUG=1)")
     schedule = sub.add_parser(
         "schedule", help="serve the flow as a Prefect deployment that runs on a cron schedule",
         description="Serve the augment-dataset flow as the Prefect deployment 'augment-dataset/NAME' with a cron "
@@ -144,21 +148,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("report", "runs"):
         return _offline(args)
     from augment.errors import UserError
-    from augment.graph import load_config
+    from augment.graph import check_run_dir, default_run_dir, load_config
 
+    debug = os.environ.get("AUGMENT_DEBUG", "") not in ("", "0") or getattr(args, "verbose", False)
     config = args.config or _default_config()
-    try:  # fail on a bad config (or schedule) before paying for Prefect's start-up
+    try:  # every mistake the config and the run directory can show, before paying for Prefect's start-up
         cfg = load_config(config, args.overrides)
         if args.command == "schedule":
             _cron(args.cron, args.timezone)
             return _schedule(args, cfg)
+        run_dir = check_run_dir(cfg, Path(args.run_dir) if args.run_dir else default_run_dir(cfg, config))
     except UserError as err:
+        if debug:
+            traceback.print_exc()
         print(f"augment: error: {err}", file=sys.stderr)
         return 2
-    logging.getLogger("augment").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    level = logging.DEBUG if debug else logging.WARNING if args.quiet else logging.INFO
+    logging.getLogger("augment").setLevel(level)
     from flows.augment_flow import augment_dataset
 
-    state = augment_dataset(config, args.overrides, args.run_dir, return_state=True)
+    state = augment_dataset(config, args.overrides, str(run_dir), return_state=True)
     if state.is_failed():
         print(f"augment: error: {state.message}", file=sys.stderr)
         return 1

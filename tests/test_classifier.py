@@ -95,12 +95,18 @@ def test_wrong_or_missing_weights_file_is_named(tmp_path):
         train_classifier(x, y, 2, weights=tmp_path / "other.pth", seed=0, **BACKBONE)
 
 
-def test_unknown_classifier_name_is_a_config_error():
+def test_unknown_classifier_name_is_a_config_error(tmp_path, monkeypatch):
     import pytest
 
-    from augment.graph import load_config
     from augment.errors import UserError
+    from augment.graph import load_config
 
     with pytest.raises(UserError, match="config key 'benchmark.classifier'.*'resnet9000'"):
         load_config(None, ["benchmark.classifier=resnet9000"])
-    assert load_config(None, ["benchmark.classifier=resnet18"]).benchmark.classifier == "resnet18"
+    # A known model without weights on disk is caught at load too, before any work.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(UserError, match=r"config key 'benchmark.classifier': no resnet18 weights on disk"):
+        load_config(None, ["benchmark.classifier=resnet18"])
+    (tmp_path / "w.pth").write_bytes(b"")
+    cfg = load_config(None, ["benchmark.classifier=resnet18", f"benchmark.weights={tmp_path / 'w.pth'}"])
+    assert cfg.benchmark.classifier == "resnet18"

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from augment.core.accel import adam, autocast
 from augment.core.tensors import scale, to_tensor
 from augment.errors import UserError
 
@@ -128,12 +129,14 @@ def train_classifier(
     x: np.ndarray, y: np.ndarray, n_classes: int, *, steps: int, batch_size: int = 64, lr: float = 1e-3,
     width: int = 32, seed: int = 0, device: torch.device | str = "cpu", augment: str | None = None,
     balanced: bool = False, model: str = "cnn", weights: str | Path | None = None, input_size: int = 64,
+    precision: str = "fp32",
 ) -> nn.Module:
     """Train SmallCNN on uint8 images for exactly `steps` Adam steps; seed fixes init and data order.
 
     augment="trivialaugment" applies TrivialAugmentWide on the fly; balanced=True draws every
     class equally often (random over-sampling without new images). model="cnn" trains SmallCNN
-    from scratch; any other torchvision model name is fine-tuned from weights on disk.
+    from scratch; any other torchvision model name is fine-tuned from weights on disk. precision
+    ("auto", "fp32", "bf16") is the forward pass's autocast (augment.core.accel); the loss is fp32.
     """
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need matching, non-empty x and y, got {len(x)} and {len(y)}")
@@ -148,7 +151,7 @@ def train_classifier(
     images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)  # uint8 (N, C, H, W), CPU
     target = torch.from_numpy(y).long()
     draw_weights = (1.0 / torch.bincount(target, minlength=n_classes).clamp(min=1).float())[target] if balanced else None
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    opt = adam(net.parameters(), device, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     b = min(batch_size, len(images))
     for _ in range(steps):
@@ -164,7 +167,9 @@ def train_classifier(
         # Backbones may hold dropout, which draws from torch's global RNG: confine it, seeded.
         with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
             torch.manual_seed(step_seed)
-            loss = F.cross_entropy(net(inputs), target[idx].to(device))
+            with autocast(device, precision):
+                logits = net(inputs)
+            loss = F.cross_entropy(logits.float(), target[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
         opt.step()

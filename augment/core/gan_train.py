@@ -23,7 +23,8 @@ from augment.config import GanConfig
 from augment.core.checkpoint import read_checkpoint
 from augment.core.diffaugment import diff_augment
 from augment.core.networks import Discriminator, GanSpec, Generator, dcgan_init
-from augment.core.sampling import autocast, sample, save_grid, standing_stats
+from augment.core.accel import adam, autocast, to_memory_format, use_channels_last
+from augment.core.sampling import sample, save_grid, standing_stats
 from augment.core.tensors import resize, to_tensor
 from augment.runtime import derive_seed
 
@@ -114,15 +115,11 @@ def build_state(cfg: GanConfig, n_classes: int, channels: int, seed: int, device
     G, D = spec.generator(), spec.discriminator()
     dcgan_init(G, init_gen)
     dcgan_init(D, init_gen)
-    G.to(device)
-    D.to(device)
-    if device.type == "cuda":
-        G.to(memory_format=torch.channels_last)
-        D.to(memory_format=torch.channels_last)
+    channels_last = use_channels_last(cfg.channels_last, device)
+    G, D = (to_memory_format(m.to(device), channels_last) for m in (G, D))
     ema = AveragedModel(G, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
-    fused = device.type == "cuda"
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), fused=fused)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), fused=fused)
+    opt_g = adam(G.parameters(), device, lr=cfg.lr, betas=(cfg.beta1, 0.999))
+    opt_d = adam(D.parameters(), device, lr=cfg.lr, betas=(cfg.beta1, 0.999))
     gen = torch.Generator(device=device).manual_seed(seed % 2**63 + 1)
     return TrainState(spec, G, D, ema, opt_g, opt_d, gen)
 
@@ -140,7 +137,7 @@ def train_step(state: TrainState, bank: torch.Tensor, counts: torch.Tensor, cfg:
     def aug(x: torch.Tensor) -> torch.Tensor:  # DiffAugment per image, the same policy for real and fake
         return diff_augment(x.flatten(0, 1), policy, gen).view_as(x)
 
-    ctx = autocast(bank.device)
+    ctx = autocast(bank.device, cfg.precision)
     # (1) Update D network: real -> 1, then fake.detach() -> 0
     with ctx:
         fake = G(z)
@@ -167,7 +164,8 @@ def train_step(state: TrainState, bank: torch.Tensor, counts: torch.Tensor, cfg:
 
 
 @torch.no_grad()
-def d_real_accuracy(D: torch.nn.Module, bank: torch.Tensor, counts: torch.Tensor, batch: int, seed: int, batches: int = 4) -> float:
+def d_real_accuracy(D: torch.nn.Module, bank: torch.Tensor, counts: torch.Tensor, batch: int, seed: int, batches: int = 4,
+                    precision: str = "auto") -> float:
     """Fraction of real images in `bank` that D calls real (logit > 0), without augmentation.
 
     Measured on the train bank and on held-out real (val) images, the gap between the two is
@@ -179,7 +177,7 @@ def d_real_accuracy(D: torch.nn.Module, bank: torch.Tensor, counts: torch.Tensor
     D = copy.deepcopy(D).train()
     gen = torch.Generator(device=bank.device).manual_seed(seed % 2**63)
     hits = []
-    with autocast(bank.device):
+    with autocast(bank.device, precision):
         for _ in range(batches):
             hits.append((D(balanced_batch(bank, counts, batch, gen)).float() > 0).float().mean())
     return float(torch.stack(hits).mean())
@@ -241,9 +239,9 @@ def _resume(out_dir: Path, state: TrainState, fingerprint: str) -> list[dict]:
 def _evaluate(state: TrainState, bank, val_bank, cfg: GanConfig, seed: int, out_dir: Path) -> dict:
     """D's accuracy on train vs held-out real images, and a sample grid of the EMA generator."""
     eval_seed = derive_seed(seed, "d-acc", state.step)
-    out = {"d_acc_train": d_real_accuracy(state.D, *bank, cfg.batch_size, eval_seed)}
+    out = {"d_acc_train": d_real_accuracy(state.D, *bank, cfg.batch_size, eval_seed, precision=cfg.precision)}
     if val_bank is not None:
-        out["d_acc_val"] = d_real_accuracy(state.D, *val_bank, cfg.batch_size, eval_seed)
+        out["d_acc_val"] = d_real_accuracy(state.D, *val_bank, cfg.batch_size, eval_seed, precision=cfg.precision)
     grid_seed = derive_seed(seed, "grid")  # one fixed noise for every grid
     k, device = state.spec.n_classes, bank[0].device
     G_ema = standing_stats(state.ema.module, k, cfg.nz, grid_seed + 1, device)

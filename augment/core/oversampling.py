@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import logging
 
@@ -13,6 +14,38 @@ from augment.registry import COMBINED_SAMPLERS, SAMPLERS
 log = logging.getLogger("augment")
 
 _NEIGHBOUR_PARAMS = ("k_neighbors", "n_neighbors")
+_SET_BY_US = ("sampling_strategy", "random_state", "smote")  # from smote.multiplier, seed, and the inner SMOTE
+
+
+def _sampler_class(name: str):
+    module, cls_name = SAMPLERS[name].split(":")
+    return getattr(importlib.import_module(module), cls_name)
+
+
+def sampler_parameters(name: str) -> list[str]:
+    """The parameters smote.params may set for this sampler (a combined one: its own plus k_neighbors)."""
+    accepted = set(_sampler_class(name)().get_params(deep=False)) - set(_SET_BY_US)
+    return sorted(accepted | ({"k_neighbors"} if name in COMBINED_SAMPLERS else set()))
+
+
+def check_params(name: str, params: dict) -> None:
+    """smote.params checked as imbalanced-learn checks them at fit time, but now: an unknown name
+    (with the nearest known one) or a bad value is a one-line error naming the key."""
+    accepted = sampler_parameters(name)
+    for key in params:
+        if key not in accepted:
+            near = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else ""
+            why = "; it is set by the tool" if key in _SET_BY_US else ""
+            raise UserError(f"config key 'smote.params': {name} has no parameter {key!r}{hint}{why}; "
+                            f"it takes {', '.join(accepted)}")
+    sampler = make_sampler(name, params, {0: 2}, smallest=2**31, seed=0)
+    for part in (sampler, getattr(sampler, "smote", None)):
+        try:
+            if part is not None:
+                part._validate_params()  # scikit-learn's parameter constraints, as fit() applies them
+        except (ValueError, TypeError) as exc:
+            raise UserError(f"config key 'smote.params': {' '.join(str(exc).split())}") from None
 
 
 def make_sampler(name: str, params: dict, targets: dict[int, int], smallest: int, seed: int):
@@ -21,8 +54,7 @@ def make_sampler(name: str, params: dict, targets: dict[int, int], smallest: int
     Combined samplers get their inner SMOTE built here (the target and the clamped k_neighbors
     go to it); their other parameters go to the combined sampler.
     """
-    module, cls_name = SAMPLERS[name].split(":")
-    cls = getattr(importlib.import_module(module), cls_name)
+    cls = _sampler_class(name)
     params = dict(params)
     if name in COMBINED_SAMPLERS:
         inner = {k: params.pop(k) for k in list(params) if k == "k_neighbors"}
@@ -35,7 +67,7 @@ def make_sampler(name: str, params: dict, targets: dict[int, int], smallest: int
         default = cls().get_params().get(key)
         if isinstance(default, int):
             wanted = params.get(key, default)
-            if wanted > smallest - 1:
+            if isinstance(wanted, int) and wanted > smallest - 1:  # else check_params names the bad value
                 log.info("%s: %s clamped from %d to %d (smallest class has %d rows)", name, key, wanted, smallest - 1, smallest)
                 params[key] = smallest - 1
     try:

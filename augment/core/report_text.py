@@ -225,6 +225,16 @@ def _skipped_inputs(frame: pd.DataFrame, limit: int = 20) -> str:
     return "\n".join(lines)
 
 
+def _device_line(device: dict | None) -> str:
+    """' Computed on ...' from the run's device.json (graph.device_record)."""
+    if not device:
+        return ""
+    where = device["device"] + (f" ({device['gpu']})" if device.get("gpu") else "")
+    layout = ", channels_last" if device.get("gan_channels_last") else ""
+    return (f" Computed on {where}: GAN {device['gan_precision']}{layout}, classifier "
+            f"{device['classifier_precision']}.")
+
+
 def _versions() -> str:
     names = ["torch", "torchvision", "albumentations", "imbalanced-learn", "scikit-learn", "prefect", "pandas"]
     found = []
@@ -242,7 +252,7 @@ def _fig(figs: dict[str, str], name: str, alt: str, missing: str = "") -> str:
 
 def render_markdown(cfg: Config, run_dir: Path, summary: Summary, frame: pd.DataFrame, train_counts: dict[str, int],
                     quality: dict | None = None, history: pd.DataFrame | None = None,
-                    figs: dict[str, str] | None = None) -> tuple[str, str]:
+                    figs: dict[str, str] | None = None, device: dict | None = None) -> tuple[str, str]:
     """(report markdown, verdict paragraph) from the summary, the manifest, what the GAN recorded
     (gan/quality.json, gan/history.csv) and the figures (name -> path relative to report/)."""
     figs = figs or {}
@@ -306,7 +316,7 @@ Train images per class and source (real, classical, SMOTE decoded to pixels, GAN
 {dump_config(cfg).rstrip()}
 ```
 
-Versions: {_versions()}.
+Versions: {_versions()}.{_device_line(device)}
 """
     return md, para
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from pathlib import Path
 
@@ -15,14 +14,6 @@ from augment.atomic import write_bytes
 from augment.core.checkpoint import checkpoint_spec, read_checkpoint
 from augment.core.networks import Discriminator, Generator
 from augment.png import encode_png
-
-
-def autocast(device: torch.device | str):
-    """The one mixed-precision context: bf16 autocast on CUDA, full precision elsewhere."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16)
 
 
 @torch.no_grad()

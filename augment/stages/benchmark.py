@@ -15,7 +15,7 @@ import pandas as pd
 from augment import rundir
 from augment.atomic import atomic_path
 from augment.config import Config
-from augment.core.classifier import predict_proba, train_classifier
+from augment.core.classifier import predict_proba, pretrained_weights_path, train_classifier
 from augment.core.features import load_extractor, make_extractor
 from augment.core.stats import ids_digest, linear_probe_scores, score_records, summarise
 from augment.registry import ARMS
@@ -23,6 +23,12 @@ from augment.runtime import derive_seed, resolve_device
 from augment.summary import METRICS, HeldOut, write_summary
 
 log = logging.getLogger("augment")
+
+
+def check(cfg: Config) -> None:
+    """A torchvision classifier's weights must be on disk (nothing is downloaded): checked at load."""
+    if cfg.benchmark.classifier != "cnn":
+        pretrained_weights_path(cfg.benchmark.classifier, cfg.benchmark.weights)
 
 
 def _extractor(cfg: Config, run_dir: Path, classes: list[str]):

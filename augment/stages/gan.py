@@ -17,6 +17,7 @@ import torch
 from augment import rundir
 from augment.atomic import atomic_path
 from augment.config import Config
+from augment.core.accel import resolve_precision
 from augment.core.checkpoint import read_checkpoint
 from augment.core.gan_train import Progress, class_shards, merge_checkpoints, train_gan
 from augment.core.sampling import interpolate, load_generator, sample, save_grid
@@ -97,5 +98,5 @@ def run(cfg: Config, run_dir: Path, progress: Progress | None = None, fingerprin
     save_grid(run_dir / "gan" / "samples" / "interpolation.png", walk.transpose(0, 1).flatten(0, 1), nrow=10)
     last = pd.read_csv(run_dir / "gan" / "history.csv").iloc[-1]
     overfit = {c: round(float(last[c]), 4) for c in ("d_acc_train", "d_acc_val") if c in last and pd.notna(last[c])}
-    return {"steps": steps, "shards": n, "device": str(device),
+    return {"steps": steps, "shards": n, "device": str(device), "precision": resolve_precision(cfg.gan.precision, device),
             "train_seconds": round(time.perf_counter() - t0, 2), **overfit}

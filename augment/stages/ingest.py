@@ -10,7 +10,14 @@ from augment import rundir
 from augment.config import Config
 from augment.core.sources import input_signature, read_source
 from augment.core.splits import simulate_scarcity, split_indices, train_counts, working_size
+from augment.errors import UserError
 from augment.runtime import derive_seed
+
+
+def check(cfg: Config) -> None:
+    """The input must exist before any work starts."""
+    if cfg.data.path is not None and not Path(cfg.data.path).exists():
+        raise UserError(f"data.path {cfg.data.path} does not exist")
 
 
 def fingerprint_extra(cfg: Config) -> str:

@@ -81,8 +81,9 @@ def render_report(cfg: Config, run_dir: Path) -> str:
     quality_path, history_path = run_dir / "gan" / "quality.json", run_dir / "gan" / "history.csv"
     quality = json.loads(quality_path.read_text()) if quality_path.is_file() else None
     history = pd.read_csv(history_path) if history_path.is_file() else None
+    device = json.loads((run_dir / rundir.DEVICE).read_text()) if (run_dir / rundir.DEVICE).is_file() else None
     md, para = render_markdown(cfg, run_dir, summary, frame, rundir.ingest_info(run_dir)["counts"].get("train"),
-                               quality, history, figs)
+                               quality, history, figs, device)
     write_text(run_dir / "report" / "report.md", md)
     write_text(run_dir / "report" / "report.html", render_html(md, run_dir / "report"))
     write_json(run_dir / "report" / "results.json", {"verdict": para, **summary_json(summary)})

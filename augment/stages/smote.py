@@ -15,9 +15,19 @@ import pandas as pd
 from augment import rundir
 from augment.atomic import write_npz
 from augment.config import Config
+from augment.core.classifier import pretrained_weights_path
 from augment.core.features import make_extractor, save_extractor
-from augment.core.oversampling import interpolation_parents, oversample
+from augment.core.oversampling import check_params, interpolation_parents, oversample
 from augment.runtime import derive_seed
+
+
+def check(cfg: Config) -> None:
+    """Sampler arguments and backbone weights, checked at config load, before any work."""
+    if not cfg.smote.enabled:
+        return
+    check_params(cfg.smote.sampler, cfg.smote.params)
+    if cfg.smote.features == "pretrained":
+        pretrained_weights_path(cfg.smote.backbone, cfg.smote.weights, ("smote.backbone", "smote.weights"))
 
 
 def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dict:

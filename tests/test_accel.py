@@ -1,0 +1,133 @@
+"""The fast path (bf16 autocast, channels_last, the optimizer helper) runs the same code on the CPU, and
+the device is chosen and recorded explicitly."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from augment.config import GanConfig
+from augment.core.accel import adam, autocast, resolve_precision, use_channels_last
+from augment.core.classifier import train_classifier
+from augment.core.gan_train import build_state, train_step
+from augment.errors import UserError
+from augment.graph import load_config
+from augment.runtime import resolve_device
+
+TINY = dict(steps=1, image_size=16, batch_size=4, nz=8, ngf=4, ndf=4)
+
+
+def conv_output_dtypes(module: torch.nn.Module) -> set:
+    """A forward hook on every convolution that records its output dtype; returns the set it fills."""
+    seen: set = set()
+    for m in module.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+    return seen
+
+
+def bank(k=3, n=6, size=16):
+    gen = torch.Generator().manual_seed(0)
+    return torch.rand(k, n, 1, size, size, generator=gen) * 2 - 1, torch.full((k,), n)
+
+
+def test_precision_and_layout_defaults_follow_the_device():
+    assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("auto", "cuda") == "bf16"
+    assert resolve_precision("bf16", "cpu") == "bf16" and resolve_precision("fp32", "cuda") == "fp32"
+    assert not use_channels_last(None, "cpu") and use_channels_last(None, "cuda") and use_channels_last(True, "cpu")
+    with autocast("cpu", "fp32"):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast("cpu", "bf16"):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+
+
+def test_one_gan_step_on_the_cpu_through_the_gpu_path():
+    """bf16 autocast and channels_last on the CPU: the convolutions really run in bf16, the weights are
+    channels_last, the step learns (finite losses, weights move) and is seeded (two runs agree)."""
+    cfg = GanConfig(**TINY, precision="bf16", channels_last=True)
+
+    def one_step():
+        state = build_state(cfg, 3, 1, seed=0, device=torch.device("cpu"))
+        dtypes = conv_output_dtypes(state.D)
+        before = [p.detach().clone() for p in state.G.parameters()]
+        stats = train_step(state, *bank(), cfg)
+        return state, dtypes, before, stats
+
+    state, dtypes, before, stats = one_step()
+    assert dtypes == {torch.bfloat16}
+    conv = next(m for m in state.G.modules() if isinstance(m, torch.nn.ConvTranspose2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and conv.weight.shape[-1] > 1
+    assert all(np.isfinite(v) for v in stats.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, state.G.parameters()))
+    again = one_step()
+    assert stats == again[3]
+    fp32 = build_state(GanConfig(**TINY), 3, 1, seed=0, device=torch.device("cpu"))
+    fp32_dtypes = conv_output_dtypes(fp32.D)
+    train_step(fp32, *bank(), GanConfig(**TINY))
+    assert fp32_dtypes == {torch.float32}  # the CPU default stays full precision
+
+
+def test_one_classifier_step_on_the_cpu_in_bf16(monkeypatch):
+    """The classifier's forward pass runs in bf16 under benchmark.precision: bf16, seeded as in fp32."""
+    import augment.core.classifier as classifier
+
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (12, 8, 8, 1), dtype=np.uint8), np.repeat(np.arange(3), 4)
+    dtypes: list[set] = []
+    build = classifier._small_cnn
+
+    def spy(*args, **kwargs):
+        net = build(*args, **kwargs)
+        dtypes.append(conv_output_dtypes(net))
+        return net
+
+    monkeypatch.setattr(classifier, "_small_cnn", spy)
+    a = train_classifier(x, y, 3, steps=2, batch_size=6, width=4, seed=1, precision="bf16")
+    b = train_classifier(x, y, 3, steps=2, batch_size=6, width=4, seed=1, precision="bf16")
+    assert dtypes[0] == {torch.bfloat16}
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert all(p.dtype == torch.float32 for p in a.parameters())  # autocast: the weights stay fp32
+    train_classifier(x, y, 3, steps=1, batch_size=6, width=4, seed=1)
+    assert dtypes[2] == {torch.float32}  # the default stays full precision
+
+
+def test_the_optimizer_helper_fuses_only_on_cuda():
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert adam(params, "cpu", lr=1e-3).defaults["fused"] is None
+    opt = adam(params, "cpu", lr=1e-3, weight_decay=0.1, decoupled=True)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.1
+
+
+@pytest.mark.gpu
+def test_the_optimizer_helper_fuses_on_cuda():
+    params = [torch.nn.Parameter(torch.zeros(2, device="cuda"))]
+    assert adam(params, "cuda", lr=1e-3).defaults["fused"] is True
+
+
+def test_device_names_a_gpu_by_index_or_fails_in_one_line(monkeypatch):
+    from augment.config import load_config as parse_config
+
+    assert parse_config(None, ["device=cuda:1"]).device == "cuda:1"
+    with pytest.raises(UserError, match=r"config key 'device': expected auto, cpu, cuda or cuda:N"):
+        load_config(None, ["device=gpu0"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match=r"'device' is 'cuda:1' but no CUDA device"):
+        load_config(None, ["device=cuda:1"])  # at load, before any work
+    with pytest.raises(UserError, match=r"'device' is 'cuda:1' but no CUDA device is available"):
+        resolve_device("cuda:1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(UserError, match=r"config key 'device': cuda:2 does not exist \(this machine has 2 CUDA "
+                                        r"device\(s\): cuda:0 to cuda:1\)"):
+        resolve_device("cuda:2")
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+
+
+def test_the_run_records_its_device_and_precision(smoke_run):
+    _, run_dir, info = smoke_run
+    device = json.loads((run_dir / "device.json").read_text())
+    assert device["device"] == "cpu" and device["gpu"] is None and device["torch"] == torch.__version__
+    assert device["gan_precision"] == "fp32" and device["classifier_precision"] == "fp32"
+    assert info["gan"]["precision"] == "fp32"
+    assert "Computed on cpu: GAN fp32, classifier fp32." in (run_dir / "report" / "report.md").read_text()
