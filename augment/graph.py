@@ -9,6 +9,7 @@ orchestrator; flows/augment_flow.py iterates the same declaration as Prefect tas
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -83,6 +84,7 @@ STAGES: tuple[Stage, ...] = (
           reads=tuple(Config.model_fields)),  # the report shows the whole config
 )
 BY_NAME = {s.name: s for s in STAGES}
+_FULL_OR_FORBIDDEN = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 _VERSION = "graph-v1"  # bump to re-run every stage once (a change in what stages write)
 
 
@@ -117,7 +119,15 @@ def run_stage(name: str, cfg: Config, run_dir: Path, progress=None, fps: dict[st
     rundir.clear_stage_record(run_dir, name)
     start = time.perf_counter()
     log.info("stage %s: started", name)
-    info = dict(stage.run(cfg, run_dir, progress=progress, fingerprint=fp) or {})
+    try:
+        info = dict(stage.run(cfg, run_dir, progress=progress, fingerprint=fp) or {})
+    except OSError as exc:
+        if exc.errno not in _FULL_OR_FORBIDDEN:
+            raise
+        # Writes are atomic and the stage's record comes last: nothing is left looking complete.
+        where = f" {exc.filename}" if exc.filename else ""
+        raise UserError(f"stage {name} cannot write{where}: {exc.strerror}; free space or fix the permissions, "
+                        "then run the same command again (finished stages are kept)") from None
     info.update(fingerprint=fp, seconds=round(time.perf_counter() - start, 3))
     rundir.write_stage_record(run_dir, name, info)
     log.info("stage %s: done in %.1f s", name, info["seconds"])

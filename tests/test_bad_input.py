@@ -243,3 +243,28 @@ def test_a_split_too_small_for_every_class_names_the_key(tmp_path):
                              "data.test_fraction=0.1"])
     with pytest.raises(UserError, match=r"config key 'data.test_fraction': 2 of 25 images for 5 classes"):
         run_stage("ingest", cfg, tmp_path / "run")
+
+
+def test_file_and_folder_names_that_are_not_utf8_are_read_and_stored_safely(tmp_path):
+    """Linux file names are bytes: caf\\xe9.png (Latin-1) is read like any image; the manifest and every
+    message hold a printable form (backslash escapes); a class folder with such a name is a class."""
+    import os
+
+    from augment.core.sources import safe_text
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "in", {"a": 6})
+    write_image_folder(tmp_path / "in", {os.fsdecode(b"\xe9t\xe9"): 6}, seed=1)
+    Image.fromarray(np.full((12, 10), 7, np.uint8)).save(root / "a" / os.fsdecode(b"caf\xe9.png"))
+    (root / "a" / os.fsdecode(b"bad\xff.png")).write_bytes(b"not an image")
+    cfg = load_config(None, ["data.source=folder", f"data.path={root}", "data.on_bad_image=skip"])
+    info = run_stage("ingest", cfg, tmp_path / "run")
+    assert info["classes"] == ["a", "\ufffdt\ufffd"] and info["skipped_inputs"] == 1
+    frame = rundir.read_manifest(tmp_path / "run")
+    assert f"{root}/a/caf\\xe9.png" in set(frame["generator"])
+    bad = frame[frame["split"] == "excluded"].iloc[0]
+    assert bad["generator"] == f"{root}/a/bad\\xff.png" and bad["reason_code"] == "bad_image"
+    assert safe_text(os.fsdecode(b"caf\xe9")) == "caf\\xe9"
+    assert run_stage("ingest", cfg, tmp_path / "run")["skipped"]  # its content hash is stable
+    with pytest.raises(UserError, match=r"bad\\xff.png: not a readable image"):
+        run_stage("ingest", load_config(None, ["data.source=folder", f"data.path={root}"]), tmp_path / "run2")

@@ -153,3 +153,40 @@ def test_a_second_augment_run_on_a_busy_directory_is_refused(tmp_path):
     assert f"run directory {tmp_path / 'run'} is in use by another augment run (pid" in out
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=60)
+
+
+def test_a_full_disk_mid_run_is_one_line_and_a_rerun_resumes(smoke_run, tmp_path, monkeypatch):
+    """No space left while the gate writes its images: one line naming the stage, the file and the
+    mend; nothing half-written is left looking complete; after space is freed the same command
+    resumes from the failed stage and gives the uninterrupted result."""
+    import errno
+
+    from augment.graph import run_pipeline
+
+    cfg, reference, _ = smoke_run
+    run_dir = tmp_path / "run"
+    replace = os.replace
+
+    def full_disk(src, dst, *args, **kwargs):
+        if f"{os.sep}images{os.sep}gan{os.sep}" in str(dst):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        return replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(UserError) as err:
+        run_pipeline(cfg, run_dir)
+    monkeypatch.undo()
+    message = str(err.value)
+    assert message.startswith(f"stage synthesize cannot write {run_dir}/images/gan/") and "\n" not in message
+    assert message.endswith(": No space left on device; free space or fix the permissions, then run the same "
+                            "command again (finished stages are kept)")
+    assert not (run_dir / "stages" / "synthesize.json").exists() and not list(run_dir.rglob("*.tmp"))
+    assert not (rundir.read_manifest(run_dir)["source"] == "gan").any()
+
+    info = run_pipeline(cfg, run_dir)
+    assert [s for s, i in info.items() if not i["skipped"]] == ["synthesize", "benchmark", "expand", "report"]
+    for ours, theirs in zip(_outputs(run_dir), _outputs(reference)):
+        if isinstance(ours, pd.DataFrame):
+            pd.testing.assert_frame_equal(ours, theirs)
+        else:
+            assert ours == theirs

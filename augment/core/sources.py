@@ -6,6 +6,7 @@ import functools
 import gzip
 import hashlib
 import logging
+import os
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ def to_array(pil: Image.Image, channels: int, origin: str, alpha_background: str
 def _open_image(path: Path, d: DataConfig) -> np.ndarray:
     """Decode one image file: size checked against data.max_pixels before decoding, EXIF
     orientation applied, mode converted by `to_array`'s rules. Any failure is a BadInput."""
-    origin = str(path)
+    origin = safe_text(str(path))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -156,17 +157,22 @@ def read_folder(d: DataConfig) -> RawDataset:
         raise UserError(f"{root}: no class sub-folders found (expected {root}/<class>/<image>)")
     out = _Collector(d.on_bad_image)
     for class_dir in classes:
-        label = _check_label(class_dir.name, str(class_dir))
+        # a folder name that is not UTF-8 still names a class: its odd bytes become U+FFFD
+        name = class_dir.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        where = safe_text(str(class_dir))
+        label = _check_label(name, where)
         if not class_dir.resolve().is_relative_to(real_root):
-            raise UserError(f"{class_dir}: class folder is a link to {class_dir.resolve()}, outside the dataset {real_root}")
+            raise UserError(f"{where}: class folder is a link to {class_dir.resolve()}, outside the dataset {real_root}")
         files = sorted(f for f in class_dir.rglob("*") if not f.name.startswith(".") and (f.is_file() or f.is_symlink()))
         images = [f for f in files if f.suffix.lower() in IMG_EXTENSIONS]
         for f in sorted(set(files) - set(images)):
-            log.warning("%s: skipped, not an image extension (%s)", f, ", ".join(IMG_EXTENSIONS))
+            log.warning("%s: skipped, not an image extension (%s)", safe_text(str(f)), ", ".join(IMG_EXTENSIONS))
         if not images:
-            raise UserError(f"{class_dir}: class folder has no images ({', '.join(IMG_EXTENSIONS)}); remove it or add images")
+            raise UserError(f"{where}: class folder has no images ({', '.join(IMG_EXTENSIONS)}); remove it or add images")
         for f in images:
-            out.add(lambda f=f: (_open_image(_inside(f, real_root, str(f), "symlink target"), d), label), str(f), label)
+            origin = safe_text(str(f))
+            out.add(lambda f=f, origin=origin: (_open_image(_inside(f, real_root, origin, "symlink target"), d), label),
+                    origin, label)
     return out.data
 
 
@@ -326,9 +332,16 @@ def input_signature(d: DataConfig) -> str:
     else:
         files = [root, *root.parent.glob("*labels-idx1-ubyte*")] if d.source == "idx" else [root]
     h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.relative_to(root) if f.is_relative_to(root) else f.name}|{_content_hash(f)}\n".encode())
+    for f in files:  # names as bytes: a file name need not be valid UTF-8
+        h.update(os.fsencode(f.relative_to(root) if f.is_relative_to(root) else f.name))
+        h.update(f"|{_content_hash(f)}\n".encode())
     return h.hexdigest()[:16]
+
+
+def safe_text(text: str) -> str:
+    """A path as printable, storable text: bytes that are not UTF-8 (a file name need not be) as
+    backslash escapes, e.g. caf\\xe9.png."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _content_hash(path: Path) -> str:
