@@ -58,7 +58,10 @@ class DataConfig(_Section):
     source: Literal["digits", "folder", "csv", "idx"] = "digits"
     path: Path | None = None
     channels: Literal[1, 3] = 1
-    image_size: int | None = Field(default=None, ge=4, le=1024)
+    # auto: the shared native size, or (mixed sizes) the median shorter side, at most AUTO_MAX_SIZE;
+    # native: the shared native size (mixed sizes are an error); N: N x N.
+    image_size: Literal["auto", "native"] | Annotated[int, Field(ge=4, le=1024)] = "auto"
+    resize: Literal["pad", "crop"] = "pad"  # to a square working size: pad (keep all) or center-crop
     per_class: int | None = Field(default=None, ge=1)
     imbalance_ratio: float = Field(default=1.0, ge=1.0)
     class_counts: dict[str, int] | None = None

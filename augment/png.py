@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from augment.atomic import write_bytes
 
@@ -35,13 +35,24 @@ def to_channels(pil: Image.Image, channels: int) -> np.ndarray:
     return arr[:, :, None] if channels == 1 else arr
 
 
-def load_images(run_dir: Path, rel_paths, size: tuple[int, int] | None = None, channels: int = 1) -> np.ndarray:
-    """Read PNGs from the run directory into uint8 (N, H, W, C), resized to `size` (H, W) if given."""
+def fit_to(pil: Image.Image, size: tuple[int, int], fit: str = "pad") -> Image.Image:
+    """`pil` at `size` (H, W), aspect kept: "pad" (letterbox, black borders) or "crop" (center crop)."""
+    target = (size[1], size[0])  # PIL sizes are (W, H)
+    if pil.size == target:
+        return pil
+    if fit == "crop":
+        return ImageOps.fit(pil, target, Image.Resampling.BILINEAR)
+    return ImageOps.pad(pil, target, Image.Resampling.BILINEAR, color=0)
+
+
+def load_images(run_dir: Path, rel_paths, size: tuple[int, int] | None = None, channels: int = 1,
+                fit: str = "pad") -> np.ndarray:
+    """Read PNGs from the run directory into uint8 (N, H, W, C), fitted to `size` (H, W) if given."""
     out = []
     for rel in rel_paths:
         with Image.open(Path(run_dir) / rel) as pil:
-            if size is not None and pil.size != (size[1], size[0]):
-                pil = pil.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            if size is not None:
+                pil = fit_to(pil, size, fit)
             out.append(to_channels(pil, channels))
     if not out:
         h, w = size or (0, 0)

@@ -138,7 +138,7 @@ def load_split(run_dir: Path, split: str, sources=("real",)) -> tuple[np.ndarray
     frame = read_manifest(run_dir)
     rows = frame[(frame["split"] == split) & frame["source"].isin(sources) & frame["kept"] & frame["path"].notna()]
     rows = rows.reset_index(drop=True)
-    x = load_images(run_dir, rows["path"], tuple(info["size"]), info["channels"])
+    x = load_images(run_dir, rows["path"], tuple(info["size"]), info["channels"], info.get("fit", "pad"))
     index = {c: i for i, c in enumerate(info["classes"])}
     y = np.array([index[label] for label in rows["label"]], dtype=np.int64)
     return x, y, rows

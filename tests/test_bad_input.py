@@ -162,12 +162,18 @@ def test_exact_duplicates_are_dropped_and_conflicts_named(root):
     assert len(data.images) == 9 and len(data.skipped) == 3  # both conflicting copies and the duplicate
 
 
-def test_mixed_sizes_need_a_working_size(tmp_path):
+def test_mixed_sizes_are_an_error_only_when_native_is_asked_for(tmp_path):
+    """data.image_size native names an example file of each size; the default (auto) works."""
     root = write_image_folder(tmp_path / "in", {"a": 5, "b": 5})
     Image.new("L", (30, 20), 9).save(root / "b" / "big.png")
-    cfg = load_config(None, ["data.source=folder", f"data.path={root}", "data.min_per_class=3"])
-    with pytest.raises(UserError, match="images have different sizes .* set data.image_size"):
-        run_stage("ingest", cfg, tmp_path / "run")
+    base = ["data.source=folder", f"data.path={root}", "data.min_per_class=3"]
+    with pytest.raises(UserError) as err:
+        run_stage("ingest", load_config(None, [*base, "data.image_size=native"]), tmp_path / "run")
+    assert str(err.value) == (f"{root}: data.image_size is native but the images differ in size: 12x10 (e.g. "
+                              f"{root}/a/000.png), 20x30 (e.g. {root}/b/big.png); set data.image_size to auto "
+                              "or a number")
+    info = run_stage("ingest", load_config(None, base), tmp_path / "run")
+    assert info["size"] == [10, 10] and "median shorter side" in info["size_note"]
 
 
 def test_one_image_class_is_refused_with_the_key(tmp_path):

@@ -114,15 +114,28 @@ def test_ingest_writes_manifest_and_pngs(tmp_path, image_folder):
     assert info["size"] == [12, 10] and ingest_info(run)["classes"] == ["cat", "dog", "owl"]
 
 
-def test_different_sizes_need_image_size(tmp_path):
-    root = write_image_folder(tmp_path / "in", {"a": 6, "b": 6})
+def test_different_sizes_get_a_working_size_and_keep_their_aspect(tmp_path):
+    """A real photo folder: sizes differ. auto picks a square working size (the median shorter side,
+    at most 64), says so, and every image is fitted by padding (default) or center-cropping."""
+    root = write_image_folder(tmp_path / "in", {"a": 6, "b": 6})  # 12x10
     write_image_folder(root, {"c": 6}, size=(20, 20))
-    with pytest.raises(UserError, match="set data.image_size"):
-        run_stage("ingest", folder_cfg(root), tmp_path / "run")
+    with pytest.raises(UserError, match=r"data.image_size is native but the images differ in size: 12x10 \(e\.g\. "):
+        run_stage("ingest", folder_cfg(root, "data.image_size=native"), tmp_path / "run0")
+    info = run_stage("ingest", folder_cfg(root), tmp_path / "run")
+    assert info["size"] == [10, 10] and info["fit"] == "pad"
+    assert info["size_note"].startswith("data.image_size auto: 2 image sizes (12x10 to 20x20); working size 10x10")
+    assert "padding" in info["size_note"]
+    x, _, rows = rundir.load_split(tmp_path / "run", "train")
+    assert x.shape[1:] == (10, 10, 1)
+    tall = rows["label"].isin(["a", "b"]).to_numpy()  # 12 high, 10 wide: padded left and right
+    assert (x[tall][:, :, 0] == 0).all() and (x[~tall][:, :, 0] != 0).any()
     info = run_stage("ingest", folder_cfg(root, "data.image_size=16"), tmp_path / "run2")
     assert info["size"] == [16, 16]
     frame = rundir.read_manifest(tmp_path / "run2")
     assert set(frame["height"]) == {12, 20}  # the manifest keeps native sizes
+    run_stage("ingest", folder_cfg(root, "data.resize=crop"), tmp_path / "run3")
+    x, _, _ = rundir.load_split(tmp_path / "run3", "train")
+    assert x.shape[1:] == (10, 10, 1) and (x[:, :, 0] != 0).any()
 
 
 def test_split_is_stratified_disjoint_and_seeded():

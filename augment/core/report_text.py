@@ -250,14 +250,15 @@ def _fig(figs: dict[str, str], name: str, alt: str, missing: str = "") -> str:
     return f"![{alt}]({figs[name]})\n" if name in figs else missing
 
 
-def render_markdown(cfg: Config, run_dir: Path, summary: Summary, frame: pd.DataFrame, train_counts: dict[str, int],
+def render_markdown(cfg: Config, run_dir: Path, summary: Summary, frame: pd.DataFrame, ingest: dict,
                     quality: dict | None = None, history: pd.DataFrame | None = None,
                     figs: dict[str, str] | None = None, device: dict | None = None) -> tuple[str, str]:
     """(report markdown, verdict paragraph) from the summary, the manifest, what the GAN recorded
-    (gan/quality.json, gan/history.csv) and the figures (name -> path relative to report/)."""
+    (gan/quality.json, gan/history.csv), ingest's record and the figures (name -> path relative to report/)."""
     figs = figs or {}
     para = verdict(summary, run_dir)
-    order = class_order(summary, train_counts)
+    order = class_order(summary, ingest["counts"].get("train"))
+    size_note = f"Working size: {ingest['size_note']}.\n\n" if ingest.get("size_note") else ""
     gan_part = ("Samples of the EMA generator after the last step, one row per class:\n\n" + _fig(figs, "gan_samples", "GAN samples")
                 if "gan_samples" in figs else "The GAN stage was disabled.\n")
     walk = ("Latent-space walk between two noise vectors, one row per class (smooth change: the generator learned "
@@ -294,7 +295,7 @@ the SMOTE arm trains on its own feature rows, every other arm on the same featur
 
 ## Data
 
-{_data_table(frame)}
+{size_note}{_data_table(frame)}
 
 {_skipped_inputs(frame)}
 

@@ -56,18 +56,34 @@ def simulate_scarcity(labels, split: np.ndarray, counts: dict[str, int], seed: i
     return keep
 
 
-def working_size(images: list[np.ndarray], image_size: int | None, where: str) -> tuple[int, int]:
-    """The (H, W) every stage trains at: data.image_size, else the shared native size."""
-    if image_size is not None:
-        return (image_size, image_size)
-    sizes = {im.shape[:2] for im in images}
-    if len(sizes) > 1:
-        a, b = sorted(sizes)[:2]
-        raise UserError(
-            f"{where}: images have different sizes ({a[0]}x{a[1]}, {b[0]}x{b[1]}, ...); "
-            "set data.image_size to train at one size"
-        )
-    return next(iter(sizes))
+AUTO_MAX_SIZE = 64  # data.image_size auto never picks more: small CNNs and GANs on a CPU
+
+
+def working_size(images: list[np.ndarray], origins: list[str], image_size: int | str, where: str
+                 ) -> tuple[tuple[int, int], str]:
+    """The (H, W) every stage trains at, and a sentence saying how it was chosen.
+
+    An int: that square. "native": the images' shared size (different sizes are an error naming
+    an example file of each). "auto": the shared size when there is one, else a square of the
+    median shorter side, at most AUTO_MAX_SIZE pixels.
+    """
+    if isinstance(image_size, int):
+        return (image_size, image_size), f"data.image_size {image_size}: every image at {image_size}x{image_size}"
+    examples: dict[tuple[int, int], str] = {}
+    for im, origin in zip(images, origins):
+        examples.setdefault(im.shape[:2], origin)
+    if len(examples) == 1:
+        (h, w), = examples
+        return (h, w), f"every image is {h}x{w}: the working size"
+    if image_size == "native":
+        listed = ", ".join(f"{h}x{w} (e.g. {origin})" for (h, w), origin in sorted(examples.items())[:4])
+        more = f" and {len(examples) - 4} more sizes" if len(examples) > 4 else ""
+        raise UserError(f"{where}: data.image_size is native but the images differ in size: {listed}{more}; "
+                        "set data.image_size to auto or a number")
+    side = int(min(AUTO_MAX_SIZE, np.median([min(im.shape[:2]) for im in images])))
+    lo, hi = min(examples), max(examples)
+    return (side, side), (f"data.image_size auto: {len(examples)} image sizes ({lo[0]}x{lo[1]} to {hi[0]}x{hi[1]}); "
+                          f"working size {side}x{side} (the median shorter side, at most {AUTO_MAX_SIZE})")
 
 
 def train_counts(d: DataConfig, classes: list[str], where: str) -> dict[str, int] | None:

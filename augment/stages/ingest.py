@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from augment.core.sources import input_signature, read_source
 from augment.core.splits import simulate_scarcity, split_indices, train_counts, working_size
 from augment.errors import UserError
 from augment.runtime import derive_seed
+
+log = logging.getLogger("augment")
 
 
 def check(cfg: Config) -> None:
@@ -30,7 +33,10 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     d = cfg.data
     raw = read_source(d)
     where = str(d.path or d.source)
-    size = working_size(raw.images, d.image_size, where)
+    size, how = working_size(raw.images, raw.origins, d.image_size, where)
+    if size[0] != size[1] or any(im.shape[:2] != size for im in raw.images):
+        how += f"; images are fitted to it by {'padding' if d.resize == 'pad' else 'center-cropping'} (data.resize)"
+    log.info("ingest: %s", how)
     split = split_indices(raw.labels, d.val_fraction, d.test_fraction, derive_seed(cfg.seed, "split"))
     keep = np.ones(len(raw.labels), bool)
     counts = train_counts(d, sorted(set(raw.labels)), where)
@@ -54,6 +60,8 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     per_split = frame[frame["kept"]].groupby(["split", "label"]).size().unstack(fill_value=0)
     return {
         "size": list(size),
+        "size_note": how,
+        "fit": d.resize,
         "channels": d.channels,
         "classes": sorted(set(raw.labels)),
         "counts": {s: {str(k): int(v) for k, v in row.items()} for s, row in per_split.iterrows()},

@@ -44,17 +44,17 @@ def make_figures(run_dir: Path, summary: Summary, frame: pd.DataFrame, per_class
         figures.recall_chart(recall, arm, out / "recall.png")
         done("recall")
 
-    size, channels = tuple(info["size"]), info["channels"]
+    size, channels, fit = tuple(info["size"]), info["channels"], info.get("fit", "pad")
     train = frame[(frame["split"] == "train") & frame["kept"] & frame["path"].notna()]
     rows: dict[str, dict] = {}
     for label in info["classes"]:
         rows[label] = {}
         for source, group in train[train["label"] == label].groupby("source"):
-            rows[label][source] = rundir.load_images(run_dir, group["path"].head(per_class), size, channels)
+            rows[label][source] = rundir.load_images(run_dir, group["path"].head(per_class), size, channels, fit)
     figures.image_grid(rows, out / "images.png")
     done("images")
     sample = pd.concat([g.sample(min(len(g), 300), random_state=0) for _, g in train.groupby("source")])
-    pixels = rundir.load_images(run_dir, sample["path"], size, channels).reshape(len(sample), -1) / 255.0
+    pixels = rundir.load_images(run_dir, sample["path"], size, channels, fit).reshape(len(sample), -1) / 255.0
     if len(sample) >= 3:
         figures.projection(pixels, sample["source"].tolist(), out / "projection.png")
         done("projection")
@@ -82,8 +82,7 @@ def render_report(cfg: Config, run_dir: Path) -> str:
     quality = json.loads(quality_path.read_text()) if quality_path.is_file() else None
     history = pd.read_csv(history_path) if history_path.is_file() else None
     device = json.loads((run_dir / rundir.DEVICE).read_text()) if (run_dir / rundir.DEVICE).is_file() else None
-    md, para = render_markdown(cfg, run_dir, summary, frame, rundir.ingest_info(run_dir)["counts"].get("train"),
-                               quality, history, figs, device)
+    md, para = render_markdown(cfg, run_dir, summary, frame, rundir.ingest_info(run_dir), quality, history, figs, device)
     write_text(run_dir / "report" / "report.md", md)
     write_text(run_dir / "report" / "report.html", render_html(md, run_dir / "report"))
     write_json(run_dir / "report" / "results.json", {"verdict": para, **summary_json(summary)})
