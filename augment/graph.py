@@ -24,7 +24,7 @@ from augment import rundir
 from augment.atomic import write_json, write_text
 from augment.config import BenchmarkConfig, Config, dump_config
 from augment.errors import UserError
-from augment.runtime import describe_device, resolve_device
+from augment.runtime import check_stop, describe_device, graceful_stop, resolve_device
 from augment.stages import benchmark, classical, expand, gan, ingest, report, smote, synthesize
 
 log = logging.getLogger("augment")
@@ -220,5 +220,9 @@ def device_record(cfg: Config) -> dict:
 def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, dict]:
     """Every stage in graph order, without an orchestrator (the flow does the same with one task each)."""
     fps = fingerprints(cfg)
-    with open_run(cfg, run_dir) as run_dir:
-        return {stage.name: run_stage(stage.name, cfg, run_dir, fps=fps) for stage in STAGES}
+    out = {}
+    with graceful_stop(), open_run(cfg, run_dir) as run_dir:
+        for stage in STAGES:
+            check_stop()  # SIGTERM/SIGINT: stop between stages (long stages stop between steps)
+            out[stage.name] = run_stage(stage.name, cfg, run_dir, fps=fps)
+    return out

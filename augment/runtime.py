@@ -1,11 +1,19 @@
-"""The device (chosen once per run and passed down) and named, stable seeds."""
+"""The device (chosen once per run and passed down), named stable seeds, and stopping on a signal."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
 
 from augment.errors import UserError
+
+log = logging.getLogger("augment")
 
 
 def resolve_device(name: str):
@@ -38,3 +46,76 @@ def derive_seed(seed: int, *parts: object) -> int:
     """A stable 63-bit seed for a named sub-stream, so stages never share random streams."""
     blob = json.dumps([seed, *[str(p) for p in parts]]).encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
+
+
+# --------------------------------------------------------------------------- stopping on a signal
+
+_STOP = threading.Event()
+_SIGNAL: list[int] = []  # the signal that asked to stop
+
+
+class Interrupted(UserError):
+    """A run stopped on SIGTERM or SIGINT at a step boundary, its resumable state written."""
+
+
+def request_stop(signum: int) -> None:
+    _SIGNAL[:] = [signum]
+    _STOP.set()
+
+
+def stop_requested() -> int | None:
+    """The signal number that asked the run to stop, or None."""
+    return _SIGNAL[0] if _STOP.is_set() and _SIGNAL else None
+
+
+def check_stop() -> None:
+    """Raise Interrupted if a stop was requested: long loops call this once per step."""
+    signum = stop_requested()
+    if signum is not None:
+        raise Interrupted(f"stopped by {signal.Signals(signum).name}; finished stages and the last GAN checkpoint "
+                          "are kept: run the same command again to resume")
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of pid (Linux /proc), e.g. the temporary Prefect server."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _on_signal(signum: int, frame) -> None:
+    if stop_requested() is None:
+        request_stop(signum)
+        log.warning("%s: stopping at the next step boundary (send it again to stop at once)",
+                    signal.Signals(signum).name)
+        return
+    for child in _children(os.getpid()):  # a second signal: stop now, and leave no server behind
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGTERM)
+    os._exit(128 + signum)
+
+
+@contextlib.contextmanager
+def graceful_stop(signals=(signal.SIGTERM, signal.SIGINT)):
+    """While inside: the first SIGTERM/SIGINT asks the run to stop at the next step boundary (loops
+    call check_stop; the GAN writes its checkpoint first), a second one exits at once. The previous
+    handlers come back afterwards. Outside the main thread it does nothing (signals go there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _on_signal) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def reset_stop() -> None:
+    _STOP.clear()
+    _SIGNAL.clear()

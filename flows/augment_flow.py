@@ -32,6 +32,7 @@ from augment import graph
 from augment.config import Config, OrchestrationConfig
 from augment.core.report_text import arm_rows, summary_markdown
 from augment.errors import UserError
+from augment.runtime import check_stop, graceful_stop
 from augment.summary import read_summary
 
 log = logging.getLogger("augment")
@@ -174,9 +175,10 @@ def augment_dataset(config_path: str | None = None, overrides: list[str] | None 
     """Expand a scarce image dataset and measure whether it helped; returns the report's verdict."""
     try:
         cfg = graph.load_config(config_path, overrides)
-        with graph.open_run(cfg, Path(run_dir) if run_dir else graph.default_run_dir(cfg, config_path)) as path:
+        with graceful_stop(), graph.open_run(cfg, Path(run_dir) if run_dir else graph.default_run_dir(cfg, config_path)) as path:
             out, info = str(path), {}
             for stage in graph.STAGES:
+                check_stop()  # SIGTERM/SIGINT between stages: stop before the next one
                 if n := graph.fan_out(stage.name, cfg, path):
                     if (failed := _fan_out(stage.name, cfg, out, n)) is not None:
                         return failed

@@ -167,7 +167,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("augment").setLevel(level)
     from flows.augment_flow import augment_dataset
 
-    state = augment_dataset(config, args.overrides, str(run_dir), return_state=True)
+    from augment.runtime import graceful_stop, stop_requested
+
+    try:
+        with graceful_stop():  # also during Prefect's start-up; the flow installs it again inside
+            state = augment_dataset(config, args.overrides, str(run_dir), return_state=True)
+    except KeyboardInterrupt:  # Ctrl-C before the flow started (Prefect's start-up)
+        print("augment: stopped by SIGINT before any stage ran", file=sys.stderr)
+        return 130
+    if stop_requested() is not None:  # SIGTERM/SIGINT: stopped at a step boundary, resumable
+        print(f"augment: {state.message}", file=sys.stderr)
+        return 128 + stop_requested()
     if state.is_failed():
         print(f"augment: error: {state.message}", file=sys.stderr)
         return 1

@@ -190,3 +190,77 @@ def test_a_full_disk_mid_run_is_one_line_and_a_rerun_resumes(smoke_run, tmp_path
             pd.testing.assert_frame_equal(ours, theirs)
         else:
             assert ours == theirs
+
+
+# Where to send the signal, and what each stop leaves to resume from.
+STOP_POINTS = {
+    "GAN training": (signal.SIGTERM, lambda d: (d / "gan" / "checkpoint.pt").is_file() and not _done(d, "gan")),
+    "benchmark": (signal.SIGINT, lambda d: (d / "benchmark" / "partial.json").is_file()),
+}
+
+
+def _group_gone(pgid: int, wait: float = 5.0) -> bool:
+    """Whether every process of the run's group (the CLI and Prefect's temporary server) has ended."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _wait_for(proc, run_dir, condition, where):
+    deadline = time.monotonic() + 600
+    while not condition(run_dir):
+        assert proc.poll() is None, f"the run finished before it reached {where}"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+
+
+@pytest.mark.slow
+def test_sigterm_and_sigint_stop_within_10_s_and_a_rerun_gives_the_uninterrupted_result(tmp_path):
+    """As `timeout`, Kubernetes or SLURM stop a job: the signal goes to the main process only. It stops at
+    the next step boundary with the GAN checkpoint (or the benchmark's finished seeds) written, releases
+    the lock, stops Prefect's temporary server, exits 143 (130 for SIGINT) with one line saying how to
+    resume, and a re-run gives exactly the uninterrupted result. A second signal exits at once."""
+    reference = _launch(tmp_path / "reference")
+    out, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, out[-2000:]
+
+    run_dir = tmp_path / "stopped"
+    for where, (sig, condition) in STOP_POINTS.items():
+        proc = _launch(run_dir)
+        _wait_for(proc, run_dir, condition, where)
+        sent = time.monotonic()
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+        assert time.monotonic() - sent <= 10, where
+        assert proc.returncode == 128 + sig, (where, out[-2000:])
+        assert f"augment: stopped by {signal.Signals(sig).name}; finished stages and the last GAN checkpoint are " \
+               "kept: run the same command again to resume" in out
+        assert "Traceback" not in out and _group_gone(proc.pid), where
+        if where == "GAN training":
+            assert torch.load(run_dir / "gan" / "checkpoint.pt")["step"] > 0 and not _done(run_dir, "gan")
+        else:
+            assert not _done(run_dir, "benchmark")
+
+    before = (run_dir / "benchmark" / "partial.json").stat().st_mtime_ns
+    proc = _launch(run_dir, "benchmark.seeds=4")  # a changed benchmark: it runs again, long enough to stop twice
+    _wait_for(proc, run_dir, lambda d: (d / "benchmark" / "partial.json").stat().st_mtime_ns != before,
+              "the benchmark, again")
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 143 and time.monotonic() - sent <= 5 and _group_gone(proc.pid)
+
+    final = _launch(run_dir)
+    out, _ = final.communicate(timeout=600)
+    assert final.returncode == 0, out[-2000:]
+    ref_frame, ref_results, ref_expanded = _outputs(tmp_path / "reference")
+    frame, results, expanded = _outputs(run_dir)
+    pd.testing.assert_frame_equal(frame, ref_frame)
+    pd.testing.assert_frame_equal(results, ref_results)
+    assert expanded == ref_expanded and not (run_dir / "benchmark" / "partial.json").exists()

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from augment.errors import UserError
+from augment.runtime import check_stop
 
 if TYPE_CHECKING:
     from augment.config import ClassicalConfig
@@ -240,6 +241,7 @@ def augment_parents(job: dict) -> list[dict]:
     pipeline = build_pipeline(job["transforms"], save_params=True)
     rows = []
     for parent, seed, copies in job["parents"]:
+        check_stop()  # in this process: a SIGTERM stops between images (a pool's workers finish their job)
         image = load_images(run_dir, [parent["path"]], None, job["channels"])[0]  # native size
         for c, result in enumerate(copies_of(pipeline, image, seed, copies)):
             aug = result["image"].reshape(image.shape)

@@ -12,6 +12,7 @@ from torch import nn
 from augment.core.accel import adam, autocast
 from augment.core.tensors import scale, to_tensor
 from augment.errors import UserError
+from augment.runtime import check_stop
 
 
 class SmallCNN(nn.Module):
@@ -155,6 +156,7 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     b = min(batch_size, len(images))
     for _ in range(steps):
+        check_stop()  # SIGTERM/SIGINT: abandon this model within one step
         if draw_weights is not None:
             idx = torch.multinomial(draw_weights, b, replacement=True, generator=gen)
         else:

@@ -26,7 +26,7 @@ from augment.core.networks import Discriminator, GanSpec, Generator, dcgan_init
 from augment.core.accel import adam, autocast, to_memory_format, use_channels_last
 from augment.core.sampling import sample, save_grid, standing_stats
 from augment.core.tensors import resize, to_tensor
-from augment.runtime import derive_seed
+from augment.runtime import check_stop, derive_seed, stop_requested
 
 log = logging.getLogger("augment")
 Progress = Callable[[int, int], None]
@@ -295,12 +295,14 @@ def train_gan(
         done = state.step == cfg.steps
         if state.step % cfg.sample_every == 0 or done:
             history[-1].update(_evaluate(state, bank, val_bank, cfg, seed, out_dir))
-        if state.step % cfg.checkpoint_every == 0 or done or state.step == stop_after:
+        stopping = stop_requested() is not None  # SIGTERM/SIGINT: checkpoint this step, then stop
+        if state.step % cfg.checkpoint_every == 0 or done or state.step == stop_after or stopping:
             _save(out_dir, state, fingerprint, history)
             if progress is not None:
                 progress(state.step, cfg.steps)
         if state.step == stop_after:
             break
+        check_stop()
     bar.close()
     return state
 

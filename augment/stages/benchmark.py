@@ -6,6 +6,7 @@ classifier) and benchmark/summary.json (augment.summary.Summary).
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from augment import rundir
-from augment.atomic import atomic_path
+from augment.atomic import atomic_path, write_json
 from augment.config import Config
 from augment.core.classifier import predict_proba, pretrained_weights_path, train_classifier
 from augment.core.features import load_extractor, make_extractor
@@ -23,6 +24,22 @@ from augment.runtime import derive_seed, resolve_device
 from augment.summary import METRICS, HeldOut, write_summary
 
 log = logging.getLogger("augment")
+
+
+RESULT_COLUMNS = ["arm", "seed", "split", "classifier", "metric", "value", "class"]  # "class": per-class recall
+PARTIAL = Path("benchmark") / "partial.json"  # the (arm, seed) results of a run stopped part-way
+
+
+def _finished(run_dir: Path, fingerprint: str) -> dict[tuple[str, int], list[dict]]:
+    """The per-(arm, seed) records a stopped run of the same fingerprint finished: a resumed
+    benchmark trains only the rest (each seed is independent, so the result is the same)."""
+    path = Path(run_dir) / PARTIAL
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    if saved.get("fingerprint") != fingerprint:
+        return {}
+    return {(rows[0]["arm"], rows[0]["seed"]): rows for rows in saved["done"]}
 
 
 def check(cfg: Config) -> None:
@@ -77,25 +94,29 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     skipped = sorted(set(b.arms) - set(arms))
     if skipped:
         log.warning("benchmark: arm(s) %s skipped, their stage produced no images", skipped)
+    finished = _finished(run_dir, fingerprint)  # (arm, seed) -> records, from a run stopped part-way
     records, train_images = [], {}
     for arm in arms:
         spec = ARMS[arm]
         x, y, _ = rundir.load_split(run_dir, "train", spec.sources)
         train_images[arm] = len(x)
         for s in range(b.seeds):
-            # the same seed for every arm: paired runs share initialisation
-            model = train_classifier(x, y, k, **b.trainer_kwargs(), seed=derive_seed(cfg.seed, "benchmark", s),
-                                     device=device, augment=spec.augment, balanced=spec.balanced)
-            for split, (xs, ys) in held_out.items():
-                records += score_records(ys, predict_proba(model, xs).argmax(1), classes,
-                                         arm=arm, seed=s, split=split, classifier=b.classifier)
+            if (arm, s) not in finished:
+                # the same seed for every arm: paired runs share initialisation
+                model = train_classifier(x, y, k, **b.trainer_kwargs(), seed=derive_seed(cfg.seed, "benchmark", s),
+                                         device=device, augment=spec.augment, balanced=spec.balanced)
+                finished[(arm, s)] = [r for split, (xs, ys) in held_out.items()
+                                      for r in score_records(ys, predict_proba(model, xs).argmax(1), classes,
+                                                             arm=arm, seed=s, split=split, classifier=b.classifier)]
+                write_json(run_dir / PARTIAL, {"fingerprint": fingerprint, "done": list(finished.values())})
+            records += finished[(arm, s)]
         log.info("benchmark: arm %s done (%d train images)", arm, len(x))
     if b.linear_probe:
         # SMOTE rows without images (classifier feature spaces) are still scored here, natively
         has_rows = "smote" in set(frame.loc[frame["kept"], "source"])
         probe_arms = arms + [a for a in b.arms if a not in arms and set(ARMS[a].sources) == {"real", "smote"} and has_rows]
         records += _linear_probe(_extractor(cfg, run_dir, classes), run_dir, probe_arms, held_out, classes)
-    results = pd.DataFrame(records)
+    results = pd.DataFrame(records, columns=RESULT_COLUMNS)
     with atomic_path(run_dir / "benchmark" / "results.parquet") as tmp:
         results.to_parquet(tmp, index=False)
     summary = summarise(results[results["classifier"] == b.classifier], arms, train_images)
@@ -107,4 +128,5 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     summary.held_out = {s: HeldOut(images=len(rows), ids_sha256=ids_digest(rows["id"])) for s, (_, _, rows) in loaded.items()}
     summary.skipped_arms = skipped
     write_summary(run_dir, summary)
+    (run_dir / PARTIAL).unlink(missing_ok=True)
     return {"arms": arms, "recommended": summary.recommendation.arm}
