@@ -1,6 +1,7 @@
 """Every mistake a config or a command line can show is one line naming the key, path or value,
 before any work starts (and before Prefect's start-up)."""
 
+import os
 import subprocess
 import sys
 
@@ -66,37 +67,47 @@ def test_relative_paths_follow_one_rule(tmp_path, monkeypatch):
     assert cfg.data.path == tmp_path / "other" and cfg.benchmark.weights == tmp_path / "b.pth"
 
 
-def test_a_missing_data_path_is_named_as_missing(tmp_path, capsys):
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`augment` in a real process, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+def test_a_missing_data_path_is_named_as_missing(tmp_path):
     """Not "the run directory is inside the input dataset": the input is not there at all."""
-    code = main(["run", str(REPO / "configs" / "my_folder.yaml"), "--set", f"data.path={tmp_path / 'nope'}",
-                 "--run-dir", str(tmp_path / "run")])
-    assert code == 2
-    assert capsys.readouterr().err == f"augment: error: data.path {tmp_path / 'nope'} does not exist\n"
+    done = _cli("run", str(REPO / "configs" / "my_folder.yaml"), "--set", f"data.path={tmp_path / 'nope'}",
+                "--run-dir", str(tmp_path / "run"))
+    assert done.returncode == 2
+    assert done.stderr == f"augment: error: data.path {tmp_path / 'nope'} does not exist\n"
 
 
 @pytest.mark.parametrize("where, reason", [
     ("under_a_file/run", "Not a directory"),
     ("/proc/augment-test/run", "No such file or directory"),
 ])
-def test_a_run_directory_that_cannot_be_created_is_one_line(tmp_path, capsys, where, reason):
+def test_a_run_directory_that_cannot_be_created_is_one_line(tmp_path, where, reason):
     (tmp_path / "under_a_file").write_text("a file, not a folder")
     run_dir = where if where.startswith("/") else str(tmp_path / where)
-    code = main(["run", str(SMOKE), "--run-dir", run_dir])
-    err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1
-    assert err.startswith(f"augment: error: run directory {run_dir} cannot be created or written to: {reason}")
+    done = _cli("run", str(SMOKE), "--run-dir", run_dir)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"augment: error: run directory {run_dir} cannot be created or written to: {reason}")
+
+
+def test_the_same_checks_hold_in_process(tmp_path, capsys):
+    """main() as a notebook or a wrapper script calls it: the same one line, no Prefect start-up."""
+    (tmp_path / "f").write_text("")
+    assert main(["run", str(SMOKE), "--run-dir", str(tmp_path / "f" / "run")]) == 2
+    assert capsys.readouterr().err.startswith(f"augment: error: run directory {tmp_path / 'f' / 'run'} cannot be")
 
 
 def test_the_cli_shows_a_trace_only_when_asked(tmp_path):
     """A user's mistake is one line; AUGMENT_DEBUG=1 (or -v) adds the full trace. Real processes,
     as a user runs them (no Prefect start-up: the mistake is found first)."""
-    cmd = [sys.executable, "-m", "flows.cli", "run", str(SMOKE), "--set", "smote.params={k_neighbours: 3}",
-           "--run-dir", str(tmp_path / "run")]
-    plain = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    args = ["run", str(SMOKE), "--set", "smote.params={k_neighbours: 3}", "--run-dir", str(tmp_path / "run")]
+    plain = _cli(*args)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     assert plain.stderr.strip().splitlines() == [
         "augment: error: config key 'smote.params': SMOTE has no parameter 'k_neighbours' (did you mean "
         "'k_neighbors'?); it takes k_neighbors"]
-    debug = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
-                           env={**__import__("os").environ, "AUGMENT_DEBUG": "1"})
+    debug = _cli(*args, env={**os.environ, "AUGMENT_DEBUG": "1"})
     assert debug.returncode == 2 and "Traceback" in debug.stderr and "check_params" in debug.stderr

@@ -113,6 +113,7 @@ def test_report_states_the_verdict_and_table(smoke_run):
     assert info["report"]["verdict"] in md
     assert "| real |" in md or "| real (recommended) |" in md
     assert "## Data" in md and "```yaml" in md and "## Per-class recall" in md
+    assert "Working size: every image is 8x8: the working size." in md  # how the working size was chosen
 
 
 def test_rerun_resumes_and_a_changed_section_reruns_only_downstream(smoke_run, tmp_path):
