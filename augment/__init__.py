@@ -10,11 +10,12 @@ Plain functions over arrays and one run directory; no Prefect import anywhere in
 """
 
 __version__ = "0.1.0"
+__all__ = ["run", "load_config", "run_pipeline", "__version__"]  # run(config) -> augment.summary.Summary
 
 
 def __getattr__(name: str):
     # Lazy, so `import augment.png` in a spawned worker does not import torch and the stages.
-    if name in ("load_config", "run_pipeline"):
+    if name in ("run", "load_config", "run_pipeline"):
         from augment import graph
 
         return getattr(graph, name)

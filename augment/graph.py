@@ -26,6 +26,7 @@ from augment.config import BenchmarkConfig, Config, dump_config
 from augment.errors import UserError
 from augment.runtime import check_stop, describe_device, graceful_stop, resolve_device
 from augment.stages import benchmark, classical, expand, gan, ingest, report, smote, synthesize
+from augment.summary import Summary, read_summary
 
 log = logging.getLogger("augment")
 Keys = tuple[str, ...]
@@ -215,6 +216,18 @@ def device_record(cfg: Config) -> dict:
     return {**describe_device(device), "gan_precision": resolve_precision(cfg.gan.precision, device),
             "gan_channels_last": use_channels_last(cfg.gan.channels_last, device),
             "classifier_precision": resolve_precision(cfg.benchmark.precision, device)}
+
+
+def run(config: Config | str | Path | None = None, overrides: list[str] | None = None,
+        run_dir: str | Path | None = None) -> Summary:
+    """The Python API: run every stage in this process (no Prefect) and return the benchmark's typed
+    summary. `config`: a loaded Config, a YAML path, or None for the embedded default; the run
+    directory defaults to <run_root>/<config name> and resumes like `augment run`."""
+    cfg = config if isinstance(config, Config) else load_config(config, overrides)
+    name = None if isinstance(config, Config) else config
+    path = Path(run_dir) if run_dir is not None else default_run_dir(cfg, name)
+    run_pipeline(cfg, path)
+    return read_summary(path)
 
 
 def run_pipeline(cfg: Config, run_dir: Path) -> dict[str, dict]:

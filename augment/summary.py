@@ -45,6 +45,7 @@ class Gain(_Model):
     wilcoxon_p: float = NAN
     boot_low: float = NAN
     boot_high: float = NAN
+    per_seed: list[float] = Field(default_factory=list)  # the paired differences the interval is over
 
     @property
     def significant(self) -> bool:
@@ -101,6 +102,8 @@ class Summary(_Model):
     linear_probe: dict[str, dict[str, dict[str, float]]] = Field(default_factory=dict)  # arm -> split -> metric
     held_out: dict[str, HeldOut] = Field(default_factory=dict)
     skipped_arms: list[str] = Field(default_factory=list)
+    # arm -> test confusion matrix summed over seeds: rows are true classes, columns predicted (classes' order)
+    confusion_test: dict[str, list[list[int]]] = Field(default_factory=dict)
 
     def comparison(self, arm: str, base: str) -> Comparison | None:
         return next((c for c in self.comparisons if c.arm == arm and c.base == base), None)

@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Expand a scarce labeled image dataset (classical augmentation, SMOTE, class-conditional "
         "DCGANs) and measure with a downstream classifier whether it helped.",
     )
+    from augment import __version__
+
+    parser.add_argument("--version", action="version", version=f"augment {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser(
         "run",
@@ -43,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", default=None, metavar="DIR",
                      help="run directory (default: <run_root>/<config name>, so a re-run resumes)")
     run.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final summary")
+    run.add_argument("--plan", action="store_true",
+                     help="print which stages would run or be reused, the data, the device and an estimated time "
+                     "per stage (from a short timed probe here), then exit without running anything")
+    run.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                     help="warn, naming the keys that would bring it down, when the estimate exceeds M minutes "
+                     "(default: 30 on a CPU)")
+    run.add_argument("--force", action="append", default=[], metavar="STAGE",
+                     help="run STAGE and every stage after it that depends on it again (repeatable)")
     run.add_argument("-v", "--verbose", action="store_true",
                      help="debug logs, and the full trace of any error (also AUGMENT_DEBUG=1)")
     schedule = sub.add_parser(
@@ -68,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write report.md, the self-contained report.html and the figures again from a finished run "
         "directory, with the config frozen in it. Nothing is trained or sampled.")
     report.add_argument("run_dir", metavar="RUN_DIR")
+    init = sub.add_parser(
+        "init", help="write a starting config for your image folder",
+        description="Look at FOLDER (one sub-folder per class) and write a commented starting config for it: "
+        "classes and counts, colour or grey, image sizes. Then: augment run CONFIG.")
+    init.add_argument("folder", metavar="FOLDER")
+    init.add_argument("--out", default=None, metavar="FILE",
+                      help="where to write (default: <folder name>.yaml in the current folder)")
+    init.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     runs = sub.add_parser(
         "runs", help="list finished runs with their recommended arm and gain",
         description="One line per finished run under DIR (searched recursively): when it finished, the dataset, "
@@ -76,12 +95,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _init(args: argparse.Namespace) -> None:
+    """`augment init FOLDER`: survey the folder, write a starting config, say what was found."""
+    from augment.atomic import write_text
+    from augment.core.survey import starting_config, survey_folder
+    from augment.errors import UserError
+
+    survey = survey_folder(Path(args.folder))
+    out = Path(args.out or f"{Path(survey['path']).name}.yaml")
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; choose another --out or add --force to overwrite it")
+    write_text(out, starting_config(survey))
+    counts = survey["classes"]
+    print(f"{len(counts)} classes ({min(counts.values())} to {max(counts.values())} images each), "
+          f"{'colour' if survey['channels'] == 3 else 'greyscale'}, {len(survey['sizes'])} image size(s).\n"
+          f"Wrote {out}. Next: augment run {out}")
+
+
+def _plan_text(cfg, run_dir: Path, max_minutes: float | None) -> str:
+    from augment.plan import default_budget_minutes, make_plan
+
+    plan = make_plan(cfg, run_dir)
+    return plan.text(max_minutes if max_minutes is not None else default_budget_minutes(plan.device))
+
+
+def _plan(cfg, run_dir: Path, args: argparse.Namespace) -> int:
+    """`augment run --plan`: the plan, and nothing run or written (the run directory is not created)."""
+    if args.force:
+        print(f"(--force {' '.join(args.force)} is applied when the run starts, not by --plan)")
+    print(_plan_text(cfg, run_dir, args.max_minutes))
+    return 0
+
+
 def _offline(args: argparse.Namespace) -> int:
-    """`augment report` and `augment runs`: read a run directory, no Prefect needed."""
+    """`augment report`, `augment runs` and `augment init`: no Prefect needed."""
     from augment.errors import UserError
     from augment.stages.report import list_runs, rerender
 
     try:
+        if args.command == "init":
+            _init(args)
+            return 0
         if args.command == "report":
             verdict = rerender(Path(args.run_dir))
             print(f"{verdict}\nReport: {Path(args.run_dir) / 'report' / 'report.html'}")
@@ -143,9 +197,9 @@ def _schedule(args: argparse.Namespace, cfg) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings.apply()  # before anything imports Prefect or albumentations
     args = build_parser().parse_args(argv)
-    if args.command in ("report", "runs"):
+    settings.apply(quiet=getattr(args, "quiet", False))  # before anything imports Prefect or albumentations
+    if args.command in ("report", "runs", "init"):
         return _offline(args)
     from augment.errors import UserError
     from augment.graph import check_run_dir, default_run_dir, load_config
@@ -157,7 +211,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schedule":
             _cron(args.cron, args.timezone)
             return _schedule(args, cfg)
-        run_dir = check_run_dir(cfg, Path(args.run_dir) if args.run_dir else default_run_dir(cfg, config))
+        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg, config)
+        if args.plan:
+            return _plan(cfg, run_dir, args)
+        run_dir = check_run_dir(cfg, run_dir)
+        for stage in args.force:
+            from augment.plan import force
+
+            print(f"--force {stage}: will run {', '.join(force(cfg, run_dir, stage))}")
+        if not args.quiet:
+            print(_plan_text(cfg, run_dir, args.max_minutes), flush=True)
     except UserError as err:
         if debug:
             traceback.print_exc()
@@ -182,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"augment: error: {state.message}", file=sys.stderr)
         return 1
     result = state.result()
-    print(f"\n{result['verdict']}\nReport: {Path(result['run_dir']) / 'report' / 'report.md'}")
+    report = Path(result["run_dir"]) / "report"
+    print(f"\n{result['verdict']}\nReport to send: {report / 'report.html'} (one self-contained file; "
+          f"Markdown beside it: {report / 'report.md'})")
     return 0
 
 

@@ -15,7 +15,11 @@ DEFAULTS = {
 }
 
 
-def apply() -> None:
+# -q: warnings and the final summary only, Prefect's own INFO lines and progress bars included.
+QUIET = {"PREFECT_LOGGING_LEVEL": "WARNING", "TQDM_DISABLE": "1"}
+
+
+def apply(quiet: bool = False) -> None:
     """Set each default the user has not set. Call before the first `import prefect`."""
-    for key, value in DEFAULTS.items():
+    for key, value in {**DEFAULTS, **(QUIET if quiet else {})}.items():
         os.environ.setdefault(key, value)

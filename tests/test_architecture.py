@@ -23,7 +23,7 @@ def layer(module: str) -> int:
         return 1
     if module.startswith("augment.stages"):
         return 2
-    if module in ("augment", "augment.graph"):
+    if module in ("augment", "augment.graph", "augment.plan"):
         return 3
     if module == "flows.cli":
         return 5

@@ -134,3 +134,37 @@ def test_summaries_written_before_the_typed_model_are_still_read():
     s = summary_from_json(old)
     assert s.arms["real"].test.recall == {"a": s.arms["real"].test.metrics["accuracy"]}
     assert s.comparison("real+gan", "real").test.p_value == 0.04 and s.train_images["real+gan"] == 20
+
+
+def test_verdict_wording_follows_significance():
+    """A synthetic arm 1 point above the best baseline on val without significance "did not
+    significantly beat" it; one below it did not score above it; a significant gain says so."""
+    noisy = results({
+        ("real", "val"): [0.70, 0.75, 0.72], ("real", "test"): [0.70, 0.71, 0.72],
+        ("real+gan", "val"): [0.74, 0.73, 0.73], ("real+gan", "test"): [0.70, 0.72, 0.71],
+    })
+    s = summarise(noisy, ["real", "real+gan"], {"real": 10, "real+gan": 30})
+    g = s.recommendation.synthetic_val_gain_over_best_baseline
+    assert 0 < g.gain and g.p_value >= 0.05 and s.recommendation.arm == "real"
+    text = verdict(s)
+    assert text.startswith(f"The best synthetic arm, 'real+gan', scored +{100 * g.gain:.1f} points above 'real' on "
+                           "the validation split but did not significantly beat it (paired t-test p=")
+    assert "recommends not using the synthetic data" in text and "beat 'real' on" not in text
+
+    worse = results({
+        ("real", "val"): [0.70, 0.71, 0.72], ("real", "test"): [0.70, 0.71, 0.72],
+        ("real+gan", "val"): [0.60, 0.62, 0.61], ("real+gan", "test"): [0.60, 0.61, 0.62],
+    })
+    text = verdict(summarise(worse, ["real", "real+gan"], {"real": 10, "real+gan": 30}))
+    assert text.startswith("No synthetic arm (SMOTE or GAN) scored above 'real' on the validation split (the best, "
+                           "'real+gan', -10.0 points)")
+    text = verdict(summarise(results({("real", "val"): [0.7, 0.71], ("real", "test"): [0.7, 0.71]}), ["real"],
+                             {"real": 10}))
+    assert text.startswith("No synthetic arm (SMOTE or GAN) was benchmarked")
+
+
+def test_arms_are_reported_baselines_first_then_synthetic_as_configured():
+    table = results({(a, sp): [0.7, 0.71] for a in ("real", "real+gan", "real+classical", "synthetic_only",
+                                                      "real+smote") for sp in ("val", "test")})
+    s = summarise(table, ["real+gan", "synthetic_only", "real", "real+smote", "real+classical"])
+    assert list(s.arms) == ["real", "real+classical", "real+gan", "real+smote", "synthetic_only"]

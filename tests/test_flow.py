@@ -158,5 +158,9 @@ def test_cli_runs_the_smoke_config(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "test split" in proc.stdout and "report.md" in proc.stdout
+    assert "test split" in proc.stdout and "Report to send: " in proc.stdout and "report.html" in proc.stdout
     Image.open(next((tmp_path / "run" / "expanded").rglob("*.png"))).verify()
+    # -q: warnings and the final summary only; none of Prefect's INFO lines, no progress bars
+    quiet = proc.stdout + proc.stderr
+    assert "INFO" not in quiet and "step/s" not in quiet, quiet[:2000]
+    assert proc.stdout.strip().splitlines()[-2].startswith(("No synthetic", "The best synthetic", "Expanding"))

@@ -15,7 +15,7 @@ from augment.stages.report import list_runs
 from flows.cli import main
 
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
-FIGURES = {"gain", "recall", "images", "projection", "gan_curves", "gan_samples", "interpolation"}
+FIGURES = {"gain", "recall", "confusion", "images", "projection", "gan_curves", "gan_samples", "interpolation"}
 
 
 class StrictParser(HTMLParser):
@@ -184,3 +184,14 @@ def test_a_run_without_any_generator_still_reports(tmp_path):
     assert verdict in unescape(html)
     assert "The GAN stage was disabled." in html
     assert {p.stem for p in (tmp_path / "run" / "report" / "figures").glob("*.png")} <= FIGURES
+
+
+def test_a_class_whose_gan_samples_were_all_rejected_gets_words_not_an_empty_cell():
+    import pandas as pd
+
+    from augment.stages.report import _empty_gan_cells
+
+    frame = pd.DataFrame({"source": ["gan"] * 5 + ["real"], "label": ["a", "a", "a", "b", "b", "a"],
+                          "kept": [False, False, False, True, False, True],
+                          "reason_code": ["low_confidence", "low_confidence", "near_copy", None, "surplus", None]})
+    assert _empty_gan_cells(frame, ["a", "b"]) == {"a": {"gan": "gate kept 0 of 3: 2 low confidence, 1 near copy"}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,8 @@ def _save(fig, path: Path) -> Path:
 
 
 def gain_chart(gains: dict[str, dict], metric: str, path: Path) -> Path:
-    """Horizontal bars: each arm's paired test gain over `real` (points) with its 95% CI."""
+    """Horizontal bars: each arm's paired test gain over `real` (points) with its 95% CI, and each
+    seed's gain as a dot (gains[arm]["per_seed"], when given)."""
     plt = _pyplot()
     names = list(gains)
     mean = np.array([100 * gains[n]["gain"] for n in names])
@@ -41,11 +43,41 @@ def gain_chart(gains: dict[str, dict], metric: str, path: Path) -> Path:
     err = np.nan_to_num(np.vstack([mean - lo, hi - mean]), nan=0.0)
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
     colours = ["#2ca02c" if low > 0 else ("#d62728" if high < 0 else "#7f7f7f") for low, high in zip(lo, hi)]
-    ax.barh(names, mean, xerr=err, color=colours, capsize=4)
+    ax.barh(names, mean, xerr=err, color=colours, capsize=4, alpha=0.8)
+    for row, name in enumerate(names):
+        seeds = 100 * np.asarray(gains[name].get("per_seed") or [], float)
+        jitter = np.linspace(-0.15, 0.15, len(seeds)) if len(seeds) > 1 else np.zeros(len(seeds))
+        ax.scatter(seeds, row + jitter, s=12, color="black", zorder=3, label="one seed" if row == 0 else None)
+    if any(gains[n].get("per_seed") for n in names):
+        ax.legend(loc="lower right", fontsize=8)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.invert_yaxis()
     ax.set_xlabel(f"test {metric} gain over 'real' (points, 95% CI over seeds)")
     ax.set_title("Gain of each arm over real images alone")
+    return _save(fig, path)
+
+
+def confusion_pair(matrices: dict[str, np.ndarray], classes: list[str], path: Path) -> Path:
+    """Test confusion matrices side by side (rows: true class, columns: predicted), each row as
+    shares of its class, with the counts written in; e.g. real vs the recommended arm."""
+    plt = _pyplot()
+    k = len(classes)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.2 * len(matrices), 0.32 * k + 2), squeeze=False)
+    for ax, (name, m) in zip(axes[0], matrices.items()):
+        m = np.asarray(m, float)
+        share = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        if k <= 20:
+            for i in range(k):
+                for j in range(k):
+                    if m[i, j]:
+                        ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=6,
+                                color="white" if share[i, j] > 0.5 else "black")
+        ax.set_xticks(range(k), classes, fontsize=7)
+        ax.set_yticks(range(k), classes, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{name} (test, all seeds)")
     return _save(fig, path)
 
 
@@ -67,11 +99,16 @@ def recall_chart(recall: pd.DataFrame, arm: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def image_grid(rows: dict[str, dict[str, np.ndarray]], path: Path) -> Path:
-    """One row per class, one block per source: rows[label][source] = uint8 (N, H, W, C)."""
+def image_grid(rows: dict[str, dict[str, np.ndarray]], path: Path, notes: dict[str, dict[str, str]] | None = None) -> Path:
+    """One row per class, one block per source: rows[label][source] = uint8 (N, H, W, C).
+
+    notes[label][source]: words for a cell with no images (e.g. "gate kept 0 of 400: low confidence"),
+    so an empty cell never looks like a rendering fault.
+    """
+    notes = notes or {}
     plt = _pyplot()
     labels = list(rows)
-    sources = [s for s in SOURCE_COLOURS if any(s in rows[label] for label in labels)]
+    sources = [s for s in SOURCE_COLOURS if any(s in rows[label] or s in notes.get(label, {}) for label in labels)]
     n = max((len(v) for r in rows.values() for v in r.values()), default=1)
     fig, axes = plt.subplots(len(labels), len(sources), figsize=(1.9 * len(sources) * max(n, 1) / 4 + 1, 0.6 * len(labels) + 0.6),
                              squeeze=False)
@@ -84,6 +121,9 @@ def image_grid(rows: dict[str, dict[str, np.ndarray]], path: Path) -> Path:
             if images is not None and len(images):
                 strip = np.concatenate(list(images), axis=1)
                 ax.imshow(strip.squeeze(-1) if strip.shape[-1] == 1 else strip, cmap="gray", vmin=0, vmax=255)
+            elif source in notes.get(label, {}):
+                ax.text(0.5, 0.5, "\n".join(textwrap.wrap(notes[label][source], 28)), ha="center", va="center",
+                        fontsize=7, transform=ax.transAxes, color=SOURCE_COLOURS[source])
             if i == 0:
                 ax.set_title(source, color=SOURCE_COLOURS[source])
             if j == 0:

@@ -6,10 +6,8 @@ Markdown or HTML text. augment.stages.report reads the run directory and writes 
 
 from __future__ import annotations
 
-import base64
 import math
 import platform
-import re
 from importlib import metadata
 from pathlib import Path
 
@@ -52,6 +50,20 @@ def _significance(g: Gain) -> str:
     return "a significant gain" if g.ci_low > 0 else "a significant loss"
 
 
+def _no_synthetic_gain(rec) -> str:
+    """Why no synthetic arm is recommended, in words that follow the numbers: below the best
+    baseline on val, or above it without significance ("did not significantly beat")."""
+    base, best, g = rec.best_baseline, rec.best_synthetic, rec.synthetic_val_gain_over_best_baseline
+    if best is None or g is None:
+        return "No synthetic arm (SMOTE or GAN) was benchmarked, so there is no synthetic data to recommend."
+    if g.gain > 0:
+        return (f"The best synthetic arm, '{best}', scored {_pts(g.gain)} points above '{base}' on the validation "
+                f"split but did not significantly beat it (paired t-test p={_p(g.p_value)} over {g.seeds} seeds), "
+                "so the tool recommends not using the synthetic data.")
+    return (f"No synthetic arm (SMOTE or GAN) scored above '{base}' on the validation split (the best, '{best}', "
+            f"{_pts(g.gain)} points), so the tool recommends not using the synthetic data.")
+
+
 def verdict(summary: Summary, run_dir: Path | None = None) -> str:
     """One plain paragraph: what was expanded, by how much, the measured gain and whether it is significant."""
     rec = summary.recommendation
@@ -61,11 +73,7 @@ def verdict(summary: Summary, run_dir: Path | None = None) -> str:
     seeds = rec.test_gain_over_real.seeds
     where = f" The expanded dataset is in {Path(run_dir) / 'expanded'}." if run_dir else ""
     if arm == "real" or not rec.synthetic_helps_on_val:
-        base = rec.best_baseline
-        lead = (
-            f"No synthetic arm (SMOTE or GAN) beat '{base}' on the validation split, so the tool recommends "
-            f"not using the synthetic data. "
-        )
+        lead = _no_synthetic_gain(rec) + " "
         if arm != "real":
             g = rec.test_gain_over_real
             lead += (
@@ -291,6 +299,7 @@ the SMOTE arm trains on its own feature rows, every other arm on the same featur
 ## Per-class recall on test (where a gain comes from; minority classes first, then the weakest)
 
 {_fig(figs, "recall", "Per-class recall, real vs the recommended arm")}
+{_fig(figs, "confusion", "Test confusion matrices, real vs the recommended arm (rows: true class)")}
 {_recall_table(summary, order)}
 
 ## Data
@@ -320,35 +329,6 @@ Train images per class and source (real, classical, SMOTE decoded to pixels, GAN
 Versions: {_versions()}.{_device_line(device)}
 """
     return md, para
-
-
-_CSS = """
-body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; max-width: 1100px; margin: 2em auto;
-       padding: 0 1em; color: #222; line-height: 1.45; }
-h1 + p { font-size: 1.15em; background: #f4f7fb; border-left: 4px solid #1f77b4; padding: 0.8em 1em; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-img { max-width: 100%; display: block; margin: 0.6em 0; }
-pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
-"""
-
-
-def render_html(md: str, report_dir: Path) -> str:
-    """One self-contained HTML page from the report's markdown: figures inlined as data: URIs,
-    styles inline, no script and no link to anything outside the file."""
-    import markdown
-
-    body = markdown.markdown(md, extensions=["tables", "fenced_code"], output_format="html")
-
-    def inline(match: re.Match) -> str:
-        data = base64.b64encode((Path(report_dir) / match.group(1)).read_bytes()).decode()
-        return f'src="data:image/png;base64,{data}"'
-
-    body = re.sub(r'src="(figures/[A-Za-z0-9_]+\.png)"', inline, body)
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>Augmentation report</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n")
 
 
 def arm_rows(summary: Summary) -> list[dict]:

@@ -10,7 +10,7 @@ from imblearn.metrics import geometric_mean_score
 from scipy import stats
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score
 
-from augment.registry import GAIN_BASES, arms_of
+from augment.registry import ARMS, GAIN_BASES, arms_of
 from augment.summary import METRICS, Comparison, Gain, Recommendation, Stat, Summary
 
 PRIMARY = "balanced_accuracy"
@@ -57,7 +57,7 @@ def paired_gain(arm: np.ndarray, base: np.ndarray, level: float = 0.95, seed: in
     arm, base = np.asarray(arm, float), np.asarray(base, float)
     diff = arm - base
     mean, _, lo, hi = mean_ci(diff, level)
-    out = Gain(gain=mean, ci_low=lo, ci_high=hi, seeds=len(diff))
+    out = Gain(gain=mean, ci_low=lo, ci_high=hi, seeds=len(diff), per_seed=diff.tolist())
     if len(diff) < 2:
         return out
     if np.ptp(diff) == 0:  # no spread: the t statistic is 0/0 or x/0, the bootstrap degenerate
@@ -83,6 +83,8 @@ def summarise(results: pd.DataFrame, arms: list[str], train_images: dict[str, in
 
     `results`: the long table (arm, seed, split, metric, value, and class for metric "recall").
     """
+    kinds = ("baseline", "synthetic", "diagnostic")  # the report's order: baselines, then synthetic arms
+    arms = sorted(arms, key=lambda a: kinds.index(ARMS[a].kind))  # stable: as configured within a kind
     results = results.copy()
     if "class" not in results:
         results["class"] = None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import confusion_matrix
 
 from augment import rundir
 from augment.atomic import atomic_path, write_json
@@ -39,7 +40,7 @@ def _finished(run_dir: Path, fingerprint: str) -> dict[tuple[str, int], list[dic
     saved = json.loads(path.read_text())
     if saved.get("fingerprint") != fingerprint:
         return {}
-    return {(rows[0]["arm"], rows[0]["seed"]): rows for rows in saved["done"]}
+    return {(done["records"][0]["arm"], done["records"][0]["seed"]): done for done in saved["done"]}
 
 
 def check(cfg: Config) -> None:
@@ -94,8 +95,8 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     skipped = sorted(set(b.arms) - set(arms))
     if skipped:
         log.warning("benchmark: arm(s) %s skipped, their stage produced no images", skipped)
-    finished = _finished(run_dir, fingerprint)  # (arm, seed) -> records, from a run stopped part-way
-    records, train_images = [], {}
+    finished = _finished(run_dir, fingerprint)  # (arm, seed) -> {records, confusion}, from a run stopped part-way
+    records, train_images, confusion = [], {}, {}
     for arm in arms:
         spec = ARMS[arm]
         x, y, _ = rundir.load_split(run_dir, "train", spec.sources)
@@ -105,11 +106,16 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
                 # the same seed for every arm: paired runs share initialisation
                 model = train_classifier(x, y, k, **b.trainer_kwargs(), seed=derive_seed(cfg.seed, "benchmark", s),
                                          device=device, augment=spec.augment, balanced=spec.balanced)
-                finished[(arm, s)] = [r for split, (xs, ys) in held_out.items()
-                                      for r in score_records(ys, predict_proba(model, xs).argmax(1), classes,
-                                                             arm=arm, seed=s, split=split, classifier=b.classifier)]
+                pred = {split: predict_proba(model, xs).argmax(1) for split, (xs, _) in held_out.items()}
+                finished[(arm, s)] = {
+                    "records": [r for split, (_, ys) in held_out.items()
+                                for r in score_records(ys, pred[split], classes, arm=arm, seed=s, split=split,
+                                                       classifier=b.classifier)],
+                    "confusion": confusion_matrix(held_out["test"][1], pred["test"], labels=range(k)).tolist(),
+                }
                 write_json(run_dir / PARTIAL, {"fingerprint": fingerprint, "done": list(finished.values())})
-            records += finished[(arm, s)]
+            records += finished[(arm, s)]["records"]
+            confusion[arm] = (np.asarray(confusion.get(arm, 0)) + finished[(arm, s)]["confusion"]).tolist()
         log.info("benchmark: arm %s done (%d train images)", arm, len(x))
     if b.linear_probe:
         # SMOTE rows without images (classifier feature spaces) are still scored here, natively
@@ -127,6 +133,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     }
     summary.held_out = {s: HeldOut(images=len(rows), ids_sha256=ids_digest(rows["id"])) for s, (_, _, rows) in loaded.items()}
     summary.skipped_arms = skipped
+    summary.confusion_test = confusion
     write_summary(run_dir, summary)
     (run_dir / PARTIAL).unlink(missing_ok=True)
     return {"arms": arms, "recommended": summary.recommendation.arm}

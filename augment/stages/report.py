@@ -15,7 +15,8 @@ from augment import rundir
 from augment.atomic import write_bytes, write_json, write_text
 from augment.config import Config
 from augment.core import figures
-from augment.core.report_text import METRIC_NAMES, class_order, render_html, render_markdown, run_row
+from augment.core.report_html import render_html
+from augment.core.report_text import METRIC_NAMES, class_order, render_markdown, run_row
 from augment.errors import UserError
 from augment.summary import Summary, read_summary, summary_from_json, summary_json
 
@@ -43,6 +44,10 @@ def make_figures(run_dir: Path, summary: Summary, frame: pd.DataFrame, per_class
                               index=order)
         figures.recall_chart(recall, arm, out / "recall.png")
         done("recall")
+        if {"real", arm} <= set(summary.confusion_test):
+            figures.confusion_pair({a: summary.confusion_test[a] for a in ("real", arm)}, info["classes"],
+                                   out / "confusion.png")
+            done("confusion")
 
     size, channels, fit = tuple(info["size"]), info["channels"], info.get("fit", "pad")
     train = frame[(frame["split"] == "train") & frame["kept"] & frame["path"].notna()]
@@ -51,7 +56,7 @@ def make_figures(run_dir: Path, summary: Summary, frame: pd.DataFrame, per_class
         rows[label] = {}
         for source, group in train[train["label"] == label].groupby("source"):
             rows[label][source] = rundir.load_images(run_dir, group["path"].head(per_class), size, channels, fit)
-    figures.image_grid(rows, out / "images.png")
+    figures.image_grid(rows, out / "images.png", _empty_gan_cells(frame, info["classes"]))
     done("images")
     sample = pd.concat([g.sample(min(len(g), 300), random_state=0) for _, g in train.groupby("source")])
     pixels = rundir.load_images(run_dir, sample["path"], size, channels, fit).reshape(len(sample), -1) / 255.0
@@ -69,6 +74,18 @@ def make_figures(run_dir: Path, summary: Summary, frame: pd.DataFrame, per_class
             write_bytes(out / f"{name}.png", src.read_bytes())
             done(name)
     return made
+
+
+def _empty_gan_cells(frame: pd.DataFrame, classes: list[str]) -> dict[str, dict[str, str]]:
+    """For each class whose GAN samples the gate all rejected: "gate kept 0 of N: <main reasons>"."""
+    gan = frame[frame["source"] == "gan"]
+    notes: dict[str, dict[str, str]] = {}
+    for label in classes:
+        mine = gan[gan["label"] == label]
+        if len(mine) and not mine["kept"].any():
+            why = mine["reason_code"].fillna("other").str.replace("_", " ").value_counts()
+            notes[label] = {"gan": f"gate kept 0 of {len(mine)}: " + ", ".join(f"{n} {k}" for k, n in why.head(2).items())}
+    return notes
 
 
 def render_report(cfg: Config, run_dir: Path) -> str:

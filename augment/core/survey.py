@@ -1,0 +1,81 @@
+"""A first look at a user's image folder (`augment init`): classes, counts, modes and sizes, and a
+starting config that `augment run` accepts. Reads image headers only."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from PIL import Image
+
+from augment.core.sources import IMG_EXTENSIONS, safe_text
+from augment.errors import UserError
+
+
+def survey_folder(root: Path) -> dict:
+    """Classes (sub-folders with images), images per class, colour or grey, and the image sizes."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{safe_text(str(root))}: not a folder (expected FOLDER/<class>/<image>)")
+    counts: dict[str, int] = {}
+    sizes: Counter = Counter()
+    colour = unreadable = 0
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = [f for f in class_dir.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS and not f.name.startswith(".")]
+        if not files:
+            continue
+        counts[safe_text(class_dir.name)] = len(files)
+        for f in files:
+            try:
+                with Image.open(f) as im:  # the header only
+                    sizes[im.size[::-1]] += 1
+                    colour += im.mode not in ("L", "LA", "1", "I", "I;16", "F")
+            except Exception:  # noqa: BLE001  (ingest names each unreadable file; here they are only counted)
+                unreadable += 1
+    if len(counts) < 2:
+        raise UserError(f"{safe_text(str(root))}: found {len(counts)} class folder(s) with images; at least two "
+                        f"are needed (FOLDER/<class>/<image>, extensions {', '.join(IMG_EXTENSIONS)})")
+    return {"path": str(root.resolve()), "classes": counts, "sizes": dict(sizes.most_common()),
+            "channels": 3 if colour else 1, "unreadable": unreadable}
+
+
+def starting_config(survey: dict) -> str:
+    """A commented YAML config for the surveyed folder: every key it sets is explained."""
+    counts = survey["classes"]
+    smallest, largest = min(counts.values()), max(counts.values())
+    sizes = survey["sizes"]
+    shortest = min(min(hw) for hw in sizes)
+    gan_size = 16 if shortest < 24 else 32
+    size_note = (f"all {next(iter(sizes))[0]}x{next(iter(sizes))[1]}" if len(sizes) == 1
+                 else f"{len(sizes)} sizes: auto picks one and pads each image to it")
+    lines = [
+        f"# Starting config written by `augment init` for {survey['path']}",
+        f"# {len(counts)} classes, {smallest} to {largest} images per class; images {size_note}"
+        + (f"; {survey['unreadable']} unreadable file(s): see data.on_bad_image" if survey["unreadable"] else ""),
+        "# Run it: augment run THIS_FILE   (every key is in README.md, 'Config keys')",
+        "seed: 0",
+        "device: auto",
+        "data:",
+        "  source: folder",
+        f"  path: {survey['path']}",
+        f"  channels: {survey['channels']}            # {'colour' if survey['channels'] == 3 else 'greyscale'} images",
+        "  image_size: auto       # the shared size, or a working size picked from yours",
+        "  resize: pad            # keep each image's aspect (pad) or center-crop (crop)",
+        "  on_bad_image: " + ("skip     # some files are unreadable: leave them out, recorded"
+                              if survey["unreadable"] else "error    # stop on an unreadable file"),
+        "classical:",
+        "  preset: medium",
+        "  multiplier: 4",
+        "smote:",
+        "  sampler: SMOTE",
+        "gan:",
+        "  mode: per_class",
+        f"  image_size: {gan_size}         # GAN resolution; samples are resized to the working size",
+        "  steps: 1500",
+        "benchmark:",
+        "  seeds: 5",
+    ]
+    if largest >= 2 * smallest:
+        lines[lines.index("classical:") + 1: lines.index("classical:") + 1] = [
+            "  balance: true          # imbalanced classes: copies go to the smallest classes first"]
+    return "\n".join(lines) + "\n"

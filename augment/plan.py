@@ -1,0 +1,172 @@
+"""A plan before the work: which stages will run or be reused, the data, the device, and an estimate
+of each stage's time from a short timed probe on this machine (`augment run --plan`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from augment import graph, rundir
+from augment.config import Config
+from augment.registry import ARMS
+from augment.runtime import resolve_device
+
+# What a run over budget can change, and why it helps.
+LEVERS = {
+    "gan": ["gan.steps", "gan.image_size", "gan.shards (with orchestration.task_runner: dask)", "device (a GPU)"],
+    "benchmark": ["benchmark.seeds", "benchmark.steps", "benchmark.arms", "device (a GPU)"],
+    "classical": ["classical.multiplier", "classical.workers"],
+    "synthesize": ["gan.samples_per_class", "gate.oversample", "benchmark.steps"],
+}
+
+
+@dataclass
+class StagePlan:
+    name: str
+    cached: bool
+    seconds: float | None  # estimate (None: not estimated, e.g. cached)
+    how: str = ""  # how the estimate was made
+
+
+@dataclass
+class Plan:
+    run_dir: Path
+    device: str
+    data: str
+    stages: list[StagePlan] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(s.seconds or 0.0 for s in self.stages if not s.cached)
+
+    def text(self, max_minutes: float | None = None) -> str:
+        lines = [f"Plan for {self.run_dir} on {self.device}", f"data: {self.data}",
+                 f"{'stage':<11} {'action':<7} estimate"]
+        for s in self.stages:
+            est = "-" if s.cached else _duration(s.seconds) + (f"  ({s.how})" if s.how else "")
+            lines.append(f"{s.name:<11} {'reuse' if s.cached else 'run':<7} {est}")
+        lines.append(f"total: {_duration(self.seconds)}")
+        if max_minutes is not None and self.seconds > 60 * max_minutes:
+            slow = sorted((s for s in self.stages if not s.cached and s.name in LEVERS),
+                          key=lambda s: -(s.seconds or 0))[:2]
+            keys = "; ".join(f"{s.name}: {', '.join(LEVERS[s.name])}" for s in slow)
+            lines.append(f"This is over --max-minutes {max_minutes:g}. To bring it down: {keys}.")
+        return "\n".join(lines)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.1f} min"
+
+
+def _data(cfg: Config, run_dir: Path) -> tuple[str, int, tuple[int, int], int]:
+    """(description, classes, working size, channels): ingest's record when it is reusable, else a look."""
+    if graph.is_current("ingest", cfg, run_dir):
+        info = rundir.ingest_info(run_dir)
+        counts = {s: sum(c.values()) for s, c in info["counts"].items()}
+        split = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("train", "val", "test"))
+        return (f"{len(info['classes'])} classes; {split} images; working size {info['size'][0]}x{info['size'][1]}",
+                len(info["classes"]), tuple(info["size"]), info["channels"])
+    d = cfg.data
+    if d.source == "digits":
+        k, size = 10, (8, 8)
+    elif d.source == "folder":
+        from augment.core.survey import survey_folder
+
+        survey = survey_folder(Path(d.path))
+        k, size = len(survey["classes"]), min(survey["sizes"], key=lambda hw: hw[0] * hw[1])
+    else:
+        k, size = 10, (28, 28)
+    if isinstance(d.image_size, int):
+        size = (d.image_size, d.image_size)
+    per = f"{d.per_class} train images per class" if d.per_class else "all train images"
+    return f"{d.source}, {k} classes, {per} (the split is made by ingest)", k, size, d.channels
+
+
+def _timed(fn, repeats: int) -> float:
+    fn()  # warm-up: allocation, first-call costs
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats
+
+
+def _gan_step_seconds(cfg: Config, k: int, channels: int, device) -> float:
+    import torch
+
+    from augment.core.gan_train import build_state, class_shards, train_step
+
+    k = len(class_shards(k, cfg.gan.shards)[0])  # shards train side by side: one shard's step
+    state = build_state(cfg.gan, k, channels, seed=0, device=device)
+    s = cfg.gan.image_size
+    bank = torch.rand(k, 8, channels, s, s, device=device) * 2 - 1
+    counts = torch.full((k,), 8, device=device)
+    return _timed(lambda: train_step(state, bank, counts, cfg.gan), 5)
+
+
+def _classifier_step_seconds(cfg: Config, k: int, size: tuple[int, int], channels: int, device, augment=None) -> float:
+    from augment.core.classifier import train_classifier
+
+    x = np.random.default_rng(0).integers(0, 256, (64, *size, channels), dtype=np.uint8)
+    y = np.arange(64) % k
+    kw = {**cfg.benchmark.trainer_kwargs(), "steps": 8}
+    return _timed(lambda: train_classifier(x, y, k, **kw, augment=augment, seed=0, device=device), 1) / 8
+
+
+def make_plan(cfg: Config, run_dir: Path) -> Plan:
+    """Which stages will run, and about how long each takes here; runs no stage."""
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.device)
+    fps = graph.fingerprints(cfg)
+    data, k, size, channels = _data(cfg, run_dir)
+    plan = Plan(run_dir, str(device), data)
+    cached = {s.name: graph.is_current(s.name, cfg, run_dir, fps) for s in graph.STAGES}
+    needs_classifier = not all(cached[n] for n in ("synthesize", "benchmark"))
+    step = _classifier_step_seconds(cfg, k, size, channels, device) if needs_classifier else 0.0
+    b = cfg.benchmark
+    for stage in graph.STAGES:
+        name, seconds, how = stage.name, None, ""
+        if not cached[name]:
+            if name == "gan" and cfg.gan.enabled:
+                per = _gan_step_seconds(cfg, k, channels, device)
+                seconds, how = per * cfg.gan.steps * 1.05, f"{cfg.gan.steps} steps at {per:.3f} s"
+            elif name == "benchmark":
+                arms = [a for a in b.arms if not (not cfg.gan.enabled and "gan" in ARMS[a].sources)]
+                augmented = sum(1 for a in arms if ARMS[a].augment)
+                ta = _classifier_step_seconds(cfg, k, size, channels, device, "trivialaugment") if augmented else 0.0
+                seconds = b.seeds * b.steps * ((len(arms) - augmented) * step + augmented * ta)
+                how = f"{len(arms)} arms x {b.seeds} seeds x {b.steps} steps at {step:.3f} s" + (
+                    f" ({ta:.3f} s with TrivialAugment)" if augmented else "")
+            elif name == "synthesize" and cfg.gan.enabled:
+                seconds, how = 2 * b.steps * step + 2.0, "the gate's judge and the CAS classifier"
+            elif name == "smote" and cfg.smote.enabled and cfg.smote.features == "cnn":
+                seconds, how = b.steps * step, "trains the cnn feature extractor"
+            else:
+                seconds = 1.0 if name != "classical" else max(1.0, 0.002 * k * 40 * cfg.classical.multiplier)
+        plan.stages.append(StagePlan(name, cached[name], seconds, how))
+    return plan
+
+
+def force(cfg: Config, run_dir: Path, name: str) -> list[str]:
+    """Make `name` and every stage downstream of it run again (their records are removed)."""
+    if name not in graph.BY_NAME:
+        from augment.errors import UserError
+
+        raise UserError(f"--force {name}: no such stage; stages are {', '.join(graph.BY_NAME)}")
+    again = {name}
+    for stage in graph.STAGES:
+        if again & set(stage.upstream(cfg)):
+            again.add(stage.name)
+    for stage in again:
+        rundir.clear_stage_record(run_dir, stage)
+    return [s.name for s in graph.STAGES if s.name in again]
+
+
+def default_budget_minutes(device) -> float | None:
+    """The budget a plan warns past when the user gives none: 30 minutes on a CPU."""
+    return 30.0 if str(device).startswith("cpu") else None
+

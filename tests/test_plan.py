@@ -1,0 +1,41 @@
+"""`augment run --plan` runs nothing and tells cached from new work; `--force` re-runs a stage and what follows."""
+
+import shutil
+
+from augment.graph import load_config
+from augment.plan import force, make_plan
+from conftest import SMOKE, tree_state
+from flows.cli import main
+
+
+def test_the_plan_of_a_finished_run_reuses_every_stage_and_writes_nothing(smoke_run):
+    cfg, run_dir, _ = smoke_run
+    before = tree_state(run_dir)
+    plan = make_plan(cfg, run_dir)
+    assert [s.name for s in plan.stages if not s.cached] == [] and plan.seconds == 0
+    assert "80 train" in plan.data and "working size 8x8" in plan.data
+    changed = make_plan(load_config(SMOKE, ["benchmark.seeds=4"]), run_dir)
+    assert [s.name for s in changed.stages if not s.cached] == ["benchmark", "expand", "report"]
+    bench = next(s for s in changed.stages if s.name == "benchmark")
+    assert bench.seconds > 0 and "9 arms x 4 seeds x 40 steps" in bench.how
+    assert tree_state(run_dir) == before  # no stage body ran, nothing was written
+
+
+def test_the_plan_of_a_new_run_estimates_every_stage_and_names_the_levers(tmp_path, capsys):
+    assert main(["run", str(SMOKE), "--plan", "--run-dir", str(tmp_path / "new"), "--max-minutes", "0.01"]) == 0
+    out = capsys.readouterr().out
+    assert not (tmp_path / "new").exists()  # --plan does not even create the run directory
+    lines = out.splitlines()
+    assert lines[0] == f"Plan for {tmp_path / 'new'} on cpu" and "run" in lines[3] and "reuse" not in out
+    assert "gan         run     " in out and "(20 steps at " in out
+    assert "This is over --max-minutes 0.01. To bring it down: " in out and "benchmark.seeds" in out
+
+
+def test_force_reruns_a_stage_and_everything_downstream(smoke_run, tmp_path):
+    cfg, run_dir, _ = smoke_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    assert force(cfg, copy, "smote") == ["smote", "benchmark", "expand", "report"]
+    plan = make_plan(cfg, copy)
+    assert [s.name for s in plan.stages if not s.cached] == ["smote", "benchmark", "expand", "report"]
+    assert force(cfg, copy, "ingest") == [s.name for s in plan.stages]
