@@ -188,6 +188,7 @@ class BenchmarkConfig(_Section):
     weights: Path | None = None
     input_size: int = Field(default=64, ge=16, le=512)
     linear_probe: Bool = True
+    workers: int | None = Field(default=None, ge=1)  # processes for the arms x seeds classifiers; null: every core on CPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
 
     @field_validator("classifier")

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 from augment import config as config_module
 from augment import rundir
 from augment.atomic import write_json, write_text
-from augment.config import BenchmarkConfig, Config, dump_config
+from augment.config import BenchmarkConfig, ClassicalConfig, Config, dump_config
 from augment.errors import UserError
 from augment.runtime import check_stop, describe_device, graceful_stop, resolve_device
 from augment.stages import benchmark, classical, expand, gan, ingest, report, smote, synthesize
@@ -31,6 +31,11 @@ from augment.summary import Summary, read_summary
 log = logging.getLogger("augment")
 Keys = tuple[str, ...]
 _TRAINER_KEYS = tuple(f"benchmark.{k}" for k in BenchmarkConfig.TRAINER_KEYS)
+
+
+def _section(name: str, model, but: tuple[str, ...] = ("workers",)) -> Keys:
+    """A section's keys but those that change only how fast it runs (worker counts), not its output."""
+    return tuple(f"{name}.{k}" for k in model.model_fields if k not in but)
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("ingest", ingest.run, "Read and validate the images; split train/val/test; simulate scarcity.",
           reads=("seed", "data"), content=ingest.fingerprint_extra, check=ingest.check),
     Stage("classical", classical.run, "Classical augmentation of the train split with albumentations.",
-          after=("ingest",), reads=("seed", "classical"), content=classical.fingerprint_extra, check=classical.check),
+          after=("ingest",), reads=("seed", *_section("classical", ClassicalConfig)), content=classical.fingerprint_extra, check=classical.check),
     Stage("gan", gan.run, "Train the class-conditional DCGAN (resumes from its checkpoint; merges finished shards).",
           after=("ingest",), reads=("seed", "gan"), parts=gan.parts, run_part=gan.run_part, progress="gan-training"),
     # after gan: SMOTE may work in the trained discriminator's feature space
@@ -78,8 +83,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("synthesize", synthesize.run, "Sample the generator and gate every sample.",
           after=("gan", "classical"), reads=("seed", "gate", "device", *_TRAINER_KEYS)),
     Stage("benchmark", benchmark.run, "Train the classifier per arm and seed; score on the real test split.",
-          after=("ingest", "classical", "smote", "synthesize"), reads=("seed", "device", "benchmark"),
-          check=benchmark.check),
+          after=("ingest", "classical", "smote", "synthesize"), reads=("seed", "device", *_section("benchmark", BenchmarkConfig)),
+          check=benchmark.check, progress="benchmark-classifiers"),
     Stage("expand", expand.run, "Build the expanded ImageFolder for the recommended arm.", after=("benchmark",)),
     Stage("report", report.run, "Write the report and publish it.", after=("benchmark", "expand"),
           reads=tuple(Config.model_fields)),  # the report shows the whole config
@@ -105,6 +110,31 @@ def is_current(name: str, cfg: Config, run_dir: Path, fps: dict[str, str] | None
     return rundir.recorded_fingerprint(run_dir, name) == (fps or fingerprints(cfg))[name]
 
 
+def terminal_bar(desc: str, position: int = 0):
+    """A (step, total) callback drawing a tqdm bar with ETA, made on the first call (so stages that
+    never report draw nothing) and closed at the total. `position`: its line, so bars of parts running
+    side by side never interleave. TQDM_DISABLE=1 (augment run -q) hides it."""
+    state: dict = {}
+
+    def update(step: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, initial=step, desc=desc, unit="step", position=position, leave=False,
+                                mininterval=1.0, dynamic_ncols=True)
+        bar = state["bar"]
+        bar.update(step - bar.n)
+        if step >= total:
+            bar.close()
+
+    return update
+
+
+def _both(*callbacks):
+    live = [c for c in callbacks if c is not None]
+    return lambda step, total: [c(step, total) for c in live] and None
+
+
 def run_stage(name: str, cfg: Config, run_dir: Path, progress=None, fps: dict[str, str] | None = None) -> dict:
     """Run one stage unless it already finished with the same fingerprint (resume).
 
@@ -121,7 +151,7 @@ def run_stage(name: str, cfg: Config, run_dir: Path, progress=None, fps: dict[st
     start = time.perf_counter()
     log.info("stage %s: started", name)
     try:
-        info = dict(stage.run(cfg, run_dir, progress=progress, fingerprint=fp) or {})
+        info = dict(stage.run(cfg, run_dir, progress=_both(terminal_bar(name), progress), fingerprint=fp) or {})
     except OSError as exc:
         if exc.errno not in _FULL_OR_FORBIDDEN:
             raise
@@ -147,7 +177,8 @@ def fan_out(name: str, cfg: Config, run_dir: Path, fps: dict[str, str] | None = 
 
 def run_part(name: str, cfg: Config, run_dir: Path, part: int, progress=None, fps: dict[str, str] | None = None) -> dict:
     """Run (or resume, or find finished) one part of a stage."""
-    return BY_NAME[name].run_part(cfg, Path(run_dir), part, (fps or fingerprints(cfg))[name], progress)
+    bar = terminal_bar(f"{name} part {part}", position=part + 1)
+    return BY_NAME[name].run_part(cfg, Path(run_dir), part, (fps or fingerprints(cfg))[name], _both(bar, progress))
 
 
 # --------------------------------------------------------------------------- config and run directory

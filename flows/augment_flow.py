@@ -54,9 +54,13 @@ _TASK_OPTS = dict(cache_policy=NO_CACHE, persist_result=False, retry_condition_f
 def _progress(key: str, description: str):
     """A Prefect progress artifact and the (step, total) callback that moves it."""
     artifact = create_progress_artifact(progress=0.0, key=key, description=description)
+    shown = [0.0]
 
     def progress(step: int, total: int) -> None:
-        update_progress_artifact(artifact_id=artifact, progress=100.0 * step / total)
+        percent = 100.0 * step / total
+        if percent - shown[0] >= 2.0 or step >= total:  # one API call per 2%, not per step
+            shown[0] = percent
+            update_progress_artifact(artifact_id=artifact, progress=percent)
 
     return progress
 

@@ -221,3 +221,26 @@ def test_temporaries_of_an_interrupted_run_are_removed_under_the_lock(tmp_path):
     keep.write_bytes(b"png")
     with open_run(load_config(SMOKE), run_dir):
         assert not any(p.exists() for p in stale) and keep.exists()
+
+
+def test_benchmark_results_do_not_depend_on_the_number_of_worker_processes(smoke_run, tmp_path):
+    """The arms x seeds classifiers run single-threaded, in this process or in a pool of spawned
+    workers; either way every number is the same."""
+    import shutil
+
+    import pandas as pd
+
+    from augment.graph import run_stage
+
+    cfg, run_dir, _ = smoke_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    from augment.plan import force
+
+    pooled = load_config(SMOKE, ["benchmark.workers=2"])
+    assert run_stage("benchmark", pooled, copy)["skipped"]  # a worker count changes no result: cached
+    force(pooled, copy, "benchmark")
+    assert not run_stage("benchmark", pooled, copy)["skipped"]
+    pd.testing.assert_frame_equal(pd.read_parquet(copy / "benchmark" / "results.parquet"),
+                                  pd.read_parquet(run_dir / "benchmark" / "results.parquet"))
+    assert not (copy / "benchmark" / "partial.json").exists()

@@ -189,3 +189,27 @@ def test_augment_schedule_serves_a_deployment_whose_schedule_creates_future_runs
     assert runner.poll() is None, server.log("schedule")  # still serving
     _stop(runner)
     assert runner.poll() is not None
+
+
+def test_augment_run_against_a_server_keeps_its_flow_run_and_artifacts(server, tmp_path):
+    """The Prefect UI story: with PREFECT_API_URL pointing at a running `prefect server start`,
+    `augment run` records its flow run, task runs and artifacts there, found through the client."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    proc = server.start("run", sys.executable, "-m", "flows.cli", "run", "configs/smoke.yaml",
+                        "--run-dir", str(tmp_path / "run"), "-q")
+    assert proc.wait(timeout=600) == 0, server.log("run")
+    assert "Report to send: " in server.log("run")
+    with temporary_settings(updates={PREFECT_API_URL: server.url}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["augment-dataset"])),
+                                     sort=FlowRunSort.START_TIME_DESC, limit=10)
+        mine = [r for r in runs if r.parameters.get("run_dir") == str(tmp_path / "run")]
+        assert len(mine) == 1 and mine[0].state.is_completed(), [(r.name, r.parameters) for r in runs]
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[mine[0].id])), limit=50)
+    assert {"augment-report", "augment-arms", "gan-training"} <= {a.key for a in artifacts}
+    report = next(a for a in artifacts if a.key == "augment-report")
+    assert "test split" in report.data

@@ -277,33 +277,28 @@ def train_gan(
     the training images every cfg.sample_every steps (columns d_acc_train, d_acc_val).
     `stop_after` ends the loop early at that step (after its checkpoint), to test resume.
     """
-    from tqdm.auto import tqdm
-
     out_dir = Path(out_dir)
     bank = prepare_real(images, labels, n_classes, cfg.image_size, device)
     val_bank = _val_bank(val, n_classes, cfg.image_size, device)
     state = build_state(cfg, n_classes, images.shape[3], seed, device)
     history = _resume(out_dir, state, fingerprint)
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="gan", unit="step", leave=False, mininterval=1.0)
     while state.step < cfg.steps:
         t0 = time.perf_counter()
         stats = train_step(state, *bank, cfg)
         if device.type == "cuda":
             torch.cuda.synchronize()
         history.append({"step": state.step, **stats, "step_seconds": time.perf_counter() - t0})
-        bar.update(1)
         done = state.step == cfg.steps
         if state.step % cfg.sample_every == 0 or done:
             history[-1].update(_evaluate(state, bank, val_bank, cfg, seed, out_dir))
         stopping = stop_requested() is not None  # SIGTERM/SIGINT: checkpoint this step, then stop
         if state.step % cfg.checkpoint_every == 0 or done or state.step == stop_after or stopping:
             _save(out_dir, state, fingerprint, history)
-            if progress is not None:
-                progress(state.step, cfg.steps)
+        if progress is not None:  # every step: the caller throttles what it shows
+            progress(state.step, cfg.steps)
         if state.step == stop_after:
             break
         check_stop()
-    bar.close()
     return state
 
 

@@ -6,6 +6,7 @@ classifier) and benchmark/summary.json (augment.summary.Summary).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -19,6 +20,7 @@ from augment.atomic import atomic_path, write_json
 from augment.config import Config
 from augment.core.classifier import predict_proba, pretrained_weights_path, train_classifier
 from augment.core.features import load_extractor, make_extractor
+from augment.core.parallel import auto_workers, run_jobs
 from augment.core.stats import ids_digest, linear_probe_scores, score_records, summarise
 from augment.registry import ARMS
 from augment.runtime import derive_seed, resolve_device
@@ -41,6 +43,38 @@ def _finished(run_dir: Path, fingerprint: str) -> dict[tuple[str, int], list[dic
     if saved.get("fingerprint") != fingerprint:
         return {}
     return {(done["records"][0]["arm"], done["records"][0]["seed"]): done for done in saved["done"]}
+
+
+def _train_count(frame: pd.DataFrame, sources: tuple[str, ...]) -> int:
+    return int((frame["kept"] & (frame["split"] == "train") & frame["source"].isin(sources) & frame["path"].notna()).sum())
+
+
+@functools.lru_cache(maxsize=16)
+def _train(run_dir: str, sources: tuple[str, ...]):
+    return rundir.load_split(Path(run_dir), "train", sources)[:2]
+
+
+@functools.lru_cache(maxsize=2)
+def _held_out(run_dir: str) -> dict:
+    return {s: rundir.load_split(Path(run_dir), s)[:2] for s in ("val", "test")}
+
+
+def train_and_score(job: dict) -> dict:
+    """One arm and seed: train the classifier, score it on val and test; a job for augment.core.parallel
+    (it loads its own images, cached per process). The same seed for every arm: paired runs share
+    initialisation."""
+    spec, k = ARMS[job["arm"]], len(job["classes"])
+    x, y = _train(job["run_dir"], spec.sources)
+    model = train_classifier(x, y, k, **job["trainer"], seed=job["seed_value"], device=job["device"],
+                             augment=spec.augment, balanced=spec.balanced)
+    held_out = _held_out(job["run_dir"])
+    pred = {split: predict_proba(model, xs).argmax(1) for split, (xs, _) in held_out.items()}
+    return {
+        "records": [r for split, (_, ys) in held_out.items()
+                    for r in score_records(ys, pred[split], job["classes"], arm=job["arm"], seed=job["seed"],
+                                           split=split, classifier=job["classifier"])],
+        "confusion": confusion_matrix(held_out["test"][1], pred["test"], labels=range(k)).tolist(),
+    }
 
 
 def check(cfg: Config) -> None:
@@ -83,7 +117,7 @@ def _linear_probe(extractor, run_dir: Path, arms: list[str], held_out: dict, cla
 def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dict:
     run_dir = Path(run_dir)
     info = rundir.ingest_info(run_dir)
-    classes, k = info["classes"], len(info["classes"])
+    classes = info["classes"]
     device = resolve_device(cfg.device)
     b = cfg.benchmark
     loaded = {s: rundir.load_split(run_dir, s) for s in ("val", "test")}  # real images only, once for all arms
@@ -95,28 +129,26 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     skipped = sorted(set(b.arms) - set(arms))
     if skipped:
         log.warning("benchmark: arm(s) %s skipped, their stage produced no images", skipped)
+    _train.cache_clear()  # an earlier run in this process may have read other images under the same path
+    _held_out.cache_clear()
     finished = _finished(run_dir, fingerprint)  # (arm, seed) -> {records, confusion}, from a run stopped part-way
-    records, train_images, confusion = [], {}, {}
-    for arm in arms:
-        spec = ARMS[arm]
-        x, y, _ = rundir.load_split(run_dir, "train", spec.sources)
-        train_images[arm] = len(x)
+    todo = [dict(run_dir=str(run_dir), arm=arm, seed=s, trainer=b.trainer_kwargs(), classifier=b.classifier,
+                 seed_value=derive_seed(cfg.seed, "benchmark", s), device=str(device), classes=classes)
+            for arm in arms for s in range(b.seeds) if (arm, s) not in finished]
+    workers = auto_workers(len(todo), b.workers, device, b.steps)
+    if todo:
+        log.info("benchmark: %d classifiers (%d arms x %d seeds) on %d worker(s)", len(todo), len(arms), b.seeds, workers)
+    for n, (i, out) in enumerate(run_jobs(train_and_score, todo, workers), start=1):
+        finished[(todo[i]["arm"], todo[i]["seed"])] = out
+        write_json(run_dir / PARTIAL, {"fingerprint": fingerprint, "done": list(finished.values())})
+        if progress is not None:
+            progress(n, len(todo))
+    records, confusion = [], {}
+    for arm in arms:  # in arm and seed order, however the jobs finished
         for s in range(b.seeds):
-            if (arm, s) not in finished:
-                # the same seed for every arm: paired runs share initialisation
-                model = train_classifier(x, y, k, **b.trainer_kwargs(), seed=derive_seed(cfg.seed, "benchmark", s),
-                                         device=device, augment=spec.augment, balanced=spec.balanced)
-                pred = {split: predict_proba(model, xs).argmax(1) for split, (xs, _) in held_out.items()}
-                finished[(arm, s)] = {
-                    "records": [r for split, (_, ys) in held_out.items()
-                                for r in score_records(ys, pred[split], classes, arm=arm, seed=s, split=split,
-                                                       classifier=b.classifier)],
-                    "confusion": confusion_matrix(held_out["test"][1], pred["test"], labels=range(k)).tolist(),
-                }
-                write_json(run_dir / PARTIAL, {"fingerprint": fingerprint, "done": list(finished.values())})
             records += finished[(arm, s)]["records"]
             confusion[arm] = (np.asarray(confusion.get(arm, 0)) + finished[(arm, s)]["confusion"]).tolist()
-        log.info("benchmark: arm %s done (%d train images)", arm, len(x))
+    train_images = {arm: _train_count(frame, ARMS[arm].sources) for arm in arms}
     if b.linear_probe:
         # SMOTE rows without images (classifier feature spaces) are still scored here, natively
         has_rows = "smote" in set(frame.loc[frame["kept"], "source"])

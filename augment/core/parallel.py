@@ -1,0 +1,81 @@
+"""Independent jobs (one classifier per benchmark arm and seed) on every core, each single-threaded.
+
+Tiny CNNs gain nothing from torch's intra-op threads (one thread was faster than two on 2 cores),
+so N processes with one thread each beat one process with N threads. Every job runs with one
+thread wherever it runs, in a pool or in this process: the results do not depend on the number
+of workers. A stop request (SIGTERM/SIGINT, augment.runtime) ends the pool within a poll interval.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from augment.runtime import check_stop
+
+
+@contextmanager
+def single_threaded() -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+POOL_MIN_STEPS = 5_000  # training steps (about 10 ms each on a CPU) that repay spawning workers (~5 s each)
+
+
+def auto_workers(jobs: int, configured: int | None, device, steps_per_job: int = POOL_MIN_STEPS) -> int:
+    """The configured count, else every core on the CPU (never more than the jobs) once there is
+    enough work to repay starting the worker processes; one on a GPU."""
+    if configured is not None:
+        return max(1, min(configured, jobs))
+    if str(device).startswith("cuda") or jobs * steps_per_job < POOL_MIN_STEPS:
+        return 1
+    return max(1, min(os.cpu_count() or 1, jobs))
+
+
+def _init_worker() -> None:
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    torch.set_num_threads(1)
+
+
+def _call(item: tuple[Callable, int, object]) -> tuple[int, object]:
+    fn, i, job = item
+    return i, fn(job)
+
+
+def run_jobs(fn: Callable, jobs: list, workers: int, poll: float = 0.2) -> Iterator[tuple[int, object]]:
+    """Yield (index, fn(job)) as each job finishes. `fn` must be a module-level function (workers are
+    spawned, so it is imported there by name)."""
+    if workers <= 1 or len(jobs) <= 1:
+        with single_threaded():
+            for i, job in enumerate(jobs):
+                check_stop()
+                yield i, fn(job)
+        return
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+    try:
+        results = pool.imap_unordered(_call, [(fn, i, job) for i, job in enumerate(jobs)])
+        for _ in jobs:
+            while True:
+                check_stop()  # a stop request ends the pool now (finally: terminate), not after the job
+                try:
+                    yield results.next(timeout=poll)
+                    break
+                except multiprocessing.TimeoutError:
+                    continue
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()
