@@ -244,3 +244,22 @@ def test_benchmark_results_do_not_depend_on_the_number_of_worker_processes(smoke
     pd.testing.assert_frame_equal(pd.read_parquet(copy / "benchmark" / "results.parquet"),
                                   pd.read_parquet(run_dir / "benchmark" / "results.parquet"))
     assert not (copy / "benchmark" / "partial.json").exists()
+
+
+def test_every_long_stage_reports_progress(smoke_run, tmp_path):
+    """classical, gan, synthesize and benchmark call the progress callback up to their total."""
+    import shutil
+
+    from augment.graph import run_stage
+    from augment.plan import force
+
+    cfg, run_dir, _ = smoke_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    force(cfg, copy, "classical")  # classical, synthesize, benchmark and what follows
+    force(cfg, copy, "gan")
+    for name in ("classical", "gan", "synthesize", "benchmark"):
+        seen: list[tuple[int, int]] = []
+        run_stage(name, cfg, copy, progress=lambda step, total: seen.append((step, total)))
+        assert seen and seen[-1][0] == seen[-1][1] > 0, name
+        assert all(0 <= s <= t for s, t in seen), name

@@ -264,14 +264,23 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core: no nested thread pools
 
 
-def run_jobs(jobs: list[dict], workers: int) -> list[dict]:
+def run_jobs(jobs: list[dict], workers: int, progress=None) -> list[dict]:
     """Run augment_parents over jobs, in-process or in a pool of `workers` processes (spawned:
-    safe beside torch's threads); rows come back in job order either way."""
+    safe beside torch's threads); rows come back in job order either way. progress(done, total)
+    after each job."""
+    def done(parts):
+        out = []
+        for n, rows in enumerate(parts, start=1):
+            out += rows
+            if progress is not None:
+                progress(n, len(jobs))
+        return out
+
     if workers <= 1 or len(jobs) <= 1:
-        return [row for job in jobs for row in augment_parents(job)]
+        return done(augment_parents(job) for job in jobs)
     import multiprocessing
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker) as pool:
-        return [row for rows in pool.map(augment_parents, jobs) for row in rows]
+        return done(pool.map(augment_parents, jobs))
 
 

@@ -130,7 +130,7 @@ def train_classifier(
     x: np.ndarray, y: np.ndarray, n_classes: int, *, steps: int, batch_size: int = 64, lr: float = 1e-3,
     width: int = 32, seed: int = 0, device: torch.device | str = "cpu", augment: str | None = None,
     balanced: bool = False, model: str = "cnn", weights: str | Path | None = None, input_size: int = 64,
-    precision: str = "fp32",
+    precision: str = "fp32", progress=None,
 ) -> nn.Module:
     """Train SmallCNN on uint8 images for exactly `steps` Adam steps; seed fixes init and data order.
 
@@ -155,8 +155,10 @@ def train_classifier(
     opt = adam(net.parameters(), device, lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     b = min(batch_size, len(images))
-    for _ in range(steps):
+    for step in range(steps):
         check_stop()  # SIGTERM/SIGINT: abandon this model within one step
+        if progress is not None:
+            progress(step, steps)
         if draw_weights is not None:
             idx = torch.multinomial(draw_weights, b, replacement=True, generator=gen)
         else:

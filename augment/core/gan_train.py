@@ -299,6 +299,8 @@ def train_gan(
         if state.step == stop_after:
             break
         check_stop()
+    if progress is not None and state.step == cfg.steps:  # also when resumed from a finished checkpoint
+        progress(state.step, cfg.steps)
     return state
 
 

@@ -53,7 +53,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     jobs = [dict(run_dir=str(run_dir), transforms=transforms, channels=info["channels"],
                  generator=f"albumentations:{name}", parents=plan[i : i + per_job])
             for i in range(0, len(plan), per_job)]
-    rows = run_jobs(jobs, workers)
+    rows = run_jobs(jobs, workers, progress)
     rundir.replace_source(run_dir, "classical", rows)
     per_class: dict[str, int] = {}
     for row in rows:

@@ -32,7 +32,10 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     device = resolve_device(cfg.device)
     trainer = cfg.benchmark.trainer_kwargs()
     x, y, train_rows = rundir.load_split(run_dir, "train", sources=("real", "classical"))
-    judge = train_classifier(x, y, k, **trainer, balanced=True, seed=derive_seed(cfg.seed, "gate"), device=device)
+    # progress: the judge's steps, then the CAS classifier's (the two long parts of this stage)
+    phase = (lambda offset: None if progress is None else (lambda s, n: progress(offset + s, 2 * n)))
+    judge = train_classifier(x, y, k, **trainer, balanced=True, seed=derive_seed(cfg.seed, "gate"), device=device,
+                             progress=phase(0))
     real = (train_rows["source"] == "real").to_numpy()
 
     G = load_generator(run_dir / "gan" / "checkpoint.pt", device, derive_seed(cfg.seed, "bn"))
@@ -46,8 +49,10 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
 
     per_class = class_quality(j.real_feats, y[real], j.feats, intended, j.kept, j.novelty, classes, cfg.gate)
     x_val, y_val, _ = rundir.load_split(run_dir, "val")
-    cas = classification_accuracy_score(images[j.kept], intended[j.kept], x_val, y_val, k, trainer,
-                                        derive_seed(cfg.seed, "cas"), device)
+    cas = classification_accuracy_score(images[j.kept], intended[j.kept], x_val, y_val, k,
+                                        {**trainer, "progress": phase(trainer["steps"])}, derive_seed(cfg.seed, "cas"), device)
+    if progress is not None:
+        progress(2 * trainer["steps"], 2 * trainer["steps"])
     for c, label in enumerate(classes):
         per_class[label]["cas_recall"] = cas["recall"][c] if cas["recall"] else None
     apply_alarm(per_class, classes, intended, j.kept, j.codes, j.reasons, cfg.gate.keep_collapsed)
