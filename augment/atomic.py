@@ -27,6 +27,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # a write error names no file: name ours
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc
+        raise
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
@@ -48,6 +52,16 @@ def write_json(path: str | Path, obj: object) -> None:
 def write_npz(path: str | Path, **arrays: np.ndarray) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
+    write_bytes(path, buf.getvalue())
+
+
+def write_torch(path: str | Path, obj: object) -> None:
+    """torch.save, atomically. Serialised in memory first: a full disk then fails as an OSError
+    naming the file (torch's own writer reports it as a RuntimeError without the cause)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
     write_bytes(path, buf.getvalue())
 
 

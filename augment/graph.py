@@ -94,6 +94,23 @@ _FULL_OR_FORBIDDEN = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, err
 _VERSION = "graph-v1"  # bump to re-run every stage once (a change in what stages write)
 
 
+@contextmanager
+def _disk_errors(who: str) -> Iterator[None]:
+    """A full disk or a refused write becomes one line naming the file and the mend. Writes are
+    atomic and a stage's record comes last: nothing half-written is left looking complete."""
+    try:
+        yield
+    except OSError as exc:
+        # pyarrow's writer raises OSError without an errno; its message names the cause
+        full = exc.errno is None and "No space left on device" in str(exc)
+        if exc.errno not in _FULL_OR_FORBIDDEN and not full:
+            raise
+        where = f" {exc.filename}" if exc.filename else ""
+        why = "No space left on device" if full else exc.strerror
+        raise UserError(f"{who} cannot write{where}: {why}; free space or fix the permissions, "
+                        "then run the same command again (finished stages are kept)") from None
+
+
 def fingerprints(cfg: Config) -> dict[str, str]:
     """Every stage's fingerprint, in graph order: its config keys, its outside content and its
     upstream stages' fingerprints. Changing any of them re-runs the stage and what depends on it."""
@@ -150,17 +167,10 @@ def run_stage(name: str, cfg: Config, run_dir: Path, progress=None, fps: dict[st
     rundir.clear_stage_record(run_dir, name)
     start = time.perf_counter()
     log.info("stage %s: started", name)
-    try:
+    with _disk_errors(f"stage {name}"):
         info = dict(stage.run(cfg, run_dir, progress=_both(terminal_bar(name), progress), fingerprint=fp) or {})
-    except OSError as exc:
-        if exc.errno not in _FULL_OR_FORBIDDEN:
-            raise
-        # Writes are atomic and the stage's record comes last: nothing is left looking complete.
-        where = f" {exc.filename}" if exc.filename else ""
-        raise UserError(f"stage {name} cannot write{where}: {exc.strerror}; free space or fix the permissions, "
-                        "then run the same command again (finished stages are kept)") from None
-    info.update(fingerprint=fp, seconds=round(time.perf_counter() - start, 3))
-    rundir.write_stage_record(run_dir, name, info)
+        info.update(fingerprint=fp, seconds=round(time.perf_counter() - start, 3))
+        rundir.write_stage_record(run_dir, name, info)
     log.info("stage %s: done in %.1f s", name, info["seconds"])
     return {**info, "skipped": False}
 
@@ -234,8 +244,9 @@ def open_run(cfg: Config, run_dir: Path) -> Iterator[Path]:
     run_dir = check_run_dir(cfg, run_dir)
     with rundir.run_lock(run_dir):
         rundir.remove_stale_temporaries(run_dir)
-        write_text(run_dir / "config.yaml", dump_config(cfg))
-        write_json(run_dir / rundir.DEVICE, device_record(cfg))
+        with _disk_errors("the run"):
+            write_text(run_dir / "config.yaml", dump_config(cfg))
+            write_json(run_dir / rundir.DEVICE, device_record(cfg))
         yield run_dir
 
 

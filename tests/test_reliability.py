@@ -264,3 +264,36 @@ def test_sigterm_and_sigint_stop_within_10_s_and_a_rerun_gives_the_uninterrupted
     pd.testing.assert_frame_equal(frame, ref_frame)
     pd.testing.assert_frame_equal(results, ref_results)
     assert expanded == ref_expanded and not (run_dir / "benchmark" / "partial.json").exists()
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_is_one_line_and_the_same_command_resumes_once_there_is_space(tmp_path):
+    """A 5 MB tmpfs holds about half of a smoke run: `augment run` stops with one line naming the
+    stage and the file, leaves no temporary file, and after the disk grows (remount) the same
+    command finishes with exactly the result of a run that never hit a full disk."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        reference = _launch(tmp_path / "reference")
+        assert reference.communicate(timeout=600)[1] is None and reference.returncode == 0
+        run_dir = mount / "run"
+        full = _launch(run_dir)
+        out, _ = full.communicate(timeout=600)
+        assert full.returncode == 1, out[-2000:]
+        line = next(ln for ln in out.splitlines() if ln.startswith("augment: error: "))
+        assert f"cannot write {run_dir}/" in line and ": No space left on device; free space or fix the permissions, then run " \
+               "the same command again (finished stages are kept)" in line, line
+        assert "Traceback" not in out and not list(run_dir.rglob(".*.tmp"))
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
+        again = _launch(run_dir)
+        out, _ = again.communicate(timeout=600)
+        assert again.returncode == 0, out[-2000:]
+        ref_frame, ref_results, ref_expanded = _outputs(tmp_path / "reference")
+        frame, results, expanded = _outputs(run_dir)
+        pd.testing.assert_frame_equal(frame, ref_frame)
+        pd.testing.assert_frame_equal(results, ref_results)
+        assert expanded == ref_expanded
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA
 
-from augment.atomic import atomic_path
+from augment.atomic import write_torch
 from augment.core.tensors import resize, to_tensor
 
 
@@ -192,8 +192,7 @@ _KINDS = {"pixels": PixelFeatures, "cnn": ClassifierFeatures, "pretrained": Clas
 
 def save_extractor(path: Path, extractor) -> None:
     """A fitted extractor's state (tensors and plain values: loads with weights_only=True)."""
-    with atomic_path(path) as tmp:
-        torch.save(extractor.state(), tmp)
+    write_torch(path, extractor.state())
 
 
 def load_extractor(path: Path):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel
 
-from augment.atomic import atomic_path
+from augment.atomic import atomic_path, write_torch
 from augment.config import GanConfig
 from augment.core.checkpoint import read_checkpoint
 from augment.core.diffaugment import diff_augment
@@ -199,8 +199,7 @@ def save_checkpoint(path: Path, state: TrainState, fingerprint: str) -> None:
         "opt_d": state.opt_d.state_dict(),
         "gen": state.gen.get_state(),
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    write_torch(path, payload)
 
 
 def load_checkpoint(path: Path, state: TrainState, fingerprint: str) -> bool:

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from augment import rundir
-from augment.atomic import atomic_path
+from augment.atomic import atomic_path, write_torch
 from augment.config import Config
 from augment.core.accel import resolve_precision
 from augment.core.checkpoint import read_checkpoint
@@ -57,8 +56,7 @@ def _merge_shards(cfg: Config, run_dir: Path, n: int, fingerprint: str) -> None:
     for i, p in enumerate(payloads):
         if p.get("step") != cfg.gan.steps:
             raise RuntimeError(f"gan shard {i} stopped at step {p.get('step')} of {cfg.gan.steps}")
-    with atomic_path(gan_dir / "checkpoint.pt") as tmp:
-        torch.save(merge_checkpoints(payloads, fingerprint), tmp)
+    write_torch(gan_dir / "checkpoint.pt", merge_checkpoints(payloads, fingerprint))
     # History: per-step means over all classes (each shard weighted by its class count);
     # step_seconds is the slowest shard's, the wall time when shards run side by side.
     weights = np.array([p["model"]["n_classes"] for p in payloads], dtype=float)
