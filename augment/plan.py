@@ -11,6 +11,7 @@ import numpy as np
 
 from augment import graph, rundir
 from augment.config import Config
+from augment.core.parallel import auto_workers, single_threaded
 from augment.registry import ARMS
 from augment.runtime import resolve_device
 
@@ -114,7 +115,8 @@ def _classifier_step_seconds(cfg: Config, k: int, size: tuple[int, int], channel
     x = np.random.default_rng(0).integers(0, 256, (64, *size, channels), dtype=np.uint8)
     y = np.arange(64) % k
     kw = {**cfg.benchmark.trainer_kwargs(), "steps": 8}
-    return _timed(lambda: train_classifier(x, y, k, **kw, augment=augment, seed=0, device=device), 1) / 8
+    with single_threaded():  # as the benchmark's workers train (augment.core.parallel)
+        return _timed(lambda: train_classifier(x, y, k, **kw, augment=augment, seed=0, device=device), 1) / 8
 
 
 def make_plan(cfg: Config, run_dir: Path) -> Plan:
@@ -138,9 +140,10 @@ def make_plan(cfg: Config, run_dir: Path) -> Plan:
                 arms = [a for a in b.arms if not (not cfg.gan.enabled and "gan" in ARMS[a].sources)]
                 augmented = sum(1 for a in arms if ARMS[a].augment)
                 ta = _classifier_step_seconds(cfg, k, size, channels, device, "trivialaugment") if augmented else 0.0
-                seconds = b.seeds * b.steps * ((len(arms) - augmented) * step + augmented * ta)
+                workers = auto_workers(len(arms) * b.seeds, b.workers, device, b.steps)
+                seconds = b.seeds * b.steps * ((len(arms) - augmented) * step + augmented * ta) / workers
                 how = f"{len(arms)} arms x {b.seeds} seeds x {b.steps} steps at {step:.3f} s" + (
-                    f" ({ta:.3f} s with TrivialAugment)" if augmented else "")
+                    f" ({ta:.3f} s with TrivialAugment)" if augmented else "") + f" on {workers} worker(s)"
             elif name == "synthesize" and cfg.gan.enabled:
                 seconds, how = 2 * b.steps * step + 2.0, "the gate's judge and the CAS classifier"
             elif name == "smote" and cfg.smote.enabled and cfg.smote.features == "cnn":
