@@ -136,6 +136,8 @@ def terminal_bar(desc: str, position: int = 0):
     def update(step: int, total: int) -> None:
         from tqdm.auto import tqdm
 
+        if state.get("closed"):
+            return
         if "bar" not in state:
             state["bar"] = tqdm(total=total, initial=step, desc=desc, unit="step", position=position, leave=False,
                                 mininterval=1.0, dynamic_ncols=True)
@@ -143,6 +145,7 @@ def terminal_bar(desc: str, position: int = 0):
         bar.update(step - bar.n)
         if step >= total:
             bar.close()
+            state["closed"] = True
 
     return update
 

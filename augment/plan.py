@@ -64,9 +64,9 @@ def _duration(seconds: float | None) -> str:
     return f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.1f} min"
 
 
-def _data(cfg: Config, run_dir: Path) -> tuple[str, int, tuple[int, int], int]:
+def _data(cfg: Config, run_dir: Path, ingest_cached: bool) -> tuple[str, int, tuple[int, int], int]:
     """(description, classes, working size, channels): ingest's record when it is reusable, else a look."""
-    if graph.is_current("ingest", cfg, run_dir):
+    if ingest_cached:
         info = rundir.ingest_info(run_dir)
         counts = {s: sum(c.values()) for s, c in info["counts"].items()}
         split = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("train", "val", "test"))
@@ -124,9 +124,9 @@ def make_plan(cfg: Config, run_dir: Path) -> Plan:
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
     fps = graph.fingerprints(cfg)
-    data, k, size, channels = _data(cfg, run_dir)
-    plan = Plan(run_dir, str(device), data)
     cached = {s.name: graph.is_current(s.name, cfg, run_dir, fps) for s in graph.STAGES}
+    data, k, size, channels = _data(cfg, run_dir, cached["ingest"])
+    plan = Plan(run_dir, str(device), data)
     needs_classifier = not all(cached[n] for n in ("synthesize", "benchmark"))
     step = _classifier_step_seconds(cfg, k, size, channels, device) if needs_classifier else 0.0
     b = cfg.benchmark

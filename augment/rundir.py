@@ -132,12 +132,16 @@ def ingest_info(run_dir: Path) -> dict:
     return record
 
 
+def split_rows(frame: pd.DataFrame, split: str, sources=("real",)) -> pd.DataFrame:
+    """The manifest rows load_split loads: kept images (with a file) of one split and sources."""
+    rows = frame[(frame["split"] == split) & frame["source"].isin(sources) & frame["kept"] & frame["path"].notna()]
+    return rows.reset_index(drop=True)
+
+
 def load_split(run_dir: Path, split: str, sources=("real",)) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Kept images of one split and sources at working size: (x uint8 NHWC, y class index, rows)."""
     info = ingest_info(run_dir)
-    frame = read_manifest(run_dir)
-    rows = frame[(frame["split"] == split) & frame["source"].isin(sources) & frame["kept"] & frame["path"].notna()]
-    rows = rows.reset_index(drop=True)
+    rows = split_rows(read_manifest(run_dir), split, sources)
     x = load_images(run_dir, rows["path"], tuple(info["size"]), info["channels"], info.get("fit", "pad"))
     index = {c: i for i, c in enumerate(info["classes"])}
     y = np.array([index[label] for label in rows["label"]], dtype=np.int64)

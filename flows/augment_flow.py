@@ -81,10 +81,10 @@ _AFTER = {"report": _publish_report}
 def _stage_task(stage: graph.Stage):
     """A Prefect task named after the stage that runs it through the graph."""
 
-    def run(cfg: Config, run_dir: str):
+    def run(cfg: Config, run_dir: str, fps: dict[str, str] | None = None):
         progress = _progress(stage.progress, f"{stage.name} steps") if stage.progress else None
         try:
-            info = graph.run_stage(stage.name, cfg, Path(run_dir), progress)
+            info = graph.run_stage(stage.name, cfg, Path(run_dir), progress, fps)
         except UserError as err:  # a user's mistake: a Failed state with one line, no traceback
             log.debug("stage %s failed", stage.name, exc_info=True)  # the trace, under -v / AUGMENT_DEBUG=1
             return Failed(message=str(err))
@@ -181,12 +181,13 @@ def augment_dataset(config_path: str | None = None, overrides: list[str] | None 
         cfg = graph.load_config(config_path, overrides)
         with graceful_stop(), graph.open_run(cfg, Path(run_dir) if run_dir else graph.default_run_dir(cfg, config_path)) as path:
             out, info = str(path), {}
+            fps = graph.fingerprints(cfg)  # once: the input's content is hashed once per run
             for stage in graph.STAGES:
                 check_stop()  # SIGTERM/SIGINT between stages: stop before the next one
-                if n := graph.fan_out(stage.name, cfg, path):
+                if n := graph.fan_out(stage.name, cfg, path, fps):
                     if (failed := _fan_out(stage.name, cfg, out, n)) is not None:
                         return failed
-                state = _with_retries(TASKS[stage.name], cfg.orchestration)(cfg, out, return_state=True)
+                state = _with_retries(TASKS[stage.name], cfg.orchestration)(cfg, out, fps, return_state=True)
                 if not state.is_completed():  # a Failed state carrying the user's one-line error
                     return Failed(message=state.message)
                 info = state.result()

@@ -100,6 +100,16 @@ KILL_POINTS = {
 }
 
 
+def _assert_same_outputs(run_dir, reference):
+    """The run produced exactly what the reference run did: manifest (image bytes), results, expanded/."""
+    ref_frame, ref_results, ref_expanded = _outputs(reference)
+    frame, results, expanded = _outputs(run_dir)
+    pd.testing.assert_frame_equal(frame, ref_frame)  # same rows, same image bytes (sha256)
+    pd.testing.assert_frame_equal(results, ref_results)
+    assert expanded == ref_expanded
+    return frame
+
+
 def _outputs(run_dir):
     """What a finished run produced, without timings or the run directory's own path."""
     frame = rundir.read_manifest(run_dir).drop(columns=["score", "novelty"])
@@ -129,11 +139,7 @@ def test_sigkill_at_any_stage_then_rerun_gives_the_uninterrupted_result(tmp_path
     out, _ = final.communicate(timeout=600)
     assert final.returncode == 0, out[-2000:]
 
-    ref_frame, ref_results, ref_expanded = _outputs(tmp_path / "reference")
-    frame, results, expanded = _outputs(run_dir)
-    pd.testing.assert_frame_equal(frame, ref_frame)  # same rows, same image bytes (sha256)
-    pd.testing.assert_frame_equal(results, ref_results)
-    assert expanded == ref_expanded
+    frame = _assert_same_outputs(run_dir, tmp_path / "reference")
     assert not list(run_dir.rglob("*.tmp")), "a half-written file was left behind"
     for rel, digest in zip(frame["path"].dropna(), frame["sha256"].dropna()):
         assert hashlib.sha256((run_dir / rel).read_bytes()).hexdigest() == digest
@@ -185,11 +191,7 @@ def test_a_full_disk_mid_run_is_one_line_and_a_rerun_resumes(smoke_run, tmp_path
 
     info = run_pipeline(cfg, run_dir)
     assert [s for s, i in info.items() if not i["skipped"]] == ["synthesize", "benchmark", "expand", "report"]
-    for ours, theirs in zip(_outputs(run_dir), _outputs(reference)):
-        if isinstance(ours, pd.DataFrame):
-            pd.testing.assert_frame_equal(ours, theirs)
-        else:
-            assert ours == theirs
+    _assert_same_outputs(run_dir, reference)
 
 
 # Where to send the signal, and what each stop leaves to resume from.
@@ -259,11 +261,8 @@ def test_sigterm_and_sigint_stop_within_10_s_and_a_rerun_gives_the_uninterrupted
     final = _launch(run_dir)
     out, _ = final.communicate(timeout=600)
     assert final.returncode == 0, out[-2000:]
-    ref_frame, ref_results, ref_expanded = _outputs(tmp_path / "reference")
-    frame, results, expanded = _outputs(run_dir)
-    pd.testing.assert_frame_equal(frame, ref_frame)
-    pd.testing.assert_frame_equal(results, ref_results)
-    assert expanded == ref_expanded and not (run_dir / "benchmark" / "partial.json").exists()
+    _assert_same_outputs(run_dir, tmp_path / "reference")
+    assert not (run_dir / "benchmark" / "partial.json").exists()
 
 
 @pytest.mark.slow
@@ -290,10 +289,6 @@ def test_a_real_full_disk_is_one_line_and_the_same_command_resumes_once_there_is
         again = _launch(run_dir)
         out, _ = again.communicate(timeout=600)
         assert again.returncode == 0, out[-2000:]
-        ref_frame, ref_results, ref_expanded = _outputs(tmp_path / "reference")
-        frame, results, expanded = _outputs(run_dir)
-        pd.testing.assert_frame_equal(frame, ref_frame)
-        pd.testing.assert_frame_equal(results, ref_results)
-        assert expanded == ref_expanded
+        _assert_same_outputs(run_dir, tmp_path / "reference")
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)

@@ -281,6 +281,7 @@ def train_gan(
     val_bank = _val_bank(val, n_classes, cfg.image_size, device)
     state = build_state(cfg, n_classes, images.shape[3], seed, device)
     history = _resume(out_dir, state, fingerprint)
+    resumed_finished = state.step >= cfg.steps
     while state.step < cfg.steps:
         t0 = time.perf_counter()
         stats = train_step(state, *bank, cfg)
@@ -298,7 +299,7 @@ def train_gan(
         if state.step == stop_after:
             break
         check_stop()
-    if progress is not None and state.step == cfg.steps:  # also when resumed from a finished checkpoint
+    if progress is not None and resumed_finished:  # the loop did not run: say the training is complete
         progress(state.step, cfg.steps)
     return state
 

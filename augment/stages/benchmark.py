@@ -22,7 +22,7 @@ from augment.core.classifier import predict_proba, pretrained_weights_path, trai
 from augment.core.features import load_extractor, make_extractor
 from augment.core.parallel import auto_workers, run_jobs
 from augment.core.stats import ids_digest, linear_probe_scores, score_records, summarise
-from augment.registry import ARMS
+from augment.registry import ARMS, SOURCES
 from augment.runtime import derive_seed, resolve_device
 from augment.summary import METRICS, HeldOut, write_summary
 
@@ -43,10 +43,6 @@ def _finished(run_dir: Path, fingerprint: str) -> dict[tuple[str, int], list[dic
     if saved.get("fingerprint") != fingerprint:
         return {}
     return {(done["records"][0]["arm"], done["records"][0]["seed"]): done for done in saved["done"]}
-
-
-def _train_count(frame: pd.DataFrame, sources: tuple[str, ...]) -> int:
-    return int((frame["kept"] & (frame["split"] == "train") & frame["source"].isin(sources) & frame["path"].notna()).sum())
 
 
 @functools.lru_cache(maxsize=16)
@@ -124,7 +120,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     held_out = {s: (xs, ys) for s, (xs, ys, _) in loaded.items()}
     frame = rundir.read_manifest(run_dir)
     # a source without images (SMOTE rows in a non-invertible feature space) has no CNN arm
-    kept_sources = set(frame.loc[frame["kept"] & (frame["split"] == "train") & frame["path"].notna(), "source"])
+    kept_sources = set(rundir.split_rows(frame, "train", SOURCES)["source"])
     arms = [a for a in b.arms if set(ARMS[a].sources) <= kept_sources]
     skipped = sorted(set(b.arms) - set(arms))
     if skipped:
@@ -148,7 +144,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
         for s in range(b.seeds):
             records += finished[(arm, s)]["records"]
             confusion[arm] = (np.asarray(confusion.get(arm, 0)) + finished[(arm, s)]["confusion"]).tolist()
-    train_images = {arm: _train_count(frame, ARMS[arm].sources) for arm in arms}
+    train_images = {arm: len(rundir.split_rows(frame, "train", ARMS[arm].sources)) for arm in arms}
     if b.linear_probe:
         # SMOTE rows without images (classifier feature spaces) are still scored here, natively
         has_rows = "smote" in set(frame.loc[frame["kept"], "source"])
