@@ -1,41 +1,24 @@
-"""Typed run configuration: one pydantic model per YAML section, unknown keys rejected."""
+"""Typed run configuration: one pydantic model per YAML section, unknown keys rejected.
+
+Reading and writing config files (YAML, --set overrides, relative paths): augment.config_file.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
-from augment.errors import UserError
 from augment.registry import ARMS, SAMPLERS, FeatureSpace, GeneratorMode
 
-# A boolean key takes true or false only: YAML 1.1's yes/no/on/off stay strings (see _YamlLoader)
+# A boolean key takes true or false only: YAML 1.1's yes/no/on/off stay strings (augment.config_file)
 # and are refused, so `enabled: no` cannot silently switch a stage off.
 Bool = Annotated[bool, Strict()]
-# Keys holding a path to an input: a relative one is made absolute at load, against the folder of
-# the config file that sets it, or the current folder for --set.
-PATH_KEYS = ("data.path", "classical.pipeline_file", "smote.weights", "benchmark.weights")
-
-
-class _YamlLoader(yaml.SafeLoader):
-    """yaml.SafeLoader with YAML 1.2's booleans: only true/false (any case) are booleans."""
-
-
-_YamlLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                  list("tTfF"))
-
-
-def yaml_load(text: str):
-    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506  (a SafeLoader subclass)
 
 
 def _torchvision_models() -> list[str]:
@@ -65,6 +48,7 @@ class DataConfig(_Section):
     per_class: int | None = Field(default=None, ge=1)
     imbalance_ratio: float = Field(default=1.0, ge=1.0)
     class_counts: dict[str, int] | None = None
+    scarcity_seed: int | None = None  # which train images per_class/class_counts keep; null: derived from seed
     val_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
     test_fraction: float = Field(default=0.3, gt=0.0, lt=0.9)
     min_per_class: int = Field(default=5, ge=3)
@@ -177,19 +161,48 @@ class GateConfig(_Section):
     keep_collapsed: Bool = False
 
 
+def step_budget(steps: int | str, n_train: int, batch_size: int, epochs: float, min_steps: int, max_steps: int) -> int:
+    """Training steps: `steps` as given, or "auto": `epochs` passes over the real train images,
+    clipped to [min_steps, max_steps] (tiny sets need a floor of steps, large ones a ceiling)."""
+    if steps != "auto":
+        return int(steps)
+    return int(min(max_steps, max(min_steps, -(-epochs * n_train // batch_size))))
+
+
 class BenchmarkConfig(_Section):
     seeds: int = Field(default=5, ge=1)
     arms: list[str] = Field(default_factory=lambda: list(ARMS))
-    steps: int = Field(default=400, ge=1)
+    # The classifier's recipe (README, "The benchmark's classifier"; chosen on MNIST val by
+    # benchmarks/classifier_recipe.py). steps "auto": epochs over the real train images, clipped.
+    steps: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
+    epochs: float = Field(default=40, gt=0)
+    min_steps: int = Field(default=600, ge=1)
+    max_steps: int = Field(default=4000, ge=1)
     batch_size: int = Field(default=64, ge=2)
-    lr: float = Field(default=1e-3, gt=0)
+    lr: float = Field(default=2e-3, gt=0)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    schedule: Literal["onecycle", "cosine"] = "onecycle"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     width: int = Field(default=32, ge=4)
+    depth: int = Field(default=3, ge=1, le=5)
+    dropout: float = Field(default=0.3, ge=0, lt=1)
     classifier: str = "cnn"
     weights: Path | None = None
-    input_size: int = Field(default=64, ge=16, le=512)
+    input_size: int | None = Field(default=None, ge=16, le=512)  # null: the weights' own transforms()
+    # Synthetic images (classical copies, SMOTE images, GAN samples) as a side stream of every batch.
+    synthetic_share: Literal["auto"] | Annotated[float, Field(ge=0, le=1)] = "auto"
+    share_grid: list[Annotated[float, Field(gt=0, le=1)]] = Field(default_factory=lambda: [0.1, 0.25, 0.5], min_length=1)
+    synthetic_weight: float = Field(default=1.0, ge=0)
+    soft_labels: Bool = False
+    temperature: float = Field(default=2.0, gt=0)
+    online_gan: Bool = False  # GAN arms draw fresh, gated generator samples every batch instead of the kept pool
     linear_probe: Bool = True
     workers: int | None = Field(default=None, ge=1)  # processes for the arms x seeds classifiers; null: every core on CPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+
+    def steps_for(self, n_train: int) -> int:
+        """The step budget for `n_train` real train images (benchmark.steps, or auto)."""
+        return step_budget(self.steps, n_train, self.batch_size, self.epochs, self.min_steps, self.max_steps)
 
     @field_validator("classifier")
     @classmethod
@@ -200,13 +213,15 @@ class BenchmarkConfig(_Section):
 
     # The keys the classifier trains with (not seeds or arms): a stage that trains this
     # classifier (SMOTE's cnn features, the gate's judge) reads these and no others.
-    TRAINER_KEYS: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "lr", "width", "classifier", "weights",
-                                               "input_size", "precision")
+    TRAINER_KEYS: ClassVar[tuple[str, ...]] = ("steps", "epochs", "min_steps", "max_steps", "batch_size", "lr",
+                                               "weight_decay", "schedule", "label_smoothing", "width", "depth",
+                                               "dropout", "classifier", "weights", "input_size", "precision")
 
     def trainer_kwargs(self) -> dict:
         """The classifier settings every arm (and the quality gate's judge) trains with."""
-        return dict(steps=self.steps, batch_size=self.batch_size, lr=self.lr, width=self.width,
-                    model=self.classifier, weights=self.weights, input_size=self.input_size, precision=self.precision)
+        kw = {key: getattr(self, key) for key in self.TRAINER_KEYS}
+        kw["model"] = kw.pop("classifier")
+        return kw
 
     @field_validator("arms")
     @classmethod
@@ -217,6 +232,12 @@ class BenchmarkConfig(_Section):
         if "real" not in arms:
             raise ValueError("the 'real' arm is required: every gain is measured against it")
         return arms
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> BenchmarkConfig:
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"benchmark.min_steps ({self.min_steps}) is above benchmark.max_steps ({self.max_steps})")
+        return self
 
 
 class OrchestrationConfig(_Section):
@@ -269,101 +290,6 @@ class Config(_Section):
         """Stable short hash of the named sections or dotted keys (e.g. "benchmark.steps"), for
         stage fingerprints."""
         dumped = self.model_dump(mode="json")
-
-        def get(path: str):
-            node = dumped
-            for part in path.split("."):
-                node = node[part]
-            return node
-
-        blob = json.dumps({k: get(k) for k in keys}, sort_keys=True)
+        blob = json.dumps({k: functools.reduce(lambda node, part: node[part], k.split("."), dumped) for k in keys},
+                          sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _format_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
-    if first["type"] == "extra_forbidden":
-        return f"{source}: unknown config key '{loc}'"
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "bool_type":  # yes/no/on/off/1/0 are not booleans here
-        msg = f"expected true or false, got {first['input']!r}"
-    if not first["loc"] or f"{loc}." in msg:  # a rule across keys: the message names them
-        return f"{source}: {msg}"
-    return f"{source}: config key '{loc}': {msg}"
-
-
-def _set_path(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise UserError(f"--set {dotted}: '{part}' is not a config section")
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_overrides(overrides: list[str] | None) -> dict:
-    """Turn ['gan.steps=10', ...] into a nested dict; values are parsed as YAML scalars."""
-    tree: dict = {}
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"--set {item!r}: expected key.path=value")
-        try:
-            value = yaml_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
-        _set_path(tree, key.strip(), value)
-    return tree
-
-
-def _absolute_paths(tree: dict, base: Path) -> dict:
-    """Make the relative input paths (PATH_KEYS) in `tree` absolute against `base`, in place."""
-    for dotted in PATH_KEYS:
-        section, key = dotted.split(".")
-        node = tree.get(section)
-        value = node.get(key) if isinstance(node, dict) else None
-        if isinstance(value, str) and value and not Path(value).is_absolute():
-            node[key] = str((base / value).resolve())
-    return tree
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the built-in defaults when path is None) and apply --set overrides."""
-    raw: dict = {}
-    source = "defaults"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise UserError(f"{path}: config file not found")
-        try:
-            raw = yaml_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1})" if mark else ""
-            raise UserError(f"{path}: not valid YAML{where}") from None
-        if not isinstance(raw, dict):
-            raise UserError(f"{path}: the config must be a mapping of sections")
-        _absolute_paths(raw, path.parent)
-    raw = _merge(raw, _absolute_paths(parse_overrides(overrides), Path.cwd()))
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as err:
-        raise UserError(_format_error(err, source)) from None
-
-
-def dump_config(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from augment import config as config_module
+from augment import config_file
 from augment import rundir
 from augment.atomic import write_json, write_text
-from augment.config import BenchmarkConfig, ClassicalConfig, Config, dump_config
+from augment.config import BenchmarkConfig, ClassicalConfig, Config
+from augment.config_file import dump_config
 from augment.errors import UserError
 from augment.runtime import check_stop, describe_device, graceful_stop, resolve_device
 from augment.stages import benchmark, classical, expand, gan, ingest, report, smote, synthesize
@@ -83,7 +84,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("synthesize", synthesize.run, "Sample the generator and gate every sample.",
           after=("gan", "classical"), reads=("seed", "gate", "device", *_TRAINER_KEYS)),
     Stage("benchmark", benchmark.run, "Train the classifier per arm and seed; score on the real test split.",
-          after=("ingest", "classical", "smote", "synthesize"), reads=("seed", "device", *_section("benchmark", BenchmarkConfig)),
+          after=("ingest", "classical", "smote", "synthesize"), reads=("seed", "device", "gate", *_section("benchmark", BenchmarkConfig)),
           check=benchmark.check, progress="benchmark-classifiers"),
     Stage("expand", expand.run, "Build the expanded ImageFolder for the recommended arm.", after=("benchmark",)),
     Stage("report", report.run, "Write the report and publish it.", after=("benchmark", "expand"),
@@ -91,7 +92,7 @@ STAGES: tuple[Stage, ...] = (
 )
 BY_NAME = {s.name: s for s in STAGES}
 _FULL_OR_FORBIDDEN = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-_VERSION = "graph-v1"  # bump to re-run every stage once (a change in what stages write)
+_VERSION = "graph-v2"  # bump to re-run every stage once (a change in what stages write)
 
 
 @contextmanager
@@ -209,7 +210,7 @@ def check_config(cfg: Config) -> Config:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load and fully check a config: the typed model (augment.config) plus every stage's checks."""
-    return check_config(config_module.load_config(path, overrides))
+    return check_config(config_file.load_config(path, overrides))
 
 
 def default_run_dir(cfg: Config, config_path: str | Path | None) -> Path:

@@ -64,28 +64,32 @@ def _duration(seconds: float | None) -> str:
     return f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.1f} min"
 
 
-def _data(cfg: Config, run_dir: Path, ingest_cached: bool) -> tuple[str, int, tuple[int, int], int]:
-    """(description, classes, working size, channels): ingest's record when it is reusable, else a look."""
+def _data(cfg: Config, run_dir: Path, ingest_cached: bool) -> tuple[str, int, tuple[int, int], int, int]:
+    """(description, classes, working size, channels, about how many real train images): ingest's
+    record when it is reusable, else a look."""
     if ingest_cached:
         info = rundir.ingest_info(run_dir)
         counts = {s: sum(c.values()) for s, c in info["counts"].items()}
         split = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("train", "val", "test"))
         return (f"{len(info['classes'])} classes; {split} images; working size {info['size'][0]}x{info['size'][1]}",
-                len(info["classes"]), tuple(info["size"]), info["channels"])
+                len(info["classes"]), tuple(info["size"]), info["channels"], counts.get("train", 0))
     d = cfg.data
+    train_share = 1.0 - d.val_fraction - d.test_fraction
     if d.source == "digits":
-        k, size = 10, (8, 8)
+        k, size, total = 10, (8, 8), 1797
     elif d.source == "folder":
         from augment.core.survey import survey_folder
 
         survey = survey_folder(Path(d.path))
         k, size = len(survey["classes"]), min(survey["sizes"], key=lambda hw: hw[0] * hw[1])
+        total = sum(survey["classes"].values())
     else:
-        k, size = 10, (28, 28)
+        k, size, total = 10, (28, 28), 0
     if isinstance(d.image_size, int):
         size = (d.image_size, d.image_size)
     per = f"{d.per_class} train images per class" if d.per_class else "all train images"
-    return f"{d.source}, {k} classes, {per} (the split is made by ingest)", k, size, d.channels
+    n_train = d.per_class * k if d.per_class else sum(d.class_counts.values()) if d.class_counts else int(total * train_share)
+    return f"{d.source}, {k} classes, {per} (the split is made by ingest)", k, size, d.channels, n_train
 
 
 def _timed(fn, repeats: int) -> float:
@@ -125,11 +129,12 @@ def make_plan(cfg: Config, run_dir: Path) -> Plan:
     device = resolve_device(cfg.device)
     fps = graph.fingerprints(cfg)
     cached = {s.name: graph.is_current(s.name, cfg, run_dir, fps) for s in graph.STAGES}
-    data, k, size, channels = _data(cfg, run_dir, cached["ingest"])
+    data, k, size, channels, n_train = _data(cfg, run_dir, cached["ingest"])
     plan = Plan(run_dir, str(device), data)
     needs_classifier = not all(cached[n] for n in ("synthesize", "benchmark"))
     step = _classifier_step_seconds(cfg, k, size, channels, device) if needs_classifier else 0.0
     b = cfg.benchmark
+    steps = b.steps_for(n_train)
     for stage in graph.STAGES:
         name, seconds, how = stage.name, None, ""
         if not cached[name]:
@@ -140,14 +145,17 @@ def make_plan(cfg: Config, run_dir: Path) -> Plan:
                 arms = [a for a in b.arms if not (not cfg.gan.enabled and "gan" in ARMS[a].sources)]
                 augmented = sum(1 for a in arms if ARMS[a].augment)
                 ta = _classifier_step_seconds(cfg, k, size, channels, device, "trivialaugment") if augmented else 0.0
-                workers = auto_workers(len(arms) * b.seeds, b.workers, device, b.steps)
-                seconds = b.seeds * b.steps * ((len(arms) - augmented) * step + augmented * ta) / workers
-                how = f"{len(arms)} arms x {b.seeds} seeds x {b.steps} steps at {step:.3f} s" + (
+                streams = [a for a in arms if "real" in ARMS[a].sources and len(ARMS[a].sources) > 1]
+                select = len(streams) * len(set(b.share_grid)) if b.synthetic_share == "auto" else 0
+                workers = auto_workers(len(arms) * b.seeds + select, b.workers, device, steps)
+                per_seed = (len(arms) - augmented) * step + augmented * ta
+                seconds = steps * (b.seeds * per_seed + select * step) / workers
+                how = f"{len(arms)} arms x {b.seeds} seeds + {select} share choices, {steps} steps at {step:.3f} s" + (
                     f" ({ta:.3f} s with TrivialAugment)" if augmented else "") + f" on {workers} worker(s)"
             elif name == "synthesize" and cfg.gan.enabled:
-                seconds, how = 2 * b.steps * step + 2.0, "the gate's judge and the CAS classifier"
+                seconds, how = 2 * steps * step + 2.0, "the gate's judge and the CAS classifier"
             elif name == "smote" and cfg.smote.enabled and cfg.smote.features == "cnn":
-                seconds, how = b.steps * step, "trains the cnn feature extractor"
+                seconds, how = steps * step, "trains the cnn feature extractor"
             else:
                 seconds = 1.0 if name != "classical" else max(1.0, 0.002 * k * 40 * cfg.classical.multiplier)
         plan.stages.append(StagePlan(name, cached[name], seconds, how))

@@ -29,6 +29,7 @@ log = logging.getLogger("augment")
 
 MANIFEST = "manifest.parquet"
 GAN_CHECKPOINT = Path("gan") / "checkpoint.pt"
+GATE_JUDGE = Path("gan") / "judge.pt"  # the quality gate's judge (augment.core.classifier.save_classifier)
 EXTRACTOR = Path("features") / "extractor.pt"  # the SMOTE stage's fitted feature extractor
 DEVICE = Path("device.json")  # where the run computes: device, GPU name, precisions (graph.open_run)
 COLUMNS = {

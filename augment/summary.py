@@ -89,6 +89,18 @@ class Recommendation(_Model):
     synthetic_test_gain_over_best_baseline: Gain | None
 
 
+class SideStreamChoice(_Model):
+    """How one arm fed its synthetic images: the share of every batch (chosen on val or set in
+    the config), the val score per share tried, the loss weight and soft labels."""
+
+    share: float
+    chosen_on: str  # "val" (benchmark.synthetic_share: auto) or "config"
+    val: dict[str, float] = Field(default_factory=dict)  # share -> val primary metric, with the selection seed
+    weight: float = 1.0
+    soft_labels: bool = False
+    temperature: float = 2.0
+
+
 class HeldOut(_Model):
     images: int
     ids_sha256: str
@@ -104,6 +116,8 @@ class Summary(_Model):
     skipped_arms: list[str] = Field(default_factory=list)
     # arm -> test confusion matrix summed over seeds: rows are true classes, columns predicted (classes' order)
     confusion_test: dict[str, list[list[int]]] = Field(default_factory=dict)
+    side_stream: dict[str, SideStreamChoice] = Field(default_factory=dict)  # arm -> how it fed synthetic images
+    classifier_steps: int | None = None  # every arm's step budget (benchmark.steps, or auto)
 
     def comparison(self, arm: str, base: str) -> Comparison | None:
         return next((c for c in self.comparisons if c.arm == arm and c.base == base), None)

@@ -1,12 +1,15 @@
 """The whole pipeline on MNIST made scarce: does any arm beat TrivialAugmentWide? Writes JSON.
 
-    python benchmarks/mnist_scarce.py ../shared/data/mnist [--cases 10 50 imbalanced] [--set key=value ...]
+    python benchmarks/mnist_scarce.py ../shared/data/mnist [--cases 10 50 imbalanced] [--draws 5] [--set key=value ...]
 
 Reads the MNIST test set in IDX format from the given path (never copied). Protocol: a stratified,
 seeded split gives 5,000 test and 1,000 val images (real, never augmented); the scarce train set
 is drawn from the remaining 4,000-image pool: 10 or 50 per class, or the imbalanced case of
 5 classes with 200 images and 5 with 10. Every arm trains the same small CNN for the same number
-of steps over 5 seeds. Reference (../shared/RESEARCH.md, same CNN family, 600 steps, 5 seeds):
+of steps over 5 seeds. With --draws N each seed also draws its own scarce train set (data.scarcity_seed,
+one whole pipeline per draw, GAN included; val and test stay the same images), so the figures carry
+the variance of which images were labelled, as published low-data results do; the draws are then
+paired like seeds. Reference (../shared/RESEARCH.md, same CNN family, 600 steps, 5 seeds):
 10/class real 72.2% +- 0.9, TrivialAugmentWide 88.5% +- 1.1; 50/class 93.4% / 95.6%; imbalanced with
 TrivialAugment 49.6% balanced accuracy (uniform sampling) and 91.4% (class-balanced sampling).
 """
@@ -40,8 +43,26 @@ CASES = {
 MINORITY = [str(c) for c in range(5, 10)]
 
 
-def summarise_case(run_dir: Path, case: str, seconds: float) -> dict:
-    summary = read_summary(run_dir)
+def pooled_summary(run_dirs: list[Path]):
+    """One Summary over pipeline runs of one seed each (one per draw): draw d is seed d."""
+    import pandas as pd
+
+    from augment.core.stats import summarise
+
+    summaries = [read_summary(r) for r in run_dirs]
+    arms = [a for a in summaries[0].arms if all(a in s.arms for s in summaries)]
+    frames = []
+    for draw, run_dir in enumerate(run_dirs):
+        frame = pd.read_parquet(run_dir / "benchmark" / "results.parquet")
+        frames.append(frame[frame["classifier"] == "cnn"].assign(seed=draw))
+    train_images = {a: summaries[0].arms[a].train_images for a in arms}
+    pooled = summarise(pd.concat(frames, ignore_index=True), arms, train_images)
+    pooled.side_stream = summaries[0].side_stream
+    return pooled, {a: [s.side_stream[a].share for s in summaries] for a in summaries[0].side_stream}
+
+
+def summarise_case(run_dir: Path, case: str, seconds: float, summary=None, shares=None) -> dict:
+    summary = summary or read_summary(run_dir)
     arms = {}
     for arm, result in summary.arms.items():
         t = result.test
@@ -68,6 +89,8 @@ def summarise_case(run_dir: Path, case: str, seconds: float) -> dict:
         "arms": arms,
         "recommended": rec.arm,
         "synthetic_helps_on_val": rec.synthetic_helps_on_val,
+        "synthetic_share_chosen_on_val": shares or {a: c.share for a, c in summary.side_stream.items()},
+        "classifier_steps": summary.classifier_steps,
         "gate": gate,
         "recommended_minus_trivialaugment_accuracy_points": None if ta is None else round(100 * (best - ta), 2),
         "stage_seconds": {p.stem: json.loads(p.read_text())["seconds"] for p in sorted((run_dir / "stages").glob("*.json"))},
@@ -78,6 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mnist", type=Path, help="folder with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--draws", type=int, default=1, help="scarce train sets drawn, one pipeline (of one seed) each")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra config overrides")
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "mnist_scarce")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "mnist_scarce.json")
@@ -88,13 +112,21 @@ def main() -> None:
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
     results["machine"] = {"platform": platform.platform(), "torch_threads": torch.get_num_threads(),
                           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    results["protocol"] = COMMON + args.overrides
+    results["protocol"] = COMMON + args.overrides + ([f"--draws {args.draws}"] if args.draws > 1 else [])
     for case in args.cases:
-        cfg = load_config(None, [*COMMON, f"data.path={args.mnist.resolve()}", *CASES[case], *args.overrides])
+        common = [*COMMON, f"data.path={args.mnist.resolve()}", *CASES[case], *args.overrides]
         start = time.perf_counter()
-        run_dir = args.runs / f"per_class_{case}"
-        run_pipeline(cfg, run_dir)  # resumes: a finished case is not recomputed
-        results.setdefault("cases", {})[case] = summarise_case(run_dir, case, time.perf_counter() - start)
+        if args.draws == 1:
+            run_dir = args.runs / f"per_class_{case}"
+            run_pipeline(load_config(None, common), run_dir)  # resumes: a finished case is not recomputed
+            summary, shares = None, None
+        else:
+            run_dirs = [args.runs / f"per_class_{case}_draw{d}" for d in range(args.draws)]
+            for d, run_dir in enumerate(run_dirs):
+                run_pipeline(load_config(None, [*common, f"data.scarcity_seed={d}", "benchmark.seeds=1"]), run_dir)
+            run_dir = run_dirs[0]
+            summary, shares = pooled_summary(run_dirs)
+        results.setdefault("cases", {})[case] = summarise_case(run_dir, case, time.perf_counter() - start, summary, shares)
         write_json(args.out, results)  # after every case, atomically: partial results survive
         print(json.dumps(results["cases"][case], indent=2))
 

@@ -106,7 +106,7 @@ def test_the_optimizer_helper_fuses_on_cuda():
 
 
 def test_device_names_a_gpu_by_index_or_fails_in_one_line(monkeypatch):
-    from augment.config import load_config as parse_config
+    from augment.config_file import load_config as parse_config
 
     assert parse_config(None, ["device=cuda:1"]).device == "cuda:1"
     with pytest.raises(UserError, match=r"config key 'device': expected auto, cpu, cuda or cuda:N"):

@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 MAX_LINES = 400
 CONTRACTS = {"augment.errors", "augment.registry", "augment.atomic", "augment.runtime", "augment.png",
-             "augment.config", "augment.summary", "augment.rundir"}
+             "augment.config", "augment.config_file", "augment.summary", "augment.rundir"}
 
 
 def layer(module: str) -> int:

@@ -37,9 +37,9 @@ def test_balanced_sampling_draws_classes_equally(monkeypatch):
     seen = []
     real_ce = torch.nn.functional.cross_entropy
 
-    def spy(logits, target):
-        seen.append(target.clone())
-        return real_ce(logits, target)
+    def spy(logits, target, **kw):
+        seen.append(target.argmax(1))  # target distributions; one-hot for real images
+        return real_ce(logits, target, **kw)
 
     monkeypatch.setattr("augment.core.classifier.F.cross_entropy", spy)
     train_classifier(x, y, 2, steps=60, batch_size=32, width=4, seed=0, balanced=True)
@@ -110,3 +110,16 @@ def test_unknown_classifier_name_is_a_config_error(tmp_path, monkeypatch):
     (tmp_path / "w.pth").write_bytes(b"")
     cfg = load_config(None, ["benchmark.classifier=resnet18", f"benchmark.weights={tmp_path / 'w.pth'}"])
     assert cfg.benchmark.classifier == "resnet18"
+
+
+def test_backbone_preprocesses_with_the_weights_own_transforms():
+    import torchvision
+
+    from augment.core.classifier import backbone_transforms
+
+    preset = torchvision.models.get_model_weights("resnet18").DEFAULT.transforms()
+    own = backbone_transforms("resnet18", None)
+    assert own.crop_size == preset.crop_size and own.mean == preset.mean and own.std == preset.std
+    sized = backbone_transforms("resnet18", 32)
+    assert sized.crop_size == [32] and sized.resize_size == [32] and sized.mean == preset.mean
+    assert sized(torch.rand(2, 3, 8, 8)).shape == (2, 3, 32, 32)

@@ -1,6 +1,7 @@
 import pytest
 
-from augment.config import Config, load_config, parse_overrides
+from augment.config import Config
+from augment.config_file import load_config, parse_overrides
 from augment.errors import UserError
 from conftest import REPO
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from augment.config import load_config as parse_config
+from augment.config_file import load_config as parse_config
 from augment.errors import UserError
 from augment.graph import load_config
 from conftest import REPO, SMOKE

@@ -17,7 +17,7 @@ def test_the_plan_of_a_finished_run_reuses_every_stage_and_writes_nothing(smoke_
     changed = make_plan(load_config(SMOKE, ["benchmark.seeds=4"]), run_dir)
     assert [s.name for s in changed.stages if not s.cached] == ["benchmark", "expand", "report"]
     bench = next(s for s in changed.stages if s.name == "benchmark")
-    assert bench.seconds > 0 and "9 arms x 4 seeds x 40 steps" in bench.how
+    assert bench.seconds > 0 and "9 arms x 4 seeds + 15 share choices, 40 steps" in bench.how
     assert tree_state(run_dir) == before  # no stage body ran, nothing was written
 
 

@@ -123,7 +123,7 @@ def test_each_extractor_gives_one_row_per_image(tmp_path):
     assert pixels.transform(images).shape == (18, 5) and pixels.invertible
     trainer = dict(steps=3, batch_size=8, width=8)
     cnn = make_extractor(SmoteConfig(features="cnn"), 0, trainer).fit(images, labels, 3)
-    assert cnn.transform(images).shape == (18, 16) and not cnn.invertible  # 2 x width pooled channels
+    assert cnn.transform(images).shape == (18, 32) and not cnn.invertible  # 4 x width: the third block's channels
     again = make_extractor(SmoteConfig(features="cnn"), 0, trainer).fit(images, labels, 3)
     assert np.array_equal(cnn.transform(images), again.transform(images))  # seeded
     weights = save_resnet18(tmp_path / "r18.pth")
@@ -162,8 +162,8 @@ def test_smote_in_a_classifier_feature_space_feeds_the_linear_probe_not_the_cnn_
     assert len(smote) and smote["path"].isna().all() and smote["parent_id"].notna().all()
     summary = json.loads((tmp_path / "run" / "benchmark" / "summary.json").read_text())
     assert "real+smote" not in summary["arms"] and "real+smote" in summary["linear_probe"]
-    # cnn: 2 x width pooled channels; discriminator (per class, 16 px): 10 classes x ndf x 2
-    width = {"cnn": 2 * cfg.benchmark.width, "discriminator": 10 * cfg.gan.ndf * 2}[features]
+    # cnn: the last block's pooled channels; discriminator (per class, 16 px): 10 classes x ndf x 2
+    width = {"cnn": 2 ** (cfg.benchmark.depth - 1) * cfg.benchmark.width, "discriminator": 10 * cfg.gan.ndf * 2}[features]
     with np.load(tmp_path / "run" / "features" / "smote.npz") as rows:
         assert rows["x"].shape == (len(smote), width)
 

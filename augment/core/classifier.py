@@ -9,53 +9,54 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from augment.atomic import write_torch
+from augment.config import step_budget
 from augment.core.accel import adam, autocast
+from augment.core.side_stream import Batches, SideStream
 from augment.core.tensors import scale, to_tensor
 from augment.errors import UserError
 from augment.runtime import check_stop
 
 
 class SmallCNN(nn.Module):
-    """Two conv blocks and a linear head; global pooling makes it size-agnostic (8x8 and up).
+    """`depth` conv blocks (conv, batch norm, ReLU, 2x2 max-pool), doubling `width` each block
+    (32-64-128 by default), global pooling (so any size from 8x8 up), dropout and a linear head.
 
-    No dropout: it would draw from torch's global RNG and break seeded determinism.
+    Dropout draws from torch's global RNG: train_classifier runs every step under fork_rng with a
+    seed drawn from the classifier's own generator, so the masks are seeded too.
     """
 
-    def __init__(self, in_channels: int, n_classes: int, width: int = 32):
+    def __init__(self, in_channels: int, n_classes: int, width: int = 32, depth: int = 3, dropout: float = 0.3):
         super().__init__()
-
-        def block(cin: int, cout: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-
-        self.features = nn.Sequential(
-            *block(in_channels, width), *block(width, width),
-            nn.MaxPool2d(2),  # state size. width x H/2 x W/2
-            *block(width, 2 * width), *block(2 * width, 2 * width),
-            nn.AdaptiveAvgPool2d(1),  # state size. (2*width) x 1 x 1
-            nn.Flatten(),
-        )
-        self.head = nn.Linear(2 * width, n_classes)
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for i in range(depth):
+            cout = width * 2**i
+            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2, ceil_mode=True)]  # state size. cout x ceil(H/2^(i+1)) x ...
+            cin = cout
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(cin, n_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.dropout(self.features(x)))
 
 
 class Backbone(nn.Module):
-    """A torchvision classifier fine-tuned from weights on disk; grey images are repeated to RGB,
-    resized to `input_size` and normalised as the ImageNet-trained weights expect."""
+    """A torchvision classifier fine-tuned from weights on disk. Grey images are repeated to RGB;
+    `preprocess` is the weights' own transforms() (resize, crop, normalisation), or the same
+    normalisation at `input_size` when one is configured."""
 
-    def __init__(self, net: nn.Module, input_size: int):
+    def __init__(self, net: nn.Module, preprocess: nn.Module):
         super().__init__()
-        self.net, self.input_size = net, input_size
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        self.net, self.preprocess = net, preprocess
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x + 1.0) / 2.0  # [-1, 1] -> [0, 1]
+        x = (x + 1.0) / 2.0  # [-1, 1] -> [0, 1], what torchvision's transforms expect of a float image
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
-        return self.net((x - self.mean) / self.std)
+        return self.net(self.preprocess(x))
 
 
 def pretrained_weights_path(name: str, weights: str | Path | None, keys: tuple[str, str] = ("benchmark.classifier", "benchmark.weights")) -> Path:
@@ -81,7 +82,19 @@ def pretrained_weights_path(name: str, weights: str | Path | None, keys: tuple[s
     return path
 
 
-def build_backbone(name: str, n_classes: int, weights: str | Path | None, input_size: int, gen: torch.Generator,
+def backbone_transforms(name: str, input_size: int | None) -> nn.Module:
+    """torchvision's preprocessing for `name`'s default weights; at `input_size` (resize and crop) if given."""
+    import torchvision
+    from torchvision.transforms._presets import ImageClassification
+
+    preset = torchvision.models.get_model_weights(name).DEFAULT.transforms()
+    if input_size is None:
+        return preset
+    return ImageClassification(crop_size=input_size, resize_size=input_size, mean=preset.mean, std=preset.std,
+                               interpolation=preset.interpolation, antialias=preset.antialias)
+
+
+def build_backbone(name: str, n_classes: int, weights: str | Path | None, input_size: int | None, gen: torch.Generator,
                    keys: tuple[str, str] = ("benchmark.classifier", "benchmark.weights")) -> Backbone:
     """torchvision model `name` with weights from disk and a new, seeded linear head for n_classes."""
     import torchvision
@@ -99,11 +112,11 @@ def build_backbone(name: str, n_classes: int, weights: str | Path | None, input_
     nn.init.normal_(head.weight, 0.0, 0.01, generator=gen)
     nn.init.zeros_(head.bias)
     setattr(parent, attr, head)
-    return Backbone(net, input_size)
+    return Backbone(net, backbone_transforms(name, input_size))
 
 
-def _small_cnn(in_channels: int, n_classes: int, width: int, gen: torch.Generator) -> SmallCNN:
-    model = SmallCNN(in_channels, n_classes, width)
+def _small_cnn(in_channels: int, n_classes: int, width: int, depth: int, dropout: float, gen: torch.Generator) -> SmallCNN:
+    model = SmallCNN(in_channels, n_classes, width, depth, dropout)
     with torch.no_grad():  # re-init every weight from the seed: construction drew from the global RNG
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -111,6 +124,30 @@ def _small_cnn(in_channels: int, n_classes: int, width: int, gen: torch.Generato
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
     return model
+
+
+def build_network(spec: dict, gen: torch.Generator) -> nn.Module:
+    """The network a spec names (SmallCNN, or a torchvision backbone from its weights), seeded;
+    the spec rides along as `net.spec`, so save_classifier can write it beside the weights."""
+    if spec["model"] == "cnn":
+        net = _small_cnn(spec["in_channels"], spec["n_classes"], spec["width"], spec["depth"], spec["dropout"], gen)
+    else:
+        net = build_backbone(spec["model"], spec["n_classes"], spec["weights"], spec["input_size"], gen)
+    net.spec = dict(spec)
+    return net
+
+
+def save_classifier(path: Path, net: nn.Module) -> None:
+    """A trained classifier's spec and weights, atomically (loads with weights_only=True)."""
+    write_torch(path, {"spec": net.spec, "state": {k: v.cpu() for k, v in net.state_dict().items()}})
+
+
+def load_classifier(path: Path, device: torch.device | str = "cpu") -> nn.Module:
+    """The classifier save_classifier wrote, in eval mode on `device`."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    net = build_network(payload["spec"], torch.Generator().manual_seed(0))
+    net.load_state_dict(payload["state"])
+    return net.to(device).eval()
 
 
 def trivial_augment(batch: torch.Tensor, seed: int) -> torch.Tensor:
@@ -126,54 +163,70 @@ def trivial_augment(batch: torch.Tensor, seed: int) -> torch.Tensor:
         return torch.stack([ta(image) for image in batch])
 
 
-def train_classifier(
-    x: np.ndarray, y: np.ndarray, n_classes: int, *, steps: int, batch_size: int = 64, lr: float = 1e-3,
-    width: int = 32, seed: int = 0, device: torch.device | str = "cpu", augment: str | None = None,
-    balanced: bool = False, model: str = "cnn", weights: str | Path | None = None, input_size: int = 64,
-    precision: str = "fp32", progress=None,
-) -> nn.Module:
-    """Train SmallCNN on uint8 images for exactly `steps` Adam steps; seed fixes init and data order.
+def _optimizer(net: nn.Module, device, lr: float, weight_decay: float, schedule: str, steps: int):
+    """AdamW (decoupled weight decay, none on batch-norm and bias parameters) and its schedule:
+    "onecycle" (warm-up then cosine annealing, per step) or "cosine" (annealing from lr)."""
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.ndim <= 1]
+    opt = adam([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+               device, lr=lr, decoupled=True)
+    if schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 2))
+    elif schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}")
+    return opt, sched
 
-    augment="trivialaugment" applies TrivialAugmentWide on the fly; balanced=True draws every
-    class equally often (random over-sampling without new images). model="cnn" trains SmallCNN
-    from scratch; any other torchvision model name is fine-tuned from weights on disk. precision
-    ("auto", "fp32", "bf16") is the forward pass's autocast (augment.core.accel); the loss is fp32.
+
+def train_classifier(
+    x: np.ndarray, y: np.ndarray, n_classes: int, *, steps: int | str, batch_size: int = 64, lr: float = 2e-3,
+    width: int = 32, depth: int = 3, dropout: float = 0.3, weight_decay: float = 5e-4, schedule: str = "onecycle",
+    label_smoothing: float = 0.0, epochs: float = 40, min_steps: int = 600, max_steps: int = 4000,
+    seed: int = 0, device: torch.device | str = "cpu", augment: str | None = None, balanced: bool = False,
+    model: str = "cnn", weights: str | Path | None = None, input_size: int | None = None, precision: str = "fp32",
+    synthetic: SideStream | None = None, progress=None,
+) -> nn.Module:
+    """Train a classifier on uint8 images for a fixed step budget; the seed fixes initialisation,
+    data order, augmentation draws and dropout masks.
+
+    The recipe (README, "The benchmark's classifier"): SmallCNN (depth blocks from width, dropout)
+    from scratch, or a torchvision `model` fine-tuned from weights on disk; AdamW with weight decay
+    under a OneCycle (or cosine) schedule; label smoothing; `steps` or "auto" (step_budget).
+    augment="trivialaugment" applies TrivialAugmentWide on the fly to every image of a batch, real
+    and synthetic alike; balanced=True draws every class equally often. `synthetic` feeds generated
+    images as a side stream (augment.core.side_stream): a share of every batch, a loss weight,
+    optional soft labels. precision ("auto", "fp32", "bf16") is the forward pass's autocast; the
+    loss is fp32.
     """
-    if len(x) != len(y) or len(x) == 0:
+    if len(x) != len(y) or (len(x) == 0 and (synthetic is None or len(synthetic.x) == 0)):
         raise ValueError(f"need matching, non-empty x and y, got {len(x)} and {len(y)}")
     if augment not in (None, "trivialaugment"):
         raise ValueError(f"unknown on-the-fly augmentation {augment!r}")
+    steps = step_budget(steps, len(x), batch_size, epochs, min_steps, max_steps)
     gen = torch.Generator().manual_seed(seed % 2**63)
-    if model == "cnn":
-        net = _small_cnn(x.shape[3], n_classes, width, gen)
-    else:
-        net = build_backbone(model, n_classes, weights, input_size, gen)
-    net.to(device).train()
-    images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)  # uint8 (N, C, H, W), CPU
-    target = torch.from_numpy(y).long()
-    draw_weights = (1.0 / torch.bincount(target, minlength=n_classes).clamp(min=1).float())[target] if balanced else None
-    opt = adam(net.parameters(), device, lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    b = min(batch_size, len(images))
+    spec = dict(in_channels=int((x if len(x) else synthetic.x).shape[3]), n_classes=n_classes, model=model, width=width,
+                depth=depth, dropout=dropout, weights=None if weights is None else str(weights), input_size=input_size)
+    net = build_network(spec, gen).to(device).train()
+    n_all = len(x) + (len(synthetic.x) if synthetic is not None else 0)
+    batches = Batches(x, y, n_classes, min(batch_size, n_all), synthetic, gen, balanced)
+    opt, sched = _optimizer(net, device, lr, weight_decay, schedule, steps)
     for step in range(steps):
         check_stop()  # SIGTERM/SIGINT: abandon this model within one step
         if progress is not None:
             progress(step, steps)
-        if draw_weights is not None:
-            idx = torch.multinomial(draw_weights, b, replacement=True, generator=gen)
-        else:
-            idx = torch.randint(len(images), (b,), generator=gen)
-        batch = images[idx]
+        batch, target, weight = batches()
         if augment is not None:
             batch = trivial_augment(batch, int(torch.randint(2**62, (1,), generator=gen)))
         inputs = scale(batch.to(device))
         step_seed = int(torch.randint(2**62, (1,), generator=gen))
-        # Backbones may hold dropout, which draws from torch's global RNG: confine it, seeded.
+        # Dropout draws from torch's global RNG: confine it to this step, seeded.
         with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
             torch.manual_seed(step_seed)
             with autocast(device, precision):
                 logits = net(inputs)
-            loss = F.cross_entropy(logits.float(), target[idx].to(device))
+            per_image = F.cross_entropy(logits.float(), target.to(device), reduction="none", label_smoothing=label_smoothing)
+            loss = (per_image * weight.to(device)).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
         opt.step()

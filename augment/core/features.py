@@ -130,7 +130,8 @@ class ClassifierFeatures:
         out.n_classes = state["n_classes"]
         if out.kind == "cnn":
             out.in_channels = state["in_channels"]
-            out.model = SmallCNN(out.in_channels, out.n_classes, out.trainer.get("width", 32))
+            shape = {k: out.trainer[k] for k in ("width", "depth", "dropout") if k in out.trainer}
+            out.model = SmallCNN(out.in_channels, out.n_classes, **shape)
             out.model.load_state_dict(state["model"])
             out.model.eval()
         else:
@@ -181,11 +182,14 @@ def make_extractor(smote_cfg, seed: int, trainer: dict | None = None, gan_checkp
         return PixelFeatures(smote_cfg.pca_components, seed)
     if smote_cfg.features == "discriminator":
         return DiscriminatorFeatures(gan_checkpoint)
-    trainer = {k: v for k, v in (trainer or {}).items() if k in ("steps", "batch_size", "lr", "width")}
+    # the small CNN's recipe (not the benchmark's backbone: kind "pretrained" names its own)
+    trainer = {k: v for k, v in (trainer or {}).items() if k in SMALL_CNN_RECIPE}
     return ClassifierFeatures(smote_cfg.features, seed, trainer, smote_cfg.backbone, smote_cfg.weights,
                               smote_cfg.input_size)
 
 
+SMALL_CNN_RECIPE = ("steps", "epochs", "min_steps", "max_steps", "batch_size", "lr", "weight_decay", "schedule",
+                    "label_smoothing", "width", "depth", "dropout", "precision")
 _KINDS = {"pixels": PixelFeatures, "cnn": ClassifierFeatures, "pretrained": ClassifierFeatures,
           "discriminator": DiscriminatorFeatures}
 

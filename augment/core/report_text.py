@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from augment.config import Config, dump_config
+from augment.config import Config
+from augment.config_file import dump_config
 from augment.summary import Gain, Stat, Summary
 
 METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
@@ -110,6 +111,17 @@ def _arm_table(summary: Summary) -> str:
             f"| {_ci(t['macro_f1'])} | {_ci(result.val.metrics['balanced_accuracy'])} |"
         )
     return "\n".join(lines)
+
+
+def _side_stream_text(summary: Summary) -> str:
+    """How each arm with synthetic images fed them: the share of every batch, and how it was chosen."""
+    if not summary.side_stream:
+        return ""
+    rows = [f"| {arm} | {c.share:.0%} | {'on val: ' + ', '.join(f'{float(g):.0%} {_pct(v)}' for g, v in c.val.items()) if c.val else 'config'} "
+            f"| {c.weight:g} | {'T = %g' % c.temperature if c.soft_labels else 'no'} |" for arm, c in summary.side_stream.items()]
+    return ("\nSynthetic images (classical copies, SMOTE images, GAN samples) enter as a side stream: a fixed share of "
+            "every batch, the rest real images.\n\n| arm | share of each batch | chosen | loss weight | soft labels |\n"
+            "|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 
 def _gain_table(summary: Summary) -> str:
@@ -279,9 +291,9 @@ def render_markdown(cfg: Config, run_dir: Path, summary: Summary, frame: pd.Data
 ## Per-arm results
 
 Mean over {cfg.benchmark.seeds} seeds with a 95% Student-t interval; every arm trains the same
-classifier for {cfg.benchmark.steps} steps and is scored on the same real val and test images.
+classifier for {summary.classifier_steps or cfg.benchmark.steps} steps and is scored on the same real val and test images.
 The recommended arm is chosen on val ({summary.primary_metric.replace('_', ' ')}), never on test.
-
+{_side_stream_text(summary)}
 {_arm_table(summary)}
 
 ## Gains ({METRIC_NAMES[summary.primary_metric]}, paired over seeds)

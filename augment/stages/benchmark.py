@@ -18,13 +18,16 @@ from sklearn.metrics import confusion_matrix
 from augment import rundir
 from augment.atomic import atomic_path, write_json
 from augment.config import Config
-from augment.core.classifier import predict_proba, pretrained_weights_path, train_classifier
+from augment.core.classifier import load_classifier, predict_proba, pretrained_weights_path, train_classifier
+from augment.core.online import OnlineSamples
+from augment.core.sampling import load_generator
+from augment.core.side_stream import SideStream, soften
 from augment.core.features import load_extractor, make_extractor
 from augment.core.parallel import auto_workers, run_jobs
-from augment.core.stats import ids_digest, linear_probe_scores, score_records, summarise
+from augment.core.stats import PRIMARY, ids_digest, linear_probe_scores, score_records, summarise
 from augment.registry import ARMS, SOURCES
 from augment.runtime import derive_seed, resolve_device
-from augment.summary import METRICS, HeldOut, write_summary
+from augment.summary import METRICS, HeldOut, SideStreamChoice, write_summary
 
 log = logging.getLogger("augment")
 
@@ -33,21 +36,33 @@ RESULT_COLUMNS = ["arm", "seed", "split", "classifier", "metric", "value", "clas
 PARTIAL = Path("benchmark") / "partial.json"  # the (arm, seed) results of a run stopped part-way
 
 
-def _finished(run_dir: Path, fingerprint: str) -> dict[tuple[str, int], list[dict]]:
-    """The per-(arm, seed) records a stopped run of the same fingerprint finished: a resumed
-    benchmark trains only the rest (each seed is independent, so the result is the same)."""
+def _finished(run_dir: Path, fingerprint: str) -> dict[str, dict]:
+    """The jobs (by key) a stopped run of the same fingerprint finished: a resumed benchmark
+    trains only the rest (each job is independent and seeded, so the result is the same)."""
     path = Path(run_dir) / PARTIAL
     if not path.is_file():
         return {}
     saved = json.loads(path.read_text())
-    if saved.get("fingerprint") != fingerprint:
+    if saved.get("fingerprint") != fingerprint or not isinstance(saved.get("done"), dict):
         return {}
-    return {(done["records"][0]["arm"], done["records"][0]["seed"]): done for done in saved["done"]}
+    return saved["done"]
 
 
 @functools.lru_cache(maxsize=16)
 def _train(run_dir: str, sources: tuple[str, ...]):
-    return rundir.load_split(Path(run_dir), "train", sources)[:2]
+    x, y, rows = rundir.load_split(Path(run_dir), "train", sources)
+    return x, y, rows["source"].to_numpy()
+
+
+@functools.lru_cache(maxsize=2)
+def _online(run_dir: str, device: str, gate: tuple, bn_seed: int) -> OnlineSamples:
+    """Fresh samples of the run's generator, gated by the synthesize stage's judge (cached per process)."""
+    info = rundir.ingest_info(Path(run_dir))
+    G = load_generator(Path(run_dir) / rundir.GAN_CHECKPOINT, device, bn_seed)
+    judge = load_classifier(Path(run_dir) / rundir.GATE_JUDGE, device)
+    min_confidence, min_novelty, oversample = gate
+    return OnlineSamples(G, judge, _train(run_dir, ("real",))[0], len(info["classes"]), G.nz, tuple(info["size"]),
+                         min_confidence, min_novelty, oversample, device)
 
 
 @functools.lru_cache(maxsize=2)
@@ -55,14 +70,47 @@ def _held_out(run_dir: str) -> dict:
     return {s: rundir.load_split(Path(run_dir), s)[:2] for s in ("val", "test")}
 
 
+@functools.lru_cache(maxsize=4)
+def _teacher(run_dir: str, trainer: tuple, seed_value: int, device: str, k: int):
+    """The soft labels' teacher for one seed: the same recipe on the real train images alone,
+    TrivialAugmentWide on the fly and class-balanced (cached per process: every arm of a seed shares it)."""
+    x, y, _ = _train(run_dir, ("real",))
+    return train_classifier(x, y, k, **dict(trainer), seed=seed_value, device=device, augment="trivialaugment", balanced=True)
+
+
+def side_stream(job: dict) -> tuple[tuple[np.ndarray, np.ndarray], SideStream | None]:
+    """An arm's real train images and its synthetic ones as a side stream (None without any).
+
+    Every source but "real" is synthetic: classical copies, SMOTE images, GAN samples. An arm of
+    synthetic images only (the CAS diagnostic) draws whole batches from them, with hard labels.
+    """
+    spec, k = ARMS[job["arm"]], len(job["classes"])
+    synthetic = tuple(s for s in spec.sources if s != "real")
+    if not synthetic:
+        return _train(job["run_dir"], spec.sources)[:2], None
+    xs, ys, sources = _train(job["run_dir"], synthetic)
+    if "real" not in spec.sources:
+        return (xs[:0], ys[:0]), SideStream(xs, ys, share=1.0)
+    s = job["stream"]
+    stream = SideStream(xs, ys, share=s["share"], weight=s["weight"])
+    if s["soft_labels"]:
+        teacher = _teacher(job["run_dir"], tuple(sorted(job["trainer"].items())), job["seed_value"], job["device"], k)
+        stream.soft = soften(predict_proba(teacher, xs), s["temperature"])
+        stream.soft_fn = lambda images: soften(predict_proba(teacher, images.permute(0, 2, 3, 1).numpy()), s["temperature"])
+    if s["online"] and "gan" in synthetic:
+        stream.online = _online(job["run_dir"], job["device"], tuple(s["gate"]), s["bn_seed"])
+        stream.online_rows = sources == "gan"
+    return _train(job["run_dir"], ("real",))[:2], stream
+
+
 def train_and_score(job: dict) -> dict:
     """One arm and seed: train the classifier, score it on val and test; a job for augment.core.parallel
     (it loads its own images, cached per process). The same seed for every arm: paired runs share
     initialisation."""
     spec, k = ARMS[job["arm"]], len(job["classes"])
-    x, y = _train(job["run_dir"], spec.sources)
+    (x, y), stream = side_stream(job)
     model = train_classifier(x, y, k, **job["trainer"], seed=job["seed_value"], device=job["device"],
-                             augment=spec.augment, balanced=spec.balanced)
+                             augment=spec.augment, balanced=spec.balanced, synthetic=stream)
     held_out = _held_out(job["run_dir"])
     pred = {split: predict_proba(model, xs).argmax(1) for split, (xs, _) in held_out.items()}
     return {
@@ -71,6 +119,16 @@ def train_and_score(job: dict) -> dict:
                                            split=split, classifier=job["classifier"])],
         "confusion": confusion_matrix(held_out["test"][1], pred["test"], labels=range(k)).tolist(),
     }
+
+
+def _choose_share(arm: str, grid: list[float], finished: dict) -> dict:
+    """The share with the best val score (the primary metric) for `arm`; a tie goes to the smaller share."""
+    val = {}
+    for g in grid:
+        rows = [r for r in finished[f"{arm}/share={g}"]["records"] if r["split"] == "val" and r["metric"] == PRIMARY]
+        val[str(g)] = rows[0]["value"]
+    best = max(grid, key=lambda g: (val[str(g)], -g))
+    return {"share": best, "chosen_on": "val", "val": val}
 
 
 def check(cfg: Config) -> None:
@@ -125,25 +183,54 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     skipped = sorted(set(b.arms) - set(arms))
     if skipped:
         log.warning("benchmark: arm(s) %s skipped, their stage produced no images", skipped)
-    _train.cache_clear()  # an earlier run in this process may have read other images under the same path
-    _held_out.cache_clear()
-    finished = _finished(run_dir, fingerprint)  # (arm, seed) -> {records, confusion}, from a run stopped part-way
-    todo = [dict(run_dir=str(run_dir), arm=arm, seed=s, trainer=b.trainer_kwargs(), classifier=b.classifier,
-                 seed_value=derive_seed(cfg.seed, "benchmark", s), device=str(device), classes=classes)
-            for arm in arms for s in range(b.seeds) if (arm, s) not in finished]
-    workers = auto_workers(len(todo), b.workers, device, b.steps)
-    if todo:
-        log.info("benchmark: %d classifiers (%d arms x %d seeds) on %d worker(s)", len(todo), len(arms), b.seeds, workers)
-    for n, (i, out) in enumerate(run_jobs(train_and_score, todo, workers), start=1):
-        finished[(todo[i]["arm"], todo[i]["seed"])] = out
-        write_json(run_dir / PARTIAL, {"fingerprint": fingerprint, "done": list(finished.values())})
-        if progress is not None:
-            progress(n, len(todo))
+    for cache in (_train, _held_out, _teacher, _online):
+        cache.cache_clear()  # an earlier run in this process may have read other images under the same path
+    n_real = len(rundir.split_rows(frame, "train", ("real",)))
+    trainer = {**b.trainer_kwargs(), "steps": b.steps_for(n_real)}  # one budget for every arm: set by the real images
+
+    def job(arm: str, seed: int | str, seed_value: int, share: float | None) -> dict:
+        return dict(key=f"{arm}/{seed}", run_dir=str(run_dir), arm=arm, seed=seed, seed_value=seed_value, trainer=trainer,
+                    classifier=b.classifier, device=str(device), classes=classes,
+                    stream=dict(share=share, weight=b.synthetic_weight, soft_labels=b.soft_labels, temperature=b.temperature,
+                                online=b.online_gan, bn_seed=derive_seed(cfg.seed, "bn"),
+                                gate=(cfg.gate.min_confidence, cfg.gate.min_novelty, cfg.gate.oversample)))
+
+    finished = _finished(run_dir, fingerprint)  # job key -> {records, confusion}, from a run stopped part-way
+    streams = [a for a in arms if "real" in ARMS[a].sources and len(ARMS[a].sources) > 1]
+    selecting = b.synthetic_share == "auto" and streams
+    grid = sorted(set(b.share_grid)) if selecting else []
+    # 1. the synthetic share per arm, chosen on val with a seed of its own (no reported seed sees the choice)
+    select = [job(arm, f"share={g}", derive_seed(cfg.seed, "share"), g) for arm in streams for g in grid]
+    def main_jobs(which: list[str], shares: dict) -> list[dict]:  # the same seed for every arm: paired runs
+        return [job(arm, s, derive_seed(cfg.seed, "benchmark", s), shares.get(arm, {}).get("share"))
+                for arm in which for s in range(b.seeds)]
+
+    plain = [a for a in arms if a not in streams]
+    total = sum(k not in finished for k in [j["key"] for j in select] + [f"{a}/{s}" for a in arms for s in range(b.seeds)])
+    done = 0
+
+    def execute(jobs: list[dict]) -> None:
+        nonlocal done
+        todo = [j for j in jobs if j["key"] not in finished]
+        for i, out in run_jobs(train_and_score, todo, auto_workers(len(todo), b.workers, device, trainer["steps"])):
+            finished[todo[i]["key"]] = out
+            write_json(run_dir / PARTIAL, {"fingerprint": fingerprint, "done": finished})
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+    log.info("benchmark: %d classifiers to train (%d arms x %d seeds, %d to choose synthetic shares), %d steps each",
+             total, len(arms), b.seeds, len(select), trainer["steps"])
+    execute(select + main_jobs(plain, {}))  # 2. the arms without a side stream, meanwhile
+    shares = {arm: _choose_share(arm, grid, finished) for arm in streams} if selecting else \
+        {arm: {"share": b.synthetic_share, "chosen_on": "config", "val": {}} for arm in streams}
+    execute(main_jobs(streams, shares))  # 3. the side-stream arms at their shares
     records, confusion = [], {}
     for arm in arms:  # in arm and seed order, however the jobs finished
         for s in range(b.seeds):
-            records += finished[(arm, s)]["records"]
-            confusion[arm] = (np.asarray(confusion.get(arm, 0)) + finished[(arm, s)]["confusion"]).tolist()
+            out = finished[f"{arm}/{s}"]
+            records += out["records"]
+            confusion[arm] = (np.asarray(confusion.get(arm, 0)) + out["confusion"]).tolist()
     train_images = {arm: len(rundir.split_rows(frame, "train", ARMS[arm].sources)) for arm in arms}
     if b.linear_probe:
         # SMOTE rows without images (classifier feature spaces) are still scored here, natively
@@ -162,6 +249,9 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     summary.held_out = {s: HeldOut(images=len(rows), ids_sha256=ids_digest(rows["id"])) for s, (_, _, rows) in loaded.items()}
     summary.skipped_arms = skipped
     summary.confusion_test = confusion
+    summary.side_stream = {arm: SideStreamChoice(weight=b.synthetic_weight, soft_labels=b.soft_labels,
+                                                 temperature=b.temperature, **choice) for arm, choice in shares.items()}
+    summary.classifier_steps = trainer["steps"]
     write_summary(run_dir, summary)
     (run_dir / PARTIAL).unlink(missing_ok=True)
     return {"arms": arms, "recommended": summary.recommendation.arm}

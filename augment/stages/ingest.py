@@ -41,7 +41,8 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     keep = np.ones(len(raw.labels), bool)
     counts = train_counts(d, sorted(set(raw.labels)), where)
     if counts is not None:
-        keep = simulate_scarcity(raw.labels, split, counts, derive_seed(cfg.seed, "scarcity"))
+        draw = derive_seed(cfg.seed, "scarcity") if d.scarcity_seed is None else derive_seed(d.scarcity_seed, "draw")
+        keep = simulate_scarcity(raw.labels, split, counts, draw)
     rows = []
     for i in np.flatnonzero(keep):
         image, label = raw.images[i], raw.labels[i]

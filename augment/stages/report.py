@@ -132,7 +132,7 @@ def record_history(cfg: Config, run_dir: Path) -> Path | None:
 
 def rerender(run_dir: Path) -> str:
     """`augment report RUN_DIR`: re-render the report of a finished run with its frozen config."""
-    from augment.config import load_config
+    from augment.config_file import load_config
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():

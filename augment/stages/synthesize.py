@@ -14,7 +14,7 @@ import numpy as np
 from augment import rundir
 from augment.atomic import write_json
 from augment.config import Config
-from augment.core.classifier import train_classifier
+from augment.core.classifier import save_classifier, train_classifier
 from augment.core.gate import K_NEIGHBOURS, apply_alarm, class_quality, classification_accuracy_score, judge_samples
 from augment.core.sampling import load_generator, sample
 from augment.core.tensors import to_uint8
@@ -30,13 +30,15 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     classes, size = info["classes"], tuple(info["size"])
     k = len(classes)
     device = resolve_device(cfg.device)
-    trainer = cfg.benchmark.trainer_kwargs()
     x, y, train_rows = rundir.load_split(run_dir, "train", sources=("real", "classical"))
+    real = (train_rows["source"] == "real").to_numpy()
+    # the benchmark's step budget (set by the real train images), for the judge and the CAS classifier
+    trainer = {**cfg.benchmark.trainer_kwargs(), "steps": cfg.benchmark.steps_for(int(real.sum()))}
     # progress: the judge's steps, then the CAS classifier's (the two long parts of this stage)
     phase = (lambda offset: None if progress is None else (lambda s, n: progress(offset + s, 2 * n)))
     judge = train_classifier(x, y, k, **trainer, balanced=True, seed=derive_seed(cfg.seed, "gate"), device=device,
                              progress=phase(0))
-    real = (train_rows["source"] == "real").to_numpy()
+    save_classifier(run_dir / rundir.GATE_JUDGE, judge)  # the benchmark's online samples pass the same gate
 
     G = load_generator(run_dir / "gan" / "checkpoint.pt", device, derive_seed(cfg.seed, "bn"))
     seed = derive_seed(cfg.seed, "synthesize")

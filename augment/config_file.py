@@ -1,0 +1,127 @@
+"""Config files: YAML 1.2 booleans, --set overrides, input paths made absolute, one-line errors.
+
+load_config returns an augment.config.Config; augment.graph.load_config adds the checks that
+read the input (data, pipeline file, weights).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from augment.config import Config
+from augment.errors import UserError
+
+# Keys holding a path to an input: a relative one is made absolute at load, against the folder of
+# the config file that sets it, or the current folder for --set.
+PATH_KEYS = ("data.path", "classical.pipeline_file", "smote.weights", "benchmark.weights")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """yaml.SafeLoader with YAML 1.2's booleans: only true/false (any case) are booleans."""
+
+
+_YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                  list("tTfF"))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown config key '{loc}'"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "bool_type":  # yes/no/on/off/1/0 are not booleans here
+        msg = f"expected true or false, got {first['input']!r}"
+    if not first["loc"] or f"{loc}." in msg:  # a rule across keys: the message names them
+        return f"{source}: {msg}"
+    return f"{source}: config key '{loc}': {msg}"
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {dotted}: '{part}' is not a config section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    """Turn ['gan.steps=10', ...] into a nested dict; values are parsed as YAML scalars."""
+    tree: dict = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected key.path=value")
+        try:
+            value = yaml_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        _set_path(tree, key.strip(), value)
+    return tree
+
+
+def _absolute_paths(tree: dict, base: Path) -> dict:
+    """Make the relative input paths (PATH_KEYS) in `tree` absolute against `base`, in place."""
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        node = tree.get(section)
+        value = node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            node[key] = str((base / value).resolve())
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the built-in defaults when path is None) and apply --set overrides."""
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise UserError(f"{path}: config file not found")
+        try:
+            raw = yaml_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1})" if mark else ""
+            raise UserError(f"{path}: not valid YAML{where}") from None
+        if not isinstance(raw, dict):
+            raise UserError(f"{path}: the config must be a mapping of sections")
+        _absolute_paths(raw, path.parent)
+    raw = _merge(raw, _absolute_paths(parse_overrides(overrides), Path.cwd()))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_format_error(err, source)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
