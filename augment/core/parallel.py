@@ -9,6 +9,7 @@ of workers. A stop request (SIGTERM/SIGINT, augment.runtime) ends the pool withi
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.pool
 import os
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -55,27 +56,41 @@ def _call(item: tuple[Callable, int, object]) -> tuple[int, object]:
     return i, fn(job)
 
 
-def run_jobs(fn: Callable, jobs: list, workers: int, poll: float = 0.2) -> Iterator[tuple[int, object]]:
+@contextmanager
+def job_pool(workers: int) -> Iterator[multiprocessing.pool.Pool | None]:
+    """Worker processes to pass to several run_jobs calls (spawned once); None for one worker."""
+    if workers <= 1:
+        yield None
+        return
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
+    try:
+        yield pool
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()
+
+
+def run_jobs(fn: Callable, jobs: list, workers: int, poll: float = 0.2, pool=None) -> Iterator[tuple[int, object]]:
     """Yield (index, fn(job)) as each job finishes. `fn` must be a module-level function (workers are
-    spawned, so it is imported there by name)."""
-    if workers <= 1 or len(jobs) <= 1:
+    spawned, so it is imported there by name). `pool`: a job_pool to reuse (else one is started
+    for these jobs when workers > 1)."""
+    if pool is None and (workers <= 1 or len(jobs) <= 1):
         with single_threaded():
             for i, job in enumerate(jobs):
                 check_stop()
                 yield i, fn(job)
         return
-    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker)
-    try:
-        results = pool.imap_unordered(_call, [(fn, i, job) for i, job in enumerate(jobs)])
-        for _ in jobs:
-            while True:
-                check_stop()  # a stop request ends the pool now (finally: terminate), not after the job
-                try:
-                    yield results.next(timeout=poll)
-                    break
-                except multiprocessing.TimeoutError:
-                    continue
-        pool.close()
-        pool.join()
-    finally:
-        pool.terminate()
+    if pool is None:
+        with job_pool(workers) as own:
+            yield from run_jobs(fn, jobs, workers, poll, own)
+        return
+    results = pool.imap_unordered(_call, [(fn, i, job) for i, job in enumerate(jobs)])
+    for _ in jobs:
+        while True:
+            check_stop()  # a stop request ends the pool now (the pool's owner terminates it), not after the job
+            try:
+                yield results.next(timeout=poll)
+                break
+            except multiprocessing.TimeoutError:
+                continue

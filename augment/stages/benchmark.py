@@ -23,7 +23,7 @@ from augment.core.online import OnlineSamples
 from augment.core.sampling import load_generator
 from augment.core.side_stream import SideStream, soften
 from augment.core.features import load_extractor, make_extractor
-from augment.core.parallel import auto_workers, run_jobs
+from augment.core.parallel import auto_workers, job_pool, run_jobs
 from augment.core.stats import PRIMARY, ids_digest, linear_probe_scores, score_records, summarise
 from augment.registry import ARMS, SOURCES
 from augment.runtime import derive_seed, resolve_device
@@ -183,6 +183,14 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     skipped = sorted(set(b.arms) - set(arms))
     if skipped:
         log.warning("benchmark: arm(s) %s skipped, their stage produced no images", skipped)
+    real_counts = rundir.split_rows(frame, "train", ("real",))["label"].value_counts()
+    if real_counts.nunique() == 1:  # balanced classes: class-balanced sampling of real images changes nothing
+        same = [a for a in arms if ARMS[a].balanced and ARMS[a].sources == ("real",)]
+        arms = [a for a in arms if a not in same]
+        if same:
+            log.info("benchmark: arm(s) %s skipped: every class has %d real train images, so they would equal "
+                     "their unbalanced arm", same, real_counts.iloc[0])
+        skipped = sorted(skipped + same)
     for cache in (_train, _held_out, _teacher, _online):
         cache.cache_clear()  # an earlier run in this process may have read other images under the same path
     n_real = len(rundir.split_rows(frame, "train", ("real",)))
@@ -209,10 +217,10 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     total = sum(k not in finished for k in [j["key"] for j in select] + [f"{a}/{s}" for a in arms for s in range(b.seeds)])
     done = 0
 
-    def execute(jobs: list[dict]) -> None:
+    def execute(jobs: list[dict], pool) -> None:
         nonlocal done
         todo = [j for j in jobs if j["key"] not in finished]
-        for i, out in run_jobs(train_and_score, todo, auto_workers(len(todo), b.workers, device, trainer["steps"])):
+        for i, out in run_jobs(train_and_score, todo, 1, pool=pool):
             finished[todo[i]["key"]] = out
             write_json(run_dir / PARTIAL, {"fingerprint": fingerprint, "done": finished})
             done += 1
@@ -221,10 +229,11 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
 
     log.info("benchmark: %d classifiers to train (%d arms x %d seeds, %d to choose synthetic shares), %d steps each",
              total, len(arms), b.seeds, len(select), trainer["steps"])
-    execute(select + main_jobs(plain, {}))  # 2. the arms without a side stream, meanwhile
-    shares = {arm: _choose_share(arm, grid, finished) for arm in streams} if selecting else \
-        {arm: {"share": b.synthetic_share, "chosen_on": "config", "val": {}} for arm in streams}
-    execute(main_jobs(streams, shares))  # 3. the side-stream arms at their shares
+    with job_pool(auto_workers(total, b.workers, device, trainer["steps"])) as pool:  # spawned once for both rounds
+        execute(select + main_jobs(plain, {}), pool)  # 2. the arms without a side stream, meanwhile
+        shares = {arm: _choose_share(arm, grid, finished) for arm in streams} if selecting else \
+            {arm: {"share": b.synthetic_share, "chosen_on": "config", "val": {}} for arm in streams}
+        execute(main_jobs(streams, shares), pool)  # 3. the side-stream arms at their shares
     records, confusion = [], {}
     for arm in arms:  # in arm and seed order, however the jobs finished
         for s in range(b.seeds):
