@@ -145,7 +145,7 @@ def make_plan(cfg: Config, run_dir: Path) -> Plan:
                 arms = [a for a in b.arms if not (not cfg.gan.enabled and "gan" in ARMS[a].sources)]
                 augmented = sum(1 for a in arms if ARMS[a].augment)
                 ta = _classifier_step_seconds(cfg, k, size, channels, device, "trivialaugment") if augmented else 0.0
-                streams = [a for a in arms if "real" in ARMS[a].sources and len(ARMS[a].sources) > 1]
+                streams = [a for a in arms if ARMS[a].side_stream]
                 select = len(streams) * len(set(b.share_grid)) if b.synthetic_share == "auto" else 0
                 workers = auto_workers(len(arms) * b.seeds + select, b.workers, device, steps)
                 per_seed = (len(arms) - augmented) * step + augmented * ta

@@ -29,6 +29,11 @@ class Arm:
     balanced: bool = False  # class-balanced sampling
     description: str = ""
 
+    @property
+    def side_stream(self) -> bool:
+        """Real images plus synthetic ones: the synthetic ones are a side stream with a share per batch."""
+        return "real" in self.sources and len(self.sources) > 1
+
 
 ARMS: dict[str, Arm] = {
     "real": Arm(("real",), "baseline", description="the real train images alone"),

@@ -204,7 +204,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
                                 gate=(cfg.gate.min_confidence, cfg.gate.min_novelty, cfg.gate.oversample)))
 
     finished = _finished(run_dir, fingerprint)  # job key -> {records, confusion}, from a run stopped part-way
-    streams = [a for a in arms if "real" in ARMS[a].sources and len(ARMS[a].sources) > 1]
+    streams = [a for a in arms if ARMS[a].side_stream]
     selecting = b.synthetic_share == "auto" and streams
     grid = sorted(set(b.share_grid)) if selecting else []
     # 1. the synthetic share per arm, chosen on val with a seed of its own (no reported seed sees the choice)
