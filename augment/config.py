@@ -196,6 +196,7 @@ class BenchmarkConfig(_Section):
     soft_labels: Bool = False
     temperature: float = Field(default=2.0, gt=0)
     online_gan: Bool = False  # GAN arms draw fresh, gated generator samples every batch instead of the kept pool
+    classical_on_the_fly: Bool = False  # classical arms: the classical pipeline on every batch instead of the copies
     linear_probe: Bool = True
     workers: int | None = Field(default=None, ge=1)  # processes for the arms x seeds classifiers; null: every core on CPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere

@@ -12,7 +12,7 @@ import numpy as np
 from augment import graph, rundir
 from augment.config import Config
 from augment.core.parallel import auto_workers, single_threaded
-from augment.registry import ARMS
+from augment.registry import trained_as
 from augment.runtime import resolve_device
 
 # What a run over budget can change, and why it helps.
@@ -142,16 +142,17 @@ def make_plan(cfg: Config, run_dir: Path) -> Plan:
                 per = _gan_step_seconds(cfg, k, channels, device)
                 seconds, how = per * cfg.gan.steps * 1.05, f"{cfg.gan.steps} steps at {per:.3f} s"
             elif name == "benchmark":
-                arms = [a for a in b.arms if not (not cfg.gan.enabled and "gan" in ARMS[a].sources)]
-                augmented = sum(1 for a in arms if ARMS[a].augment)
+                specs = {a: trained_as(a, b.classical_on_the_fly) for a in b.arms}
+                arms = [a for a in b.arms if not (not cfg.gan.enabled and "gan" in specs[a].sources)]
+                augmented = sum(1 for a in arms if specs[a].augment or specs[a].classical)
                 ta = _classifier_step_seconds(cfg, k, size, channels, device, "trivialaugment") if augmented else 0.0
-                streams = [a for a in arms if ARMS[a].side_stream]
+                streams = [a for a in arms if specs[a].side_stream]
                 select = len(streams) * len(set(b.share_grid)) if b.synthetic_share == "auto" else 0
                 workers = auto_workers(len(arms) * b.seeds + select, b.workers, device, steps)
                 per_seed = (len(arms) - augmented) * step + augmented * ta
                 seconds = steps * (b.seeds * per_seed + select * step) / workers
                 how = f"{len(arms)} arms x {b.seeds} seeds + {select} share choices, {steps} steps at {step:.3f} s" + (
-                    f" ({ta:.3f} s with TrivialAugment)" if augmented else "") + f" on {workers} worker(s)"
+                    f" ({ta:.3f} s augmented on the fly)" if augmented else "") + f" on {workers} worker(s)"
             elif name == "synthesize" and cfg.gan.enabled:
                 seconds, how = 2 * steps * step + 2.0, "the gate's judge and the CAS classifier"
             elif name == "smote" and cfg.smote.enabled and cfg.smote.features == "cnn":

@@ -7,7 +7,7 @@ Nothing heavy is imported: samplers are named by import path and resolved when u
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 # --------------------------------------------------------------------------- arms
@@ -28,6 +28,7 @@ class Arm:
     augment: str | None = None  # on-the-fly augmentation (torchvision)
     balanced: bool = False  # class-balanced sampling
     description: str = ""
+    classical: bool = False  # the classical (albumentations) pipeline on the fly, instead of the "classical" copies
 
     @property
     def side_stream(self) -> bool:
@@ -50,6 +51,19 @@ ARMS: dict[str, Arm] = {
     "synthetic_only": Arm(("gan",), "diagnostic",
                           description="the kept GAN samples alone (classification accuracy score)"),
 }
+
+
+def trained_as(arm: str, classical_on_the_fly: bool) -> Arm:
+    """How `arm` trains: with classical_on_the_fly (benchmark.classical_on_the_fly), an arm of the
+    classical copies trains on its other sources with the classical pipeline applied on the fly to
+    every image, real and synthetic alike, so real+classical+gan is classical augmentation plus GAN
+    images rather than a frozen pool of copies."""
+    spec = ARMS[arm]
+    if not classical_on_the_fly or "classical" not in spec.sources:
+        return spec
+    return replace(spec, sources=tuple(s for s in spec.sources if s != "classical"), classical=True)
+
+
 # Gains are reported over these arms, when configured.
 GAIN_BASES = ("real", "real+classical")
 

@@ -154,3 +154,64 @@ def test_the_benchmark_feeds_soft_labelled_online_samples_and_records_its_choice
     assert (choice.share, choice.chosen_on, choice.soft_labels) == (0.3, "config", True)
     auto = read_summary(run_dir).side_stream  # the smoke run chose its shares on val
     assert {c.chosen_on for c in auto.values()} == {"val"} and all(str(c.share) in c.val for c in auto.values())
+
+
+INVERT = [{"__class_fullname__": "InvertImg", "p": 1.0}]
+
+
+def test_the_classical_pipeline_runs_on_the_fly_over_real_and_synthetic_rows(monkeypatch):
+    """benchmark.classical_on_the_fly: every image of every batch, real and synthetic alike, goes
+    through the configured albumentations pipeline (here an inversion), seeded."""
+    from augment.core import classifier
+    from augment.core.augmentation import build_pipeline
+
+    batch = torch.from_numpy(images(6)[0]).permute(0, 3, 1, 2).contiguous()
+    assert torch.equal(classifier.classical_augment(build_pipeline(INVERT), batch, 0), 255 - batch)
+    x, y = images(12)
+    x[x == 0] = 1  # an inverted synthetic image (all 255) is all 0: no real image looks like it
+    xs, ys = images(40, value=255)
+    seen = []
+    real = classifier.classical_augment
+    monkeypatch.setattr(classifier, "classical_augment", lambda p, b, s: seen.append(real(p, b, s)) or seen[-1])
+    train_classifier(x, y, 3, steps=4, batch_size=8, width=4, seed=0, synthetic=SideStream(xs, ys, share=0.5), classical=INVERT)
+    assert len(seen) == 4 and all(int((b == 0).flatten(1).all(1).sum()) == 4 for b in seen)  # synthetic rows inverted
+    assert all(not (b == 255).flatten(1).all(1).any() for b in seen)  # none passed through unchanged
+
+
+def test_on_the_fly_classical_is_seeded():
+    x, y = images(24)
+    medium = [{"__class_fullname__": "Affine", "rotate": [-15, 15], "translate_percent": [-0.1, 0.1], "p": 1.0}]
+    runs = [train_classifier(x, y, 3, steps=3, batch_size=8, width=4, seed=s, classical=medium) for s in (0, 0, 1)]
+    probs = [predict_proba(m, x) for m in runs]
+    assert np.array_equal(probs[0], probs[1]) and not np.allclose(probs[0], probs[2])
+
+
+def test_a_pipeline_that_changes_the_size_is_a_clear_error_on_the_fly():
+    from augment.errors import UserError
+
+    x, y = images(12)
+    crop = [{"__class_fullname__": "CenterCrop", "height": 4, "width": 4, "p": 1.0}]
+    with pytest.raises(UserError, match="classical.transforms: .* must keep the image size 8x8"):
+        train_classifier(x, y, 3, steps=2, batch_size=8, width=4, seed=0, classical=crop)
+
+
+def test_the_benchmark_applies_classical_on_the_fly_instead_of_the_copies(smoke_run, tmp_path):
+    """On a copy of the smoke run: real+classical trains on the real images alone (no share to
+    choose), real+classical+gan has only the GAN samples as its side stream."""
+    import shutil
+
+    from augment.graph import load_config, run_stage
+    from augment.summary import read_summary
+    from conftest import SMOKE
+
+    _, run_dir, _ = smoke_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    cfg = load_config(SMOKE, ["benchmark.classical_on_the_fly=true", "benchmark.seeds=1",
+                              "benchmark.arms=[real, real+classical, real+classical+gan]"])
+    assert not run_stage("benchmark", cfg, copy)["skipped"]
+    summary, before = read_summary(copy), read_summary(run_dir)
+    assert summary.arms["real+classical"].train_images == summary.arms["real"].train_images
+    assert summary.arms["real+classical+gan"].train_images == before.arms["real+gan"].train_images
+    assert set(summary.side_stream) == {"real+classical+gan"}
+    assert "real+classical" not in summary.linear_probe  # no fixed rows to probe

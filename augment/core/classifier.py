@@ -163,6 +163,21 @@ def trivial_augment(batch: torch.Tensor, seed: int) -> torch.Tensor:
         return torch.stack([ta(image) for image in batch])
 
 
+def classical_augment(pipeline, batch: torch.Tensor, seed: int) -> torch.Tensor:
+    """The configured albumentations pipeline on uint8 (B, C, H, W), one seeded draw per image
+    (augment.core.augmentation.augment_images, the same draws as the classical copies)."""
+    from augment.core.augmentation import augment_images
+
+    seeds = np.random.default_rng(seed).integers(2**32, size=len(batch)).tolist()
+    images = np.ascontiguousarray(batch.permute(0, 2, 3, 1).numpy())
+    try:
+        out = augment_images(images, seeds, pipeline, 1)
+    except ValueError as exc:  # a transform that changes the size cannot be reshaped back
+        raise UserError(f"classical.transforms: on the fly (benchmark.classical_on_the_fly) the pipeline must keep "
+                        f"the image size {images.shape[1]}x{images.shape[2]} ({exc})") from None
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
+
+
 def _optimizer(net: nn.Module, device, lr: float, weight_decay: float, schedule: str, steps: int):
     """AdamW (decoupled weight decay, none on batch-norm and bias parameters) and its schedule:
     "onecycle" (warm-up then cosine annealing, per step) or "cosine" (annealing from lr)."""
@@ -185,7 +200,7 @@ def train_classifier(
     label_smoothing: float = 0.0, epochs: float = 40, min_steps: int = 600, max_steps: int = 4000,
     seed: int = 0, device: torch.device | str = "cpu", augment: str | None = None, balanced: bool = False,
     model: str = "cnn", weights: str | Path | None = None, input_size: int | None = None, precision: str = "fp32",
-    synthetic: SideStream | None = None, progress=None,
+    synthetic: SideStream | None = None, classical: list[dict] | None = None, progress=None,
 ) -> nn.Module:
     """Train a classifier on uint8 images for a fixed step budget; the seed fixes initialisation,
     data order, augmentation draws and dropout masks.
@@ -193,8 +208,9 @@ def train_classifier(
     The recipe (README, "The benchmark's classifier"): SmallCNN (depth blocks from width, dropout)
     from scratch, or a torchvision `model` fine-tuned from weights on disk; AdamW with weight decay
     under a OneCycle (or cosine) schedule; label smoothing; `steps` or "auto" (step_budget).
-    augment="trivialaugment" applies TrivialAugmentWide on the fly to every image of a batch, real
-    and synthetic alike; balanced=True draws every class equally often. `synthetic` feeds generated
+    classical (albumentations transforms, A.to_dict format) and augment="trivialaugment"
+    (TrivialAugmentWide) apply on the fly to every image of a batch, real and synthetic alike, in
+    that order; balanced=True draws every class equally often. `synthetic` feeds generated
     images as a side stream (augment.core.side_stream): a share of every batch, a loss weight,
     optional soft labels. precision ("auto", "fp32", "bf16") is the forward pass's autocast; the
     loss is fp32.
@@ -210,12 +226,18 @@ def train_classifier(
     net = build_network(spec, gen).to(device).train()
     n_all = len(x) + (len(synthetic.x) if synthetic is not None else 0)
     batches = Batches(x, y, n_classes, min(batch_size, n_all), synthetic, gen, balanced)
+    if classical is not None:
+        from augment.core.augmentation import build_pipeline
+
+        pipeline = build_pipeline(classical)
     opt, sched = _optimizer(net, device, lr, weight_decay, schedule, steps)
     for step in range(steps):
         check_stop()  # SIGTERM/SIGINT: abandon this model within one step
         if progress is not None:
             progress(step, steps)
         batch, target, weight = batches()
+        if classical is not None:
+            batch = classical_augment(pipeline, batch, int(torch.randint(2**62, (1,), generator=gen)))
         if augment is not None:
             batch = trivial_augment(batch, int(torch.randint(2**62, (1,), generator=gen)))
         inputs = scale(batch.to(device))

@@ -22,10 +22,11 @@ from augment.core.classifier import load_classifier, predict_proba, pretrained_w
 from augment.core.online import OnlineSamples
 from augment.core.sampling import load_generator
 from augment.core.side_stream import SideStream, soften
+from augment.core.augmentation import transforms_for
 from augment.core.features import load_extractor, make_extractor
 from augment.core.parallel import auto_workers, job_pool, run_jobs
 from augment.core.stats import PRIMARY, ids_digest, linear_probe_scores, score_records, summarise
-from augment.registry import ARMS, SOURCES
+from augment.registry import SOURCES, trained_as
 from augment.runtime import derive_seed, resolve_device
 from augment.summary import METRICS, HeldOut, SideStreamChoice, write_summary
 
@@ -84,7 +85,7 @@ def side_stream(job: dict) -> tuple[tuple[np.ndarray, np.ndarray], SideStream | 
     Every source but "real" is synthetic: classical copies, SMOTE images, GAN samples. An arm of
     synthetic images only (the CAS diagnostic) draws whole batches from them, with hard labels.
     """
-    spec, k = ARMS[job["arm"]], len(job["classes"])
+    spec, k = trained_as(job["arm"], job["classical"] is not None), len(job["classes"])
     synthetic = tuple(s for s in spec.sources if s != "real")
     if not synthetic:
         return _train(job["run_dir"], spec.sources)[:2], None
@@ -107,10 +108,11 @@ def train_and_score(job: dict) -> dict:
     """One arm and seed: train the classifier, score it on val and test; a job for augment.core.parallel
     (it loads its own images, cached per process). The same seed for every arm: paired runs share
     initialisation."""
-    spec, k = ARMS[job["arm"]], len(job["classes"])
+    spec, k = trained_as(job["arm"], job["classical"] is not None), len(job["classes"])
     (x, y), stream = side_stream(job)
     model = train_classifier(x, y, k, **job["trainer"], seed=job["seed_value"], device=job["device"],
-                             augment=spec.augment, balanced=spec.balanced, synthetic=stream)
+                             augment=spec.augment, balanced=spec.balanced, synthetic=stream,
+                             classical=job["classical"] if spec.classical else None)
     held_out = _held_out(job["run_dir"])
     pred = {split: predict_proba(model, xs).argmax(1) for split, (xs, _) in held_out.items()}
     return {
@@ -147,17 +149,18 @@ def _extractor(cfg: Config, run_dir: Path, classes: list[str]):
     return extractor.fit(x, y, len(classes))
 
 
-def _linear_probe(extractor, run_dir: Path, arms: list[str], held_out: dict, classes: list[str]) -> list[dict]:
+def _linear_probe(extractor, run_dir: Path, arms: list[str], held_out: dict, classes: list[str],
+                  on_the_fly: bool) -> list[dict]:
     """Logistic regression in the SMOTE stage's feature space, one deterministic fit per arm.
 
     The SMOTE arm trains on its feature rows themselves (SMOTE's native output); every other arm
     on the same features of its images, so the comparison is fair. Arms that only change how
-    batches are drawn on the fly (TrivialAugmentWide) have no fixed rows and are left out.
+    batches are drawn on the fly (TrivialAugmentWide, the classical pipeline) have no fixed rows and are left out.
     """
     train = {}
     for arm in arms:
-        spec = ARMS[arm]
-        if spec.augment:
+        spec = trained_as(arm, on_the_fly)
+        if spec.augment or spec.classical:
             continue
         x, y, _ = rundir.load_split(run_dir, "train", tuple(s for s in spec.sources if s != "smote"))
         feats = extractor.transform(x)
@@ -174,18 +177,20 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     classes = info["classes"]
     device = resolve_device(cfg.device)
     b = cfg.benchmark
+    spec = functools.partial(trained_as, classical_on_the_fly=b.classical_on_the_fly)
+    classical = transforms_for(cfg.classical, info["channels"]) if b.classical_on_the_fly else None
     loaded = {s: rundir.load_split(run_dir, s) for s in ("val", "test")}  # real images only, once for all arms
     held_out = {s: (xs, ys) for s, (xs, ys, _) in loaded.items()}
     frame = rundir.read_manifest(run_dir)
     # a source without images (SMOTE rows in a non-invertible feature space) has no CNN arm
     kept_sources = set(rundir.split_rows(frame, "train", SOURCES)["source"])
-    arms = [a for a in b.arms if set(ARMS[a].sources) <= kept_sources]
+    arms = [a for a in b.arms if set(spec(a).sources) <= kept_sources]
     skipped = sorted(set(b.arms) - set(arms))
     if skipped:
         log.warning("benchmark: arm(s) %s skipped, their stage produced no images", skipped)
     real_counts = rundir.split_rows(frame, "train", ("real",))["label"].value_counts()
     if real_counts.nunique() == 1:  # balanced classes: class-balanced sampling of real images changes nothing
-        same = [a for a in arms if ARMS[a].balanced and ARMS[a].sources == ("real",)]
+        same = [a for a in arms if spec(a).balanced and spec(a).sources == ("real",) and not spec(a).classical]
         arms = [a for a in arms if a not in same]
         if same:
             log.info("benchmark: arm(s) %s skipped: every class has %d real train images, so they would equal "
@@ -198,13 +203,13 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
 
     def job(arm: str, seed: int | str, seed_value: int, share: float | None) -> dict:
         return dict(key=f"{arm}/{seed}", run_dir=str(run_dir), arm=arm, seed=seed, seed_value=seed_value, trainer=trainer,
-                    classifier=b.classifier, device=str(device), classes=classes,
+                    classifier=b.classifier, device=str(device), classes=classes, classical=classical,
                     stream=dict(share=share, weight=b.synthetic_weight, soft_labels=b.soft_labels, temperature=b.temperature,
                                 online=b.online_gan, bn_seed=derive_seed(cfg.seed, "bn"),
                                 gate=(cfg.gate.min_confidence, cfg.gate.min_novelty, cfg.gate.oversample)))
 
     finished = _finished(run_dir, fingerprint)  # job key -> {records, confusion}, from a run stopped part-way
-    streams = [a for a in arms if ARMS[a].side_stream]
+    streams = [a for a in arms if spec(a).side_stream]
     selecting = b.synthetic_share == "auto" and streams
     grid = sorted(set(b.share_grid)) if selecting else []
     # 1. the synthetic share per arm, chosen on val with a seed of its own (no reported seed sees the choice)
@@ -240,12 +245,13 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
             out = finished[f"{arm}/{s}"]
             records += out["records"]
             confusion[arm] = (np.asarray(confusion.get(arm, 0)) + out["confusion"]).tolist()
-    train_images = {arm: len(rundir.split_rows(frame, "train", ARMS[arm].sources)) for arm in arms}
+    train_images = {arm: len(rundir.split_rows(frame, "train", spec(arm).sources)) for arm in arms}
     if b.linear_probe:
         # SMOTE rows without images (classifier feature spaces) are still scored here, natively
         has_rows = "smote" in set(frame.loc[frame["kept"], "source"])
-        probe_arms = arms + [a for a in b.arms if a not in arms and set(ARMS[a].sources) == {"real", "smote"} and has_rows]
-        records += _linear_probe(_extractor(cfg, run_dir, classes), run_dir, probe_arms, held_out, classes)
+        probe_arms = arms + [a for a in b.arms if a not in arms and set(spec(a).sources) == {"real", "smote"} and has_rows]
+        records += _linear_probe(_extractor(cfg, run_dir, classes), run_dir, probe_arms, held_out, classes,
+                                 b.classical_on_the_fly)
     results = pd.DataFrame(records, columns=RESULT_COLUMNS)
     with atomic_path(run_dir / "benchmark" / "results.parquet") as tmp:
         results.to_parquet(tmp, index=False)
