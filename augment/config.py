@@ -51,6 +51,10 @@ class DataConfig(_Section):
     scarcity_seed: int | None = None  # which train images per_class/class_counts keep; null: derived from seed
     val_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
     test_fraction: float = Field(default=0.3, gt=0.0, lt=0.9)
+    # Images whose split the data does not give (train/ val/ test/ folders, a CSV split column,
+    # test_path): hash (stable: by each image's content) or seeded (exact stratified fractions).
+    split: Literal["hash", "seeded"] = "hash"
+    test_path: Path | None = None  # the test split as its own folder, CSV or IDX files (read like path)
     min_per_class: int = Field(default=5, ge=3)
     on_bad_image: Literal["error", "skip"] = "error"
     max_pixels: int = Field(default=50_000_000, ge=1)
@@ -73,6 +77,8 @@ class DataConfig(_Section):
             raise ValueError(f"data.path is required when data.source is {self.source!r}")
         if self.imbalance_ratio > 1.0 and self.per_class is None:
             raise ValueError("data.imbalance_ratio needs data.per_class (the majority class's count)")
+        if self.test_path is not None and self.source == "digits":
+            raise ValueError("data.test_path needs data.source folder, csv or idx (digits has no files)")
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("data.val_fraction + data.test_fraction must be below 0.9")
         return self

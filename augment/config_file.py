@@ -18,7 +18,7 @@ from augment.errors import UserError
 
 # Keys holding a path to an input: a relative one is made absolute at load, against the folder of
 # the config file that sets it, or the current folder for --set.
-PATH_KEYS = ("data.path", "classical.pipeline_file", "smote.weights", "benchmark.weights")
+PATH_KEYS = ("data.path", "data.test_path", "classical.pipeline_file", "smote.weights", "benchmark.weights")
 
 
 class _YamlLoader(yaml.SafeLoader):

@@ -75,6 +75,15 @@ def arms_of(kind: ArmKind, arms: list[str] | None = None) -> list[str]:
 
 # --------------------------------------------------------------------------- manifest sources
 
+SPLITS = ("train", "val", "test")  # a row's split; "excluded" marks an input ingest left out
+# How a real image's split was decided (the manifest's split_origin): given by the data, or drawn
+SPLIT_ORIGINS = {
+    "given": "given by the data",  # train/ val/ test/ folders, a CSV split column or data.test_path
+    "hash": "by content hash",  # data.split: hash
+    "hash_fill": "moved to fill a class",  # the hash split gave its class no image in that split
+    "seeded": "by a seeded split",  # data.split: seeded; moves when images are added
+}
+
 SOURCES = ("real", "classical", "smote", "gan")
 
 # Why a manifest row was not kept: a code (for tables and code) beside the human message.

@@ -37,6 +37,7 @@ COLUMNS = {
     "path": "string",  # PNG relative to the run directory (smote rows: the decoded feature row)
     "label": "string",
     "split": "string",  # train | val | test | excluded (an input ingest left out; see reason)
+    "split_origin": "string",  # real rows: how the split was decided, a key of registry.SPLIT_ORIGINS
     "source": "string",  # real | classical | smote | gan
     "parent_id": "string",
     "seed": "Int64",

@@ -29,7 +29,7 @@ from augment.summary import read_summary
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = [
-    "data.source=idx", "data.val_fraction=0.1", "data.test_fraction=0.5", "device=auto",
+    "data.source=idx", "data.split=seeded", "data.val_fraction=0.1", "data.test_fraction=0.5", "device=auto",
     "classical.preset=medium", "classical.multiplier=4",
     "gan.image_size=32", "gan.steps=1000", "gan.batch_size=32", "gan.samples_per_class=200",
     "gan.checkpoint_every=250", "gan.sample_every=250",

@@ -150,6 +150,9 @@ def _offline(args: argparse.Namespace) -> int:
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):
         print(table.to_string(index=False) if len(table) else f"no finished runs under {args.root}")
+    if len(table) and table["test set"].nunique() > 1:
+        print(f"\nThese runs were scored on {table['test set'].nunique()} different test sets (column test set): "
+              "compare figures only between rows that share one.")
     return 0
 
 

@@ -244,11 +244,15 @@ def test_unknown_on_bad_image_value_names_the_key():
 
 
 def test_a_split_too_small_for_every_class_names_the_key(tmp_path):
+    """The seeded split keeps exact fractions, so too small a fraction is an error naming the key;
+    the hash split gives every class one image there instead (recorded as hash_fill)."""
     root = write_image_folder(tmp_path / "in", {c: 5 for c in "abcde"})
-    cfg = load_config(None, ["data.source=folder", f"data.path={root}", "data.min_per_class=3",
-                             "data.test_fraction=0.1"])
+    args = ["data.source=folder", f"data.path={root}", "data.min_per_class=3", "data.test_fraction=0.1"]
     with pytest.raises(UserError, match=r"config key 'data.test_fraction': 2 of 25 images for 5 classes"):
-        run_stage("ingest", cfg, tmp_path / "run")
+        run_stage("ingest", load_config(None, [*args, "data.split=seeded"]), tmp_path / "run")
+    run_stage("ingest", load_config(None, args), tmp_path / "hash")
+    frame = rundir.read_manifest(tmp_path / "hash")
+    assert frame.loc[frame["split"] == "test", "label"].nunique() == 5 and "hash_fill" in set(frame["split_origin"])
 
 
 def test_file_and_folder_names_that_are_not_utf8_are_read_and_stored_safely(tmp_path):

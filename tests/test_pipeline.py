@@ -107,6 +107,22 @@ def test_expanded_loads_with_imagefolder(smoke_run):
     assert len(ds) == summary["arms"][arm]["train_images"]
     image, label = ds[0]
     assert image.size == (8, 8) and label == 0
+    readme = (run_dir / "expanded" / "README.md").read_text()  # the recipe, for users outside PyTorch
+    assert f"arm `{arm}`" in readme and f"{summary['classifier_steps']} steps of batch" in readme
+
+
+def test_the_expanded_readme_states_the_synthetic_share_and_weight():
+    from augment.graph import load_config
+    from augment.stages.expand import how_to_train
+    from augment.summary import SideStreamChoice
+
+    class Summary:  # the two fields how_to_train reads
+        side_stream = {"real+gan": SideStreamChoice(share=0.25, chosen_on="val", weight=0.5)}
+        classifier_steps = 600
+
+    rows = pd.DataFrame({"source": ["real"] * 4 + ["gan"] * 8})
+    text = how_to_train(load_config(None), Summary(), "real+gan", rows)
+    assert "4 real train images, 8 gan" in text and "25% of every batch" in text and "loss weight 0.5" in text
 
 
 def test_report_states_the_verdict_and_table(smoke_run):

@@ -195,3 +195,31 @@ def test_a_class_whose_gan_samples_were_all_rejected_gets_words_not_an_empty_cel
                           "kept": [False, False, False, True, False, True],
                           "reason_code": ["low_confidence", "low_confidence", "near_copy", None, "surplus", None]})
     assert _empty_gan_cells(frame, ["a", "b"]) == {"a": {"gan": "gate kept 0 of 3: 2 low confidence, 1 near copy"}}
+
+
+def test_augment_runs_says_when_runs_were_scored_on_different_test_sets(smoke_run, tmp_path, capsys):
+    """Ids come from image content, so the test set's digest names the same images in every run;
+    rows on another test set are flagged as not comparable."""
+    _, source, _ = smoke_run
+    for name in ("a", "b"):
+        shutil.copytree(source, tmp_path / name)
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "different test sets" not in capsys.readouterr().out  # same images: comparable
+    for entry in (tmp_path / "b" / "history").glob("*.json"):  # b: as if scored on other test images
+        data = json.loads(entry.read_text())
+        data["results"]["held_out"]["test"]["ids_sha256"] = "0" * 64
+        entry.write_text(json.dumps(data))
+    table = list_runs(tmp_path)
+    assert table.groupby("run")["test set"].first().to_dict() == {
+        "a": json.loads((source / "benchmark" / "summary.json").read_text())["held_out"]["test"]["ids_sha256"][:8],
+        "b": "00000000"}
+    assert main(["runs", str(tmp_path)]) == 0
+    assert "scored on 2 different test sets" in capsys.readouterr().out
+
+
+def test_the_report_says_where_the_splits_came_from_and_names_the_test_set(smoke_run):
+    _, run_dir, _ = smoke_run
+    md = (run_dir / "report" / "report.md").read_text()
+    digest = json.loads((run_dir / "benchmark" / "summary.json").read_text())["held_out"]["test"]["ids_sha256"][:12]
+    assert "how each real image's split was decided:" in md and "by content hash" in md and "`data.split: hash`" in md
+    assert f"The test set is `{digest}`" in md

@@ -15,6 +15,7 @@ import pandas as pd
 
 from augment.config import Config
 from augment.config_file import dump_config
+from augment.core.report_data import data_table, skipped_inputs, split_text
 from augment.summary import Gain, Stat, Summary
 
 METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
@@ -167,24 +168,6 @@ def _recall_table(summary: Summary, order: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _data_table(frame: pd.DataFrame) -> str:
-    train = frame[frame["split"] == "train"]
-    counts = pd.DataFrame({
-        "real train": train[train["source"] == "real"].groupby("label").size(),
-        "classical": train[train["source"] == "classical"].groupby("label").size(),
-        "smote": train[train["source"] == "smote"].groupby("label").size(),
-        "gan kept": train[(train["source"] == "gan") & train["kept"]].groupby("label").size(),
-        "gan rejected": train[(train["source"] == "gan") & ~train["kept"]].groupby("label").size(),
-        "val": frame[frame["split"] == "val"].groupby("label").size(),
-        "test": frame[frame["split"] == "test"].groupby("label").size(),
-    }).fillna(0).astype(int)
-    header = "| class | " + " | ".join(counts.columns) + " |"
-    lines = [header, "|---|" + "---:|" * len(counts.columns)]
-    for label, row in counts.iterrows():
-        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
-    return "\n".join(lines)
-
-
 def _num(x: float | None, digits: int = 2) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
@@ -230,19 +213,6 @@ def _quality_section(cfg: Config, q: dict | None, history: pd.DataFrame | None, 
                 f"the training images real and {_pct(last['d_acc_val'])} of held-out real (val) images; a wide gap "
                 f"means D memorised the training set (history in gan/history.csv).")]
     return "\n".join(lines) + "\n"
-
-
-def _skipped_inputs(frame: pd.DataFrame, limit: int = 20) -> str:
-    """The input files ingest left out (data.on_bad_image: skip, duplicates) and why."""
-    skipped = frame[(frame["source"] == "real") & ~frame["kept"]]
-    if skipped.empty:
-        return "Every input image was used."
-    lines = [f"Input images left out: {len(skipped)}.", "", "| input | class | reason |", "|---|---|---|"]
-    for origin, label, reason in skipped[["generator", "label", "reason"]].head(limit).itertuples(index=False):
-        lines.append(f"| {origin} | {'' if pd.isna(label) else label} | {reason} |")
-    if len(skipped) > limit:
-        lines.append(f"| ... {len(skipped) - limit} more in manifest.parquet | | |")
-    return "\n".join(lines)
 
 
 def _device_line(device: dict | None) -> str:
@@ -316,9 +286,9 @@ the SMOTE arm trains on its own feature rows, every other arm on the same featur
 
 ## Data
 
-{size_note}{_data_table(frame)}
+{size_note}{split_text(ingest, summary)}{data_table(frame)}
 
-{_skipped_inputs(frame)}
+{skipped_inputs(frame)}
 
 Train images per class and source (real, classical, SMOTE decoded to pixels, GAN kept):
 
@@ -380,6 +350,7 @@ def run_row(run: str, finished: str, data: dict, summary: Summary) -> dict:
         f"test {METRIC_NAMES[metric]}": _pct(summary.mean(rec.arm, "test", metric)),
         "gain over real": f"{_pts(g.gain)} [{_pts(g.ci_low)}, {_pts(g.ci_high)}]",
         "p": _p(g.p_value),
+        "test set": summary.held_out["test"].ids_sha256[:8] if "test" in summary.held_out else "?",
     }
 
 

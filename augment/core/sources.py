@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
 import logging
 import os
-import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +16,9 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from augment.config import DataConfig
+from augment.core.idx import read_idx_files
 from augment.errors import UserError
+from augment.registry import SPLITS
 
 log = logging.getLogger("augment")
 
@@ -34,6 +34,11 @@ class RawDataset:
     labels: list[str]
     origins: list[str]  # where each image came from (file path or digits[i])
     skipped: list[dict] = field(default_factory=list)  # {origin, label, code, reason} per input not used
+    given: list[str | None] = field(default_factory=list)  # the split the data gives each image, or None
+    given_by: dict[str, str] = field(default_factory=dict)  # split -> where the data gives it (folder, column)
+
+    def __post_init__(self) -> None:
+        self.given = self.given or [None] * len(self.images)
 
 
 class BadInput(UserError):
@@ -51,8 +56,9 @@ class _Collector:
         self.data = RawDataset([], [], [])
         self.skip = on_bad_image == "skip"
 
-    def add(self, load: Callable[[], tuple[np.ndarray, str]], origin: str, label_hint: str | None = None) -> None:
-        """load() returns (image, label) or raises BadInput."""
+    def add(self, load: Callable[[], tuple[np.ndarray, str]], origin: str, label_hint: str | None = None,
+            split: str | None = None) -> None:
+        """load() returns (image, label) or raises BadInput; `split`: the split the data gives it."""
         try:
             image, label = load()
         except BadInput as bad:
@@ -64,6 +70,7 @@ class _Collector:
         self.data.images.append(image)
         self.data.labels.append(label)
         self.data.origins.append(origin)
+        self.data.given.append(split)
 
 
 # --------------------------------------------------------------------------- sources
@@ -146,16 +153,32 @@ def _inside(path: Path, root: Path, origin: str, what: str) -> Path:
     return resolved
 
 
-def read_folder(d: DataConfig) -> RawDataset:
-    """ImageFolder layout: root/<class>/<image>; every image file is opened and checked."""
-    root = Path(d.path)
+def _subfolders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_folder(d: DataConfig, path: Path | None = None) -> RawDataset:
+    """ImageFolder layout: root/<class>/<image>, or root/{train,val,test}/<class>/<image> when the
+    data gives its split (train/ is needed, val/ and test/ are optional); every image file is
+    opened and checked."""
+    root = Path(path or d.path)
     if not root.is_dir():
         raise UserError(f"{root}: data.path is not a folder")
-    real_root = root.resolve()
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    out = _Collector(d.on_bad_image)
+    tops = _subfolders(root)
+    if tops and {p.name for p in tops} <= set(SPLITS) and "train" in {p.name for p in tops}:
+        for top in tops:
+            _read_classes(top, root.resolve(), d, out, split=top.name)
+            out.data.given_by[top.name] = safe_text(str(top))
+    else:
+        _read_classes(root, root.resolve(), d, out)
+    return out.data
+
+
+def _read_classes(root: Path, real_root: Path, d: DataConfig, out: _Collector, split: str | None = None) -> None:
+    classes = _subfolders(root)
     if not classes:
         raise UserError(f"{root}: no class sub-folders found (expected {root}/<class>/<image>)")
-    out = _Collector(d.on_bad_image)
     for class_dir in classes:
         # a folder name that is not UTF-8 still names a class: its odd bytes become U+FFFD
         name = class_dir.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -172,13 +195,13 @@ def read_folder(d: DataConfig) -> RawDataset:
         for f in images:
             origin = safe_text(str(f))
             out.add(lambda f=f, origin=origin: (_open_image(_inside(f, real_root, origin, "symlink target"), d), label),
-                    origin, label)
-    return out.data
+                    origin, label, split)
 
 
-def read_csv(d: DataConfig) -> RawDataset:
-    """A CSV with columns path,label; paths are relative to the CSV's folder and must stay inside it."""
-    csv_path = Path(d.path)
+def read_csv(d: DataConfig, path: Path | None = None) -> RawDataset:
+    """A CSV with columns path,label and optionally split (train, val, test, or empty: drawn by
+    hash); paths are relative to the CSV's folder and must stay inside it."""
+    csv_path = Path(path or d.path)
     if not csv_path.is_file():
         raise UserError(f"{csv_path}: data.path is not a file")
     try:
@@ -202,55 +225,22 @@ def read_csv(d: DataConfig) -> RawDataset:
             raise BadInput(where, f"image file {f} not found")
         return _open_image(f, d), label
 
-    for row_no, (rel, label) in enumerate(zip(table["path"], table["label"]), start=2):
+    splits = table["split"].str.strip().str.lower() if "split" in table else pd.Series([""] * len(table))
+    for row_no, (rel, label, split) in enumerate(zip(table["path"], table["label"], splits), start=2):
         where = f"{csv_path}:{row_no}"
-        out.add(lambda where=where, rel=rel, label=label: load(where, rel, label), where, label.strip() or None)
+        if split not in ("", *SPLITS):
+            raise UserError(f"{where}: split {split!r} is not train, val or test (or empty: drawn by hash)")
+        out.add(lambda where=where, rel=rel, label=label: load(where, rel, label), where, label.strip() or None,
+                split or None)
+        if split:
+            out.data.given_by.setdefault(split, f"{csv_path} (split column)")
     return out.data
 
 
-def _read_idx_array(path: Path) -> np.ndarray:
-    """One IDX file (optionally gzipped) of unsigned bytes -> array of its declared shape."""
-    try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-            raw = f.read()
-    except (OSError, EOFError) as exc:
-        raise UserError(f"{path}: not a readable IDX file ({exc})") from None
-    if len(raw) < 4 or raw[:2] != b"\0\0":
-        raise UserError(f"{path}: not an IDX file (bad magic number)")
-    if raw[2] != 0x08:
-        raise UserError(f"{path}: IDX type 0x{raw[2]:02x} is not supported (only unsigned bytes, 0x08)")
-    ndim = raw[3]
-    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise UserError(f"{path}: IDX header declares {dims} ({int(np.prod(dims))} bytes), file holds {data.size}")
-    return data.reshape(dims)
-
-
 def read_idx(path: Path, channels: int = 1) -> RawDataset:
-    """MNIST-style IDX: a folder holding one *images-idx3-ubyte[.gz] and one *labels-idx1-ubyte[.gz]
-    file, or the images file itself (its labels file is found by name)."""
-    path = Path(path)
-    if path.is_dir():
-        found = {kind: sorted(path.glob(f"*{kind}-idx{n}-ubyte*")) for kind, n in (("images", 3), ("labels", 1))}
-        for kind, files in found.items():
-            if len(files) != 1:
-                raise UserError(f"{path}: expected one *{kind}-idx file, found {len(files)}")
-        images_path, labels_path = found["images"][0], found["labels"][0]
-    elif path.is_file():
-        images_path = path
-        labels_path = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
-        if labels_path == path or not labels_path.is_file():
-            raise UserError(f"{path}: no labels file beside it (expected {labels_path.name})")
-    else:
-        raise UserError(f"{path}: data.path does not exist")
-    images, labels = _read_idx_array(images_path), _read_idx_array(labels_path)
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise UserError(f"{images_path}: {images.shape} images do not match {labels_path.name}'s {labels.shape} labels")
-    images = images[:, :, :, None]
-    if channels == 3:
-        images = np.repeat(images, 3, axis=3)
-    return RawDataset(list(images), [str(int(t)) for t in labels], [f"{images_path}[{i}]" for i in range(len(images))])
+    """MNIST-style IDX files (augment.core.idx)."""
+    images, labels, images_path = read_idx_files(path, channels)
+    return RawDataset(list(images), labels, [f"{images_path}[{i}]" for i in range(len(images))])
 
 
 def read_source(cfg: DataConfig) -> RawDataset:
@@ -264,6 +254,8 @@ def read_source(cfg: DataConfig) -> RawDataset:
         data = read_idx(cfg.path, cfg.channels)
     else:  # the config model only admits the sources above
         raise AssertionError(cfg.source)
+    if cfg.test_path is not None:
+        _add_test_set(data, cfg)
     where = cfg.path or cfg.source
     drop_duplicates(data, cfg.on_bad_image)
     if not data.images:
@@ -281,19 +273,40 @@ def read_source(cfg: DataConfig) -> RawDataset:
     return data
 
 
+def _add_test_set(data: RawDataset, cfg: DataConfig) -> None:
+    """data.test_path: the test split, read like data.path (a folder of class folders, a CSV, IDX files)."""
+    if "test" in data.given_by:
+        raise UserError(f"data.test_path: {data.given_by['test']} already gives the test split; remove one of them")
+    path = Path(cfg.test_path)
+    if not path.exists():
+        raise UserError(f"data.test_path {path} does not exist")
+    test = {"folder": read_folder, "csv": read_csv}.get(cfg.source, lambda c, p: read_idx(p, c.channels))(cfg, path)
+    if any(s not in (None, "test") for s in test.given):
+        raise UserError(f"data.test_path {path}: holds a train or val split; it must hold test images only")
+    for name in ("images", "labels", "origins", "skipped"):
+        getattr(data, name).extend(getattr(test, name))
+    data.given.extend(["test"] * len(test.images))
+    data.given_by["test"] = f"{path} (data.test_path)"
+
+
 def drop_duplicates(data: RawDataset, on_bad_image: str) -> None:
     """Exact duplicates (identical decoded pixels) would land in train and test: leakage.
 
     Copies with the same label are dropped (the first, in reading order, stays) and recorded;
-    copies with different labels are an error, or with on_bad_image 'skip' all are dropped.
+    copies with different labels are an error, or with on_bad_image 'skip' all are dropped. A
+    copy the data puts in another split (folders, split column, data.test_path) is always an error.
     """
     first: dict[bytes, int] = {}
     drop: dict[int, tuple[str, str]] = {}  # index -> (reason code, message)
     for i, image in enumerate(data.images):
-        key = hashlib.sha256(repr(image.shape).encode() + image.tobytes()).digest()
+        key = content_key(image)
         j = first.setdefault(key, i)
         if j == i:
             continue
+        if data.given[i] != data.given[j]:
+            raise UserError(f"{data.origins[j]} ({data.given[j] or 'no given split'}) and {data.origins[i]} "
+                            f"({data.given[i] or 'no given split'}) are the same image; an image can sit in one split "
+                            "only: remove one copy")
         if data.labels[i] == data.labels[j]:
             drop[i] = ("duplicate", f"exact duplicate of {data.origins[j]}")
             continue
@@ -308,10 +321,16 @@ def drop_duplicates(data: RawDataset, on_bad_image: str) -> None:
     for i, (code, reason) in sorted(drop.items()):
         data.skipped.append({"origin": data.origins[i], "label": data.labels[i], "code": code, "reason": reason})
     keep = [i for i in range(len(data.images)) if i not in drop]
-    data.images, data.labels, data.origins = ([seq[i] for i in keep] for seq in (data.images, data.labels, data.origins))
+    data.images, data.labels, data.origins, data.given = (
+        [seq[i] for i in keep] for seq in (data.images, data.labels, data.origins, data.given))
 
 
 # --------------------------------------------------------------------------- content
+
+
+def content_key(image: np.ndarray) -> bytes:
+    """An image's identity (duplicates, its hash split, its id): sha256 of its shape and pixels."""
+    return hashlib.sha256(repr(image.shape).encode() + image.tobytes()).digest()
 
 
 def input_signature(d: DataConfig) -> str:
@@ -320,6 +339,9 @@ def input_signature(d: DataConfig) -> str:
     and every stage that depends on it."""
     if d.source == "digits":
         return "sklearn-digits"
+    if d.test_path is not None:  # the test split's files count too
+        return input_signature(d.model_copy(update={"test_path": None})) + "+" + \
+            input_signature(d.model_copy(update={"path": d.test_path, "test_path": None}))
     root = Path(d.path)
     if d.source == "csv" and root.is_file():
         try:

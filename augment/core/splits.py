@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import numpy as np
@@ -9,6 +10,7 @@ from sklearn.model_selection import train_test_split
 
 from augment.config import DataConfig
 from augment.errors import UserError
+from augment.registry import SPLITS
 
 log = logging.getLogger("augment")
 
@@ -28,6 +30,75 @@ def split_indices(labels: list[str], val_fraction: float, test_fraction: float, 
     split = np.empty(len(labels), dtype=object)
     split[train], split[val], split[test] = "train", "val", "test"
     return split
+
+
+def _unit(key: bytes, seed: int) -> float:
+    """A number in [0, 1) from the image's content alone (and the seed): its place in the split bands."""
+    return int.from_bytes(hashlib.sha256(seed.to_bytes(8, "little") + key).digest()[:8], "little") / 2**64
+
+
+def check_given(labels: list[str], given: list[str | None], origins: dict[str, str]) -> None:
+    """A split the user gave (folder layout, CSV column, data.test_path) must hold every class."""
+    labels_arr, given_arr = np.asarray(labels), np.asarray(given, dtype=object)
+    classes = sorted(set(labels))
+    for s in SPLITS:
+        if not (given_arr == s).any():
+            continue
+        have = set(labels_arr[given_arr == s].tolist())
+        missing = [c for c in classes if c not in have]
+        if missing:
+            raise UserError(f"{origins[s]}: class {missing[0]!r} has no image in the {s} split"
+                            + (f" (nor {len(missing) - 1} more classes)" if len(missing) > 1 else "")
+                            + "; every split the data gives needs every class")
+
+
+def hash_split(keys: list[bytes], labels: list[str], given: list[str | None], val_fraction: float,
+               test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(split, how) per image: a given split stays; any other image goes by a stable hash of its content.
+
+    Each image's hash puts it in a band: [0, test) test, [test, test + val) val, the rest train.
+    A split the user gave is not drawn here (its band is empty); with no val given, val is drawn
+    from the given train images too. Adding or removing images never
+    moves another image, since an image's band depends on its own content only; the one exception
+    is a class that would have no image in a drawn split: its train image nearest the band moves
+    there ("hash_fill"), so every class stays in every split.
+    """
+    labels_arr = np.asarray(labels)
+    split = np.asarray(given, dtype=object).copy()
+    how = np.where(split == None, "hash", "given").astype(object)  # noqa: E711 (elementwise)
+    test = 0.0 if (split == "test").any() else test_fraction
+    val = 0.0 if (split == "val").any() else val_fraction
+    u = np.array([_unit(k, seed) for k in keys])
+    free = how == "hash"
+    split[free & (u < test)] = "test"
+    # val is drawn from the rest: the undivided images, and the given train images when no val is given
+    pool = (free & (u >= test)) | ((split == "train") & (val > 0))
+    v = np.where(free, (u - test) / (1 - test), u)  # the place in the rest, uniform in [0, 1)
+    split[pool] = np.where(v[pool] < val / (1 - test), "val", "train")
+    how[pool & (split == "val")] = "hash"
+    for label in sorted(set(labels)):  # a class with every image drawn into val or test: its nearest to train moves back
+        mine = labels_arr == label
+        if not (split[mine] == "train").any():
+            drawn_ = [s for s in ("test", "val") if ((split[mine] == s) & free[mine]).sum() > 1]
+            if not drawn_:
+                raise UserError(f"class {label!r} has no train image: every image of it is in val or test; add images")
+            spare = np.flatnonzero(mine & free & (split == max(drawn_, key=lambda s: (split[mine] == s).sum())))
+            pick = spare[np.argmax(v[spare])]
+            split[pick], how[pick] = "train", "hash_fill"
+    for s, drawn, spare_of in (("test", test, free), ("val", val, pool)):
+        if not drawn:
+            continue
+        for label in sorted(set(labels)):
+            mine = labels_arr == label
+            if (split[mine] == s).any():
+                continue
+            spare = np.flatnonzero(mine & spare_of & (split == "train"))
+            if len(spare) < 2:
+                raise UserError(f"class {label!r}: too few images to give the {s} split one; add images "
+                                "(or give the split: train/ val/ test/ folders, a split column, data.test_path)")
+            pick = spare[np.argmin(v[spare] if s == "val" else u[spare])]
+            split[pick], how[pick] = s, "hash_fill"
+    return split, how
 
 
 def scarce_counts(classes: list[str], per_class: int, imbalance_ratio: float) -> dict[str, int]:

@@ -20,6 +20,31 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
+def how_to_train(cfg: Config, summary, arm: str, rows) -> str:
+    """expanded/README.md: the recipe the benchmark measured, for users outside PyTorch."""
+    spec, b = ARMS[arm], cfg.benchmark
+    real = rows[rows["source"] == "real"]
+    lines = [f"# Expanded dataset: arm `{arm}` ({spec.description})", "",
+             f"An ImageFolder (`<class>/<id>.png`): {len(real)} real train images"
+             + "".join(f", {n} {source}" for source, n in rows[rows["source"] != "real"].groupby("source").size().items())
+             + ". The file name is the manifest id (manifest.parquet: source, parent, seed, split).", "",
+             "To reproduce the benchmark's gain, train as it did:", ""]
+    choice = summary.side_stream.get(arm)
+    if choice is not None:
+        ids = ", ".join(sorted(set(rows["source"]) - {"real"}))
+        lines.append(f"- Synthetic images ({ids}; file names not starting with `real-`) are {choice.share:.0%} of "
+                     f"every batch, the rest real images (chosen on {choice.chosen_on}), with loss weight "
+                     f"{choice.weight:g}" + (f" and soft labels (temperature {choice.temperature:g})" if choice.soft_labels else "")
+                     + ". Pouring them in with the real images is not what was measured.")
+    if spec.augment:
+        lines.append("- TrivialAugmentWide (torchvision) on every image of every batch.")
+    if spec.balanced:
+        lines.append("- Class-balanced sampling: every class drawn equally often.")
+    lines.append(f"- {summary.classifier_steps or b.steps} steps of batch {b.batch_size}, AdamW lr {b.lr:g}, weight decay "
+                 f"{b.weight_decay:g}, {b.schedule} schedule (README, \"The benchmark's classifier\").")
+    return "\n".join(lines) + "\n"
+
+
 def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dict:
     """Build expanded/<label>/<id>.png for the arm the benchmark recommended (chosen on val).
 
@@ -28,7 +53,8 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     that change only how batches are drawn (trivialaugment, balanced) add no files.
     """
     run_dir = Path(run_dir)
-    arm = read_summary(run_dir).recommendation.arm
+    summary = read_summary(run_dir)
+    arm = summary.recommendation.arm
     spec = ARMS[arm]
     frame = rundir.read_manifest(run_dir)
     rows = frame[(frame["split"] == "train") & frame["source"].isin(spec.sources) & frame["kept"]]
@@ -36,6 +62,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     shutil.rmtree(staging, ignore_errors=True)
     for rel, label, rid in zip(rows["path"], rows["label"], rows["id"]):
         _link_or_copy(run_dir / rel, staging / label / f"{rid}.png")
+    (staging / "README.md").write_text(how_to_train(cfg, summary, arm, rows))
     target = run_dir / "expanded"
     old = run_dir / ".expanded.old"
     shutil.rmtree(old, ignore_errors=True)

@@ -9,8 +9,8 @@ import numpy as np
 
 from augment import rundir
 from augment.config import Config
-from augment.core.sources import input_signature, read_source
-from augment.core.splits import simulate_scarcity, split_indices, train_counts, working_size
+from augment.core.sources import content_key, input_signature, read_source
+from augment.core.splits import check_given, hash_split, simulate_scarcity, split_indices, train_counts, working_size
 from augment.errors import UserError
 from augment.runtime import derive_seed
 
@@ -28,6 +28,22 @@ def fingerprint_extra(cfg: Config) -> str:
     return input_signature(cfg.data)
 
 
+def _split(cfg: Config, raw) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+    """(split, how it was decided, content key) per image: the data's own split where it gives one,
+    else data.split (hash: by each image's content; seeded: exact stratified fractions)."""
+    d = cfg.data
+    check_given(raw.labels, raw.given, raw.given_by)
+    keys = [content_key(image) for image in raw.images]
+    seed = derive_seed(cfg.seed, "split")
+    if d.split == "seeded":
+        if raw.given_by:
+            raise UserError(f"data.split: seeded cannot be combined with the split {sorted(raw.given_by.values())[0]} "
+                            "gives; use data.split: hash")
+        return split_indices(raw.labels, d.val_fraction, d.test_fraction, seed), np.full(len(keys), "seeded"), keys
+    split, how = hash_split(keys, raw.labels, raw.given, d.val_fraction, d.test_fraction, seed)
+    return split, how, keys
+
+
 def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dict:
     """Real PNGs and manifest rows for every kept image (the manifest starts afresh here)."""
     d = cfg.data
@@ -37,7 +53,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     if size[0] != size[1] or any(im.shape[:2] != size for im in raw.images):
         how += f"; images are fitted to it by {'padding' if d.resize == 'pad' else 'center-cropping'} (data.resize)"
     log.info("ingest: %s", how)
-    split = split_indices(raw.labels, d.val_fraction, d.test_fraction, derive_seed(cfg.seed, "split"))
+    split, origin, keys = _split(cfg, raw)
     keep = np.ones(len(raw.labels), bool)
     counts = train_counts(d, sorted(set(raw.labels)), where)
     if counts is not None:
@@ -46,10 +62,10 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     rows = []
     for i in np.flatnonzero(keep):
         image, label = raw.images[i], raw.labels[i]
-        rid = f"real-{i:06d}"
+        rid = f"real-{keys[i].hex()[:16]}"  # from the content: the same image has the same id in every run
         rel = f"images/real/{label}/{rid}.png"
         rows.append(dict(
-            id=rid, path=rel, label=label, split=split[i], source="real", parent_id=None,
+            id=rid, path=rel, label=label, split=split[i], split_origin=origin[i], source="real", parent_id=None,
             seed=None, generator=raw.origins[i], sha256=rundir.save_png(run_dir, rel, image),
             height=image.shape[0], width=image.shape[1], channels=image.shape[2], kept=True,
         ))
@@ -66,6 +82,8 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
         "channels": d.channels,
         "classes": sorted(set(raw.labels)),
         "counts": {s: {str(k): int(v) for k, v in row.items()} for s, row in per_split.iterrows()},
+        "split": {"method": d.split, "given_by": raw.given_by,
+                  "origins": {str(k): int(v) for k, v in frame.loc[frame["kept"], "split_origin"].value_counts().items()}},
         "dropped_by_scarcity": int((~keep).sum()),
         "skipped_inputs": len(raw.skipped),
     }
