@@ -10,7 +10,7 @@ Plain functions over arrays and one run directory; no Prefect import anywhere in
 """
 
 __version__ = "0.1.0"
-__all__ = ["run", "load_config", "run_pipeline", "__version__"]  # run(config) -> augment.summary.Summary
+__all__ = ["run", "load_config", "run_pipeline", "load_training_data", "__version__"]  # run(config) -> Summary
 
 
 def __getattr__(name: str):
@@ -19,4 +19,8 @@ def __getattr__(name: str):
         from augment import graph
 
         return getattr(graph, name)
+    if name == "load_training_data":  # the exported recipe of a finished run (augment.core.recipe)
+        from augment.core.recipe import load_training_data
+
+        return load_training_data
     raise AttributeError(f"module 'augment' has no attribute {name!r}")

@@ -268,6 +268,12 @@ class OrchestrationConfig(_Section):
         return self
 
 
+class ExpandConfig(_Section):
+    # The deliverable (expanded/, recipe/) is built from every real image of these splits, once the
+    # benchmark has chosen on its held-out splits: train, trainval (default) or all (test too).
+    refit: Literal["train", "trainval", "all"] = "trainval"
+
+
 class Config(_Section):
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -278,6 +284,7 @@ class Config(_Section):
     gan: GanConfig = Field(default_factory=GanConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     benchmark: BenchmarkConfig = Field(default_factory=BenchmarkConfig)
+    expand: ExpandConfig = Field(default_factory=ExpandConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     @field_validator("device")

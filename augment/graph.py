@@ -86,7 +86,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("benchmark", benchmark.run, "Train the classifier per arm and seed; score on the real test split.",
           after=("ingest", "classical", "smote", "synthesize"), reads=("seed", "device", "gate", *_section("benchmark", BenchmarkConfig)),
           check=benchmark.check, progress="benchmark-classifiers"),
-    Stage("expand", expand.run, "Build the expanded ImageFolder for the recommended arm.", after=("benchmark",)),
+    Stage("expand", expand.run, "Build the expanded ImageFolder and the recipe export for the recommended arm.",
+          after=("benchmark",), reads=("expand",)),
     Stage("report", report.run, "Write the report and publish it.", after=("benchmark", "expand"),
           reads=tuple(Config.model_fields)),  # the report shows the whole config
 )

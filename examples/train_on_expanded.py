@@ -1,9 +1,13 @@
-"""Load a run's expanded dataset into a plain PyTorch training loop and score it on the run's test split.
+"""Train on a run's exported recipe in a plain PyTorch loop and score on the run's test split.
 
-    python examples/train_on_expanded.py runs/default [--epochs 30]
+    python examples/train_on_expanded.py runs/default [--seed 0] [--splits train]
 
-`expanded/` is a torchvision ImageFolder (real train images plus the recommended arm's synthetic
-images); the test images are the run's untouched real test split, listed in manifest.parquet.
+`augment.load_training_data(run_dir)` gives the winning arm as the benchmark trained it: a
+Dataset of the real images (train and val: expand.refit) and the arm's synthetic images, a
+BatchSampler that puts the measured synthetic share in every batch, on-the-fly augmentation in
+its collate function, and the classifier, optimiser and step budget of the recipe. The test
+images are the run's untouched real test split. Outside PyTorch, `expanded/` is the same
+images as an ImageFolder, and `expanded/README.md` states the share and weights to use.
 """
 
 from __future__ import annotations
@@ -11,69 +15,47 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import pandas as pd
+import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
-from torchvision.datasets import ImageFolder
 
-from augment.core.classifier import SmallCNN
+import augment
+from augment import rundir
 
 
-class ManifestSplit(Dataset):
-    """The real images of one split of a run, from its rundir."""
-
-    def __init__(self, run_dir: Path, split: str, classes: list[str], transform):
-        frame = pd.read_parquet(run_dir / "manifest.parquet")
-        rows = frame[(frame["split"] == split) & (frame["source"] == "real")]
-        self.items = [(run_dir / p, classes.index(label)) for p, label in zip(rows["path"], rows["label"])]
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i):
-        path, label = self.items[i]
-        return self.transform(Image.open(path)), label
+def train(run_dir: Path, seed: int, splits: tuple[str, ...] | None = None, device: str = "cpu") -> float:
+    """Train by the recipe with this seed; return the test accuracy."""
+    data = augment.load_training_data(run_dir, seed=seed, splits=splits)
+    model = data.model(seed).to(device).train()
+    opt, sched = data.optimizer(model, device)
+    smoothing = data.recipe["trainer"]["label_smoothing"]
+    for images, targets, weights in data.loader():  # `steps` batches
+        logits = model(data.inputs(images, device))
+        per_image = F.cross_entropy(logits, targets.to(device), reduction="none", label_smoothing=smoothing)
+        loss = (per_image * weights.to(device)).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    model.eval()
+    x, y, _ = rundir.load_split(run_dir, "test")
+    with torch.no_grad():
+        pred = torch.cat([model(data.inputs(torch.from_numpy(x[i : i + 512]).permute(0, 3, 1, 2), device)).argmax(1).cpu()
+                          for i in range(0, len(x), 512)])
+    return float(np.mean(pred.numpy() == y))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", type=Path)
-    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--splits", nargs="*", default=None,
+                        help="real splits to train on (default: the recipe's, train and val)")
     args = parser.parse_args()
-
-    torch.manual_seed(args.seed)  # a script, not library code: global seeding is fine here
-    size = Image.open(next((args.run_dir / "expanded").rglob("*.png"))).size[::-1]
-    channels = 1 if Image.open(next((args.run_dir / "expanded").rglob("*.png"))).mode == "L" else 3
-    tf = transforms.Compose([
-        transforms.Grayscale() if channels == 1 else transforms.Lambda(lambda im: im.convert("RGB")),
-        transforms.Resize(size),
-        transforms.ToTensor(),
-        transforms.Normalize([0.5] * channels, [0.5] * channels),
-    ])
-    train = ImageFolder(args.run_dir / "expanded", transform=tf)
-    test = ManifestSplit(args.run_dir, "test", train.classes, tf)
-    model = SmallCNN(channels, len(train.classes))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loader = DataLoader(train, batch_size=64, shuffle=True)
-    for epoch in range(args.epochs):
-        model.train()
-        for x, y in loader:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for x, y in DataLoader(test, batch_size=256):
-            correct += (model(x).argmax(1) == y).sum().item()
-    print(f"{len(train)} training images ({len(train.classes)} classes); test accuracy {correct / len(test):.3f} "
-          f"on {len(test)} real test images")
+    data = augment.load_training_data(args.run_dir, seed=args.seed, splits=args.splits and tuple(args.splits))
+    accuracy = train(args.run_dir, args.seed, args.splits and tuple(args.splits))
+    print(f"arm {data.recipe['arm']}: {len(data.dataset)} training rows, {data.steps} steps; "
+          f"test accuracy {accuracy:.3f}")
 
 
 if __name__ == "__main__":

@@ -104,7 +104,9 @@ def test_expanded_loads_with_imagefolder(smoke_run):
     arm = summary["recommendation"]["arm"]
     ds = ImageFolder(run_dir / "expanded")
     assert ds.classes == [str(i) for i in range(10)]
-    assert len(ds) == summary["arms"][arm]["train_images"]
+    frame = rundir.read_manifest(run_dir)
+    val = ((frame["split"] == "val") & (frame["source"] == "real") & frame["kept"]).sum()
+    assert len(ds) == summary["arms"][arm]["train_images"] + val  # the deliverable: train and val (expand.refit)
     image, label = ds[0]
     assert image.size == (8, 8) and label == 0
     readme = (run_dir / "expanded" / "README.md").read_text()  # the recipe, for users outside PyTorch
@@ -120,9 +122,9 @@ def test_the_expanded_readme_states_the_synthetic_share_and_weight():
         side_stream = {"real+gan": SideStreamChoice(share=0.25, chosen_on="val", weight=0.5)}
         classifier_steps = 600
 
-    rows = pd.DataFrame({"source": ["real"] * 4 + ["gan"] * 8})
+    rows = pd.DataFrame({"source": ["real"] * 4 + ["gan"] * 8, "split": ["train", "val"] * 2 + ["train"] * 8})
     text = how_to_train(load_config(None), Summary(), "real+gan", rows)
-    assert "4 real train images, 8 gan" in text and "25% of every batch" in text and "loss weight 0.5" in text
+    assert "4 real images (train, val), 8 gan" in text and "25% of every batch" in text and "loss weight 0.5" in text
 
 
 def test_report_states_the_verdict_and_table(smoke_run):

@@ -58,56 +58,91 @@ def per_batch(batch_size: int, n_real: int, stream: SideStream | None) -> int:
     return min(batch_size - 1, int(round(min(stream.share, cap) * batch_size)))
 
 
-class Batches:
-    """Draws (uint8 images (B, C, H, W), target distributions (B, K), loss weights (B,)) per step.
+class BatchSampler(torch.utils.data.Sampler):
+    """Index lists, one per step, into real rows (0 .. n_real - 1) then synthetic rows (n_real ..):
+    per_batch synthetic rows in every batch, the rest real. A torch batch_sampler (DataLoader(...,
+    batch_sampler=...)); every draw comes from `gen`, so the sequence is a function of its seed.
 
     balanced=True draws every class equally often within each stream (random over-sampling
     without new images); otherwise every image is equally likely.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int, batch_size: int,
-                 stream: SideStream | None, gen: torch.Generator, balanced: bool = False):
-        self.k, self.gen = n_classes, gen
-        self.real = self._pool(x, y, None, balanced)
-        self.synthetic = self._pool(stream.x, stream.y, stream.soft, balanced) if stream is not None and len(stream.x) else None
-        self.n_synthetic = per_batch(batch_size, len(x), stream)
-        self.n_real = batch_size - self.n_synthetic if len(x) else 0
-        self.weight = stream.weight if stream is not None else 1.0
-        self.stream = stream
-        if stream is not None and stream.online is not None:
-            self.synthetic["online"] = torch.from_numpy(np.asarray(stream.online_rows, dtype=bool))
+    def __init__(self, y_real: np.ndarray, y_synthetic: np.ndarray, n_classes: int, batch_size: int, share: float,
+                 gen: torch.Generator, balanced: bool = False, steps: int | None = None):
+        self.gen, self.steps, self.n_real_rows = gen, steps, len(y_real)
+        self.n_synthetic = per_batch(batch_size, len(y_real), SideStream(np.empty(len(y_synthetic)), y_synthetic, share)
+                                     if len(y_synthetic) else None)
+        self.n_real = batch_size - self.n_synthetic if len(y_real) else 0
+        self.pools = [(self._weights(y, n_classes, balanced), len(y), offset, n) for y, offset, n in
+                      ((y_real, 0, self.n_real), (y_synthetic, len(y_real), self.n_synthetic)) if n]
 
-    def _pool(self, x: np.ndarray, y: np.ndarray, soft: np.ndarray | None, balanced: bool) -> dict | None:
-        if len(x) == 0:
+    @staticmethod
+    def _weights(y: np.ndarray, k: int, balanced: bool) -> torch.Tensor | None:
+        if not balanced:
             return None
         target = torch.from_numpy(np.asarray(y)).long()
-        dist = torch.from_numpy(np.asarray(soft, dtype=np.float32)) if soft is not None else \
-            torch.nn.functional.one_hot(target, self.k).float()
-        counts = torch.bincount(target, minlength=self.k).clamp(min=1).float()
-        return {"images": torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2), "dist": dist, "labels": target,
-                "draw": (1.0 / counts)[target] if balanced else None}
+        return (1.0 / torch.bincount(target, minlength=k).clamp(min=1).float())[target]
 
-    def _draw(self, pool: dict, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if pool["draw"] is not None:
-            idx = torch.multinomial(pool["draw"], n, replacement=True, generator=self.gen)
-        else:
-            idx = torch.randint(len(pool["images"]), (n,), generator=self.gen)
-        images, dist = pool["images"][idx], pool["dist"][idx]
-        fresh = pool["online"][idx] if "online" in pool else None
-        if fresh is not None and fresh.any():  # new generator samples in place of the kept ones, same classes
-            images[fresh] = self.stream.online(pool["labels"][idx][fresh], self.gen)
-            if self.stream.soft_fn is not None:
-                dist[fresh] = torch.as_tensor(self.stream.soft_fn(images[fresh]), dtype=torch.float32)
-        return images, dist
+    def draw(self) -> torch.Tensor:
+        """One batch's indices: the real rows first, then the synthetic ones."""
+        parts = []
+        for weights, size, offset, n in self.pools:
+            idx = torch.multinomial(weights, n, replacement=True, generator=self.gen) if weights is not None else \
+                torch.randint(size, (n,), generator=self.gen)
+            parts.append(idx + offset)
+        return torch.cat(parts)
+
+    def __iter__(self):
+        for _ in range(self.steps) if self.steps is not None else iter(int, 1):
+            yield self.draw().tolist()
+
+    def __len__(self) -> int:
+        if self.steps is None:
+            raise TypeError("an endless BatchSampler has no length: give steps")
+        return self.steps
+
+
+class Batches:
+    """Draws (uint8 images (B, C, H, W), target distributions (B, K), loss weights (B,)) per step:
+    a BatchSampler's indices gathered from the real and synthetic rows (online rows replaced by
+    fresh generator samples of their class)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, n_classes: int, batch_size: int,
+                 stream: SideStream | None, gen: torch.Generator, balanced: bool = False):
+        self.gen, self.stream = gen, stream
+        synthetic = stream is not None and len(stream.x) > 0
+        ys = stream.y if synthetic else np.empty(0, dtype=np.int64)
+        self.sampler = BatchSampler(y, ys, n_classes, batch_size, stream.share if synthetic else 0.0, gen, balanced)
+        self.rows = rows(x, y, n_classes, stream)
+        self.online = torch.cat([torch.zeros(len(x), dtype=torch.bool), torch.from_numpy(np.asarray(stream.online_rows, bool))]) \
+            if synthetic and stream.online is not None else None
 
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        parts = []
-        if self.n_real:
-            parts.append((*self._draw(self.real, self.n_real), torch.ones(self.n_real)))
-        if self.n_synthetic:
-            parts.append((*self._draw(self.synthetic, self.n_synthetic), torch.full((self.n_synthetic,), float(self.weight))))
-        images, dist, weights = (torch.cat(p) for p in zip(*parts))
+        idx = self.sampler.draw()
+        images, dist, weights, labels = (t[idx] for t in self.rows)
+        fresh = self.online[idx] if self.online is not None else None
+        if fresh is not None and fresh.any():  # new generator samples in place of the kept ones, same classes
+            images[fresh] = self.stream.online(labels[fresh], self.gen)
+            if self.stream.soft_fn is not None:
+                dist[fresh] = torch.as_tensor(self.stream.soft_fn(images[fresh]), dtype=torch.float32)
         return images, dist, weights
+
+
+def rows(x: np.ndarray, y: np.ndarray, n_classes: int, stream: SideStream | None
+         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(uint8 images NCHW, target distributions, loss weights, labels) of the real rows then the
+    synthetic ones: what a BatchSampler's indices point into."""
+    xs = [x] + ([stream.x] if stream is not None and len(stream.x) else [])
+    ys = [np.asarray(y)] + ([np.asarray(stream.y)] if len(xs) > 1 else [])
+    labels = torch.from_numpy(np.concatenate(ys).astype(np.int64))
+    dist = torch.nn.functional.one_hot(labels, n_classes).float()
+    weights = torch.ones(len(labels))
+    if len(xs) > 1:
+        weights[len(x):] = float(stream.weight)
+        if stream.soft is not None:
+            dist[len(x):] = torch.from_numpy(np.asarray(stream.soft, dtype=np.float32))
+    images = torch.from_numpy(np.ascontiguousarray(np.concatenate([a for a in xs if len(a)]))).permute(0, 3, 1, 2)
+    return images, dist, weights, labels
 
 
 def soften(probs: np.ndarray, temperature: float) -> np.ndarray:

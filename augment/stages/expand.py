@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
 
+import pandas as pd
+
 from augment import rundir
 from augment.config import Config
-from augment.registry import ARMS
+from augment.core.augmentation import transforms_for
+from augment.core.recipe import REFIT_SPLITS, write_recipe
+from augment.registry import ARMS, trained_as
 from augment.summary import read_summary
+
+log = logging.getLogger("augment")
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -25,9 +32,10 @@ def how_to_train(cfg: Config, summary, arm: str, rows) -> str:
     spec, b = ARMS[arm], cfg.benchmark
     real = rows[rows["source"] == "real"]
     lines = [f"# Expanded dataset: arm `{arm}` ({spec.description})", "",
-             f"An ImageFolder (`<class>/<id>.png`): {len(real)} real train images"
+             f"An ImageFolder (`<class>/<id>.png`): {len(real)} real images ({', '.join(sorted(set(real['split'])))})"
              + "".join(f", {n} {source}" for source, n in rows[rows["source"] != "real"].groupby("source").size().items())
-             + ". The file name is the manifest id (manifest.parquet: source, parent, seed, split).", "",
+             + ". The file name is the manifest id (manifest.parquet: source, parent, seed, split). In PyTorch, "
+             "`augment.load_training_data(run_dir)` gives the same recipe as a Dataset, BatchSampler and DataLoader.", "",
              "To reproduce the benchmark's gain, train as it did:", ""]
     choice = summary.side_stream.get(arm)
     if choice is not None:
@@ -46,18 +54,23 @@ def how_to_train(cfg: Config, summary, arm: str, rows) -> str:
 
 
 def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dict:
-    """Build expanded/<label>/<id>.png for the arm the benchmark recommended (chosen on val).
+    """Build expanded/<label>/<id>.png and recipe/ for the arm the benchmark recommended (chosen on val).
 
-    When no synthetic arm won, expanded/ holds the real train images (plus classical copies if
-    that arm won): the tool does not hand over synthetic images it could not show to help. Arms
-    that change only how batches are drawn (trivialaugment, balanced) add no files.
+    expanded/ holds every real image of the expand.refit splits (train and val by default: the
+    benchmark has chosen, so val need not stay held out) plus the arm's synthetic images. When no
+    synthetic arm won, it holds no generated images: the tool does not hand over synthetic images
+    it could not show to help. Arms that change only how batches are drawn (trivialaugment,
+    balanced) add no files; recipe/ and expanded/README.md say how to train.
     """
     run_dir = Path(run_dir)
     summary = read_summary(run_dir)
     arm = summary.recommendation.arm
     spec = ARMS[arm]
     frame = rundir.read_manifest(run_dir)
-    rows = frame[(frame["split"] == "train") & frame["source"].isin(spec.sources) & frame["kept"]]
+    splits = REFIT_SPLITS[cfg.expand.refit]  # the deliverable: every real image of these splits
+    real = frame[frame["split"].isin(splits) & (frame["source"] == "real") & frame["kept"]]
+    synthetic = frame[(frame["split"] == "train") & frame["source"].isin(set(spec.sources) - {"real"}) & frame["kept"]]
+    rows = pd.concat([real, synthetic])
     staging = run_dir / ".expanded.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     for rel, label, rid in zip(rows["path"], rows["label"], rows["id"]):
@@ -70,7 +83,32 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
         target.rename(old)
     staging.rename(target)  # the view appears whole or not at all
     shutil.rmtree(old, ignore_errors=True)
+    recipe(cfg, run_dir, summary, arm, splits)
     counts = rows.groupby("source").size().to_dict()
     how = ("train with torchvision's TrivialAugmentWide on the fly" if spec.augment
            else "train with class-balanced sampling" if spec.balanced else None)
-    return {"arm": arm, "images": len(rows), "by_source": {k: int(v) for k, v in counts.items()}, "training": how}
+    return {"arm": arm, "images": len(rows), "by_source": {k: int(v) for k, v in counts.items()}, "training": how,
+            "real_splits": list(splits), "real_by_split": {k: int(v) for k, v in real.groupby("split").size().items()}}
+
+
+def recipe(cfg: Config, run_dir: Path, summary, arm: str, splits: tuple[str, ...]) -> Path:
+    """recipe/recipe.json: how the benchmark trained the winning arm (augment.load_training_data reads it)."""
+    b, info = cfg.benchmark, rundir.ingest_info(run_dir)
+    spec = trained_as(arm, b.classical_on_the_fly)
+    choice = summary.side_stream.get(arm)
+    if b.soft_labels and choice is not None or b.online_gan and "gan" in spec.sources:
+        log.warning("expand: recipe/ does not carry soft labels or online GAN samples yet; it uses hard labels "
+                    "and the kept GAN samples")
+    trainer = b.trainer_kwargs()
+    return write_recipe(run_dir, {
+        "arm": arm, "sources": list(spec.sources), "real_splits": list(splits), "classes": info["classes"],
+        "size": info["size"], "channels": info["channels"],
+        "share": choice.share if choice else None, "weight": choice.weight if choice else 1.0,
+        "augment": spec.augment, "balanced": spec.balanced,
+        "classical_transforms": transforms_for(cfg.classical, info["channels"]) if spec.classical else None,
+        "trainer": {k: (str(v) if isinstance(v, Path) else v) for k, v in trainer.items()},
+        "network": dict(in_channels=info["channels"], n_classes=len(info["classes"]), model=trainer["model"],
+                        width=b.width, depth=b.depth, dropout=b.dropout,
+                        weights=None if b.weights is None else str(b.weights), input_size=b.input_size),
+        "benchmark_steps": summary.classifier_steps,
+    })

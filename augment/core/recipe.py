@@ -1,0 +1,124 @@
+"""What the user takes home: the winning arm's recipe, exported, and a loader that trains by it.
+
+The expand stage writes run_dir/recipe/recipe.json (the arm, the real splits it is built from,
+the synthetic share per batch and loss weight, on-the-fly augmentation, the classifier and its
+step budget). `augment.load_training_data(run_dir)` reads it back as torch pieces: a Dataset of
+the real and synthetic rows, the BatchSampler that puts the measured synthetic share in every
+batch, and a collate function that applies the on-the-fly augmentation, all seeded. The
+benchmark's own training loop (augment.core.classifier.train_classifier) draws its batches with
+the same BatchSampler, so a loop over this loader trains as the benchmark measured.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from augment import rundir
+from augment.atomic import write_json
+from augment.config import step_budget
+from augment.core.side_stream import BatchSampler, SideStream, rows
+from augment.errors import UserError
+
+RECIPE = Path("recipe") / "recipe.json"
+REFIT_SPLITS = {"train": ("train",), "trainval": ("train", "val"), "all": ("train", "val", "test")}
+
+
+def write_recipe(run_dir: Path, recipe: dict) -> Path:
+    write_json(Path(run_dir) / RECIPE, recipe)
+    return Path(run_dir) / RECIPE
+
+
+@dataclass
+class TrainingData:
+    """The winning arm as torch pieces (see the module docstring). `loader()` yields (uint8 images
+    (B, C, H, W), target distributions (B, K), loss weights (B,)) for `steps` steps."""
+
+    recipe: dict
+    dataset: torch.utils.data.TensorDataset
+    batch_sampler: BatchSampler
+    seed: int
+    classes: list[str] = field(default_factory=list)
+    _pipeline: object = None
+
+    @property
+    def steps(self) -> int:
+        return self.recipe["steps"]
+
+    def collate(self, items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stack a batch and apply the recipe's on-the-fly augmentation (classical pipeline, then
+        TrivialAugmentWide), seeded from the batch sampler's generator."""
+        from augment.core.classifier import classical_augment, trivial_augment
+
+        images, dist, weights = (torch.stack(t) for t in zip(*[item[:3] for item in items]))
+        if self.recipe["classical_transforms"] is not None:
+            if self._pipeline is None:
+                from augment.core.augmentation import build_pipeline
+
+                self._pipeline = build_pipeline(self.recipe["classical_transforms"])
+            images = classical_augment(self._pipeline, images, int(torch.randint(2**62, (1,), generator=self.batch_sampler.gen)))
+        if self.recipe["augment"] == "trivialaugment":
+            images = trivial_augment(images, int(torch.randint(2**62, (1,), generator=self.batch_sampler.gen)))
+        return images, dist, weights
+
+    def loader(self) -> torch.utils.data.DataLoader:
+        """A DataLoader over the recipe's batches (in this process: the draws stay in order)."""
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=self.batch_sampler, collate_fn=self.collate)
+
+    def optimizer(self, model: torch.nn.Module, device: str | torch.device = "cpu"):
+        """(optimizer, per-step scheduler) of the recipe: AdamW, weight decay off batch-norm and bias
+        parameters, OneCycle or cosine over `steps` (augment.core.classifier)."""
+        from augment.core.classifier import _optimizer
+
+        t = self.recipe["trainer"]
+        return _optimizer(model, device, t["lr"], t["weight_decay"], t["schedule"], self.steps)
+
+    @staticmethod
+    def inputs(images: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+        """uint8 (B, C, H, W) -> the network's float input in [-1, 1] (a backbone adds its own preprocessing)."""
+        from augment.core.tensors import scale
+
+        return scale(images.to(device))
+
+    def model(self, seed: int | None = None) -> torch.nn.Module:
+        """A fresh classifier of the benchmark's architecture (augment.core.classifier.build_network)."""
+        from augment.core.classifier import build_network
+
+        gen = torch.Generator().manual_seed((self.seed if seed is None else seed) % 2**63)
+        return build_network(self.recipe["network"], gen)
+
+
+def load_training_data(run_dir: str | Path, seed: int = 0, splits: tuple[str, ...] | None = None) -> TrainingData:
+    """The exported recipe of a finished run as a Dataset, BatchSampler and DataLoader factory.
+
+    splits: the real splits to train on; default the recipe's (expand.refit: train and val);
+    ("train",) trains on what the benchmark trained on, to reproduce its figure.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / RECIPE
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no {RECIPE} (run `augment run` to the end first; the expand stage writes it)")
+    recipe = json.loads(path.read_text())
+    splits = tuple(splits or recipe["real_splits"])
+    classes = recipe["classes"]
+    x, y = _images(run_dir, recipe, splits, ("real",))
+    xs, ys = _images(run_dir, recipe, ("train",), tuple(s for s in recipe["sources"] if s != "real"))
+    stream = SideStream(xs, ys, share=recipe["share"] or 0.0, weight=recipe["weight"]) if len(xs) else None
+    gen = torch.Generator().manual_seed(seed % 2**63)
+    t = recipe["trainer"]  # the benchmark's budget rule, on these real images
+    recipe = {**recipe, "steps": step_budget(t["steps"], len(x), t["batch_size"], t["epochs"], t["min_steps"], t["max_steps"])}
+    sampler = BatchSampler(y, ys, len(classes), min(t["batch_size"], len(x) + len(xs)), stream.share if stream else 0.0,
+                           gen, recipe["balanced"], steps=recipe["steps"])
+    dataset = torch.utils.data.TensorDataset(*rows(x, y, len(classes), stream))
+    return TrainingData(recipe, dataset, sampler, seed, classes)
+
+
+def _images(run_dir: Path, recipe: dict, splits: tuple[str, ...], sources: tuple[str, ...]):
+    if not sources:
+        return np.empty((0, *recipe["size"], recipe["channels"]), np.uint8), np.empty(0, np.int64)
+    parts = [rundir.load_split(run_dir, s, sources)[:2] for s in splits]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -1,0 +1,74 @@
+"""What the user takes home: the deliverable is built from train and val, and the recipe export
+trains as the benchmark did (the synthetic share per batch, on-the-fly augmentation, the budget)."""
+
+import json
+import shutil
+
+import numpy as np
+import torch
+
+import augment
+from augment import rundir
+from augment.core.recipe import RECIPE
+from augment.core.side_stream import BatchSampler
+
+
+def test_the_batch_sampler_puts_the_share_in_every_batch_from_its_seed():
+    y_real, y_synthetic = np.arange(30) % 3, np.arange(300) % 3
+    draws = [list(BatchSampler(y_real, y_synthetic, 3, 32, 0.25, torch.Generator().manual_seed(s), steps=5)) for s in (1, 1, 2)]
+    assert draws[0] == draws[1] and draws[0] != draws[2] and len(draws[0]) == 5
+    for batch in draws[0]:
+        assert len(batch) == 32 and sum(i >= 30 for i in batch) == 8 and all(0 <= i < 330 for i in batch)
+
+
+def test_the_recipe_export_is_built_from_train_and_val_and_yields_the_share(smoke_run, tmp_path):
+    cfg, source, _ = smoke_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    recipe = json.loads((run_dir / RECIPE).read_text())
+    frame = rundir.read_manifest(run_dir)
+    real = frame[(frame["source"] == "real") & frame["kept"]]
+    assert recipe["real_splits"] == ["train", "val"]  # expand.refit: trainval, the default
+    data = augment.load_training_data(run_dir, seed=3)
+    n_real = int(real["split"].isin(["train", "val"]).sum())
+    synthetic = len(data.dataset) - n_real
+    assert synthetic == int((frame["split"] == "train").sum() - (real["split"] == "train").sum()) * (recipe["sources"] != ["real"]) \
+        or recipe["sources"] == ["real"]
+    only_train = augment.load_training_data(run_dir, seed=3, splits=("train",))
+    assert len(only_train.dataset) == len(data.dataset) - int((real["split"] == "val").sum())
+
+    # as if the recommended arm were real+gan at a quarter of every batch
+    recipe.update(arm="real+gan", sources=["real", "gan"], share=0.25, augment="trivialaugment")
+    (run_dir / RECIPE).write_text(json.dumps(recipe))
+    data = augment.load_training_data(run_dir, seed=0, splits=("train",))
+    n_train = int((real["split"] == "train").sum())
+    batches = list(data.batch_sampler)
+    bs = min(recipe["trainer"]["batch_size"], len(data.dataset))
+    assert len(batches) == data.steps == recipe["benchmark_steps"]  # the benchmark's budget on the train split
+    n_gan = len(data.dataset) - n_train
+    expected = round(min(0.25, n_gan / (n_gan + n_train)) * bs)  # never more than concatenation gives
+    assert expected > 0 and all(sum(i >= n_train for i in b) == expected for b in batches)
+    fresh = augment.load_training_data(run_dir, seed=0, splits=("train",))
+    images, targets, weights = next(iter(fresh.loader()))
+    assert images.dtype == torch.uint8 and images.shape[0] == bs and torch.allclose(targets.sum(1), torch.ones(bs))
+    assert not torch.equal(images, data.dataset.tensors[0][batches[0]])  # the same rows, after TrivialAugmentWide
+    again = augment.load_training_data(run_dir, seed=0, splits=("train",))
+    assert torch.equal(next(iter(again.loader()))[0], images)  # seeded
+
+
+def test_a_plain_loop_over_the_export_trains_a_working_classifier(smoke_run):
+    import torch.nn.functional as F
+
+    from augment.core.classifier import predict_proba
+
+    _, run_dir, _ = smoke_run
+    data = augment.load_training_data(run_dir, seed=0, splits=("train",))
+    model = data.model(seed=0).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=data.recipe["trainer"]["lr"])
+    for images, targets, weights in data.loader():
+        loss = (F.cross_entropy(model(images.float() / 127.5 - 1), targets, reduction="none") * weights).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    x, y, _ = rundir.load_split(run_dir, "test")
+    assert (predict_proba(model.eval(), x).argmax(1) == y).mean() > 0.3  # 10 classes: chance is 0.1
