@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from augment.core.classifier import predict_proba, train_classifier, trivial_augment
@@ -30,6 +31,21 @@ def test_trivial_augment_is_seeded_and_leaves_the_global_rng_alone():
     a, b = trivial_augment(batch, 5), trivial_augment(batch, 5)
     assert torch.equal(a, b) and not torch.equal(a, batch)
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("shape", [(64, 1, 8, 8), (16, 3, 28, 20)])
+def test_trivial_augment_equals_torchvisions_transform_image_by_image(shape):
+    """Our loop skips the transform's per-call overhead but makes the same draws in the same order:
+    the result is torchvision's to the bit (a torchvision upgrade that changes this fails here)."""
+    from torchvision.transforms import v2
+
+    batch = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    ta = v2.TrivialAugmentWide()
+    for seed in range(10):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            reference = torch.stack([ta(image) for image in batch])
+        assert torch.equal(trivial_augment(batch, seed), reference)
 
 
 def test_balanced_sampling_draws_classes_equally(monkeypatch):

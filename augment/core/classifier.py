@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -153,14 +154,40 @@ def load_classifier(path: Path, device: torch.device | str = "cpu") -> nn.Module
 def trivial_augment(batch: torch.Tensor, seed: int) -> torch.Tensor:
     """torchvision's TrivialAugmentWide on uint8 (B, C, H, W), one draw per image, from an explicit seed.
 
-    torchvision draws from torch's global RNG; fork_rng confines that draw to this call.
+    The same random draws, in the same order, as calling v2.TrivialAugmentWide on each image
+    (tested to the bit), without the transform's per-call input flattening, which cost more than
+    the operations themselves on small images. torchvision draws from torch's global RNG; fork_rng
+    confines that draw to this call.
     """
-    from torchvision.transforms import v2
-
-    ta = v2.TrivialAugmentWide()
+    ta = _trivial_augment()
+    space, bins = ta._AUGMENTATION_SPACE, ta.num_magnitude_bins
+    ops = tuple(space)
+    magnitudes = _magnitudes(tuple(batch.shape[-2:]))
+    out = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return torch.stack([ta(image) for image in batch])
+        for image in batch:
+            op = ops[int(torch.randint(len(ops), ()))]
+            values, magnitude = magnitudes[op], 0.0
+            if values is not None:
+                magnitude = float(values[int(torch.randint(bins, ()))])
+                if space[op][1] and torch.rand(()) <= 0.5:
+                    magnitude *= -1
+            out.append(ta._apply_image_or_video_transform(image, op, magnitude, interpolation=ta.interpolation, fill=ta._fill))
+    return torch.stack(out)
+
+
+@functools.lru_cache(maxsize=1)
+def _trivial_augment():
+    from torchvision.transforms import v2
+
+    return v2.TrivialAugmentWide()
+
+
+@functools.lru_cache(maxsize=8)
+def _magnitudes(size: tuple[int, int]) -> dict:
+    ta = _trivial_augment()
+    return {op: fn(ta.num_magnitude_bins, *size) for op, (fn, _) in ta._AUGMENTATION_SPACE.items()}
 
 
 def classical_augment(pipeline, batch: torch.Tensor, seed: int) -> torch.Tensor:
