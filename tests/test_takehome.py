@@ -5,11 +5,12 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import torch
 
 import augment
 from augment import rundir
-from augment.core.recipe import RECIPE
+from augment.core.recipe import RECIPE, REFIT_ROWS
 from augment.core.side_stream import BatchSampler
 
 
@@ -35,7 +36,8 @@ def test_the_recipe_export_is_built_from_train_and_val_and_yields_the_share(smok
     assert synthetic == int((frame["split"] == "train").sum() - (real["split"] == "train").sum()) * (recipe["sources"] != ["real"]) \
         or recipe["sources"] == ["real"]
     only_train = augment.load_training_data(run_dir, seed=3, splits=("train",))
-    assert len(only_train.dataset) == len(data.dataset) - int((real["split"] == "val").sum())
+    refit = pd.read_parquet(run_dir / REFIT_ROWS)
+    assert len(only_train.dataset) == len(data.dataset) - int((real["split"] == "val").sum()) - len(refit)
 
     # as if the recommended arm were real+gan at a quarter of every batch
     recipe.update(arm="real+gan", sources=["real", "gan"], share=0.25, augment="trivialaugment")
@@ -72,3 +74,32 @@ def test_a_plain_loop_over_the_export_trains_a_working_classifier(smoke_run):
         opt.step()
     x, y, _ = rundir.load_split(run_dir, "test")
     assert (predict_proba(model.eval(), x).argmax(1) == y).mean() > 0.3  # 10 classes: chance is 0.1
+
+
+def test_the_refit_adds_classical_copies_of_the_val_images_as_the_classical_stage_would(smoke_run, tmp_path):
+    """For an arm of classical copies, the deliverable holds copies of the val images too: as many
+    per class as the classical stage makes per train image, seeded per parent, in expanded/."""
+    from augment.graph import load_config, run_stage
+    from augment.summary import read_summary, write_summary
+    from conftest import SMOKE
+
+    _, source, _ = smoke_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    summary = read_summary(run_dir)
+    summary.recommendation.arm = "real+classical"  # as if it had won
+    write_summary(run_dir, summary)
+    cfg = load_config(SMOKE)
+    rundir.clear_stage_record(run_dir, "expand")
+    info = run_stage("expand", cfg, run_dir)
+    frame = rundir.read_manifest(run_dir)
+    val = frame[(frame["split"] == "val") & (frame["source"] == "real") & frame["kept"]]
+    train = frame[(frame["split"] == "train") & (frame["source"] == "real")]
+    per_parent = ((frame["source"] == "classical").sum()) / len(train)  # classical.multiplier
+    refit = pd.read_parquet(run_dir / REFIT_ROWS)
+    assert info["refit_copies"] == len(refit) == per_parent * len(val) > 0
+    assert set(refit["parent_id"]) == set(val["id"]) and set(refit["split"]) == {"val"}
+    files = {p.stem for p in (run_dir / "expanded").rglob("*.png")}
+    assert set(refit["id"]) <= files and set(val["id"]) <= files
+    data = augment.load_training_data(run_dir)
+    assert len(data.dataset) == len(files)  # what the export trains on is what expanded/ holds

@@ -175,6 +175,18 @@ def spread(total: int, parents: int) -> list[int]:
     return [base + (i < rest) for i in range(parents)]
 
 
+def plan_copies(parents: list[dict], extra: dict[str, int], seed_of) -> list[tuple[dict, int, int]]:
+    """(parent, seed, copies) for every parent that gets copies: each class's `extra` copies spread
+    over its parents (in the order given), each parent's stream seeded by seed_of(parent id)."""
+    plan = []
+    for label in sorted({p["label"] for p in parents}):
+        group = [p for p in parents if p["label"] == label]
+        for parent, k in zip(group, spread(extra.get(label, 0), len(group))):
+            if k:
+                plan.append((parent, seed_of(parent["id"]), k))
+    return plan
+
+
 AUTO_POOL_PIXELS = 100_000_000  # output pixels (H x W x C summed) from which a pool pays off
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from augment import rundir
@@ -23,8 +24,10 @@ from augment.atomic import write_json
 from augment.config import step_budget
 from augment.core.side_stream import BatchSampler, SideStream, rows
 from augment.errors import UserError
+from augment.png import load_images
 
 RECIPE = Path("recipe") / "recipe.json"
+REFIT_ROWS = Path("recipe") / "refit.parquet"  # classical copies of the real images the refit adds (manifest columns)
 REFIT_SPLITS = {"train": ("train",), "trainval": ("train", "val"), "all": ("train", "val", "test")}
 
 
@@ -107,6 +110,12 @@ def load_training_data(run_dir: str | Path, seed: int = 0, splits: tuple[str, ..
     classes = recipe["classes"]
     x, y = _images(run_dir, recipe, splits, ("real",))
     xs, ys = _images(run_dir, recipe, ("train",), tuple(s for s in recipe["sources"] if s != "real"))
+    if (run_dir / REFIT_ROWS).is_file():  # copies of the val (and test) images the refit added
+        refit = rundir.normalise(pd.read_parquet(run_dir / REFIT_ROWS))
+        refit = refit[refit["split"].isin(splits) & refit["source"].isin(recipe["sources"])]
+        index = {c: i for i, c in enumerate(classes)}
+        xs = np.concatenate([xs, load_images(run_dir, refit["path"], tuple(recipe["size"]), recipe["channels"], recipe["fit"])])
+        ys = np.concatenate([ys, np.array([index[label] for label in refit["label"]], dtype=np.int64)])
     stream = SideStream(xs, ys, share=recipe["share"] or 0.0, weight=recipe["weight"]) if len(xs) else None
     gen = torch.Generator().manual_seed(seed % 2**63)
     t = recipe["trainer"]  # the benchmark's budget rule, on these real images

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from augment import rundir
 from augment.config import Config
-from augment.core.augmentation import auto_workers, copies_per_class, run_jobs, spread, transforms_for, validate_transforms
+from augment.core.augmentation import (auto_workers, copies_per_class, plan_copies, run_jobs, transforms_for,
+                                       validate_transforms)
 from augment.errors import UserError
 from augment.runtime import derive_seed
 
@@ -36,11 +37,8 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
         frame = rundir.read_manifest(run_dir)
         train = frame[(frame["split"] == "train") & (frame["source"] == "real")].reset_index(drop=True)
         extra = copies_per_class(train.groupby("label").size().to_dict(), c)
-        for label, group in train.groupby("label", sort=True):
-            for (_, parent), k in zip(group.iterrows(), spread(extra[label], len(group))):
-                if k:
-                    plan.append(({"id": parent["id"], "path": parent["path"], "label": label},
-                                 derive_seed(cfg.seed, "classical", parent["id"]), k))
+        plan = plan_copies(train[["id", "path", "label"]].to_dict("records"), extra,
+                           lambda pid: derive_seed(cfg.seed, "classical", pid))
     if not plan:
         rundir.replace_source(run_dir, "classical", [])
         return {"images": 0}

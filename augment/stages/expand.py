@@ -11,8 +11,10 @@ import pandas as pd
 
 from augment import rundir
 from augment.config import Config
-from augment.core.augmentation import transforms_for
-from augment.core.recipe import REFIT_SPLITS, write_recipe
+from augment.atomic import atomic_path
+from augment.core.augmentation import copies_per_class, plan_copies, run_jobs, transforms_for
+from augment.core.recipe import REFIT_ROWS, REFIT_SPLITS, write_recipe
+from augment.runtime import derive_seed
 from augment.registry import ARMS, trained_as
 from augment.summary import read_summary
 
@@ -70,7 +72,10 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     splits = REFIT_SPLITS[cfg.expand.refit]  # the deliverable: every real image of these splits
     real = frame[frame["split"].isin(splits) & (frame["source"] == "real") & frame["kept"]]
     synthetic = frame[(frame["split"] == "train") & frame["source"].isin(set(spec.sources) - {"real"}) & frame["kept"]]
-    rows = pd.concat([real, synthetic])
+    refit = refit_copies(cfg, run_dir, frame, splits) if "classical" in spec.sources else rundir.normalise([])
+    with atomic_path(run_dir / REFIT_ROWS) as tmp:
+        refit.to_parquet(tmp, index=False)
+    rows = pd.concat([real, synthetic, refit])
     staging = run_dir / ".expanded.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     for rel, label, rid in zip(rows["path"], rows["label"], rows["id"]):
@@ -88,7 +93,28 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     how = ("train with torchvision's TrivialAugmentWide on the fly" if spec.augment
            else "train with class-balanced sampling" if spec.balanced else None)
     return {"arm": arm, "images": len(rows), "by_source": {k: int(v) for k, v in counts.items()}, "training": how,
-            "real_splits": list(splits), "real_by_split": {k: int(v) for k, v in real.groupby("split").size().items()}}
+            "real_splits": list(splits), "refit_copies": len(refit), "real_by_split": {k: int(v) for k, v in real.groupby("split").size().items()}}
+
+
+def refit_copies(cfg: Config, run_dir: Path, frame: pd.DataFrame, splits: tuple[str, ...]) -> pd.DataFrame:
+    """Classical copies of the real images the refit adds (val, and test with expand.refit: all), as
+    many per class as the classical stage would have made had they been train images, with the
+    seeds it would have used; manifest-shaped rows whose split is their parent's."""
+    c, info = cfg.classical, rundir.ingest_info(run_dir)
+    real = frame[(frame["source"] == "real") & frame["kept"]]
+    added = real[real["split"].isin(set(splits) - {"train"})]
+    if not c.enabled or added.empty:
+        return rundir.normalise([])
+    before = copies_per_class(real[real["split"] == "train"].groupby("label").size().to_dict(), c)
+    after = copies_per_class(real[real["split"].isin(splits)].groupby("label").size().to_dict(), c)
+    extra = {label: max(0, n - before.get(label, 0)) for label, n in after.items()}
+    plan = plan_copies(added[["id", "path", "label"]].to_dict("records"), extra,
+                       lambda pid: derive_seed(cfg.seed, "classical", pid))
+    job = dict(run_dir=str(run_dir), transforms=transforms_for(c, info["channels"]), channels=info["channels"],
+               generator="albumentations:refit", parents=plan)
+    rows = run_jobs([job], 1)
+    split_of = dict(zip(added["id"], added["split"]))
+    return rundir.normalise([{**r, "split": split_of[r["parent_id"]]} for r in rows])
 
 
 def recipe(cfg: Config, run_dir: Path, summary, arm: str, splits: tuple[str, ...]) -> Path:
@@ -102,7 +128,7 @@ def recipe(cfg: Config, run_dir: Path, summary, arm: str, splits: tuple[str, ...
     trainer = b.trainer_kwargs()
     return write_recipe(run_dir, {
         "arm": arm, "sources": list(spec.sources), "real_splits": list(splits), "classes": info["classes"],
-        "size": info["size"], "channels": info["channels"],
+        "size": info["size"], "channels": info["channels"], "fit": info.get("fit", "pad"),
         "share": choice.share if choice else None, "weight": choice.weight if choice else 1.0,
         "augment": spec.augment, "balanced": spec.balanced,
         "classical_transforms": transforms_for(cfg.classical, info["channels"]) if spec.classical else None,
