@@ -202,6 +202,9 @@ class BenchmarkConfig(_Section):
     soft_labels: Bool = False
     temperature: float = Field(default=2.0, gt=0)
     online_gan: Bool = False  # GAN arms draw fresh, gated generator samples every batch instead of the kept pool
+    # class-balanced sampling: only in the arms named for it (arm), in every arm (all), or in every
+    # arm when the real train classes differ by more than BALANCE_RATIO in size (auto)
+    balanced_sampling: Literal["auto", "arm", "all"] = "auto"
     classical_on_the_fly: Bool = False  # classical arms: the classical pipeline on every batch instead of the copies
     linear_probe: Bool = True
     workers: int | None = Field(default=None, ge=1)  # processes for the arms x seeds classifiers; null: every core on CPU

@@ -118,6 +118,7 @@ class Summary(_Model):
     confusion_test: dict[str, list[list[int]]] = Field(default_factory=dict)
     side_stream: dict[str, SideStreamChoice] = Field(default_factory=dict)  # arm -> how it fed synthetic images
     classifier_steps: int | None = None  # every arm's step budget (benchmark.steps, or auto)
+    balanced_sampling: bool = False  # every arm drew classes equally often (benchmark.balanced_sampling)
 
     def comparison(self, arm: str, base: str) -> Comparison | None:
         return next((c for c in self.comparisons if c.arm == arm and c.base == base), None)

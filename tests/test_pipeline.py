@@ -118,13 +118,15 @@ def test_the_expanded_readme_states_the_synthetic_share_and_weight():
     from augment.stages.expand import how_to_train
     from augment.summary import SideStreamChoice
 
-    class Summary:  # the two fields how_to_train reads
+    class Summary:  # the fields how_to_train reads
         side_stream = {"real+gan": SideStreamChoice(share=0.25, chosen_on="val", weight=0.5)}
         classifier_steps = 600
+        balanced_sampling = True
 
     rows = pd.DataFrame({"source": ["real"] * 4 + ["gan"] * 8, "split": ["train", "val"] * 2 + ["train"] * 8})
     text = how_to_train(load_config(None), Summary(), "real+gan", rows)
     assert "4 real images (train, val), 8 gan" in text and "25% of every batch" in text and "loss weight 0.5" in text
+    assert "Class-balanced sampling" in text
 
 
 def test_report_states_the_verdict_and_table(smoke_run):

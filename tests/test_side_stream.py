@@ -215,3 +215,27 @@ def test_the_benchmark_applies_classical_on_the_fly_instead_of_the_copies(smoke_
     assert summary.arms["real+classical+gan"].train_images == before.arms["real+gan"].train_images
     assert set(summary.side_stream) == {"real+classical+gan"}
     assert "real+classical" not in summary.linear_probe  # no fixed rows to probe
+
+
+def test_class_balanced_sampling_in_every_arm_when_asked(smoke_run, tmp_path, monkeypatch):
+    """benchmark.balanced_sampling: all (auto does the same on imbalanced classes): every classifier
+    draws classes equally often, real+balanced (then equal to real) is skipped, the summary says so."""
+    import shutil
+
+    from augment.graph import load_config, run_stage
+    from augment.stages import benchmark
+    from augment.summary import read_summary
+    from conftest import SMOKE
+
+    _, run_dir, _ = smoke_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    seen = []
+    real = benchmark.train_classifier
+    monkeypatch.setattr(benchmark, "train_classifier", lambda *a, **kw: seen.append(kw["balanced"]) or real(*a, **kw))
+    cfg = load_config(SMOKE, ["benchmark.balanced_sampling=all", "benchmark.seeds=1", "benchmark.workers=1",
+                              "benchmark.arms=[real, real+balanced, real+gan]"])
+    assert not run_stage("benchmark", cfg, copy)["skipped"]
+    summary = read_summary(copy)
+    assert summary.balanced_sampling and set(summary.arms) == {"real", "real+gan"} and "real+balanced" in summary.skipped_arms
+    assert seen and all(seen)

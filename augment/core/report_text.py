@@ -263,6 +263,7 @@ def render_markdown(cfg: Config, run_dir: Path, summary: Summary, frame: pd.Data
 Mean over {cfg.benchmark.seeds} seeds with a 95% Student-t interval; every arm trains the same
 classifier for {summary.classifier_steps or cfg.benchmark.steps} steps and is scored on the same real val and test images.
 The recommended arm is chosen on val ({summary.primary_metric.replace('_', ' ')}), never on test.
+{"Every arm draws classes equally often (class-balanced sampling, `benchmark.balanced_sampling`): the real train classes differ in size." if summary.balanced_sampling else ""}
 {_side_stream_text(summary)}
 {_arm_table(summary)}
 

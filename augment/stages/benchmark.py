@@ -34,7 +34,8 @@ log = logging.getLogger("augment")
 
 
 RESULT_COLUMNS = ["arm", "seed", "split", "classifier", "metric", "value", "class"]  # "class": per-class recall
-PARTIAL = Path("benchmark") / "partial.json"  # the (arm, seed) results of a run stopped part-way
+PARTIAL = Path("benchmark") / "partial.json"
+BALANCE_RATIO = 1.5  # benchmark.balanced_sampling auto: every arm balances classes beyond this size ratio  # the (arm, seed) results of a run stopped part-way
 
 
 def _finished(run_dir: Path, fingerprint: str) -> dict[str, dict]:
@@ -111,7 +112,7 @@ def train_and_score(job: dict) -> dict:
     spec, k = trained_as(job["arm"], job["classical"] is not None), len(job["classes"])
     (x, y), stream = side_stream(job)
     model = train_classifier(x, y, k, **job["trainer"], seed=job["seed_value"], device=job["device"],
-                             augment=spec.augment, balanced=spec.balanced, synthetic=stream,
+                             augment=spec.augment, balanced=spec.balanced or job["balanced"], synthetic=stream,
                              classical=job["classical"] if spec.classical else None)
     held_out = _held_out(job["run_dir"])
     pred = {split: predict_proba(model, xs).argmax(1) for split, (xs, _) in held_out.items()}
@@ -189,13 +190,18 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     if skipped:
         log.warning("benchmark: arm(s) %s skipped, their stage produced no images", skipped)
     real_counts = rundir.split_rows(frame, "train", ("real",))["label"].value_counts()
-    if real_counts.nunique() == 1:  # balanced classes: class-balanced sampling of real images changes nothing
+    ratio = real_counts.max() / real_counts.min()
+    every = b.balanced_sampling == "all" or (b.balanced_sampling == "auto" and ratio > BALANCE_RATIO)
+    if real_counts.nunique() == 1 or every:  # then real+balanced would equal real
         same = [a for a in arms if spec(a).balanced and spec(a).sources == ("real",) and not spec(a).classical]
         arms = [a for a in arms if a not in same]
         if same:
-            log.info("benchmark: arm(s) %s skipped: every class has %d real train images, so they would equal "
-                     "their unbalanced arm", same, real_counts.iloc[0])
+            log.info("benchmark: arm(s) %s skipped: they would equal their unbalanced arm (%s)", same,
+                     "every arm samples classes equally" if every else f"every class has {real_counts.iloc[0]} real train images")
         skipped = sorted(skipped + same)
+    if every:
+        log.info("benchmark: class-balanced sampling in every arm (benchmark.balanced_sampling: %s; the largest class "
+                 "has %.1fx the train images of the smallest)", b.balanced_sampling, ratio)
     for cache in (_train, _held_out, _teacher, _online):
         cache.cache_clear()  # an earlier run in this process may have read other images under the same path
     n_real = len(rundir.split_rows(frame, "train", ("real",)))
@@ -203,7 +209,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
 
     def job(arm: str, seed: int | str, seed_value: int, share: float | None) -> dict:
         return dict(key=f"{arm}/{seed}", run_dir=str(run_dir), arm=arm, seed=seed, seed_value=seed_value, trainer=trainer,
-                    classifier=b.classifier, device=str(device), classes=classes, classical=classical,
+                    classifier=b.classifier, device=str(device), classes=classes, classical=classical, balanced=every,
                     stream=dict(share=share, weight=b.synthetic_weight, soft_labels=b.soft_labels, temperature=b.temperature,
                                 online=b.online_gan, bn_seed=derive_seed(cfg.seed, "bn"),
                                 gate=(cfg.gate.min_confidence, cfg.gate.min_novelty, cfg.gate.oversample)))
@@ -267,6 +273,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     summary.side_stream = {arm: SideStreamChoice(weight=b.synthetic_weight, soft_labels=b.soft_labels,
                                                  temperature=b.temperature, **choice) for arm, choice in shares.items()}
     summary.classifier_steps = trainer["steps"]
+    summary.balanced_sampling = bool(every)
     write_summary(run_dir, summary)
     (run_dir / PARTIAL).unlink(missing_ok=True)
     return {"arms": arms, "recommended": summary.recommendation.arm}

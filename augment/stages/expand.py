@@ -48,7 +48,7 @@ def how_to_train(cfg: Config, summary, arm: str, rows) -> str:
                      + ". Pouring them in with the real images is not what was measured.")
     if spec.augment:
         lines.append("- TrivialAugmentWide (torchvision) on every image of every batch.")
-    if spec.balanced:
+    if spec.balanced or summary.balanced_sampling:
         lines.append("- Class-balanced sampling: every class drawn equally often.")
     lines.append(f"- {summary.classifier_steps or b.steps} steps of batch {b.batch_size}, AdamW lr {b.lr:g}, weight decay "
                  f"{b.weight_decay:g}, {b.schedule} schedule (README, \"The benchmark's classifier\").")
@@ -130,7 +130,7 @@ def recipe(cfg: Config, run_dir: Path, summary, arm: str, splits: tuple[str, ...
         "arm": arm, "sources": list(spec.sources), "real_splits": list(splits), "classes": info["classes"],
         "size": info["size"], "channels": info["channels"], "fit": info.get("fit", "pad"),
         "share": choice.share if choice else None, "weight": choice.weight if choice else 1.0,
-        "augment": spec.augment, "balanced": spec.balanced,
+        "augment": spec.augment, "balanced": spec.balanced or summary.balanced_sampling,
         "classical_transforms": transforms_for(cfg.classical, info["channels"]) if spec.classical else None,
         "trainer": {k: (str(v) if isinstance(v, Path) else v) for k, v in trainer.items()},
         "network": dict(in_channels=info["channels"], n_classes=len(info["classes"]), model=trainer["model"],
