@@ -205,7 +205,7 @@ class BenchmarkConfig(_Section):
     # class-balanced sampling: only in the arms named for it (arm), in every arm (all), or in every
     # arm when the real train classes differ by more than BALANCE_RATIO in size (auto)
     balanced_sampling: Literal["auto", "arm", "all"] = "auto"
-    classical_on_the_fly: Bool = False  # classical arms: the classical pipeline on every batch instead of the copies
+    classical_on_the_fly: Bool = True  # classical arms: the classical pipeline on every batch instead of the copies
     linear_probe: Bool = True
     workers: int | None = Field(default=None, ge=1)  # processes for the arms x seeds classifiers; null: every core on CPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
