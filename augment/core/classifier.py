@@ -205,6 +205,17 @@ def classical_augment(pipeline, batch: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
+def augment_on_the_fly(batch: torch.Tensor, gen: torch.Generator, pipeline=None, augment: str | None = None) -> torch.Tensor:
+    """A batch's on-the-fly augmentation: the classical pipeline (when given), then
+    TrivialAugmentWide (augment="trivialaugment"), each seeded by a draw from `gen`, in that order.
+    The benchmark's loop and the recipe export (augment.core.recipe) both call it."""
+    if pipeline is not None:
+        batch = classical_augment(pipeline, batch, int(torch.randint(2**62, (1,), generator=gen)))
+    if augment is not None:
+        batch = trivial_augment(batch, int(torch.randint(2**62, (1,), generator=gen)))
+    return batch
+
+
 def _optimizer(net: nn.Module, device, lr: float, weight_decay: float, schedule: str, steps: int):
     """AdamW (decoupled weight decay, none on batch-norm and bias parameters) and its schedule:
     "onecycle" (warm-up then cosine annealing, per step) or "cosine" (annealing from lr)."""
@@ -253,6 +264,7 @@ def train_classifier(
     net = build_network(spec, gen).to(device).train()
     n_all = len(x) + (len(synthetic.x) if synthetic is not None else 0)
     batches = Batches(x, y, n_classes, min(batch_size, n_all), synthetic, gen, balanced)
+    pipeline = None
     if classical is not None:
         from augment.core.augmentation import build_pipeline
 
@@ -263,10 +275,7 @@ def train_classifier(
         if progress is not None:
             progress(step, steps)
         batch, target, weight = batches()
-        if classical is not None:
-            batch = classical_augment(pipeline, batch, int(torch.randint(2**62, (1,), generator=gen)))
-        if augment is not None:
-            batch = trivial_augment(batch, int(torch.randint(2**62, (1,), generator=gen)))
+        batch = augment_on_the_fly(batch, gen, pipeline, augment)
         inputs = scale(batch.to(device))
         step_seed = int(torch.randint(2**62, (1,), generator=gen))
         # Dropout draws from torch's global RNG: confine it to this step, seeded.

@@ -55,17 +55,14 @@ class TrainingData:
     def collate(self, items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stack a batch and apply the recipe's on-the-fly augmentation (classical pipeline, then
         TrivialAugmentWide), seeded from the batch sampler's generator."""
-        from augment.core.classifier import classical_augment, trivial_augment
+        from augment.core.classifier import augment_on_the_fly
 
         images, dist, weights = (torch.stack(t) for t in zip(*[item[:3] for item in items]))
-        if self.recipe["classical_transforms"] is not None:
-            if self._pipeline is None:
-                from augment.core.augmentation import build_pipeline
+        if self.recipe["classical_transforms"] is not None and self._pipeline is None:
+            from augment.core.augmentation import build_pipeline
 
-                self._pipeline = build_pipeline(self.recipe["classical_transforms"])
-            images = classical_augment(self._pipeline, images, int(torch.randint(2**62, (1,), generator=self.batch_sampler.gen)))
-        if self.recipe["augment"] == "trivialaugment":
-            images = trivial_augment(images, int(torch.randint(2**62, (1,), generator=self.batch_sampler.gen)))
+            self._pipeline = build_pipeline(self.recipe["classical_transforms"])
+        images = augment_on_the_fly(images, self.batch_sampler.gen, self._pipeline, self.recipe["augment"])
         return images, dist, weights
 
     def loader(self) -> torch.utils.data.DataLoader:
