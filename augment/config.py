@@ -145,6 +145,14 @@ class GanConfig(_Section):
         default_factory=lambda: ["translation", "cutout"]
     )
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
+    lecam: float = Field(default=0.0, ge=0)  # LeCam regularisation weight of D (Tseng et al. 2021); 0: off
+    lecam_decay: float = Field(default=0.99, gt=0, lt=1)  # the moving average of D's logits it anchors to
+    r1: float = Field(default=0.0, ge=0)  # R1 penalty gamma on D's gradient at real images; 0: off
+    # Which generator the synthesize stage samples: the last step's EMA generator (last), or the
+    # snapshot (one every sample_every steps) and latent scale whose gated samples give the best
+    # classification accuracy score on real val (cas: one classifier per snapshot and scale; never test)
+    checkpoint_selection: Literal["last", "cas"] = "last"
+    latent_scales: list[Annotated[float, Field(gt=0, le=4)]] = Field(default_factory=lambda: [1.0], min_length=1)
     checkpoint_every: int = Field(default=500, ge=1)
     sample_every: int = Field(default=500, ge=1)
     samples_per_class: int = Field(default=100, ge=1)
@@ -165,6 +173,9 @@ class GateConfig(_Section):
     oversample: float = Field(default=2.0, ge=1.0, le=20.0)
     min_diversity: float = Field(default=0.5, ge=0.0)
     keep_collapsed: Bool = False
+    # which passing samples of a class are kept: the most confident, a seeded random draw, or a
+    # spread in the judge's feature space (farthest-point sampling from the most confident)
+    select: Literal["confidence", "random", "farthest"] = "confidence"
 
 
 def step_budget(steps: int | str, n_train: int, batch_size: int, epochs: float, min_steps: int, max_steps: int) -> int:
@@ -206,6 +217,12 @@ class BenchmarkConfig(_Section):
     # arm when the real train classes differ by more than BALANCE_RATIO in size (auto)
     balanced_sampling: Literal["auto", "arm", "all"] = "auto"
     classical_on_the_fly: Bool = True  # classical arms: the classical pipeline on every batch instead of the copies
+    # Where the share and the recommended arm are chosen: on val, or by repeated stratified k-fold
+    # over the real train+val images (one fold per seed; augment.core.selection); auto: k-fold when
+    # the smallest class has fewer than kfold_below val images. Test is never read by either.
+    selection: Literal["auto", "val", "kfold"] = "auto"
+    kfold_below: int = Field(default=5, ge=1)
+    folds: int = Field(default=5, ge=2)
     linear_probe: Bool = True
     workers: int | None = Field(default=None, ge=1)  # processes for the arms x seeds classifiers; null: every core on CPU
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
@@ -275,6 +292,9 @@ class ExpandConfig(_Section):
     # The deliverable (expanded/, recipe/) is built from every real image of these splits, once the
     # benchmark has chosen on its held-out splits: train, trainval (default) or all (test too).
     refit: Literal["train", "trainval", "all"] = "trainval"
+    # When the winning arm uses GAN samples: train the generator again on the refit splits' real
+    # images and deliver its gated samples instead (one more GAN training; off by default for time).
+    refit_generator: Bool = False
 
 
 class Config(_Section):

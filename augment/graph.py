@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 from augment import config_file
 from augment import rundir
 from augment.atomic import write_json, write_text
-from augment.config import BenchmarkConfig, ClassicalConfig, Config
+from augment.config import BenchmarkConfig, ClassicalConfig, Config, GanConfig
 from augment.config_file import dump_config
 from augment.errors import UserError
 from augment.runtime import check_stop, describe_device, graceful_stop, resolve_device
@@ -77,12 +77,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("classical", classical.run, "Classical augmentation of the train split with albumentations.",
           after=("ingest",), reads=("seed", *_section("classical", ClassicalConfig)), content=classical.fingerprint_extra, check=classical.check),
     Stage("gan", gan.run, "Train the class-conditional DCGAN (resumes from its checkpoint; merges finished shards).",
-          after=("ingest",), reads=("seed", "gan"), parts=gan.parts, run_part=gan.run_part, progress="gan-training"),
+          after=("ingest",), reads=("seed", *_section("gan", GanConfig, but=("latent_scales",))), parts=gan.parts, run_part=gan.run_part, progress="gan-training"),
     # after gan: SMOTE may work in the trained discriminator's feature space
     Stage("smote", smote.run, "SMOTE-family over-sampling of train features with imbalanced-learn.",
           after=_smote_after, reads=_smote_reads, check=smote.check),
     Stage("synthesize", synthesize.run, "Sample the generator and gate every sample.",
-          after=("gan", "classical"), reads=("seed", "gate", "device", *_TRAINER_KEYS)),
+          after=("gan", "classical"), reads=("seed", "gate", "device", "gan.latent_scales", *_TRAINER_KEYS)),
     Stage("benchmark", benchmark.run, "Train the classifier per arm and seed; score on the real test split.",
           after=("ingest", "classical", "smote", "synthesize"), reads=("seed", "device", "gate", *_section("benchmark", BenchmarkConfig)),
           check=benchmark.check, progress="benchmark-classifiers"),

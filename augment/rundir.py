@@ -134,6 +134,16 @@ def ingest_info(run_dir: Path) -> dict:
     return record
 
 
+def selected_generator(run_dir: Path) -> tuple[Path, float]:
+    """The generator checkpoint the synthesize stage sampled and its latent scale (gan/quality.json
+    "selection": gan.checkpoint_selection, gan.latent_scales); the last step's, at 1, before it ran."""
+    path = Path(run_dir) / "gan" / "quality.json"
+    chosen = json.loads(path.read_text()).get("selection") if path.is_file() else None
+    if not chosen:
+        return Path(run_dir) / GAN_CHECKPOINT, 1.0
+    return Path(run_dir) / chosen["generator"], float(chosen["scale"])
+
+
 def split_rows(frame: pd.DataFrame, split: str, sources=("real",)) -> pd.DataFrame:
     """The manifest rows load_split loads: kept images (with a file) of one split and sources."""
     rows = frame[(frame["split"] == split) & frame["source"].isin(sources) & frame["kept"] & frame["path"].notna()]

@@ -94,11 +94,21 @@ class SideStreamChoice(_Model):
     the config), the val score per share tried, the loss weight and soft labels."""
 
     share: float
-    chosen_on: str  # "val" (benchmark.synthetic_share: auto) or "config"
-    val: dict[str, float] = Field(default_factory=dict)  # share -> val primary metric, with the selection seed
+    chosen_on: str  # "val" or "kfold" (benchmark.synthetic_share: auto), or "config"
+    # share -> primary metric on val (with the selection seed) or on the held-out folds (mean over seeds)
+    val: dict[str, float] = Field(default_factory=dict)
     weight: float = 1.0
     soft_labels: bool = False
     temperature: float = 2.0
+
+
+class Selection(_Model):
+    """Where the benchmark chose (augment.core.selection): "val", or "kfold" over real train+val."""
+
+    protocol: str = "val"
+    reason: str = ""
+    folds: int | None = None  # k: seed s held out fold s % k of repeat s // k
+    val_per_class: int | None = None  # the smallest class's real val images
 
 
 class HeldOut(_Model):
@@ -119,6 +129,7 @@ class Summary(_Model):
     side_stream: dict[str, SideStreamChoice] = Field(default_factory=dict)  # arm -> how it fed synthetic images
     classifier_steps: int | None = None  # every arm's step budget (benchmark.steps, or auto)
     balanced_sampling: bool = False  # every arm drew classes equally often (benchmark.balanced_sampling)
+    selection: Selection = Field(default_factory=Selection)
 
     def comparison(self, arm: str, base: str) -> Comparison | None:
         return next((c for c in self.comparisons if c.arm == arm and c.base == base), None)

@@ -147,11 +147,13 @@ def test_cutout_zeroes_a_quarter_and_translation_moves_pixels():
     assert (moved == 0).any() and set(moved.unique().tolist()) <= {0.0, 1.0}
 
 
-@pytest.mark.parametrize("mode", ["per_class", "conditional"])
-def test_training_is_deterministic_and_resume_matches(tmp_path, mode):
-    """Stopping at step 3 and resuming gives the same weights as training 6 steps straight."""
+@pytest.mark.parametrize("mode,regularise", [("per_class", {}), ("conditional", {}),
+                                             ("per_class", {"lecam": 0.3, "r1": 1.0})])
+def test_training_is_deterministic_and_resume_matches(tmp_path, mode, regularise):
+    """Stopping at step 3 and resuming gives the same weights as training 6 steps straight (with
+    LeCam's moving averages and R1 too)."""
     x, y = toy_data()
-    cfg = GanConfig(mode=mode, **TINY)
+    cfg = GanConfig(mode=mode, **TINY, **regularise)
     device = torch.device("cpu")
     val = toy_data(n=2, seed=1)
     kw = dict(seed=7, device=device, fingerprint="f", val=val)
@@ -272,3 +274,36 @@ def test_sharded_gan_stage_trains_each_shard_and_merges_them(tmp_path):
         assert torch.equal(payload[part][key], torch.cat([p[part][key] for p in shards])), (part, key)
     assert G(torch.randn(2, 10, cfg.gan.nz)).shape == (2, 10, 1, 16, 16)
     assert run_stage("gan", cfg, run)["skipped"]
+
+
+def test_lecam_matches_its_formula_on_fixed_numbers():
+    from augment.core.gan_train import lecam_loss, update_anchors
+
+    real = torch.tensor([[1.0, -2.0], [3.0, 0.5]])  # (B=2, K=2) logits
+    fake = torch.tensor([[-1.0, 0.0], [2.0, -3.0]])
+    # relu(real - a_fake)^2: 1, 9, 0, 2.25; relu(a_real - fake)^2: 2.25, 0, 1, 16
+    value = lecam_loss(real, fake, torch.tensor([0.5, 1.0]), torch.tensor([0.0, -1.0]))
+    assert value.item() == pytest.approx(12.25 / 4 + 19.25 / 4)
+    ema = torch.zeros(2, 2)
+    a_real, a_fake = update_anchors(ema, real, fake, 0.9, step=1)  # one update, bias-corrected: the batch means
+    assert torch.allclose(a_real, real.mean(0)) and torch.allclose(a_fake, fake.mean(0))
+    a_real, _ = update_anchors(ema, real * 0, fake, 0.9, step=2)
+    assert torch.allclose(a_real, real.mean(0) * 0.09 / 0.19)  # (0.9 * 0.1 m + 0.1 * 0) / (1 - 0.81)
+
+
+def test_r1_is_the_squared_input_gradient_of_d():
+    from augment.core.gan_train import r1_penalty
+
+    w = torch.randn(1, 2, 1, 3, 3)
+    x = torch.randn(4, 2, 1, 3, 3, requires_grad=True)
+    logits = (x * w).flatten(2).sum(2)  # a linear D per class: the gradient at any image is w
+    assert r1_penalty(logits, x).item() == pytest.approx(float(w.pow(2).flatten(2).sum(2).mean()), rel=1e-5)
+
+
+def test_lecam_and_r1_change_training_only_when_on(tmp_path):
+    x, y = toy_data()
+    kw = dict(seed=7, device=torch.device("cpu"), fingerprint="f")
+    runs = {name: train_gan(x, y, 3, GanConfig(**TINY, **extra), out_dir=tmp_path / name, **kw).G.state_dict()
+            for name, extra in (("off", {}), ("off again", {"lecam_decay": 0.5}), ("lecam", {"lecam": 0.3}), ("r1", {"r1": 1.0}))}
+    same = lambda a, b: all(torch.equal(runs[a][k], runs[b][k]) for k in runs[a])  # noqa: E731
+    assert same("off", "off again") and not same("off", "lecam") and not same("off", "r1")

@@ -90,7 +90,7 @@ def test_the_share_is_chosen_on_val_only():
 
     finished = {"real+gan/share=0.1": records(0.80, 0.99), "real+gan/share=0.25": records(0.85, 0.10),
                 "real+gan/share=0.5": records(0.85, 0.50)}
-    choice = _choose_share("real+gan", [0.1, 0.25, 0.5], finished)
+    choice = _choose_share("real+gan", [0.1, 0.25, 0.5], finished, ["select"], "val")
     assert choice["share"] == 0.25  # best on val; the tie with 0.5 goes to the smaller share; test is never read
     assert choice["val"] == {"0.1": 0.80, "0.25": 0.85, "0.5": 0.85} and choice["chosen_on"] == "val"
 

@@ -30,6 +30,35 @@ def test_select_rejects_unconfident_and_copies_and_keeps_the_best_up_to_the_targ
     assert reasons[3] == "confidence 0.40 < 0.5 (looks like class index 0)"
 
 
+def _passing_cluster():
+    """Ten passing samples of one class: the five most confident sit on one point in feature space,
+    the other five are spread out."""
+    probs = np.stack([np.linspace(0.99, 0.6, 10), 1 - np.linspace(0.99, 0.6, 10)], axis=1)
+    feats = np.zeros((10, 2))
+    feats[5:] = [[5, 0], [0, 5], [-5, 0], [0, -5], [4, 4]]
+    return probs, np.zeros(10, int), np.ones(10), [f"r{i}" for i in range(10)], feats
+
+
+def test_random_selection_keeps_the_target_among_passing_samples_seeded():
+    probs, intended, novelty, ids, feats = _passing_cluster()
+    probs[0] = [0.1, 0.9]  # fails the confidence threshold: never kept
+    runs = [select(probs, intended, novelty, ids, 4, 0.5, 0.25, how="random", seed=s)[1] for s in (3, 3, 4)]
+    assert all(k.sum() == 4 and not k[0] for k in runs)
+    assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], runs[2])
+    _, _, codes, reasons = select(probs, intended, novelty, ids, 4, 0.5, 0.25, how="random", seed=3)
+    assert codes.count("surplus") == 5 and any("drawn at random" in (r or "") for r in reasons)
+
+
+def test_farthest_point_selection_spreads_the_kept_samples():
+    probs, intended, novelty, ids, feats = _passing_cluster()
+    confident = select(probs, intended, novelty, ids, 4, 0.5, 0.25)[1]
+    spread = select(probs, intended, novelty, ids, 4, 0.5, 0.25, how="farthest", feats=feats)[1]
+    assert np.flatnonzero(confident).tolist() == [0, 1, 2, 3]  # four copies of one point
+    assert spread[0] and spread.sum() == 4 and spread[1:5].sum() == 0  # the most confident, then the far ones
+    spacing = lambda kept: np.linalg.norm(feats[kept][:, None] - feats[kept][None], axis=-1).sum()  # noqa: E731
+    assert spacing(spread) > spacing(confident) == 0
+
+
 @pytest.fixture(scope="module")
 def digits_judge():
     """A small judge trained on 30 real digits per class; the rest of the digits are held out."""
@@ -119,3 +148,37 @@ def test_collapse_alarm_flags_only_the_collapsed_class_and_unkeeps_it():
     apply_alarm(per_class, ["a", "b"], intended, kept_anyway, [None] * 100, [None] * 100,
                 keep_collapsed=True)
     assert kept_anyway.all() and "kept anyway" in per_class["b"]["alarm"]
+
+
+def test_the_generator_step_and_latent_scale_are_chosen_by_cas_on_val_never_test(smoke_run, tmp_path):
+    """gan.checkpoint_selection: cas with two latent scales, on a copy of the smoke run whose test
+    images are deleted (a stage that read them would fail): every snapshot x scale gets a CAS on
+    val, the best is sampled, and the benchmark's online sampler and the recipe use the same one."""
+    import json
+    import shutil
+
+    from augment import rundir
+    from augment.graph import load_config, run_stage
+    from conftest import SMOKE
+
+    _, source, _ = smoke_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    frame = rundir.read_manifest(run_dir)
+    for rel in frame.loc[frame["split"] == "test", "path"]:
+        (run_dir / rel).unlink()
+    cfg = load_config(SMOKE, ["gan.checkpoint_selection=cas", "gan.latent_scales=[0.5, 1.0]"])
+    run_stage("gan", cfg, run_dir)
+    assert sorted(p.name for p in (run_dir / "gan" / "snapshots").iterdir()) == ["step_000010.pt", "step_000020.pt"]
+    info = run_stage("synthesize", cfg, run_dir)
+    selection = json.loads((run_dir / "gan" / "quality.json").read_text())["selection"]
+    curve = selection["curve"]
+    assert [(r["step"], r["scale"]) for r in curve] == [(10, 0.5), (10, 1.0), (20, 0.5), (20, 1.0)]
+    best = max(curve, key=lambda r: (r["cas_accuracy_on_val"], r["step"], -abs(np.log(r["scale"]))))
+    assert (selection["step"], selection["scale"]) == (best["step"], best["scale"]) == (info["generator_step"], info["latent_scale"])
+    assert info["cas_accuracy_on_val"] == best["cas_accuracy_on_val"]
+    path, scale = rundir.selected_generator(run_dir)
+    assert path == run_dir / "gan" / "snapshots" / f"step_{best['step']:06d}.pt" and scale == best["scale"]
+    # a changed scale grid re-runs the synthesize stage, not the GAN's training
+    again = load_config(SMOKE, ["gan.checkpoint_selection=cas", "gan.latent_scales=[1.0]"])
+    assert run_stage("gan", again, run_dir)["skipped"]

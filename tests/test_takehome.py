@@ -103,3 +103,73 @@ def test_the_refit_adds_classical_copies_of_the_val_images_as_the_classical_stag
     assert set(refit["id"]) <= files and set(val["id"]) <= files
     data = augment.load_training_data(run_dir)
     assert len(data.dataset) == len(files)  # what the export trains on is what expanded/ holds
+
+
+def test_the_generator_refit_trains_on_train_and_val_and_its_samples_replace_the_benchmarks(smoke_run, tmp_path, monkeypatch):
+    """expand.refit_generator: when the winning arm uses GAN samples, the generator trains again on
+    every real train and val image; expanded/ and the export carry its gated samples instead."""
+    from augment.core import gan_train
+    from augment.graph import load_config, run_stage
+    from augment.summary import SUMMARY
+    from conftest import SMOKE
+
+    _, source, _ = smoke_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    summary["recommendation"]["arm"] = "real+gan"  # as if the GAN arm had won
+    (run_dir / SUMMARY).write_text(json.dumps(summary))
+    seen = []
+    real_train = gan_train.train_gan
+    monkeypatch.setattr(gan_train, "train_gan", lambda x, y, *a, **kw: seen.append(len(y)) or real_train(x, y, *a, **kw))
+    info = run_stage("expand", load_config(SMOKE, ["expand.refit_generator=true"]), run_dir)
+    frame = rundir.read_manifest(run_dir)
+    real = frame[(frame["source"] == "real") & frame["kept"] & frame["split"].isin(["train", "val"])]
+    assert seen == [len(real)] and info["generator_refit"] and info["refit_gan_kept"] > 0
+    refit = pd.read_parquet(run_dir / REFIT_ROWS)
+    kept = refit[(refit["source"] == "gan") & refit["kept"]]
+    assert len(kept) == info["refit_gan_kept"] and set(kept["generator"]) == {"dcgan:per_class:refit"}
+    delivered = {p.stem for p in (run_dir / "expanded").rglob("*.png")}
+    assert set(kept["id"]) <= delivered and not delivered & set(frame.loc[frame["source"] == "gan", "id"])
+    assert "trained again" in (run_dir / "expanded" / "README.md").read_text()
+    data = augment.load_training_data(run_dir)
+    assert len(data.dataset) == len(real) + len(kept)
+    benchmark_gan = frame[(frame["source"] == "gan") & frame["kept"]]
+    only_train = augment.load_training_data(run_dir, splits=("train",))  # what the benchmark trained on
+    assert len(only_train.dataset) == int((real["split"] == "train").sum()) + len(benchmark_gan)
+
+
+def test_the_export_carries_soft_labels_and_online_generator_samples(smoke_run, tmp_path):
+    """benchmark.soft_labels and benchmark.online_gan travel in recipe/: a teacher on the deliverable's
+    real images gives the synthetic rows distributions, and every batch's GAN rows are fresh
+    samples of the saved generator, seeded."""
+    from augment.core.recipe import TEACHER
+    from augment.graph import load_config, run_stage
+    from augment.summary import SUMMARY
+    from conftest import SMOKE
+
+    _, source, _ = smoke_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    summary["recommendation"]["arm"] = "real+gan"
+    summary["side_stream"]["real+gan"]["share"] = 0.5
+    (run_dir / SUMMARY).write_text(json.dumps(summary))
+    run_stage("expand", load_config(SMOKE, ["benchmark.soft_labels=true", "benchmark.online_gan=true"]), run_dir)
+    recipe = json.loads((run_dir / RECIPE).read_text())
+    assert recipe["online_gan"] and recipe["teacher"] == TEACHER.as_posix() and (run_dir / TEACHER).is_file()
+    assert "fresh generator samples" in (run_dir / "expanded" / "README.md").read_text()
+    data = augment.load_training_data(run_dir, seed=5)
+    images, dist, weights, labels, fresh = data.dataset.tensors
+    assert fresh.any() and (~fresh).any() and torch.allclose(dist.sum(1), torch.ones(len(dist)))
+    n_gan = int(((rundir.read_manifest(run_dir)["source"] == "gan") & rundir.read_manifest(run_dir)["kept"]).sum())
+    assert not fresh[:-n_gan].any() and fresh[-n_gan:].all()  # the GAN rows, never the real ones
+    assert (dist[fresh].max(1).values < 1).all()  # the teacher's softened targets, not one-hot
+    batch_images, batch_dist, _ = next(iter(data.loader()))
+    again = augment.load_training_data(run_dir, seed=5)
+    assert torch.equal(next(iter(again.loader()))[0], batch_images)  # seeded
+    first = list(augment.load_training_data(run_dir, seed=5).batch_sampler)[0]
+    drawn = torch.tensor(first)
+    online = fresh[drawn]
+    assert online.any() and not torch.equal(batch_images[online], images[drawn][online])  # new samples, not the pool
+    assert torch.allclose(batch_dist.sum(1), torch.ones(len(batch_dist)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,30 @@ def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor
 def g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """Non-saturating generator loss: maximise log D(G(z)) (the paper's 'real labels' trick)."""
     return F.softplus(-fake_logits).mean()
+
+
+def lecam_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, anchor_real: torch.Tensor,
+               anchor_fake: torch.Tensor) -> torch.Tensor:
+    """LeCam regulariser of D (Tseng et al. 2021): mean relu(D(x) - a_fake)^2 + mean relu(a_real - D(G(z)))^2,
+    where the anchors are moving averages of D's mean output on real and on fake images (one per
+    class here: (K,), broadcast over the batch, so class GANs stay independent)."""
+    return F.relu(real_logits - anchor_fake).pow(2).mean() + F.relu(anchor_real - fake_logits).pow(2).mean()
+
+
+def update_anchors(ema: torch.Tensor, real_logits: torch.Tensor, fake_logits: torch.Tensor, decay: float,
+                   step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Update the (2, K) moving averages of D's mean logits per class in place (real, fake) and return
+    the bias-corrected anchors after `step` updates (TF's zero_debias)."""
+    means = torch.stack([real_logits.detach().float().mean(0), fake_logits.detach().float().mean(0)])
+    ema.mul_(decay).add_(means, alpha=1 - decay)
+    anchors = ema / (1 - decay ** step)
+    return anchors[0], anchors[1]
+
+
+def r1_penalty(real_logits: torch.Tensor, real_input: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): mean over images of |grad_x D(x)|^2 on real images (times gamma / 2 by the caller)."""
+    grad, = torch.autograd.grad(real_logits.float().sum(), real_input, create_graph=True)
+    return grad.float().pow(2).flatten(2).sum(2).mean()
 
 
 # --------------------------------------------------------------------------- data
@@ -103,6 +128,7 @@ class TrainState:
     opt_d: torch.optim.Optimizer
     gen: torch.Generator
     step: int = 0
+    lecam: torch.Tensor | None = None  # (2, K) moving averages of D's logits on real and fake (gan.lecam)
 
 
 def gan_spec(cfg: GanConfig, n_classes: int, channels: int) -> GanSpec:
@@ -121,7 +147,7 @@ def build_state(cfg: GanConfig, n_classes: int, channels: int, seed: int, device
     opt_g = adam(G.parameters(), device, lr=cfg.lr, betas=(cfg.beta1, 0.999))
     opt_d = adam(D.parameters(), device, lr=cfg.lr, betas=(cfg.beta1, 0.999))
     gen = torch.Generator(device=device).manual_seed(seed % 2**63 + 1)
-    return TrainState(spec, G, D, ema, opt_g, opt_d, gen)
+    return TrainState(spec, G, D, ema, opt_g, opt_d, gen, lecam=torch.zeros(2, n_classes, device=device))
 
 
 # --------------------------------------------------------------------------- one step
@@ -141,9 +167,17 @@ def train_step(state: TrainState, bank: torch.Tensor, counts: torch.Tensor, cfg:
     # (1) Update D network: real -> 1, then fake.detach() -> 0
     with ctx:
         fake = G(z)
-        real_logits = D(aug(real))
+        real_in = aug(real)
+        if cfg.r1 > 0:
+            real_in = real_in.detach().requires_grad_(True)
+        real_logits = D(real_in)
         fake_logits = D(aug(fake.detach()))
         loss_d = d_loss(real_logits.float(), fake_logits.float())
+    if cfg.lecam > 0:  # anchors from this step's logits too, as the reference updates before regularising
+        anchor_real, anchor_fake = update_anchors(state.lecam, real_logits, fake_logits, cfg.lecam_decay, state.step + 1)
+        loss_d = loss_d + cfg.lecam * lecam_loss(real_logits.float(), fake_logits.float(), anchor_real, anchor_fake)
+    if cfg.r1 > 0:
+        loss_d = loss_d + cfg.r1 / 2 * r1_penalty(real_logits, real_in)
     state.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     state.opt_d.step()
@@ -198,6 +232,7 @@ def save_checkpoint(path: Path, state: TrainState, fingerprint: str) -> None:
         "opt_g": state.opt_g.state_dict(),
         "opt_d": state.opt_d.state_dict(),
         "gen": state.gen.get_state(),
+        "lecam": state.lecam,
     }
     write_torch(path, payload)
 
@@ -216,6 +251,8 @@ def load_checkpoint(path: Path, state: TrainState, fingerprint: str) -> bool:
     state.opt_g.load_state_dict(payload["opt_g"])
     state.opt_d.load_state_dict(payload["opt_d"])
     state.gen.set_state(payload["gen"])
+    if payload.get("lecam") is not None:
+        state.lecam.copy_(payload["lecam"])
     state.step = int(payload["step"])
     return True
 
@@ -246,7 +283,19 @@ def _evaluate(state: TrainState, bank, val_bank, cfg: GanConfig, seed: int, out_
     G_ema = standing_stats(state.ema.module, k, cfg.nz, grid_seed + 1, device)
     grid = sample(G_ema, 8, cfg.nz, k, grid_seed, device)  # (8, K, C, S, S)
     save_grid(out_dir / "samples" / f"step_{state.step:06d}.png", grid.transpose(0, 1).flatten(0, 1), nrow=8)
+    if cfg.checkpoint_selection == "cas":  # the EMA generator at this step, for the synthesize stage to choose from
+        write_torch(snapshot_path(out_dir, state.step), {"model": state.spec.to_dict(), "step": state.step,
+                                                         "ema": state.ema.state_dict()})
     return out
+
+
+def snapshot_path(out_dir: Path, step: int) -> Path:
+    return Path(out_dir) / "snapshots" / f"step_{step:06d}.pt"
+
+
+def snapshots(out_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the EMA generator snapshots in out_dir, by step."""
+    return sorted((int(p.stem.split("_")[1]), p) for p in (Path(out_dir) / "snapshots").glob("step_*.pt"))
 
 
 def _save(out_dir: Path, state: TrainState, fingerprint: str, history: list[dict]) -> None:
@@ -281,6 +330,8 @@ def train_gan(
     val_bank = _val_bank(val, n_classes, cfg.image_size, device)
     state = build_state(cfg, n_classes, images.shape[3], seed, device)
     history = _resume(out_dir, state, fingerprint)
+    if state.step == 0:  # from scratch: snapshots of an earlier training are not this one's
+        shutil.rmtree(out_dir / "snapshots", ignore_errors=True)
     resumed_finished = state.step >= cfg.steps
     while state.step < cfg.steps:
         t0 = time.perf_counter()

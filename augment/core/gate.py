@@ -15,28 +15,64 @@ classifier recognised 83-94% of the time.)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import recall_score
 
-from augment.config import GateConfig
+from augment import rundir
+from augment.config import Config, GateConfig
 from augment.core import quality
 from augment.core.classifier import predict, train_classifier
+from augment.core.sampling import sample
+from augment.core.tensors import to_uint8
 
 K_NEIGHBOURS = 3  # Kynkaanniemi et al. 2019's default for precision and recall
 
 
+SURPLUS = {"confidence": "the {target} most confident passing samples of the class were kept",
+           "random": "{target} passing samples of the class were kept, drawn at random",
+           "farthest": "{target} passing samples of the class were kept, spread out by farthest-point sampling"}
+
+
+def farthest_points(feats: np.ndarray, first: int, n: int) -> list[int]:
+    """n row indices of feats by farthest-point sampling from row `first`: each next row is the one
+    farthest (Euclidean) from every row chosen so far (ties: the lowest index)."""
+    chosen = [first]
+    dist = np.linalg.norm(feats - feats[first], axis=1)
+    while len(chosen) < min(n, len(feats)):
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(feats - feats[nxt], axis=1))
+    return chosen
+
+
+def _rank(passing: np.ndarray, score: np.ndarray, how: str, feats: np.ndarray | None, target: int,
+          rng: np.random.Generator) -> np.ndarray:
+    """The passing samples of one class in keeping order: the first `target` are kept."""
+    by_score = passing[np.argsort(-score[passing], kind="stable")]
+    if how == "confidence" or len(passing) <= target:
+        return by_score
+    if how == "random":
+        return rng.permutation(passing)
+    picked = by_score[farthest_points(feats[by_score], 0, target)]  # from the most confident sample outward
+    return np.concatenate([picked, by_score[~np.isin(by_score, picked)]])
+
+
 def select(
     probs: np.ndarray, intended: np.ndarray, novelty: np.ndarray, nearest_id: list[str], target: int,
-    min_confidence: float, min_novelty: float,
+    min_confidence: float, min_novelty: float, how: str = "confidence", feats: np.ndarray | None = None, seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, list[str | None], list[str | None]]:
     """Per-sample gate decisions: (score, kept, reason code, reason in words); codes are registry.REASONS keys.
 
     score is the judge's probability for the intended class. A sample passes if score >=
-    min_confidence and novelty >= min_novelty; of the passing samples of each class, the
-    `target` highest-scoring are kept (over-generation), the rest are surplus.
+    min_confidence and novelty >= min_novelty; of the passing samples of each class, `target`
+    are kept (over-generation), the rest are surplus: the most confident (how="confidence"), a
+    seeded random draw ("random"), or a spread in the judge's feature space `feats` ("farthest").
     """
+    rng = np.random.default_rng(seed % 2**63)
     score = probs[np.arange(len(intended)), intended]
     predicted = probs.argmax(axis=1)
     kept = np.zeros(len(intended), dtype=bool)
@@ -51,11 +87,11 @@ def select(
             reasons[i] = f"near-copy of real image {nearest_id[i]} (novelty {novelty[i]:.2f} < {min_novelty})"
     for c in np.unique(intended):
         passing = np.flatnonzero((intended == c) & np.array([code is None for code in codes]))
-        ranked = passing[np.argsort(-score[passing], kind="stable")]
+        ranked = _rank(passing, score, how, feats, target, rng)
         kept[ranked[:target]] = True
         for i in ranked[target:]:
             codes[i] = "surplus"
-            reasons[i] = f"surplus: the {target} most confident passing samples of the class were kept"
+            reasons[i] = "surplus: " + SURPLUS[how].format(target=target)
     return score, kept, codes, reasons
 
 
@@ -124,7 +160,7 @@ class Judged:
 
 def judge_samples(
     judge, x_real: np.ndarray, real_ids: list[str], images: np.ndarray, intended: np.ndarray, target: int,
-    gate_cfg: GateConfig,
+    gate_cfg: GateConfig, seed: int = 0,
 ) -> Judged:
     """Score generated `images` (intended class indices) against the real train images with `judge`."""
     _, real_feats = predict(judge, x_real)
@@ -132,7 +168,7 @@ def judge_samples(
     dist, idx = quality.nearest(feats, real_feats)
     novelty = dist / quality.spacing(real_feats)
     score, kept, codes, reasons = select(probs, intended, novelty, [real_ids[i] for i in idx], target,
-                                         gate_cfg.min_confidence, gate_cfg.min_novelty)
+                                         gate_cfg.min_confidence, gate_cfg.min_novelty, gate_cfg.select, feats, seed)
     return Judged(score, novelty, kept, codes, reasons, feats, real_feats)
 
 
@@ -150,3 +186,32 @@ def apply_alarm(per_class: dict[str, dict], classes: list[str], intended: np.nda
             kept[i] = False
             codes[i] = "class_collapsed"
             reasons[i] = f"class {label} flagged: {q['alarm']}"
+
+
+def sample_and_judge(cfg: Config, G, judge, x_real: np.ndarray, real_ids: list[str], k: int, size: tuple, seed: int,
+                     device, scale: float = 1.0):
+    """gan.samples_per_class x gate.oversample samples per class from G, class-major, judged against
+    the real images: (images (K*n, H, W, C) uint8, intended class per image, the gate's Judged, n)."""
+    target = cfg.gan.samples_per_class
+    n = math.ceil(target * cfg.gate.oversample)
+    samples = sample(G, n, cfg.gan.nz, k, seed, device, scale=scale)  # (n, K, C, S, S)
+    images = to_uint8(samples.transpose(0, 1).flatten(0, 1), size)  # class-major (K*n, H, W, C)
+    intended = np.repeat(np.arange(k), n)
+    return images, intended, judge_samples(judge, x_real, real_ids, images, intended, target, cfg.gate, seed), n
+
+
+def gan_rows(run_dir: Path, images: np.ndarray, intended: np.ndarray, j, n: int, classes: list[str], seed: int,
+             generator: str, folder: str = "images/gan", prefix: str = "gan") -> list[dict]:
+    """Save every judged sample under run_dir/<folder>/<class>/ and return its manifest row (kept or not, why)."""
+    rows = []
+    for i, image in enumerate(images):
+        label = classes[intended[i]]
+        gid = f"{prefix}-{label}-{i % n:05d}"
+        rel = f"{folder}/{label}/{gid}.png"
+        rows.append(dict(
+            id=gid, path=rel, label=label, split="train", source="gan", seed=seed % 2**32,
+            generator=generator, sha256=rundir.save_png(run_dir, rel, image),
+            height=image.shape[0], width=image.shape[1], channels=image.shape[2], score=float(j.score[i]),
+            novelty=float(j.novelty[i]), kept=bool(j.kept[i]), reason_code=j.codes[i], reason=j.reasons[i],
+        ))
+    return rows

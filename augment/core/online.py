@@ -26,10 +26,11 @@ class OnlineSamples:
     """
 
     def __init__(self, G: torch.nn.Module, judge: torch.nn.Module, x_real: np.ndarray, n_classes: int, nz: int,
-                 size: tuple[int, int], min_confidence: float, min_novelty: float, oversample: float, device="cpu"):
+                 size: tuple[int, int], min_confidence: float, min_novelty: float, oversample: float, device="cpu",
+                 scale: float = 1.0):
         self.G, self.judge, self.k, self.nz, self.size = G.eval(), judge.eval(), n_classes, nz, tuple(size)
         self.min_confidence, self.min_novelty, self.oversample = min_confidence, min_novelty, oversample
-        self.device = torch.device(device)
+        self.device, self.scale = torch.device(device), scale  # scale: the latent scale the synthesize stage chose
         self.real_feats = predict(judge, x_real)[1]
         self.spacing = quality.spacing(self.real_feats)
 
@@ -38,7 +39,7 @@ class OnlineSamples:
         """rows x K candidates: (uint8 images (rows*K, C, H, W), intended classes, the judge's
         confidence for them, passes the gate)."""
         z = torch.randn(rows, self.k, self.nz, generator=gen).to(self.device)
-        x = resize(self.G(z).float().flatten(0, 1), self.size)  # row-major: (rows*K, C, H, W)
+        x = resize(self.G(z * self.scale).float().flatten(0, 1), self.size)  # row-major: (rows*K, C, H, W)
         images = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
         intended = np.tile(np.arange(self.k), rows)
         probs, feats = predict(self.judge, images.permute(0, 2, 3, 1).numpy())

@@ -22,12 +22,14 @@ import torch
 from augment import rundir
 from augment.atomic import write_json
 from augment.config import step_budget
-from augment.core.side_stream import BatchSampler, SideStream, rows
+from augment.core.side_stream import BatchSampler, SideStream, refresh, rows
 from augment.errors import UserError
 from augment.png import load_images
 
 RECIPE = Path("recipe") / "recipe.json"
-REFIT_ROWS = Path("recipe") / "refit.parquet"  # classical copies of the real images the refit adds (manifest columns)
+REFIT_ROWS = Path("recipe") / "refit.parquet"  # classical copies of the real images the refit adds, refit GAN samples
+REFIT_GAN = Path("recipe") / "gan"  # expand.refit_generator: the generator trained on the refit splits
+TEACHER = Path("recipe") / "teacher.pt"  # benchmark.soft_labels: the teacher of the synthetic images' targets
 REFIT_SPLITS = {"train": ("train",), "trainval": ("train", "val"), "all": ("train", "val", "test")}
 
 
@@ -42,10 +44,11 @@ class TrainingData:
     (B, C, H, W), target distributions (B, K), loss weights (B,)) for `steps` steps."""
 
     recipe: dict
-    dataset: torch.utils.data.TensorDataset
+    dataset: torch.utils.data.TensorDataset  # (images, target distributions, loss weights, labels, fresh)
     batch_sampler: BatchSampler
     seed: int
     classes: list[str] = field(default_factory=list)
+    stream: SideStream | None = None  # its `online` draws the rows marked fresh anew every batch
     _pipeline: object = None
 
     @property
@@ -53,11 +56,14 @@ class TrainingData:
         return self.recipe["steps"]
 
     def collate(self, items: list[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stack a batch and apply the recipe's on-the-fly augmentation (classical pipeline, then
-        TrivialAugmentWide), seeded from the batch sampler's generator."""
+        """Stack a batch, draw fresh generator samples for its online rows (with their soft labels),
+        then apply the recipe's on-the-fly augmentation (classical pipeline, then TrivialAugmentWide),
+        all seeded from the batch sampler's generator, in the benchmark's order."""
         from augment.core.classifier import augment_on_the_fly
 
-        images, dist, weights = (torch.stack(t) for t in zip(*[item[:3] for item in items]))
+        images, dist, weights, labels, fresh = (torch.stack(t) for t in zip(*items))
+        if self.stream is not None and self.stream.online is not None:
+            refresh(images, dist, labels, fresh, self.stream, self.batch_sampler.gen)
         if self.recipe["classical_transforms"] is not None and self._pipeline is None:
             from augment.core.augmentation import build_pipeline
 
@@ -92,11 +98,13 @@ class TrainingData:
         return build_network(self.recipe["network"], gen)
 
 
-def load_training_data(run_dir: str | Path, seed: int = 0, splits: tuple[str, ...] | None = None) -> TrainingData:
+def load_training_data(run_dir: str | Path, seed: int = 0, splits: tuple[str, ...] | None = None,
+                       device: str | torch.device = "cpu") -> TrainingData:
     """The exported recipe of a finished run as a Dataset, BatchSampler and DataLoader factory.
 
     splits: the real splits to train on; default the recipe's (expand.refit: train and val);
-    ("train",) trains on what the benchmark trained on, to reproduce its figure.
+    ("train",) trains on what the benchmark trained on, to reproduce its figure. device: where the
+    teacher and the generator run (soft labels, online samples).
     """
     run_dir = Path(run_dir)
     path = run_dir / RECIPE
@@ -106,25 +114,59 @@ def load_training_data(run_dir: str | Path, seed: int = 0, splits: tuple[str, ..
     splits = tuple(splits or recipe["real_splits"])
     classes = recipe["classes"]
     x, y = _images(run_dir, recipe, splits, ("real",))
-    xs, ys = _images(run_dir, recipe, ("train",), tuple(s for s in recipe["sources"] if s != "real"))
-    if (run_dir / REFIT_ROWS).is_file():  # copies of the val (and test) images the refit added
+    # the refit generator's samples stand in for the benchmark's GAN samples beyond the train split
+    regenerated = recipe.get("generator_refit", False) and set(splits) != {"train"}
+    xs, ys, sources = _images(run_dir, recipe, ("train",), tuple(s for s in recipe["sources"] if s != "real"
+                                                                 and not (regenerated and s == "gan")), with_sources=True)
+    if (run_dir / REFIT_ROWS).is_file():  # copies of the val (and test) images the refit added, refit GAN samples
         refit = rundir.normalise(pd.read_parquet(run_dir / REFIT_ROWS))
-        refit = refit[refit["split"].isin(splits) & refit["source"].isin(recipe["sources"])]
+        wanted = (refit["source"] == "classical") & refit["split"].isin(splits) | (refit["source"] == "gan") & regenerated
+        refit = refit[wanted & refit["kept"] & refit["source"].isin(recipe["sources"])]
         index = {c: i for i, c in enumerate(classes)}
         xs = np.concatenate([xs, load_images(run_dir, refit["path"], tuple(recipe["size"]), recipe["channels"], recipe["fit"])])
         ys = np.concatenate([ys, np.array([index[label] for label in refit["label"]], dtype=np.int64)])
+        sources = np.concatenate([sources, refit["source"].to_numpy(str)])
     stream = SideStream(xs, ys, share=recipe["share"] or 0.0, weight=recipe["weight"]) if len(xs) else None
+    if stream is not None:
+        _soft_and_online(run_dir, recipe, stream, x, sources, device)
     gen = torch.Generator().manual_seed(seed % 2**63)
     t = recipe["trainer"]  # the benchmark's budget rule, on these real images
     recipe = {**recipe, "steps": step_budget(t["steps"], len(x), t["batch_size"], t["epochs"], t["min_steps"], t["max_steps"])}
     sampler = BatchSampler(y, ys, len(classes), min(t["batch_size"], len(x) + len(xs)), stream.share if stream else 0.0,
                            gen, recipe["balanced"], steps=recipe["steps"])
-    dataset = torch.utils.data.TensorDataset(*rows(x, y, len(classes), stream))
-    return TrainingData(recipe, dataset, sampler, seed, classes)
+    fresh = torch.zeros(len(x) + (len(xs) if stream else 0), dtype=torch.bool)
+    if stream is not None and stream.online is not None:
+        fresh[len(x):] = torch.from_numpy(stream.online_rows)
+    dataset = torch.utils.data.TensorDataset(*rows(x, y, len(classes), stream), fresh)
+    return TrainingData(recipe, dataset, sampler, seed, classes, stream)
 
 
-def _images(run_dir: Path, recipe: dict, splits: tuple[str, ...], sources: tuple[str, ...]):
+def _soft_and_online(run_dir: Path, recipe: dict, stream: SideStream, x_real: np.ndarray, sources: np.ndarray,
+                     device) -> None:
+    """In place: soft labels from recipe/teacher.pt (benchmark.soft_labels) and fresh gated samples
+    of the recipe's generator for the GAN rows (benchmark.online_gan), as the benchmark trained."""
+    from augment.core.classifier import load_classifier, predict_proba
+    from augment.core.side_stream import soften
+
+    if recipe.get("teacher"):
+        teacher, t = load_classifier(run_dir / recipe["teacher"], device), recipe["temperature"]
+        stream.soft = soften(predict_proba(teacher, stream.x), t)
+        stream.soft_fn = lambda images: soften(predict_proba(teacher, images.permute(0, 2, 3, 1).numpy()), t)
+    if recipe.get("online_gan") and (sources == "gan").any():
+        from augment.core.online import OnlineSamples
+        from augment.core.sampling import load_generator
+
+        G = load_generator(run_dir / recipe["generator"], device, recipe["bn_seed"])
+        judge = load_classifier(run_dir / recipe["judge"], device)
+        stream.online = OnlineSamples(G, judge, x_real, len(recipe["classes"]), G.nz, tuple(recipe["size"]),
+                                      *recipe["gate"], device, recipe.get("latent_scale", 1.0))
+        stream.online_rows = sources == "gan"
+
+
+def _images(run_dir: Path, recipe: dict, splits: tuple[str, ...], sources: tuple[str, ...], with_sources: bool = False):
     if not sources:
-        return np.empty((0, *recipe["size"], recipe["channels"]), np.uint8), np.empty(0, np.int64)
-    parts = [rundir.load_split(run_dir, s, sources)[:2] for s in splits]
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        empty = np.empty((0, *recipe["size"], recipe["channels"]), np.uint8), np.empty(0, np.int64)
+        return (*empty, np.empty(0, str)) if with_sources else empty
+    parts = [rundir.load_split(run_dir, s, sources) for s in splits]
+    out = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return (*out, np.concatenate([p[2]["source"].to_numpy(str) for p in parts])) if with_sources else out

@@ -52,6 +52,11 @@ def _significance(g: Gain) -> str:
     return "a significant gain" if g.ci_low > 0 else "a significant loss"
 
 
+def _where(rec) -> str:
+    """Where the recommendation was chosen, in words."""
+    return "the k-fold cross-validation over train and val" if rec.chosen_on == "kfold" else "the validation split"
+
+
 def _no_synthetic_gain(rec) -> str:
     """Why no synthetic arm is recommended, in words that follow the numbers: below the best
     baseline on val, or above it without significance ("did not significantly beat")."""
@@ -59,10 +64,10 @@ def _no_synthetic_gain(rec) -> str:
     if best is None or g is None:
         return "No synthetic arm (SMOTE or GAN) was benchmarked, so there is no synthetic data to recommend."
     if g.gain > 0:
-        return (f"The best synthetic arm, '{best}', scored {_pts(g.gain)} points above '{base}' on the validation "
-                f"split but did not significantly beat it (paired t-test p={_p(g.p_value)} over {g.seeds} seeds), "
+        return (f"The best synthetic arm, '{best}', scored {_pts(g.gain)} points above '{base}' on {_where(rec)} "
+                f"but did not significantly beat it (paired t-test p={_p(g.p_value)} over {g.seeds} seeds), "
                 "so the tool recommends not using the synthetic data.")
-    return (f"No synthetic arm (SMOTE or GAN) scored above '{base}' on the validation split (the best, '{best}', "
+    return (f"No synthetic arm (SMOTE or GAN) scored above '{base}' on {_where(rec)} (the best, '{best}', "
             f"{_pts(g.gain)} points), so the tool recommends not using the synthetic data.")
 
 
@@ -89,8 +94,8 @@ def verdict(summary: Summary, run_dir: Path | None = None) -> str:
         return lead + where
     g, gb = rec.test_gain_over_real, rec.test_gain_over_best_baseline
     return (
-        f"Expanding {n_images['real']} real training images to {n_images[arm]} with '{arm}' (chosen on the "
-        f"validation split) changed {metric} on the untouched real test split from {_pct(real_test)} to "
+        f"Expanding {n_images['real']} real training images to {n_images[arm]} with '{arm}' (chosen on "
+        f"{_where(rec)}) changed {metric} on the untouched real test split from {_pct(real_test)} to "
         f"{_pct(summary.mean(arm))}: {_pts(g.gain)} points, 95% CI [{_pts(g.ci_low)}, "
         f"{_pts(g.ci_high)}], paired t-test p={_p(g.p_value)} over {seeds} seeds, "
         f"{_significance(g)}. Against the best arm "
@@ -99,9 +104,28 @@ def verdict(summary: Summary, run_dir: Path | None = None) -> str:
     )
 
 
+def chosen_on(summary: Summary) -> str:
+    """What the "val" figures are: the val split, or the held-out folds of the k-fold protocol."""
+    return "k-fold" if summary.selection.protocol == "kfold" else "val"
+
+
+def protocol_text(summary: Summary) -> str:
+    """Where the choices were made (augment.core.selection), in words."""
+    metric = summary.primary_metric.replace("_", " ")
+    if summary.selection.protocol != "kfold":
+        return f"The recommended arm is chosen on val ({metric}), never on test."
+    sel = summary.selection
+    return (f"Val is too small to choose on ({sel.reason}), so every choice (the synthetic share, the recommended arm) "
+            f"is made by repeated stratified {sel.folds}-fold cross-validation over the real train and val images "
+            f"({metric}), never on test: each seed trains on the images outside its fold, without the classical copies "
+            f"and SMOTE images made from the images inside it, and is scored on its fold (the \"k-fold\" figures below); "
+            f"its test figures come from the same model. GAN samples come from a generator trained on every real train "
+            f"image, so a GAN arm's fold scores may be optimistic.")
+
+
 def _arm_table(summary: Summary) -> str:
     lines = [
-        "| arm | train images | test accuracy | test balanced accuracy | test macro-F1 | val balanced accuracy |",
+        f"| arm | train images | test accuracy | test balanced accuracy | test macro-F1 | {chosen_on(summary)} balanced accuracy |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for arm, result in summary.arms.items():
@@ -118,7 +142,7 @@ def _side_stream_text(summary: Summary) -> str:
     """How each arm with synthetic images fed them: the share of every batch, and how it was chosen."""
     if not summary.side_stream:
         return ""
-    rows = [f"| {arm} | {c.share:.0%} | {'on val: ' + ', '.join(f'{float(g):.0%} {_pct(v)}' for g, v in c.val.items()) if c.val else 'config'} "
+    rows = [f"| {arm} | {c.share:.0%} | {'on ' + chosen_on(summary) + ': ' + ', '.join(f'{float(g):.0%} {_pct(v)}' for g, v in c.val.items()) if c.val else 'config'} "
             f"| {c.weight:g} | {'T = %g' % c.temperature if c.soft_labels else 'no'} |" for arm, c in summary.side_stream.items()]
     return ("\nSynthetic images (classical copies, SMOTE images, GAN samples) enter as a side stream: a fixed share of "
             "every batch, the rest real images.\n\n| arm | share of each batch | chosen | loss weight | soft labels |\n"
@@ -127,7 +151,7 @@ def _side_stream_text(summary: Summary) -> str:
 
 def _gain_table(summary: Summary) -> str:
     lines = [
-        "| comparison | test gain (points) [95% t CI] | bootstrap 95% CI | p (paired t) | p (Wilcoxon) | val gain (points) |",
+        f"| comparison | test gain (points) [95% t CI] | bootstrap 95% CI | p (paired t) | p (Wilcoxon) | {chosen_on(summary)} gain (points) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for c in summary.comparisons:
@@ -262,7 +286,7 @@ def render_markdown(cfg: Config, run_dir: Path, summary: Summary, frame: pd.Data
 
 Mean over {cfg.benchmark.seeds} seeds with a 95% Student-t interval; every arm trains the same
 classifier for {summary.classifier_steps or cfg.benchmark.steps} steps and is scored on the same real val and test images.
-The recommended arm is chosen on val ({summary.primary_metric.replace('_', ' ')}), never on test.
+{protocol_text(summary)}
 {"Every arm draws classes equally often (class-balanced sampling, `benchmark.balanced_sampling`): the real train classes differ in size." if summary.balanced_sampling else ""}
 {_side_stream_text(summary)}
 {_arm_table(summary)}

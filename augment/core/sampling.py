@@ -17,14 +17,16 @@ from augment.png import encode_png
 
 
 @torch.no_grad()
-def sample(G: torch.nn.Module, n_per_class: int, nz: int, n_classes: int, seed: int, device, batch: int = 256) -> torch.Tensor:
-    """n_per_class samples per class, (n, K, C, S, S) in [-1, 1], from an explicit seed."""
+def sample(G: torch.nn.Module, n_per_class: int, nz: int, n_classes: int, seed: int, device, batch: int = 256,
+           scale: float = 1.0) -> torch.Tensor:
+    """n_per_class samples per class, (n, K, C, S, S) in [-1, 1], from an explicit seed; `scale`
+    multiplies the noise (the latent scale: below 1 trades variety for typical images)."""
     gen = torch.Generator(device=device).manual_seed(seed % 2**63)
     G.eval()
     out = []
     for start in range(0, n_per_class, batch):
         z = torch.randn(min(batch, n_per_class - start), n_classes, nz, generator=gen, device=device)
-        out.append(G(z).float())
+        out.append(G(z * scale).float())
     return torch.cat(out)
 
 

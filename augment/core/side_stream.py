@@ -120,12 +120,20 @@ class Batches:
     def __call__(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         idx = self.sampler.draw()
         images, dist, weights, labels = (t[idx] for t in self.rows)
-        fresh = self.online[idx] if self.online is not None else None
-        if fresh is not None and fresh.any():  # new generator samples in place of the kept ones, same classes
-            images[fresh] = self.stream.online(labels[fresh], self.gen)
-            if self.stream.soft_fn is not None:
-                dist[fresh] = torch.as_tensor(self.stream.soft_fn(images[fresh]), dtype=torch.float32)
+        if self.online is not None:
+            refresh(images, dist, labels, self.online[idx], self.stream, self.gen)
         return images, dist, weights
+
+
+def refresh(images: torch.Tensor, dist: torch.Tensor, labels: torch.Tensor, fresh: torch.Tensor,
+            stream: SideStream, gen: torch.Generator) -> None:
+    """In place: the rows marked `fresh` get new generator samples of their class (stream.online)
+    and, with soft labels, the teacher's targets for them (stream.soft_fn); draws come from `gen`."""
+    if not fresh.any():
+        return
+    images[fresh] = stream.online(labels[fresh], gen)
+    if stream.soft_fn is not None:
+        dist[fresh] = torch.as_tensor(stream.soft_fn(images[fresh]), dtype=torch.float32)
 
 
 def rows(x: np.ndarray, y: np.ndarray, n_classes: int, stream: SideStream | None

@@ -18,6 +18,7 @@ from sklearn.metrics import confusion_matrix
 from augment import rundir
 from augment.atomic import atomic_path, write_json
 from augment.config import Config
+from augment.errors import UserError
 from augment.core.classifier import load_classifier, predict_proba, pretrained_weights_path, train_classifier
 from augment.core.online import OnlineSamples
 from augment.core.sampling import load_generator
@@ -25,10 +26,11 @@ from augment.core.side_stream import SideStream, soften
 from augment.core.augmentation import transforms_for
 from augment.core.features import load_extractor, make_extractor
 from augment.core.parallel import auto_workers, job_pool, run_jobs
+from augment.core.selection import choose_protocol, fold_count, fold_indices, without_held_out
 from augment.core.stats import PRIMARY, ids_digest, linear_probe_scores, score_records, summarise
 from augment.registry import SOURCES, trained_as
 from augment.runtime import derive_seed, resolve_device
-from augment.summary import METRICS, HeldOut, SideStreamChoice, write_summary
+from augment.summary import METRICS, HeldOut, Selection, SideStreamChoice, write_summary
 
 log = logging.getLogger("augment")
 
@@ -52,19 +54,55 @@ def _finished(run_dir: Path, fingerprint: str) -> dict[str, dict]:
 
 @functools.lru_cache(maxsize=16)
 def _train(run_dir: str, sources: tuple[str, ...]):
-    x, y, rows = rundir.load_split(Path(run_dir), "train", sources)
-    return x, y, rows["source"].to_numpy()
+    return rundir.load_split(Path(run_dir), "train", sources)
+
+
+@functools.lru_cache(maxsize=2)
+def _pool(run_dir: str):
+    """The k-fold protocol's pool: the real train images, then the real val images, and their ids."""
+    parts = [rundir.load_split(Path(run_dir), s) for s in ("train", "val")]
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            np.concatenate([p[2]["id"].to_numpy() for p in parts]))
+
+
+@functools.lru_cache(maxsize=4)
+def _folds(run_dir: str, folds: int, seeds: int, random_state: int):
+    return fold_indices(_pool(run_dir)[1], folds, seeds, random_state)
+
+
+def _fold(run_dir: str, fold: tuple | None):
+    """(fit, held-out) positions in the pool for a job's fold (folds, seeds, random_state, seed), or None."""
+    return None if fold is None else _folds(run_dir, *fold[:3])[fold[3]]
+
+
+def _real(run_dir: str, fold: tuple | None) -> tuple[np.ndarray, np.ndarray]:
+    """The real images a job trains on: the train split, or under k-fold the pool outside its fold."""
+    if fold is None:
+        return _train(run_dir, ("real",))[:2]
+    x, y, _ = _pool(run_dir)
+    fit, _ = _fold(run_dir, fold)
+    return x[fit], y[fit]
+
+
+def _synthetic(run_dir: str, sources: tuple[str, ...], fold: tuple | None):
+    """An arm's synthetic images (x, y, source per row); under k-fold without those whose parent is held out."""
+    x, y, rows = _train(run_dir, sources)
+    if fold is None:
+        return x, y, rows["source"].to_numpy()
+    keep = without_held_out(rows, _pool(run_dir)[2][_fold(run_dir, fold)[1]])
+    return x[keep], y[keep], rows["source"].to_numpy()[keep]
 
 
 @functools.lru_cache(maxsize=2)
 def _online(run_dir: str, device: str, gate: tuple, bn_seed: int) -> OnlineSamples:
     """Fresh samples of the run's generator, gated by the synthesize stage's judge (cached per process)."""
     info = rundir.ingest_info(Path(run_dir))
-    G = load_generator(Path(run_dir) / rundir.GAN_CHECKPOINT, device, bn_seed)
+    checkpoint, scale = rundir.selected_generator(Path(run_dir))  # the generator and latent scale the pool came from
+    G = load_generator(checkpoint, device, bn_seed)
     judge = load_classifier(Path(run_dir) / rundir.GATE_JUDGE, device)
     min_confidence, min_novelty, oversample = gate
     return OnlineSamples(G, judge, _train(run_dir, ("real",))[0], len(info["classes"]), G.nz, tuple(info["size"]),
-                         min_confidence, min_novelty, oversample, device)
+                         min_confidence, min_novelty, oversample, device, scale)
 
 
 @functools.lru_cache(maxsize=2)
@@ -73,10 +111,10 @@ def _held_out(run_dir: str) -> dict:
 
 
 @functools.lru_cache(maxsize=4)
-def _teacher(run_dir: str, trainer: tuple, seed_value: int, device: str, k: int):
-    """The soft labels' teacher for one seed: the same recipe on the real train images alone,
+def _teacher(run_dir: str, trainer: tuple, seed_value: int, device: str, k: int, fold: tuple | None):
+    """The soft labels' teacher for one seed: the same recipe on the seed's real train images alone,
     TrivialAugmentWide on the fly and class-balanced (cached per process: every arm of a seed shares it)."""
-    x, y, _ = _train(run_dir, ("real",))
+    x, y = _real(run_dir, fold)
     return train_classifier(x, y, k, **dict(trainer), seed=seed_value, device=device, augment="trivialaugment", balanced=True)
 
 
@@ -89,20 +127,31 @@ def side_stream(job: dict) -> tuple[tuple[np.ndarray, np.ndarray], SideStream | 
     spec, k = trained_as(job["arm"], job["classical"] is not None), len(job["classes"])
     synthetic = tuple(s for s in spec.sources if s != "real")
     if not synthetic:
-        return _train(job["run_dir"], spec.sources)[:2], None
-    xs, ys, sources = _train(job["run_dir"], synthetic)
+        return _real(job["run_dir"], job["fold"]), None
+    xs, ys, sources = _synthetic(job["run_dir"], synthetic, job["fold"])
     if "real" not in spec.sources:
         return (xs[:0], ys[:0]), SideStream(xs, ys, share=1.0)
     s = job["stream"]
     stream = SideStream(xs, ys, share=s["share"], weight=s["weight"])
     if s["soft_labels"]:
-        teacher = _teacher(job["run_dir"], tuple(sorted(job["trainer"].items())), job["seed_value"], job["device"], k)
+        teacher = _teacher(job["run_dir"], tuple(sorted(job["trainer"].items())), job["seed_value"], job["device"], k,
+                           job["fold"])
         stream.soft = soften(predict_proba(teacher, xs), s["temperature"])
         stream.soft_fn = lambda images: soften(predict_proba(teacher, images.permute(0, 2, 3, 1).numpy()), s["temperature"])
     if s["online"] and "gan" in synthetic:
         stream.online = _online(job["run_dir"], job["device"], tuple(s["gate"]), s["bn_seed"])
         stream.online_rows = sources == "gan"
-    return _train(job["run_dir"], ("real",))[:2], stream
+    return _real(job["run_dir"], job["fold"]), stream
+
+
+def _scored_on(job: dict) -> dict:
+    """The images a job is scored on: real val and test; under k-fold its held-out fold as "val"."""
+    held_out = _held_out(job["run_dir"])
+    if job["fold"] is None:
+        return held_out
+    x, y, _ = _pool(job["run_dir"])
+    held = _fold(job["run_dir"], job["fold"])[1]
+    return {"val": (x[held], y[held]), "test": held_out["test"]}
 
 
 def train_and_score(job: dict) -> dict:
@@ -114,7 +163,7 @@ def train_and_score(job: dict) -> dict:
     model = train_classifier(x, y, k, **job["trainer"], seed=job["seed_value"], device=job["device"],
                              augment=spec.augment, balanced=spec.balanced or job["balanced"], synthetic=stream,
                              classical=job["classical"] if spec.classical else None)
-    held_out = _held_out(job["run_dir"])
+    held_out = _scored_on(job)
     pred = {split: predict_proba(model, xs).argmax(1) for split, (xs, _) in held_out.items()}
     return {
         "records": [r for split, (_, ys) in held_out.items()
@@ -124,14 +173,20 @@ def train_and_score(job: dict) -> dict:
     }
 
 
-def _choose_share(arm: str, grid: list[float], finished: dict) -> dict:
-    """The share with the best val score (the primary metric) for `arm`; a tie goes to the smaller share."""
+def _choose_share(arm: str, grid: list[float], finished: dict, seeds: list[str], protocol: str) -> dict:
+    """The share with the best "val" score (the primary metric; under k-fold the mean over the seeds'
+    held-out folds) for `arm`; a tie goes to the smaller share."""
     val = {}
     for g in grid:
-        rows = [r for r in finished[f"{arm}/share={g}"]["records"] if r["split"] == "val" and r["metric"] == PRIMARY]
-        val[str(g)] = rows[0]["value"]
+        rows = [r for s in seeds for r in finished[_share_key(arm, g, s)]["records"]
+                if r["split"] == "val" and r["metric"] == PRIMARY]
+        val[str(g)] = float(np.mean([r["value"] for r in rows]))
     best = max(grid, key=lambda g: (val[str(g)], -g))
-    return {"share": best, "chosen_on": "val", "val": val}
+    return {"share": best, "chosen_on": protocol, "val": val}
+
+
+def _share_key(arm: str, share: float, seed: str) -> str:
+    return f"{arm}/share={share}" + (f"/{seed}" if seed != "select" else "")
 
 
 def check(cfg: Config) -> None:
@@ -202,13 +257,29 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     if every:
         log.info("benchmark: class-balanced sampling in every arm (benchmark.balanced_sampling: %s; the largest class "
                  "has %.1fx the train images of the smallest)", b.balanced_sampling, ratio)
-    for cache in (_train, _held_out, _teacher, _online):
+    for cache in (_train, _pool, _folds, _held_out, _teacher, _online):
         cache.cache_clear()  # an earlier run in this process may have read other images under the same path
     n_real = len(rundir.split_rows(frame, "train", ("real",)))
+    val_per_class = int(rundir.split_rows(frame, "val", ("real",))["label"].value_counts()
+                        .reindex(classes, fill_value=0).min())
+    protocol, reason = choose_protocol(b.selection, b.kfold_below, val_per_class)
+    folds = None
+    if protocol == "kfold":
+        pool = _pool(str(run_dir))
+        k = fold_count(b.folds, pool[1])
+        if k < 2:
+            raise UserError(f"benchmark.selection: kfold needs at least 2 real train+val images in every class; "
+                            f"one class has {k}: add images or set benchmark.selection: val")
+        folds = (k, b.seeds, derive_seed(cfg.seed, "folds"))
+        n_real = len(_folds(str(run_dir), *folds)[0][0])
+        log.info("benchmark: choices by repeated stratified %d-fold over the %d real train+val images, one fold per "
+                 "seed (%s); test is not read", k, len(pool[1]), reason)
     trainer = {**b.trainer_kwargs(), "steps": b.steps_for(n_real)}  # one budget for every arm: set by the real images
 
-    def job(arm: str, seed: int | str, seed_value: int, share: float | None) -> dict:
-        return dict(key=f"{arm}/{seed}", run_dir=str(run_dir), arm=arm, seed=seed, seed_value=seed_value, trainer=trainer,
+    def job(arm: str, seed: int | str, seed_value: int, share: float | None, key: str | None = None) -> dict:
+        fold = (*folds, seed) if folds is not None and isinstance(seed, int) else None
+        return dict(key=key or f"{arm}/{seed}", run_dir=str(run_dir), arm=arm, seed=seed, seed_value=seed_value,
+                    trainer=trainer, fold=fold,
                     classifier=b.classifier, device=str(device), classes=classes, classical=classical, balanced=every,
                     stream=dict(share=share, weight=b.synthetic_weight, soft_labels=b.soft_labels, temperature=b.temperature,
                                 online=b.online_gan, bn_seed=derive_seed(cfg.seed, "bn"),
@@ -218,14 +289,22 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     streams = [a for a in arms if spec(a).side_stream]
     selecting = b.synthetic_share == "auto" and streams
     grid = sorted(set(b.share_grid)) if selecting else []
-    # 1. the synthetic share per arm, chosen on val with a seed of its own (no reported seed sees the choice)
-    select = [job(arm, f"share={g}", derive_seed(cfg.seed, "share"), g) for arm in streams for g in grid]
     def main_jobs(which: list[str], shares: dict) -> list[dict]:  # the same seed for every arm: paired runs
         return [job(arm, s, derive_seed(cfg.seed, "benchmark", s), shares.get(arm, {}).get("share"))
                 for arm in which for s in range(b.seeds)]
 
+    # 1. the synthetic share per arm: on val, with a seed of its own (no reported seed sees the choice);
+    # under k-fold, every seed at every share, scored on its held-out fold (the chosen share's jobs are the results)
+    if protocol == "val":
+        select_seeds = ["select"]
+        select = [job(arm, f"share={g}", derive_seed(cfg.seed, "share"), g) for arm in streams for g in grid]
+    else:
+        select_seeds = [str(s) for s in range(b.seeds)]
+        select = [job(arm, s, derive_seed(cfg.seed, "benchmark", s), g, key=_share_key(arm, g, str(s)))
+                  for arm in streams for g in grid for s in range(b.seeds)]
     plain = [a for a in arms if a not in streams]
-    total = sum(k not in finished for k in [j["key"] for j in select] + [f"{a}/{s}" for a in arms for s in range(b.seeds)])
+    main_keys = [f"{a}/{s}" for a in (plain if select and protocol == "kfold" else arms) for s in range(b.seeds)]
+    total = sum(k not in finished for k in [j["key"] for j in select] + main_keys)
     done = 0
 
     def execute(jobs: list[dict], pool) -> None:
@@ -242,9 +321,13 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
              total, len(arms), b.seeds, len(select), trainer["steps"])
     with job_pool(auto_workers(total, b.workers, device, trainer["steps"])) as pool:  # spawned once for both rounds
         execute(select + main_jobs(plain, {}), pool)  # 2. the arms without a side stream, meanwhile
-        shares = {arm: _choose_share(arm, grid, finished) for arm in streams} if selecting else \
+        shares = {arm: _choose_share(arm, grid, finished, select_seeds, protocol) for arm in streams} if selecting else \
             {arm: {"share": b.synthetic_share, "chosen_on": "config", "val": {}} for arm in streams}
-        execute(main_jobs(streams, shares), pool)  # 3. the side-stream arms at their shares
+        if selecting and protocol == "kfold":  # the chosen share's jobs are the arm's results
+            finished.update({f"{arm}/{s}": finished[_share_key(arm, shares[arm]["share"], str(s))]
+                             for arm in streams for s in range(b.seeds)})
+        else:
+            execute(main_jobs(streams, shares), pool)  # 3. the side-stream arms at their shares
     records, confusion = [], {}
     for arm in arms:  # in arm and seed order, however the jobs finished
         for s in range(b.seeds):
@@ -252,6 +335,9 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
             records += out["records"]
             confusion[arm] = (np.asarray(confusion.get(arm, 0)) + out["confusion"]).tolist()
     train_images = {arm: len(rundir.split_rows(frame, "train", spec(arm).sources)) for arm in arms}
+    if folds is not None:  # the real part of seed 0's fit set, and every synthetic image (before its parents' fold)
+        train_images = {arm: n - len(rundir.split_rows(frame, "train", ("real",))) + n_real
+                        if "real" in spec(arm).sources else n for arm, n in train_images.items()}
     if b.linear_probe:
         # SMOTE rows without images (classifier feature spaces) are still scored here, natively
         has_rows = "smote" in set(frame.loc[frame["kept"], "source"])
@@ -268,6 +354,12 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
         for arm, by_arm in linear.groupby("arm", sort=False)
     }
     summary.held_out = {s: HeldOut(images=len(rows), ids_sha256=ids_digest(rows["id"])) for s, (_, _, rows) in loaded.items()}
+    if folds is not None:  # "val" scores came from the held-out folds of the train+val pool
+        ids = _pool(str(run_dir))[2]
+        summary.held_out["val"] = HeldOut(images=len(ids), ids_sha256=ids_digest(ids))
+        summary.recommendation.chosen_on = "kfold"
+    summary.selection = Selection(protocol=protocol, reason=reason, folds=folds[0] if folds else None,
+                                  val_per_class=val_per_class)
     summary.skipped_arms = skipped
     summary.confusion_test = confusion
     summary.side_stream = {arm: SideStreamChoice(weight=b.synthetic_weight, soft_labels=b.soft_labels,

@@ -7,14 +7,15 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from augment import rundir
 from augment.config import Config
 from augment.atomic import atomic_path
 from augment.core.augmentation import copies_per_class, plan_copies, run_jobs, transforms_for
-from augment.core.recipe import REFIT_ROWS, REFIT_SPLITS, write_recipe
-from augment.runtime import derive_seed
+from augment.core.recipe import REFIT_GAN, REFIT_ROWS, REFIT_SPLITS, TEACHER, write_recipe
+from augment.runtime import derive_seed, resolve_device
 from augment.registry import ARMS, trained_as
 from augment.summary import read_summary
 
@@ -46,6 +47,15 @@ def how_to_train(cfg: Config, summary, arm: str, rows) -> str:
                      f"every batch, the rest real images (chosen on {choice.chosen_on}), with loss weight "
                      f"{choice.weight:g}" + (f" and soft labels (temperature {choice.temperature:g})" if choice.soft_labels else "")
                      + ". Pouring them in with the real images is not what was measured.")
+    if "gan" in set(rows["source"]):
+        refit = rows["generator"].fillna("").str.endswith(":refit").any()
+        lines.append("- GAN samples come from a generator trained again on the real images here (expand.refit_generator)."
+                     if refit else "- GAN samples come from the generator the benchmark measured, trained on the train split "
+                     "only (expand.refit_generator: true trains it again on every real image here).")
+    if cfg.benchmark.online_gan and "gan" in set(rows["source"]):
+        lines.append("- Every batch, the GAN images drawn are replaced by fresh generator samples of their class that "
+                     "pass the quality gate (benchmark.online_gan; augment.load_training_data does it, the files here are "
+                     "the kept pool).")
     if spec.augment:
         lines.append("- TrivialAugmentWide (torchvision) on every image of every batch.")
     if spec.balanced or summary.balanced_sampling:
@@ -56,7 +66,7 @@ def how_to_train(cfg: Config, summary, arm: str, rows) -> str:
 
 
 def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dict:
-    """Build expanded/<label>/<id>.png and recipe/ for the arm the benchmark recommended (chosen on val).
+    """Build expanded/<label>/<id>.png and recipe/ for the arm the benchmark recommended (chosen on val or by k-fold).
 
     expanded/ holds every real image of the expand.refit splits (train and val by default: the
     benchmark has chosen, so val need not stay held out) plus the arm's synthetic images. When no
@@ -71,11 +81,15 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     frame = rundir.read_manifest(run_dir)
     splits = REFIT_SPLITS[cfg.expand.refit]  # the deliverable: every real image of these splits
     real = frame[frame["split"].isin(splits) & (frame["source"] == "real") & frame["kept"]]
-    synthetic = frame[(frame["split"] == "train") & frame["source"].isin(set(spec.sources) - {"real"}) & frame["kept"]]
+    regenerate = cfg.expand.refit_generator and "gan" in spec.sources and splits != ("train",)
+    from_manifest = set(spec.sources) - {"real"} - ({"gan"} if regenerate else set())
+    synthetic = frame[(frame["split"] == "train") & frame["source"].isin(from_manifest) & frame["kept"]]
     refit = refit_copies(cfg, run_dir, frame, splits) if "classical" in spec.sources else rundir.normalise([])
+    if regenerate:
+        refit = pd.concat([refit, refit_generator(cfg, run_dir, splits, fingerprint)], ignore_index=True)
     with atomic_path(run_dir / REFIT_ROWS) as tmp:
         refit.to_parquet(tmp, index=False)
-    rows = pd.concat([real, synthetic, refit])
+    rows = pd.concat([real, synthetic, refit[refit["kept"]]])
     staging = run_dir / ".expanded.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     for rel, label, rid in zip(rows["path"], rows["label"], rows["id"]):
@@ -88,12 +102,13 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
         target.rename(old)
     staging.rename(target)  # the view appears whole or not at all
     shutil.rmtree(old, ignore_errors=True)
-    recipe(cfg, run_dir, summary, arm, splits)
+    recipe(cfg, run_dir, summary, arm, splits, regenerate)
     counts = rows.groupby("source").size().to_dict()
     how = ("train with torchvision's TrivialAugmentWide on the fly" if spec.augment
            else "train with class-balanced sampling" if spec.balanced else None)
     return {"arm": arm, "images": len(rows), "by_source": {k: int(v) for k, v in counts.items()}, "training": how,
-            "real_splits": list(splits), "refit_copies": len(refit), "real_by_split": {k: int(v) for k, v in real.groupby("split").size().items()}}
+            "real_splits": list(splits), "refit_copies": int((refit["source"] == "classical").sum()),
+            "generator_refit": bool(regenerate), "refit_gan_kept": int((refit["kept"] & (refit["source"] == "gan")).sum()), "real_by_split": {k: int(v) for k, v in real.groupby("split").size().items()}}
 
 
 def refit_copies(cfg: Config, run_dir: Path, frame: pd.DataFrame, splits: tuple[str, ...]) -> pd.DataFrame:
@@ -117,15 +132,53 @@ def refit_copies(cfg: Config, run_dir: Path, frame: pd.DataFrame, splits: tuple[
     return rundir.normalise([{**r, "split": split_of[r["parent_id"]]} for r in rows])
 
 
-def recipe(cfg: Config, run_dir: Path, summary, arm: str, splits: tuple[str, ...]) -> Path:
+def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerprint: str) -> pd.DataFrame:
+    """The GAN trained again (resumably, in recipe/gan/) on every real image of the refit splits, its
+    samples gated as the synthesize stage gates (the same judge; novelty against these images; the
+    collapse alarm): manifest-shaped rows, kept or not, generator "dcgan:<mode>:refit"."""
+    from augment.core.classifier import load_classifier
+    from augment.core.gan_train import train_gan
+    from augment.core.gate import apply_alarm, class_quality, gan_rows, sample_and_judge
+    from augment.core.sampling import load_generator
+
+    info, device = rundir.ingest_info(run_dir), resolve_device(cfg.device)
+    classes, k = info["classes"], len(info["classes"])
+    parts = [rundir.load_split(run_dir, s) for s in splits]
+    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    ids = [i for p in parts for i in p[2]["id"]]
+    log.info("expand: training the generator again on the %d real images of %s (expand.refit_generator)", len(y), "+".join(splits))
+    train_gan(x, y, k, cfg.gan, seed=derive_seed(cfg.seed, "gan", "refit"), device=device, out_dir=run_dir / REFIT_GAN,
+              fingerprint=f"{fingerprint}-refit")
+    G = load_generator(run_dir / REFIT_GAN / "checkpoint.pt", device, derive_seed(cfg.seed, "bn"))
+    judge = load_classifier(run_dir / rundir.GATE_JUDGE, device)
+    seed = derive_seed(cfg.seed, "synthesize", "refit")
+    images, intended, j, n = sample_and_judge(cfg, G, judge, x, ids, k, tuple(info["size"]), seed, device,
+                                              rundir.selected_generator(run_dir)[1])  # the latent scale chosen on val
+    per_class = class_quality(j.real_feats, y, j.feats, intended, j.kept, j.novelty, classes, cfg.gate)
+    apply_alarm(per_class, classes, intended, j.kept, j.codes, j.reasons, cfg.gate.keep_collapsed)
+    return rundir.normalise(gan_rows(run_dir, images, intended, j, n, classes, seed, f"dcgan:{cfg.gan.mode}:refit",
+                                     folder=f"{REFIT_GAN.as_posix()}/images", prefix="gan-refit"))
+
+
+def recipe(cfg: Config, run_dir: Path, summary, arm: str, splits: tuple[str, ...], regenerate: bool = False) -> Path:
     """recipe/recipe.json: how the benchmark trained the winning arm (augment.load_training_data reads it)."""
     b, info = cfg.benchmark, rundir.ingest_info(run_dir)
     spec = trained_as(arm, b.classical_on_the_fly)
     choice = summary.side_stream.get(arm)
-    if b.soft_labels and choice is not None or b.online_gan and "gan" in spec.sources:
-        log.warning("expand: recipe/ does not carry soft labels or online GAN samples yet; it uses hard labels "
-                    "and the kept GAN samples")
     trainer = b.trainer_kwargs()
+    soft = bool(b.soft_labels and choice is not None)
+    if soft:  # the benchmark's teacher, on the deliverable's real images: TrivialAugmentWide, class-balanced
+        from augment.core.classifier import save_classifier, train_classifier
+
+        parts = [rundir.load_split(run_dir, s) for s in splits]
+        x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        teacher = train_classifier(x, y, len(info["classes"]), **{**trainer, "steps": b.steps_for(len(y))},
+                                   seed=derive_seed(cfg.seed, "teacher"), device=resolve_device(cfg.device),
+                                   augment="trivialaugment", balanced=True)
+        save_classifier(run_dir / TEACHER, teacher)
+    else:
+        (run_dir / TEACHER).unlink(missing_ok=True)
+    online = bool(b.online_gan and "gan" in spec.sources)
     return write_recipe(run_dir, {
         "arm": arm, "sources": list(spec.sources), "real_splits": list(splits), "classes": info["classes"],
         "size": info["size"], "channels": info["channels"], "fit": info.get("fit", "pad"),
@@ -137,4 +190,11 @@ def recipe(cfg: Config, run_dir: Path, summary, arm: str, splits: tuple[str, ...
                         width=b.width, depth=b.depth, dropout=b.dropout,
                         weights=None if b.weights is None else str(b.weights), input_size=b.input_size),
         "benchmark_steps": summary.classifier_steps,
+        "generator_refit": regenerate,  # the GAN rows of recipe/refit.parquet replace the manifest's on the refit splits
+        "teacher": TEACHER.as_posix() if soft else None, "temperature": b.temperature,
+        "online_gan": online, "generator": (REFIT_GAN / "checkpoint.pt" if regenerate else
+                                            rundir.selected_generator(run_dir)[0].relative_to(run_dir)).as_posix(),
+        "latent_scale": rundir.selected_generator(run_dir)[1],
+        "judge": rundir.GATE_JUDGE.as_posix(), "bn_seed": derive_seed(cfg.seed, "bn"),
+        "gate": [cfg.gate.min_confidence, cfg.gate.min_novelty, cfg.gate.oversample],
     })

@@ -18,7 +18,7 @@ from augment.atomic import atomic_path, write_torch
 from augment.config import Config
 from augment.core.accel import resolve_precision
 from augment.core.checkpoint import read_checkpoint
-from augment.core.gan_train import Progress, class_shards, merge_checkpoints, train_gan
+from augment.core.gan_train import Progress, class_shards, concat_grouped, merge_checkpoints, snapshot_path, snapshots, train_gan
 from augment.core.sampling import interpolate, load_generator, sample, save_grid
 from augment.runtime import derive_seed, resolve_device
 
@@ -57,6 +57,11 @@ def _merge_shards(cfg: Config, run_dir: Path, n: int, fingerprint: str) -> None:
         if p.get("step") != cfg.gan.steps:
             raise RuntimeError(f"gan shard {i} stopped at step {p.get('step')} of {cfg.gan.steps}")
     write_torch(gan_dir / "checkpoint.pt", merge_checkpoints(payloads, fingerprint))
+    for step, _ in snapshots(shard_dir(run_dir, 0)):  # gan.checkpoint_selection: cas, the snapshots merge the same way
+        parts = [read_checkpoint(snapshot_path(shard_dir(run_dir, i), step)) for i in range(n)]
+        model = dict(parts[0]["model"], n_classes=sum(p["model"]["n_classes"] for p in parts))
+        write_torch(snapshot_path(gan_dir, step), {"model": model, "step": step,
+                                                   "ema": concat_grouped([p["ema"] for p in parts])})
     # History: per-step means over all classes (each shard weighted by its class count);
     # step_seconds is the slowest shard's, the wall time when shards run side by side.
     weights = np.array([p["model"]["n_classes"] for p in payloads], dtype=float)

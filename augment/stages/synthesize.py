@@ -9,15 +9,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 
 from augment import rundir
 from augment.atomic import write_json
 from augment.config import Config
 from augment.core.classifier import save_classifier, train_classifier
-from augment.core.gate import K_NEIGHBOURS, apply_alarm, class_quality, classification_accuracy_score, judge_samples
-from augment.core.sampling import load_generator, sample
-from augment.core.tensors import to_uint8
+from augment.core.gate import (K_NEIGHBOURS, apply_alarm, class_quality, classification_accuracy_score, gan_rows,
+                                sample_and_judge)
+from augment.core.sampling import load_generator
 from augment.runtime import derive_seed, resolve_device
 
 
@@ -34,27 +33,32 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     real = (train_rows["source"] == "real").to_numpy()
     # the benchmark's step budget (set by the real train images), for the judge and the CAS classifier
     trainer = {**cfg.benchmark.trainer_kwargs(), "steps": cfg.benchmark.steps_for(int(real.sum()))}
-    # progress: the judge's steps, then the CAS classifier's (the two long parts of this stage)
-    phase = (lambda offset: None if progress is None else (lambda s, n: progress(offset + s, 2 * n)))
+    candidates = [(step, path, scale) for step, path in generators(cfg, run_dir) for scale in cfg.gan.latent_scales]
+    # progress: the judge's steps, then a CAS classifier's per candidate generator (the long parts of this stage)
+    parts = 1 + len(candidates)
+    phase = (lambda offset: None if progress is None else (lambda s, n: progress(offset + s, parts * n)))
     judge = train_classifier(x, y, k, **trainer, balanced=True, seed=derive_seed(cfg.seed, "gate"), device=device,
                              progress=phase(0))
     save_classifier(run_dir / rundir.GATE_JUDGE, judge)  # the benchmark's online samples pass the same gate
 
-    G = load_generator(run_dir / "gan" / "checkpoint.pt", device, derive_seed(cfg.seed, "bn"))
     seed = derive_seed(cfg.seed, "synthesize")
     target = cfg.gan.samples_per_class
-    n = math.ceil(target * cfg.gate.oversample)
-    samples = sample(G, n, cfg.gan.nz, k, seed, device)  # (n, K, C, S, S)
-    images = to_uint8(samples.transpose(0, 1).flatten(0, 1), size)  # class-major (K*n, H, W, C)
-    intended = np.repeat(np.arange(k), n)
-    j = judge_samples(judge, x[real], train_rows.loc[real, "id"].tolist(), images, intended, target, cfg.gate)
-
-    per_class = class_quality(j.real_feats, y[real], j.feats, intended, j.kept, j.novelty, classes, cfg.gate)
     x_val, y_val, _ = rundir.load_split(run_dir, "val")
-    cas = classification_accuracy_score(images[j.kept], intended[j.kept], x_val, y_val, k,
-                                        {**trainer, "progress": phase(trainer["steps"])}, derive_seed(cfg.seed, "cas"), device)
+    curve, best = [], None
+    for i, (step, path, scale) in enumerate(candidates):  # the generator (step, latent scale) with the best CAS on val
+        G = load_generator(path, device, derive_seed(cfg.seed, "bn"))
+        images, intended, j, n = sample_and_judge(cfg, G, judge, x[real], train_rows.loc[real, "id"].tolist(), k, size,
+                                                  seed, device, scale)
+        cas = classification_accuracy_score(images[j.kept], intended[j.kept], x_val, y_val, k,
+                                            {**trainer, "progress": phase((1 + i) * trainer["steps"])},
+                                            derive_seed(cfg.seed, "cas"), device)
+        curve.append({"step": step, "scale": scale, "cas_accuracy_on_val": cas["accuracy"], "kept": int(j.kept.sum())})
+        if best is None or _better(curve[-1], best[0]):
+            best = (curve[-1], path, images, intended, j, n, cas)
+    chosen, path, images, intended, j, n, cas = best
     if progress is not None:
-        progress(2 * trainer["steps"], 2 * trainer["steps"])
+        progress(parts * trainer["steps"], parts * trainer["steps"])
+    per_class = class_quality(j.real_feats, y[real], j.feats, intended, j.kept, j.novelty, classes, cfg.gate)
     for c, label in enumerate(classes):
         per_class[label]["cas_recall"] = cas["recall"][c] if cas["recall"] else None
     apply_alarm(per_class, classes, intended, j.kept, j.codes, j.reasons, cfg.gate.keep_collapsed)
@@ -68,19 +72,12 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
         "cas_accuracy_on_val": cas["accuracy"],
         "collapsed_classes": collapsed,
         "classes": per_class,
+        # the generator sampled: gan.checkpoint_selection and gan.latent_scales, chosen by CAS on val
+        "selection": {"how": cfg.gan.checkpoint_selection, "step": chosen["step"], "scale": chosen["scale"],
+                      "generator": Path(path).relative_to(run_dir).as_posix(), "curve": curve},
     })
 
-    rows = []
-    for i, image in enumerate(images):
-        label = classes[intended[i]]
-        gid = f"gan-{label}-{i % n:05d}"
-        rel = f"images/gan/{label}/{gid}.png"
-        rows.append(dict(
-            id=gid, path=rel, label=label, split="train", source="gan", seed=seed % 2**32,
-            generator=f"dcgan:{cfg.gan.mode}", sha256=rundir.save_png(run_dir, rel, image),
-            height=size[0], width=size[1], channels=image.shape[2], score=float(j.score[i]),
-            novelty=float(j.novelty[i]), kept=bool(j.kept[i]), reason_code=j.codes[i], reason=j.reasons[i],
-        ))
+    rows = gan_rows(run_dir, images, intended, j, n, classes, seed, f"dcgan:{cfg.gan.mode}")
     rundir.replace_source(run_dir, "gan", rows)
     return {
         "generated": len(rows),
@@ -89,4 +86,20 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
                                      for c, label in enumerate(classes)},
         "collapsed_classes": collapsed,
         "cas_accuracy_on_val": cas["accuracy"],
+        "generator_step": chosen["step"], "latent_scale": chosen["scale"],
     }
+
+
+def generators(cfg: Config, run_dir: Path) -> list[tuple[int, Path]]:
+    """The (step, checkpoint) the synthesize stage may sample: the last step's, or with
+    gan.checkpoint_selection: cas every snapshot the gan stage kept (the last step among them)."""
+    from augment.core.gan_train import snapshots
+
+    found = snapshots(Path(run_dir) / "gan") if cfg.gan.checkpoint_selection == "cas" else []
+    return found or [(cfg.gan.steps, Path(run_dir) / rundir.GAN_CHECKPOINT)]
+
+
+def _better(row: dict, best: dict) -> bool:
+    """A higher CAS on val wins; on a tie, the later step, then the scale nearer 1."""
+    key = lambda r: (r["cas_accuracy_on_val"] or -1.0, r["step"], -abs(math.log(r["scale"])))  # noqa: E731
+    return key(row) > key(best)
