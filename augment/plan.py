@@ -12,6 +12,7 @@ import numpy as np
 from augment import graph, rundir
 from augment.config import Config
 from augment.core.parallel import auto_workers, single_threaded
+from augment.core.selection import choose_protocol
 from augment.registry import trained_as
 from augment.runtime import resolve_device
 
@@ -64,15 +65,16 @@ def _duration(seconds: float | None) -> str:
     return f"~{seconds:.0f} s" if seconds < 90 else f"~{seconds / 60:.1f} min"
 
 
-def _data(cfg: Config, run_dir: Path, ingest_cached: bool) -> tuple[str, int, tuple[int, int], int, int]:
-    """(description, classes, working size, channels, about how many real train images): ingest's
-    record when it is reusable, else a look."""
+def _data(cfg: Config, run_dir: Path, ingest_cached: bool) -> tuple[str, int, tuple[int, int], int, int, int]:
+    """(description, classes, working size, channels, about how many real train images, about how
+    many val images the smallest class has): ingest's record when it is reusable, else a look."""
     if ingest_cached:
         info = rundir.ingest_info(run_dir)
         counts = {s: sum(c.values()) for s, c in info["counts"].items()}
         split = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("train", "val", "test"))
+        val = min((info["counts"].get("val") or {}).get(c, 0) for c in info["classes"])
         return (f"{len(info['classes'])} classes; {split} images; working size {info['size'][0]}x{info['size'][1]}",
-                len(info["classes"]), tuple(info["size"]), info["channels"], counts.get("train", 0))
+                len(info["classes"]), tuple(info["size"]), info["channels"], counts.get("train", 0), val)
     d = cfg.data
     train_share = 1.0 - d.val_fraction - d.test_fraction
     if d.source == "digits":
@@ -89,7 +91,8 @@ def _data(cfg: Config, run_dir: Path, ingest_cached: bool) -> tuple[str, int, tu
         size = (d.image_size, d.image_size)
     per = f"{d.per_class} train images per class" if d.per_class else "all train images"
     n_train = d.per_class * k if d.per_class else sum(d.class_counts.values()) if d.class_counts else int(total * train_share)
-    return f"{d.source}, {k} classes, {per} (the split is made by ingest)", k, size, d.channels, n_train
+    val = int(total * d.val_fraction / k) if k else 0
+    return f"{d.source}, {k} classes, {per} (the split is made by ingest)", k, size, d.channels, n_train, val
 
 
 def _timed(fn, repeats: int) -> float:
@@ -129,7 +132,7 @@ def make_plan(cfg: Config, run_dir: Path) -> Plan:
     device = resolve_device(cfg.device)
     fps = graph.fingerprints(cfg)
     cached = {s.name: graph.is_current(s.name, cfg, run_dir, fps) for s in graph.STAGES}
-    data, k, size, channels, n_train = _data(cfg, run_dir, cached["ingest"])
+    data, k, size, channels, n_train, val_per_class = _data(cfg, run_dir, cached["ingest"])
     plan = Plan(run_dir, str(device), data)
     needs_classifier = not all(cached[n] for n in ("synthesize", "benchmark"))
     step = _classifier_step_seconds(cfg, k, size, channels, device) if needs_classifier else 0.0
@@ -148,13 +151,21 @@ def make_plan(cfg: Config, run_dir: Path) -> Plan:
                 ta = _classifier_step_seconds(cfg, k, size, channels, device, "trivialaugment") if augmented else 0.0
                 streams = [a for a in arms if specs[a].side_stream]
                 select = len(streams) * len(set(b.share_grid)) if b.synthetic_share == "auto" else 0
+                kfold = choose_protocol(b.selection, b.kfold_below, val_per_class)[0] == "kfold"
+                if kfold and select:  # every seed at every share, on its fold; the chosen share's jobs are the results
+                    select = select * b.seeds - len(streams) * b.seeds
                 workers = auto_workers(len(arms) * b.seeds + select, b.workers, device, steps)
                 per_seed = (len(arms) - augmented) * step + augmented * ta
                 seconds = steps * (b.seeds * per_seed + select * step) / workers
                 how = f"{len(arms)} arms x {b.seeds} seeds + {select} share choices, {steps} steps at {step:.3f} s" + (
-                    f" ({ta:.3f} s augmented on the fly)" if augmented else "") + f" on {workers} worker(s)"
+                    f" ({ta:.3f} s augmented on the fly)" if augmented else "") + f" on {workers} worker(s)" + (
+                    ", choices by k-fold over train+val (val too small)" if kfold else "")
             elif name == "synthesize" and cfg.gan.enabled:
-                seconds, how = 2 * steps * step + 2.0, "the gate's judge and the CAS classifier"
+                snapshots = -(-cfg.gan.steps // cfg.gan.sample_every) if cfg.gan.checkpoint_selection == "cas" else 1
+                cas = snapshots * len(cfg.gan.latent_scales)
+                seconds = (1 + cas) * steps * step + 2.0
+                how = f"the gate's judge and {cas} CAS classifier(s)" + (
+                    " (one per generator snapshot and latent scale)" if cas > 1 else "")
             elif name == "smote" and cfg.smote.enabled and cfg.smote.features == "cnn":
                 seconds, how = steps * step, "trains the cnn feature extractor"
             else:

@@ -258,7 +258,8 @@ def test_sharded_gan_stage_trains_each_shard_and_merges_them(tmp_path):
     from augment.stages.gan import shard_dir
     from conftest import SMOKE
 
-    cfg = load_config(SMOKE, ["gan.shards=3", "gan.steps=4", "gan.checkpoint_every=2", "gan.sample_every=2"])
+    cfg = load_config(SMOKE, ["gan.shards=3", "gan.steps=4", "gan.checkpoint_every=2", "gan.sample_every=2",
+                              "gan.checkpoint_selection=cas"])
     run = tmp_path / "run"
     run_stage("ingest", cfg, run)
     info = run_stage("gan", cfg, run)
@@ -273,6 +274,11 @@ def test_sharded_gan_stage_trains_each_shard_and_merges_them(tmp_path):
     for part, key in (("ema", "module.net.0.weight"), ("D", "head.weight"), ("G", "net.1.running_var")):
         assert torch.equal(payload[part][key], torch.cat([p[part][key] for p in shards])), (part, key)
     assert G(torch.randn(2, 10, cfg.gan.nz)).shape == (2, 10, 1, 16, 16)
+    snap = read_checkpoint(run / "gan" / "snapshots" / "step_000002.pt")  # the snapshots merge the same way
+    parts = [read_checkpoint(shard_dir(run, i) / "snapshots" / "step_000002.pt") for i in range(3)]
+    assert snap["model"]["n_classes"] == 10 and torch.equal(
+        snap["ema"]["module.net.0.weight"], torch.cat([p["ema"]["module.net.0.weight"] for p in parts]))
+    assert load_generator(run / "gan" / "snapshots" / "step_000004.pt", "cpu")(torch.randn(2, 10, cfg.gan.nz)).shape == (2, 10, 1, 16, 16)
     assert run_stage("gan", cfg, run)["skipped"]
 
 

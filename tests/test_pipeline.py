@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+import shutil
 
 import pandas as pd
 import pytest
@@ -287,3 +288,23 @@ def test_every_long_stage_reports_progress(smoke_run, tmp_path):
         run_stage(name, cfg, copy, progress=lambda step, total: seen.append((step, total)))
         assert seen and seen[-1][0] == seen[-1][1] > 0, name
         assert all(0 <= s <= t for s, t in seen), name
+
+
+def test_an_arm_of_one_class_is_left_out_of_the_linear_probe_not_a_crash(smoke_run, tmp_path):
+    """When the gate keeps one class's GAN samples only, synthetic_only has nothing for a logistic
+    regression to separate: the probe skips it (found by a new user's 30-image run) and the CNN arms still run."""
+    from augment import rundir
+    from augment.graph import load_config, run_stage
+    from augment.summary import read_summary
+    from conftest import SMOKE
+
+    _, run_dir, _ = smoke_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    frame = rundir.read_manifest(copy)
+    frame.loc[(frame["source"] == "gan") & (frame["label"] != "0"), "kept"] = False  # the smoke gate keeps 0, 4 and 7
+    rundir.write_manifest(copy, frame)
+    cfg = load_config(SMOKE, ["benchmark.seeds=1", "benchmark.arms=[real, synthetic_only]"])
+    assert not run_stage("benchmark", cfg, copy)["skipped"]
+    summary = read_summary(copy)
+    assert set(summary.arms) == {"real", "synthetic_only"} and set(summary.linear_probe) == {"real"}

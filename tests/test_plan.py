@@ -18,6 +18,11 @@ def test_the_plan_of_a_finished_run_reuses_every_stage_and_writes_nothing(smoke_
     assert [s.name for s in changed.stages if not s.cached] == ["benchmark", "expand", "report"]
     bench = next(s for s in changed.stages if s.name == "benchmark")
     assert bench.seconds > 0 and "9 arms x 4 seeds + 15 share choices, 40 steps" in bench.how
+    kfold = make_plan(load_config(SMOKE, ["benchmark.seeds=4", "benchmark.selection=kfold"]), run_dir)
+    bench = next(s for s in kfold.stages if s.name == "benchmark")  # 5 side-stream arms x 3 shares x 4 seeds, less 5 x 4
+    assert "9 arms x 4 seeds + 40 share choices" in bench.how and "k-fold" in bench.how
+    cas = make_plan(load_config(SMOKE, ["gan.checkpoint_selection=cas", "gan.latent_scales=[0.5, 1]"]), run_dir)
+    assert "4 CAS classifier(s)" in next(s for s in cas.stages if s.name == "synthesize").how  # 2 snapshots x 2 scales
     assert tree_state(run_dir) == before  # no stage body ran, nothing was written
 
 

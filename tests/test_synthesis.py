@@ -179,6 +179,23 @@ def test_the_generator_step_and_latent_scale_are_chosen_by_cas_on_val_never_test
     assert info["cas_accuracy_on_val"] == best["cas_accuracy_on_val"]
     path, scale = rundir.selected_generator(run_dir)
     assert path == run_dir / "gan" / "snapshots" / f"step_{best['step']:06d}.pt" and scale == best["scale"]
+    from augment.core.report_gan import quality_section
+
+    text = quality_section(cfg, json.loads((run_dir / "gan" / "quality.json").read_text()), None, rundir.read_manifest(run_dir))
+    assert f"EMA generator at step {best['step']} with latent scale {best['scale']:g}" in text and "| 10 | 0.5 |" in text
     # a changed scale grid re-runs the synthesize stage, not the GAN's training
     again = load_config(SMOKE, ["gan.checkpoint_selection=cas", "gan.latent_scales=[1.0]"])
     assert run_stage("gan", again, run_dir)["skipped"]
+
+
+def test_the_copying_ratio_flags_samples_that_hug_the_training_images():
+    from augment.core.gate import copying
+
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(50, 8))
+    held_out = rng.normal(size=(30, 8))  # fresh real images: their own distance to the train set
+    copies = train[:20] + rng.normal(scale=0.01, size=(20, 8))
+    novel = rng.normal(size=(20, 8))
+    assert copying(train, copies, held_out)["ratio"] < 0.05
+    assert 0.7 < copying(train, novel, held_out)["ratio"] < 1.4
+    assert copying(train, novel[:0], held_out)["ratio"] is None

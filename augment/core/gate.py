@@ -108,11 +108,23 @@ def _set_metrics(real: np.ndarray, fake: np.ndarray) -> dict:
     return out
 
 
+def copying(real: np.ndarray, kept: np.ndarray, held_out: np.ndarray) -> dict:
+    """Data-copying check (after Meehan et al. 2020): the median distance from the kept samples to
+    their nearest real train image over the same for held-out real images of the class. A ratio
+    well below 1 means the samples sit closer to the training images than fresh real images do."""
+    if len(real) == 0 or len(kept) == 0 or len(held_out) == 0:
+        return {"kept_to_train": None, "held_out_to_train": None, "ratio": None}
+    fake_d, held_d = float(np.median(quality.nearest(kept, real)[0])), float(np.median(quality.nearest(held_out, real)[0]))
+    return {"kept_to_train": round(fake_d, 4), "held_out_to_train": round(held_d, 4),
+            "ratio": round(fake_d / held_d, 4) if held_d > 0 else None}
+
+
 def class_quality(
     real_feats: np.ndarray, real_y: np.ndarray, fake_feats: np.ndarray, intended: np.ndarray, kept: np.ndarray,
-    novelty: np.ndarray, classes: list[str], gate_cfg: GateConfig,
+    novelty: np.ndarray, classes: list[str], gate_cfg: GateConfig, held_out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, dict]:
-    """Per-class metrics for all generated samples and for the kept ones, plus the collapse alarm."""
+    """Per-class metrics for all generated samples and for the kept ones, the collapse alarm and,
+    with held-out real features and labels, the data-copying ratio."""
     out = {}
     for c, label in enumerate(classes):
         real, mine = real_feats[real_y == c], intended == c
@@ -127,6 +139,8 @@ def class_quality(
             "alarm": (f"mode collapse: its samples are {div:.2f} times as varied as the real images "
                       f"(< gate.min_diversity {gate_cfg.min_diversity})") if collapsed else None,
         }
+        if held_out is not None:
+            out[label]["copying"] = copying(real, fake_feats[mine & kept], held_out[0][held_out[1] == c])
     return out
 
 

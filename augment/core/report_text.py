@@ -15,14 +15,11 @@ import pandas as pd
 
 from augment.config import Config
 from augment.config_file import dump_config
-from augment.core.report_data import data_table, skipped_inputs, split_text
+from augment.core.report_data import _pct, data_table, skipped_inputs, split_text
+from augment.core.report_gan import quality_section
 from augment.summary import Gain, Stat, Summary
 
 METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
-
-
-def _pct(x: float) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
 
 
 def _pts(x: float) -> str:
@@ -192,53 +189,6 @@ def _recall_table(summary: Summary, order: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _num(x: float | None, digits: int = 2) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _gate_summary(frame: pd.DataFrame) -> str:
-    """How many generated images were kept, and why the others were not."""
-    gan = frame[frame["source"] == "gan"]
-    if gan.empty:
-        return "No GAN samples were generated."
-    counts = gan.loc[~gan["kept"], "reason_code"].fillna("other").value_counts()
-    parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items())
-    return f"Generated {len(gan)} images, kept {int(gan['kept'].sum())}" + (f"; not kept: {parts}." if parts else ".")
-
-
-def _quality_section(cfg: Config, q: dict | None, history: pd.DataFrame | None, frame: pd.DataFrame) -> str:
-    """The gate's outcome and per-class quality (gan/quality.json), and D's overfitting signal."""
-    if q is None:
-        return "The GAN stage was disabled.\n"
-    lines = [
-        _gate_summary(frame), "",
-        f"Each sample was kept if the gate's judge gave its intended class at least {cfg.gate.min_confidence} and "
-        f"its novelty (distance to the nearest real training image over the typical spacing of real images; 0 is "
-        f"a copy) was at least {cfg.gate.min_novelty}; of those, the {q['target_per_class']} most confident per "
-        f"class out of {q['generated_per_class']} generated. Metrics are in the judge's feature space against the "
-        f"real train images of the class (k = {q['k']} for precision and recall); CAS recall is the val recall of a "
-        f"classifier trained on kept samples only (overall {_pct(q['cas_accuracy_on_val'])}).", "",
-        "| class | kept | Frechet distance | precision | recall | diversity (all / kept) | median novelty | CAS recall | alarm |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for label, c in q["classes"].items():
-        k = c["kept"]
-        lines.append(
-            f"| {label} | {k['n']} | {_num(k['frechet_distance'])} | {_num(k['precision'])} | {_num(k['recall'])} "
-            f"| {_num(c['generated']['diversity'])} / {_num(k['diversity'])} | {_num(c['median_novelty'])} "
-            f"| {_pct(c['cas_recall'])} | {c['alarm'] or ''} |"
-        )
-    if history is not None:
-        h = history
-        if {"d_acc_train", "d_acc_val"} <= set(h.columns) and h["d_acc_val"].notna().any():
-            last = h[h["d_acc_val"].notna()].iloc[-1]
-            lines += ["", (
-                f"Discriminator overfitting signal at step {int(last['step'])}: D calls {_pct(last['d_acc_train'])} of "
-                f"the training images real and {_pct(last['d_acc_val'])} of held-out real (val) images; a wide gap "
-                f"means D memorised the training set (history in gan/history.csv).")]
-    return "\n".join(lines) + "\n"
-
-
 def _device_line(device: dict | None) -> str:
     """' Computed on ...' from the run's device.json (graph.device_record)."""
     if not device:
@@ -326,7 +276,7 @@ Train images per class and source (real, classical, SMOTE decoded to pixels, GAN
 {walk}
 ### Quality gate and sample quality
 
-{_quality_section(cfg, quality, history, frame)}
+{quality_section(cfg, quality, history, frame)}
 ## Config
 
 ```yaml

@@ -223,6 +223,9 @@ def _linear_probe(extractor, run_dir: Path, arms: list[str], held_out: dict, cla
         if "smote" in spec.sources:
             with np.load(Path(run_dir) / "features" / "smote.npz") as rows:
                 feats, y = np.concatenate([feats, rows["x"]]), np.concatenate([y, rows["y"]])
+        if len(np.unique(y)) < 2:  # e.g. synthetic_only when the gate kept one class's samples: nothing to fit
+            log.warning("benchmark: linear probe of arm %s skipped: its images hold %d class(es)", arm, len(np.unique(y)))
+            continue
         train[arm] = (feats, y, spec.balanced)
     return linear_probe_scores(train, {s: (extractor.transform(xs), ys) for s, (xs, ys) in held_out.items()}, classes)
 

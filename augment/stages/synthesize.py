@@ -13,7 +13,7 @@ from pathlib import Path
 from augment import rundir
 from augment.atomic import write_json
 from augment.config import Config
-from augment.core.classifier import save_classifier, train_classifier
+from augment.core.classifier import predict, save_classifier, train_classifier
 from augment.core.gate import (K_NEIGHBOURS, apply_alarm, class_quality, classification_accuracy_score, gan_rows,
                                 sample_and_judge)
 from augment.core.sampling import load_generator
@@ -58,7 +58,8 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     chosen, path, images, intended, j, n, cas = best
     if progress is not None:
         progress(parts * trainer["steps"], parts * trainer["steps"])
-    per_class = class_quality(j.real_feats, y[real], j.feats, intended, j.kept, j.novelty, classes, cfg.gate)
+    held_out = (predict(judge, x_val)[1], y_val) if len(x_val) else None  # for the data-copying ratio
+    per_class = class_quality(j.real_feats, y[real], j.feats, intended, j.kept, j.novelty, classes, cfg.gate, held_out)
     for c, label in enumerate(classes):
         per_class[label]["cas_recall"] = cas["recall"][c] if cas["recall"] else None
     apply_alarm(per_class, classes, intended, j.kept, j.codes, j.reasons, cfg.gate.keep_collapsed)

@@ -1,0 +1,69 @@
+"""The report's GAN section: what the quality gate kept and why, per-class quality, the generator chosen."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from augment.config import Config
+from augment.core.report_data import _num, _pct
+
+
+def _gate_summary(frame: pd.DataFrame) -> str:
+    """How many generated images were kept, and why the others were not."""
+    gan = frame[frame["source"] == "gan"]
+    if gan.empty:
+        return "No GAN samples were generated."
+    counts = gan.loc[~gan["kept"], "reason_code"].fillna("other").value_counts()
+    parts = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items())
+    return f"Generated {len(gan)} images, kept {int(gan['kept'].sum())}" + (f"; not kept: {parts}." if parts else ".")
+
+
+KEPT_HOW = {"confidence": "the most confident", "random": "drawn at random",
+            "farthest": "spread out by farthest-point sampling from the most confident"}
+
+
+def _selection_lines(q: dict) -> list[str]:
+    """Which generator (training step, latent scale) was sampled, and the CAS curve it was chosen on."""
+    sel = q.get("selection")
+    if not sel or len(sel["curve"]) < 2:
+        return []
+    return [f"The generator sampled is the EMA generator at step {sel['step']} with latent scale {sel['scale']:g}: the "
+            "best classification accuracy score on val among the snapshots and scales tried (`gan.checkpoint_selection`, "
+            "`gan.latent_scales`; never test):", "", "| step | latent scale | CAS on val |", "|---:|---:|---:|",
+            *[f"| {r['step']} | {r['scale']:g} | {_pct(r['cas_accuracy_on_val'])} |" for r in sel["curve"]], ""]
+
+
+def quality_section(cfg: Config, q: dict | None, history: pd.DataFrame | None, frame: pd.DataFrame) -> str:
+    """The gate's outcome and per-class quality (gan/quality.json), and D's overfitting signal."""
+    if q is None:
+        return "The GAN stage was disabled.\n"
+    lines = [
+        _gate_summary(frame), "",
+        f"Each sample was kept if the gate's judge gave its intended class at least {cfg.gate.min_confidence} and "
+        f"its novelty (distance to the nearest real training image over the typical spacing of real images; 0 is "
+        f"a copy) was at least {cfg.gate.min_novelty}; of those, {q['target_per_class']} per class out of "
+        f"{q['generated_per_class']} generated: {KEPT_HOW[cfg.gate.select]} (`gate.select`). Metrics are in the "
+        f"judge's feature space against the real train images of the class (k = {q['k']} for precision and recall); "
+        f"CAS recall is the val recall of a classifier trained on kept samples only (overall "
+        f"{_pct(q['cas_accuracy_on_val'])}). Copying is the kept samples' median distance to their nearest real train "
+        f"image over the same for held-out real (val) images: well below 1, the samples hug the training images.", "",
+        *_selection_lines(q),
+        "| class | kept | Frechet distance | precision | recall | diversity (all / kept) | median novelty | copying | CAS recall | alarm |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for label, c in q["classes"].items():
+        k = c["kept"]
+        lines.append(
+            f"| {label} | {k['n']} | {_num(k['frechet_distance'])} | {_num(k['precision'])} | {_num(k['recall'])} "
+            f"| {_num(c['generated']['diversity'])} / {_num(k['diversity'])} | {_num(c['median_novelty'])} "
+            f"| {_num((c.get('copying') or {}).get('ratio'))} | {_pct(c['cas_recall'])} | {c['alarm'] or ''} |"
+        )
+    if history is not None:
+        h = history
+        if {"d_acc_train", "d_acc_val"} <= set(h.columns) and h["d_acc_val"].notna().any():
+            last = h[h["d_acc_val"].notna()].iloc[-1]
+            lines += ["", (
+                f"Discriminator overfitting signal at step {int(last['step'])}: D calls {_pct(last['d_acc_train'])} of "
+                f"the training images real and {_pct(last['d_acc_val'])} of held-out real (val) images; a wide gap "
+                f"means D memorised the training set (history in gan/history.csv).")]
+    return "\n".join(lines) + "\n"
