@@ -129,6 +129,12 @@ def test_the_expanded_readme_states_the_synthetic_share_and_weight():
     text = how_to_train(load_config(None), Summary(), "real+gan", rows)
     assert "4 real images (train, val), 8 gan" in text and "25% of every batch" in text and "loss weight 0.5" in text
     assert "trained on the train split only" in text  # expand.refit_generator is off
+    rows = pd.DataFrame({"source": ["real"] * 4 + ["classical"] * 8, "split": ["train", "val"] * 2 + ["train"] * 8,
+                         "generator": [None] * 4 + ["albumentations:medium"] * 8})
+    on_the_fly = how_to_train(load_config(None, ["benchmark.classical_on_the_fly=true"]), Summary(), "real+classical", rows)
+    assert "The classical pipeline on every image of every batch" in on_the_fly and "A.from_dict" in on_the_fly
+    copies = how_to_train(load_config(None, ["benchmark.classical_on_the_fly=false"]), Summary(), "real+classical", rows)
+    assert "every image of every batch" not in copies
     assert "Class-balanced sampling" in text
 
 

@@ -56,6 +56,11 @@ def how_to_train(cfg: Config, summary, arm: str, rows) -> str:
         lines.append("- Every batch, the GAN images drawn are replaced by fresh generator samples of their class that "
                      "pass the quality gate (benchmark.online_gan; augment.load_training_data does it, the files here are "
                      "the kept pool).")
+    if trained_as(arm, b.classical_on_the_fly).classical:
+        lines.append("- The classical pipeline on every image of every batch, real and synthetic (albumentations; "
+                     "`recipe/recipe.json` \"classical_transforms\", each one `A.from_dict({\"transform\": t})`): that is what was "
+                     "measured. "
+                     "The classical copies here are a frozen stand-in for a trainer that cannot augment on the fly.")
     if spec.augment:
         lines.append("- TrivialAugmentWide (torchvision) on every image of every batch.")
     if spec.balanced or summary.balanced_sampling:
