@@ -160,6 +160,13 @@ def load_split(run_dir: Path, split: str, sources=("real",)) -> tuple[np.ndarray
     return x, y, rows
 
 
+def load_splits(run_dir: Path, splits: tuple[str, ...], sources=("real",)) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """load_split over several splits, concatenated in the order given (all of the first split, then the next)."""
+    parts = [load_split(run_dir, s, sources) for s in splits]
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            pd.concat([p[2] for p in parts], ignore_index=True))
+
+
 # --------------------------------------------------------------------------- lock and leftovers
 
 

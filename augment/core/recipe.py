@@ -113,11 +113,11 @@ def load_training_data(run_dir: str | Path, seed: int = 0, splits: tuple[str, ..
     recipe = json.loads(path.read_text())
     splits = tuple(splits or recipe["real_splits"])
     classes = recipe["classes"]
-    x, y = _images(run_dir, recipe, splits, ("real",))
+    x, y, _ = _images(run_dir, recipe, splits, ("real",))
     # the refit generator's samples stand in for the benchmark's GAN samples beyond the train split
     regenerated = recipe.get("generator_refit", False) and set(splits) != {"train"}
     xs, ys, sources = _images(run_dir, recipe, ("train",), tuple(s for s in recipe["sources"] if s != "real"
-                                                                 and not (regenerated and s == "gan")), with_sources=True)
+                                                                 and not (regenerated and s == "gan")))
     if (run_dir / REFIT_ROWS).is_file():  # copies of the val (and test) images the refit added, refit GAN samples
         refit = rundir.normalise(pd.read_parquet(run_dir / REFIT_ROWS))
         wanted = (refit["source"] == "classical") & refit["split"].isin(splits) | (refit["source"] == "gan") & regenerated
@@ -163,10 +163,9 @@ def _soft_and_online(run_dir: Path, recipe: dict, stream: SideStream, x_real: np
         stream.online_rows = sources == "gan"
 
 
-def _images(run_dir: Path, recipe: dict, splits: tuple[str, ...], sources: tuple[str, ...], with_sources: bool = False):
+def _images(run_dir: Path, recipe: dict, splits: tuple[str, ...], sources: tuple[str, ...]):
+    """(images, labels, source per row) of the splits and sources."""
     if not sources:
-        empty = np.empty((0, *recipe["size"], recipe["channels"]), np.uint8), np.empty(0, np.int64)
-        return (*empty, np.empty(0, str)) if with_sources else empty
-    parts = [rundir.load_split(run_dir, s, sources) for s in splits]
-    out = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    return (*out, np.concatenate([p[2]["source"].to_numpy(str) for p in parts])) if with_sources else out
+        return np.empty((0, *recipe["size"], recipe["channels"]), np.uint8), np.empty(0, np.int64), np.empty(0, str)
+    x, y, rows = rundir.load_splits(run_dir, splits, sources)
+    return x, y, rows["source"].to_numpy(str)

@@ -60,9 +60,8 @@ def _train(run_dir: str, sources: tuple[str, ...]):
 @functools.lru_cache(maxsize=2)
 def _pool(run_dir: str):
     """The k-fold protocol's pool: the real train images, then the real val images, and their ids."""
-    parts = [rundir.load_split(Path(run_dir), s) for s in ("train", "val")]
-    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-            np.concatenate([p[2]["id"].to_numpy() for p in parts]))
+    x, y, rows = rundir.load_splits(Path(run_dir), ("train", "val"))
+    return x, y, rows["id"].to_numpy()
 
 
 @functools.lru_cache(maxsize=4)

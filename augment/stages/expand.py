@@ -7,7 +7,6 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from augment import rundir
@@ -148,9 +147,8 @@ def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerp
 
     info, device = rundir.ingest_info(run_dir), resolve_device(cfg.device)
     classes, k = info["classes"], len(info["classes"])
-    parts = [rundir.load_split(run_dir, s) for s in splits]
-    x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    ids = [i for p in parts for i in p[2]["id"]]
+    x, y, rows = rundir.load_splits(run_dir, splits)
+    ids = rows["id"].tolist()
     log.info("expand: training the generator again on the %d real images of %s (expand.refit_generator)", len(y), "+".join(splits))
     train_gan(x, y, k, cfg.gan, seed=derive_seed(cfg.seed, "gan", "refit"), device=device, out_dir=run_dir / REFIT_GAN,
               fingerprint=f"{fingerprint}-refit")
@@ -175,8 +173,7 @@ def recipe(cfg: Config, run_dir: Path, summary, arm: str, splits: tuple[str, ...
     if soft:  # the benchmark's teacher, on the deliverable's real images: TrivialAugmentWide, class-balanced
         from augment.core.classifier import save_classifier, train_classifier
 
-        parts = [rundir.load_split(run_dir, s) for s in splits]
-        x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        x, y, _ = rundir.load_splits(run_dir, splits)
         teacher = train_classifier(x, y, len(info["classes"]), **{**trainer, "steps": b.steps_for(len(y))},
                                    seed=derive_seed(cfg.seed, "teacher"), device=resolve_device(cfg.device),
                                    augment="trivialaugment", balanced=True)
@@ -184,6 +181,7 @@ def recipe(cfg: Config, run_dir: Path, summary, arm: str, splits: tuple[str, ...
     else:
         (run_dir / TEACHER).unlink(missing_ok=True)
     online = bool(b.online_gan and "gan" in spec.sources)
+    generator, scale = rundir.selected_generator(run_dir)  # the generator and latent scale the GAN samples came from
     return write_recipe(run_dir, {
         "arm": arm, "sources": list(spec.sources), "real_splits": list(splits), "classes": info["classes"],
         "size": info["size"], "channels": info["channels"], "fit": info.get("fit", "pad"),
@@ -198,8 +196,8 @@ def recipe(cfg: Config, run_dir: Path, summary, arm: str, splits: tuple[str, ...
         "generator_refit": regenerate,  # the GAN rows of recipe/refit.parquet replace the manifest's on the refit splits
         "teacher": TEACHER.as_posix() if soft else None, "temperature": b.temperature,
         "online_gan": online, "generator": (REFIT_GAN / "checkpoint.pt" if regenerate else
-                                            rundir.selected_generator(run_dir)[0].relative_to(run_dir)).as_posix(),
-        "latent_scale": rundir.selected_generator(run_dir)[1],
+                                            generator.relative_to(run_dir)).as_posix(),
+        "latent_scale": scale,
         "judge": rundir.GATE_JUDGE.as_posix(), "bn_seed": derive_seed(cfg.seed, "bn"),
         "gate": [cfg.gate.min_confidence, cfg.gate.min_novelty, cfg.gate.oversample],
     })
