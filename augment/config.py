@@ -130,6 +130,9 @@ class SmoteConfig(_Section):
         return name
 
 
+MIX_SELECT_DIMS = 40  # augment.core.mix.SELECT_DIMS (a test keeps them equal; config does not import torch)
+
+
 class GanConfig(_Section):
     enabled: Bool = True
     mode: GeneratorMode = "per_class"
@@ -148,6 +151,8 @@ class GanConfig(_Section):
     lecam: float = Field(default=0.0, ge=0)  # LeCam regularisation weight of D (Tseng et al. 2021); 0: off
     lecam_decay: float = Field(default=0.99, gt=0, lt=1)  # the moving average of D's logits it anchors to
     r1: float = Field(default=0.0, ge=0)  # R1 penalty gamma on D's gradient at real images; 0: off
+    # mode mix: weight of the reconstruction loss, mean |decode(encode(x)) - x| over real images, in G's loss
+    mix_reconstruction: float = Field(default=10.0, ge=0)
     # Which generator the synthesize stage samples: the last step's EMA generator (last), or the
     # snapshot (one every sample_every steps) and latent scale whose gated samples give the best
     # classification accuracy score on real val (cas: one classifier per snapshot and scale; never test)
@@ -164,6 +169,9 @@ class GanConfig(_Section):
     def _check(self) -> GanConfig:
         if self.shards > 1 and self.mode != "per_class":
             raise ValueError("gan.shards > 1 needs gan.mode: per_class (one conditional network cannot be split by class)")
+        if self.mode == "mix" and self.nz <= MIX_SELECT_DIMS:
+            raise ValueError(f"gan.mode mix needs gan.nz > {MIX_SELECT_DIMS} (it reads {MIX_SELECT_DIMS} of z as parent and "
+                             f"mask bits), got {self.nz}")
         return self
 
 

@@ -109,10 +109,10 @@ def _gan_step_seconds(cfg: Config, k: int, channels: int, device) -> float:
     from augment.core.gan_train import build_state, class_shards, train_step
 
     k = len(class_shards(k, cfg.gan.shards)[0])  # shards train side by side: one shard's step
-    state = build_state(cfg.gan, k, channels, seed=0, device=device)
     s = cfg.gan.image_size
     bank = torch.rand(k, 8, channels, s, s, device=device) * 2 - 1
     counts = torch.full((k,), 8, device=device)
+    state = build_state(cfg.gan, k, channels, seed=0, device=device, bank=(bank, counts))
     return _timed(lambda: train_step(state, bank, counts, cfg.gan), 5)
 
 

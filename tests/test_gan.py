@@ -147,13 +147,13 @@ def test_cutout_zeroes_a_quarter_and_translation_moves_pixels():
     assert (moved == 0).any() and set(moved.unique().tolist()) <= {0.0, 1.0}
 
 
-@pytest.mark.parametrize("mode,regularise", [("per_class", {}), ("conditional", {}),
+@pytest.mark.parametrize("mode,regularise", [("per_class", {}), ("conditional", {}), ("mix", {"nz": 48}),
                                              ("per_class", {"lecam": 0.3, "r1": 1.0})])
 def test_training_is_deterministic_and_resume_matches(tmp_path, mode, regularise):
     """Stopping at step 3 and resuming gives the same weights as training 6 steps straight (with
-    LeCam's moving averages and R1 too)."""
+    LeCam's moving averages and R1 too, and for the mix mode's encoder-decoder and its image bank)."""
     x, y = toy_data()
-    cfg = GanConfig(mode=mode, **TINY, **regularise)
+    cfg = GanConfig(mode=mode, **{**TINY, **regularise})
     device = torch.device("cpu")
     val = toy_data(n=2, seed=1)
     kw = dict(seed=7, device=device, fingerprint="f", val=val)

@@ -131,18 +131,23 @@ class TrainState:
     lecam: torch.Tensor | None = None  # (2, K) moving averages of D's logits on real and fake (gan.lecam)
 
 
-def gan_spec(cfg: GanConfig, n_classes: int, channels: int) -> GanSpec:
-    return GanSpec(cfg.mode, n_classes, cfg.nz, cfg.ngf, cfg.ndf, cfg.image_size, channels)
+def gan_spec(cfg: GanConfig, n_classes: int, channels: int, parents: int = 0) -> GanSpec:
+    return GanSpec(cfg.mode, n_classes, cfg.nz, cfg.ngf, cfg.ndf, cfg.image_size, channels,
+                   parents if cfg.mode == "mix" else 0)
 
 
-def build_state(cfg: GanConfig, n_classes: int, channels: int, seed: int, device: torch.device) -> TrainState:
-    spec = gan_spec(cfg, n_classes, channels)
+def build_state(cfg: GanConfig, n_classes: int, channels: int, seed: int, device: torch.device,
+                bank: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainState:
+    """Fresh networks, EMA, optimisers and noise generator; `bank` (prepare_real's): the images mix mode mixes."""
+    spec = gan_spec(cfg, n_classes, channels, bank[0].shape[1] if bank is not None else 0)
     init_gen = torch.Generator().manual_seed(seed % 2**63)
     G, D = spec.generator(), spec.discriminator()
     dcgan_init(G, init_gen)
     dcgan_init(D, init_gen)
     channels_last = use_channels_last(cfg.channels_last, device)
     G, D = (to_memory_format(m.to(device), channels_last) for m in (G, D))
+    if spec.mode == "mix" and bank is not None:  # before the EMA copies G: the copy holds the same images
+        G.set_bank(*bank)
     ema = AveragedModel(G, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
     opt_g = adam(G.parameters(), device, lr=cfg.lr, betas=(cfg.beta1, 0.999))
     opt_d = adam(D.parameters(), device, lr=cfg.lr, betas=(cfg.beta1, 0.999))
@@ -184,6 +189,8 @@ def train_step(state: TrainState, bank: torch.Tensor, counts: torch.Tensor, cfg:
     # (2) Update G network: make D call the fakes real
     with ctx:
         loss_g = g_loss(D(aug(fake)).float())
+        if state.spec.mode == "mix":  # the encoder-decoder must also reproduce the real images (ChimeraMix)
+            loss_g = loss_g + cfg.mix_reconstruction * (G.reconstruct(real).float() - real).abs().mean()
     state.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     state.opt_g.step()
@@ -328,7 +335,7 @@ def train_gan(
     out_dir = Path(out_dir)
     bank = prepare_real(images, labels, n_classes, cfg.image_size, device)
     val_bank = _val_bank(val, n_classes, cfg.image_size, device)
-    state = build_state(cfg, n_classes, images.shape[3], seed, device)
+    state = build_state(cfg, n_classes, images.shape[3], seed, device, bank)
     history = _resume(out_dir, state, fingerprint)
     if state.step == 0:  # from scratch: snapshots of an earlier training are not this one's
         shutil.rmtree(out_dir / "snapshots", ignore_errors=True)

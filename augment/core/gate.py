@@ -15,6 +15,7 @@ classifier recognised 83-94% of the time.)
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from augment import rundir
 from augment.config import Config, GateConfig
 from augment.core import quality
 from augment.core.classifier import predict, train_classifier
-from augment.core.sampling import sample
+from augment.core.sampling import sample, sample_parents
 from augment.core.tensors import to_uint8
 
 K_NEIGHBOURS = 3  # Kynkaanniemi et al. 2019's default for precision and recall
@@ -170,6 +171,7 @@ class Judged:
     reasons: list[str | None]
     feats: np.ndarray  # (N, D) generated
     real_feats: np.ndarray  # (M, D) real train
+    parents: list[list[str]] | None = None  # mix mode: each sample's two real parents' ids
 
 
 def judge_samples(
@@ -203,15 +205,24 @@ def apply_alarm(per_class: dict[str, dict], classes: list[str], intended: np.nda
 
 
 def sample_and_judge(cfg: Config, G, judge, x_real: np.ndarray, real_ids: list[str], k: int, size: tuple, seed: int,
-                     device, scale: float = 1.0):
+                     device, scale: float = 1.0, real_labels: np.ndarray | None = None):
     """gan.samples_per_class x gate.oversample samples per class from G, class-major, judged against
-    the real images: (images (K*n, H, W, C) uint8, intended class per image, the gate's Judged, n)."""
+    the real images: (images (K*n, H, W, C) uint8, intended class per image, the gate's Judged, n).
+
+    For a generator with real parents (mix mode), Judged.parents holds each sample's two parent ids,
+    given `real_labels`: x_real's classes, in the order G was trained on (its image bank's order)."""
     target = cfg.gan.samples_per_class
     n = math.ceil(target * cfg.gate.oversample)
     samples = sample(G, n, cfg.gan.nz, k, seed, device, scale=scale)  # (n, K, C, S, S)
     images = to_uint8(samples.transpose(0, 1).flatten(0, 1), size)  # class-major (K*n, H, W, C)
     intended = np.repeat(np.arange(k), n)
-    return images, intended, judge_samples(judge, x_real, real_ids, images, intended, target, cfg.gate, seed), n
+    judged = judge_samples(judge, x_real, real_ids, images, intended, target, cfg.gate, seed)
+    parents = sample_parents(G, n, cfg.gan.nz, k, seed, device)
+    if parents is not None and real_labels is not None:
+        by_class = [np.asarray(real_ids)[np.asarray(real_labels) == c] for c in range(k)]
+        pairs = parents.transpose(1, 0, 2).reshape(k * n, 2)  # class-major, as the images
+        judged.parents = [[str(by_class[c][a]), str(by_class[c][b])] for c, (a, b) in zip(intended, pairs)]
+    return images, intended, judged, n
 
 
 def gan_rows(run_dir: Path, images: np.ndarray, intended: np.ndarray, j, n: int, classes: list[str], seed: int,
@@ -227,5 +238,7 @@ def gan_rows(run_dir: Path, images: np.ndarray, intended: np.ndarray, j, n: int,
             generator=generator, sha256=rundir.save_png(run_dir, rel, image),
             height=image.shape[0], width=image.shape[1], channels=image.shape[2], score=float(j.score[i]),
             novelty=float(j.novelty[i]), kept=bool(j.kept[i]), reason_code=j.codes[i], reason=j.reasons[i],
+            **({} if j.parents is None else  # mix mode: both parents, as the SMOTE rows record theirs
+               {"parent_id": j.parents[i][0], "params": json.dumps({"parents": j.parents[i]})}),
         ))
     return rows

@@ -6,7 +6,8 @@ Both modes share one interface so the trainer never branches on the mode:
 `per_class` is K independent DCGANs run as one grouped-convolution network (groups=K:
 class k's channels only ever see class k's channels, and batch norm statistics are per
 channel, hence per class). `conditional` is one DCGAN with a label embedding in G and a
-projection discriminator (Miyato & Koyama 2018) in D.
+projection discriminator (Miyato & Koyama 2018) in D. `mix` (augment.core.mix) makes images from
+masked mixes of two real images' features and is judged by the conditional mode's discriminator.
 """
 
 from __future__ import annotations
@@ -131,12 +132,18 @@ class GanSpec:
     ndf: int
     image_size: int
     channels: int
+    parents: int = 0  # mix mode: real images held per class (the largest class's count)
 
-    def generator(self) -> Generator:
+    def generator(self) -> nn.Module:
+        if self.mode == "mix":
+            from augment.core.mix import MixGenerator
+
+            return MixGenerator(self.n_classes, self.nz, self.ngf, self.channels, self.image_size, self.parents)
         return Generator(self.n_classes, self.nz, self.ngf, self.channels, self.image_size, self.mode)
 
     def discriminator(self) -> Discriminator:
-        return Discriminator(self.n_classes, self.ndf, self.channels, self.image_size, self.mode)
+        mode = "conditional" if self.mode == "mix" else self.mode  # a projection discriminator judges the mixes
+        return Discriminator(self.n_classes, self.ndf, self.channels, self.image_size, mode)
 
     def to_dict(self) -> dict:
         return asdict(self)

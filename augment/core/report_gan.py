@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
 from augment.config import Config
@@ -33,12 +35,22 @@ def _selection_lines(q: dict) -> list[str]:
             *[f"| {r['step']} | {r['scale']:g} | {_pct(r['cas_accuracy_on_val'])} |" for r in sel["curve"]], ""]
 
 
+def _mix_lines(frame: pd.DataFrame) -> list[str]:
+    """gan.mode mix: the samples are mixes of real images; how many distinct parent pairs the kept ones use."""
+    kept = frame[(frame["source"] == "gan") & frame["kept"]]
+    pairs = {tuple(sorted(json.loads(p)["parents"])) for p in kept["params"].dropna()}
+    return [f"The generator is `gan.mode: mix`: every sample is a new image made from two real train images of its class, "
+            f"their features mixed under a random mask (both parents are in manifest.parquet, `params`). The kept samples "
+            f"come from {len(pairs)} distinct pairs of parents.", ""]
+
+
 def quality_section(cfg: Config, q: dict | None, history: pd.DataFrame | None, frame: pd.DataFrame) -> str:
     """The gate's outcome and per-class quality (gan/quality.json), and D's overfitting signal."""
     if q is None:
         return "The GAN stage was disabled.\n"
     lines = [
         _gate_summary(frame), "",
+        *(_mix_lines(frame) if cfg.gan.mode == "mix" else []),
         f"Each sample was kept if the gate's judge gave its intended class at least {cfg.gate.min_confidence} and "
         f"its novelty (distance to the nearest real training image over the typical spacing of real images; 0 is "
         f"a copy) was at least {cfg.gate.min_novelty}; of those, {q['target_per_class']} per class out of "

@@ -21,13 +21,24 @@ def sample(G: torch.nn.Module, n_per_class: int, nz: int, n_classes: int, seed: 
            scale: float = 1.0) -> torch.Tensor:
     """n_per_class samples per class, (n, K, C, S, S) in [-1, 1], from an explicit seed; `scale`
     multiplies the noise (the latent scale: below 1 trades variety for typical images)."""
-    gen = torch.Generator(device=device).manual_seed(seed % 2**63)
     G.eval()
-    out = []
+    return torch.cat([G(z * scale).float() for z in noise(n_per_class, n_classes, nz, seed, device, batch)])
+
+
+def noise(n_per_class: int, n_classes: int, nz: int, seed: int, device, batch: int = 256):
+    """The noise `sample` feeds G, (<= batch, K, nz) at a time, from an explicit seed."""
+    gen = torch.Generator(device=device).manual_seed(seed % 2**63)
     for start in range(0, n_per_class, batch):
-        z = torch.randn(min(batch, n_per_class - start), n_classes, nz, generator=gen, device=device)
-        out.append(G(z * scale).float())
-    return torch.cat(out)
+        yield torch.randn(min(batch, n_per_class - start), n_classes, nz, generator=gen, device=device)
+
+
+def sample_parents(G: torch.nn.Module, n_per_class: int, nz: int, n_classes: int, seed: int, device,
+                   batch: int = 256) -> np.ndarray | None:
+    """The real parents (indices within their class) of what `sample` draws with the same arguments,
+    (n, K, 2); None for a generator that has no parents (every mode but mix)."""
+    if not hasattr(G, "parents"):
+        return None
+    return torch.cat([G.parents(z) for z in noise(n_per_class, n_classes, nz, seed, device, batch)]).cpu().numpy()
 
 
 @torch.no_grad()

@@ -1,0 +1,93 @@
+"""The image-conditioned generator of gan.mode "mix": new images from masked mixes of two real images' features.
+
+After ChimeraMix (Reinders et al. 2022) and DAGAN (Antoniou et al. 2017): an encoder maps each of two
+real images of the same class to a feature map at a quarter of the image size; a random grid mask takes
+each cell of the map from one parent or the other (plus a little projected noise, DAGAN's way to vary
+one pair); a decoder turns the mix into an image. Trained with reconstruction (decode(encode(x)) = x)
+and the adversarial loss of a projection discriminator, the mixes must look like real images of the
+class, and they are new combinations of its real images rather than draws from noise alone.
+
+It keeps the other modes' interface, so the trainer, the sampler, the gate and the online sampler never
+branch on the mode: G(z: (B, K, nz)) -> (B, K, nc, S, S). The parents are real images held in the
+generator (buffer `bank`, (K, Nmax, nc, S, S), and `counts`), and z picks them: its first dimensions'
+signs are the bits of the two parents' indices and of the mask, the rest is the noise. Signs do not
+change when z is scaled, so a latent scale (gan.latent_scales) scales only the noise. Every layer
+normalises per image (instance norm), so class k's output depends only on class k's parents and z;
+the weights are shared by every class (cross-class sharing, as ChimeraMix trains one network).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PARENT_BITS = 12  # index bits per parent: uniform over classes of up to 4,096 images
+GRID = 4  # the mask is a GRID x GRID grid of cells over the feature map
+SELECT_DIMS = 2 * PARENT_BITS + GRID * GRID  # z dimensions read as bits; the rest of z is noise
+
+
+def _bits(z: torch.Tensor) -> torch.Tensor:
+    """The integer whose binary digits are the signs of z's last dimension (positive: 1)."""
+    weights = 2 ** torch.arange(z.shape[-1], device=z.device)
+    return ((z > 0).long() * weights).sum(-1)
+
+
+def _down(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 4, 2, 1), nn.InstanceNorm2d(cout, affine=True), nn.LeakyReLU(0.2, inplace=True)]
+
+
+def _up(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.InstanceNorm2d(cout, affine=True), nn.ReLU(True)]
+
+
+class MixGenerator(nn.Module):
+    def __init__(self, n_classes: int, nz: int, ngf: int, nc: int, image_size: int, parents: int):
+        super().__init__()
+        if nz <= SELECT_DIMS:
+            raise ValueError(f"gan.mode mix needs gan.nz > {SELECT_DIMS} (it reads {SELECT_DIMS} of z as parent and mask bits)")
+        self.k, self.nz, self.nc, self.mode = n_classes, nz, nc, "mix"
+        self.register_buffer("bank", torch.zeros(n_classes, max(parents, 1), nc, image_size, image_size))
+        self.register_buffer("counts", torch.ones(n_classes, dtype=torch.long))
+        width = 2 * ngf  # channels of the feature map that is mixed, at image_size / 4
+        self.encoder = nn.Sequential(*_down(nc, ngf), *_down(ngf, width))
+        self.noise = nn.Linear(nz - SELECT_DIMS, width)  # the noise, added to every cell of the mix
+        self.decoder = nn.Sequential(
+            nn.Conv2d(width, width, 3, 1, 1), nn.InstanceNorm2d(width, affine=True), nn.ReLU(True),  # blends the seams
+            *_up(width, ngf), nn.ConvTranspose2d(ngf, nc, 4, 2, 1), nn.Tanh(),
+        )
+
+    def set_bank(self, bank: torch.Tensor, counts: torch.Tensor) -> None:
+        """The real images to mix: (K, Nmax, nc, S, S) in [-1, 1], class c's first counts[c] rows."""
+        self.bank.copy_(bank)
+        self.counts.copy_(counts)
+
+    def parents(self, z: torch.Tensor) -> torch.Tensor:
+        """The two parents' indices within their class that z picks, (B, K, 2); distinct when the class has two."""
+        counts = self.counts.view(1, -1)
+        span = 2**PARENT_BITS
+        first = _bits(z[..., :PARENT_BITS]) * counts // span
+        other = _bits(z[..., PARENT_BITS : 2 * PARENT_BITS]) * (counts - 1).clamp(min=1) // span
+        second = torch.where(counts > 1, (first + 1 + other) % counts, first)
+        return torch.stack([first, second], dim=-1)
+
+    def mask(self, z: torch.Tensor, size: int) -> torch.Tensor:
+        """(B*K, 1, size, size): 1 where the mix takes the first parent's features."""
+        cells = (z[..., 2 * PARENT_BITS : SELECT_DIMS] > 0).float().reshape(-1, 1, GRID, GRID)
+        return F.interpolate(cells, size=(size, size), mode="nearest")
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """decode(encode(x)) for real images (B, K, nc, S, S): what the reconstruction loss compares to x."""
+        out = self.decoder(self.encoder(x.flatten(0, 1)))
+        return out.view_as(x)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        b, k, _ = z.shape
+        idx = self.parents(z)  # (B, K, 2)
+        cls = torch.arange(k, device=z.device).view(1, k)
+        pair = torch.stack([self.bank[cls, idx[..., 0]], self.bank[cls, idx[..., 1]]], dim=2)  # (B, K, 2, nc, S, S)
+        feats = self.encoder(pair.flatten(0, 2)).unflatten(0, (b * k, 2))  # one pass for both parents
+        m = self.mask(z, feats.shape[-1])
+        mixed = m * feats[:, 0] + (1 - m) * feats[:, 1] + self.noise(z[..., SELECT_DIMS:].reshape(b * k, -1))[:, :, None, None]
+        out = self.decoder(mixed)
+        return out.view(b, k, self.nc, *out.shape[-2:])

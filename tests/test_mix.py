@@ -1,0 +1,133 @@
+"""gan.mode mix: the image-conditioned generator (augment.core.mix) that mixes two real images of a class."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from augment.config import MIX_SELECT_DIMS, GanConfig
+from augment.core.gan_train import prepare_real
+from augment.core.mix import PARENT_BITS, SELECT_DIMS, MixGenerator
+from augment.core.networks import GanSpec, dcgan_init
+from augment.core.sampling import sample, sample_parents
+
+NZ = SELECT_DIMS + 8
+
+
+def mix_generator(counts=(4, 4, 4), size=16, channels=1, seed=0) -> MixGenerator:
+    torch.manual_seed(seed)
+    k = len(counts)
+    G = GanSpec("mix", k, NZ, 4, 4, size, channels, max(counts)).generator()
+    dcgan_init(G, torch.Generator().manual_seed(seed))
+    G.set_bank(torch.rand(k, max(counts), channels, size, size) * 2 - 1, torch.tensor(counts))
+    return G.eval()
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes_and_the_projection_discriminator(size, channels):
+    spec = GanSpec("mix", 3, NZ, 4, 4, size, channels, 5)
+    G, D = spec.generator(), spec.discriminator()
+    x = G(torch.randn(2, 3, NZ))
+    assert x.shape == (2, 3, channels, size, size) and x.abs().max() <= 1.0
+    assert D.mode == "conditional" and D(x).shape == (2, 3)
+    assert G.reconstruct(x).shape == x.shape
+
+
+def test_class_k_output_depends_only_on_class_k_parents():
+    """Changing class 1's real images changes class 1's samples and no other class's; the same for its noise."""
+    G = mix_generator()
+    z = torch.randn(6, 3, NZ)
+    before = G(z)
+    G.bank[1] = torch.rand_like(G.bank[1])
+    after = G(z)
+    assert not torch.allclose(before[:, 1], after[:, 1])
+    assert torch.equal(before[:, [0, 2]], after[:, [0, 2]])
+    z2 = z.clone()
+    z2[:, 1, SELECT_DIMS:] += 3.0  # class 1's noise only
+    moved = G(z2)
+    assert not torch.allclose(after[:, 1], moved[:, 1]) and torch.equal(after[:, [0, 2]], moved[:, [0, 2]])
+
+
+def test_parents_are_in_range_distinct_and_unchanged_by_the_latent_scale():
+    G = mix_generator(counts=(1, 2, 7))
+    z = torch.randn(500, 3, NZ)
+    idx = G.parents(z)
+    assert idx.shape == (500, 3, 2)
+    assert (idx[:, 0] == 0).all()  # one image: it is both parents
+    for c, n in ((1, 2), (2, 7)):
+        assert idx[:, c].min() >= 0 and idx[:, c].max() < n and (idx[:, c, 0] != idx[:, c, 1]).all()
+        assert set(idx[:, c, 0].tolist()) == set(range(n))  # every image gets to be a parent
+    assert torch.equal(idx, G.parents(z * 0.5))  # signs pick the parents: a latent scale scales only the noise
+    assert torch.equal(G.mask(z, 8), G.mask(z * 2.0, 8))
+
+
+def test_a_mix_takes_each_mask_cell_from_one_parent():
+    """With the noise weights zeroed, an all-ones mask gives the first parent's reconstruction, all-zeros the second's."""
+    G = mix_generator()
+    torch.nn.init.zeros_(G.noise.weight)
+    torch.nn.init.zeros_(G.noise.bias)
+    z = torch.randn(2, 3, NZ)
+    z[..., 2 * PARENT_BITS:SELECT_DIMS] = 1.0
+    idx = G.parents(z)
+    first = G.bank[torch.arange(3), idx[..., 0]]  # (2, 3, C, S, S)
+    torch.testing.assert_close(G(z), G.reconstruct(first))
+    z[..., 2 * PARENT_BITS:SELECT_DIMS] = -1.0
+    torch.testing.assert_close(G(z), G.reconstruct(G.bank[torch.arange(3), idx[..., 1]]))
+
+
+def test_sample_parents_match_what_sample_draws():
+    G = mix_generator()
+    parents = sample_parents(G, 300, NZ, 3, seed=4, device="cpu", batch=128)  # three batches of noise
+    assert parents.shape == (300, 3, 2)
+    gen = torch.Generator().manual_seed(4)
+    z = torch.cat([torch.randn(n, 3, NZ, generator=gen) for n in (128, 128, 44)])
+    assert np.array_equal(parents, G.parents(z).numpy())
+    assert torch.equal(sample(G, 300, NZ, 3, seed=4, device="cpu", batch=128), G(z))
+
+
+def test_nz_too_small_for_the_parent_and_mask_bits_is_a_config_error():
+    assert MIX_SELECT_DIMS == SELECT_DIMS
+    with pytest.raises(ValueError, match="gan.nz"):
+        GanConfig(mode="mix", nz=16)
+    with pytest.raises(ValueError, match="gan.nz"):
+        MixGenerator(2, 16, 4, 1, 16, 3)
+    with pytest.raises(ValueError, match="gan.shards"):
+        GanConfig(mode="mix", shards=2)
+
+
+def test_mix_runs_in_the_pipeline_and_the_manifest_names_both_parents(smoke_run, tmp_path):
+    """gan + synthesize with gan.mode mix on a copy of the smoke run: every GAN row names two real
+    train images of its class as parents (parent_id the first, params both), and those ids are the
+    images the generator holds, in its bank's order."""
+    import shutil
+
+    from augment import rundir
+    from augment.core.sampling import load_generator
+    from augment.graph import load_config, run_stage
+    from conftest import SMOKE
+
+    _, source, _ = smoke_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    cfg = load_config(SMOKE, ["gan.mode=mix", "gan.nz=48"])
+    assert run_stage("gan", cfg, run_dir)["steps"] == 20
+    run_stage("synthesize", cfg, run_dir)
+    frame = rundir.read_manifest(run_dir)
+    real = frame[(frame["source"] == "real") & (frame["split"] == "train")]
+    label_of = dict(zip(real["id"], real["label"]))
+    gan = frame[frame["source"] == "gan"]
+    assert len(gan) and set(gan["generator"]) == {"dcgan:mix"}
+    for row in gan.itertuples():
+        parents = json.loads(row.params)["parents"]
+        assert len(parents) == 2 and row.parent_id == parents[0]
+        assert all(label_of[p] == row.label for p in parents)
+    x, y, _ = rundir.load_split(run_dir, "train")
+    G = load_generator(run_dir / rundir.GAN_CHECKPOINT, "cpu")
+    bank, counts = prepare_real(x, y, len(counts_of := np.bincount(y)), cfg.gan.image_size, "cpu")
+    assert torch.equal(G.counts, counts) and torch.allclose(G.bank, bank) and counts.tolist() == counts_of.tolist()
+    from augment.core.report_gan import quality_section
+
+    text = quality_section(cfg, json.loads((run_dir / "gan" / "quality.json").read_text()), None, frame)
+    assert "`gan.mode: mix`" in text and "distinct pairs of parents" in text
