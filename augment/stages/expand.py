@@ -155,9 +155,8 @@ def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerp
     G = load_generator(run_dir / REFIT_GAN / "checkpoint.pt", device, derive_seed(cfg.seed, "bn"))
     judge = load_classifier(run_dir / rundir.GATE_JUDGE, device)
     seed = derive_seed(cfg.seed, "synthesize", "refit")
-    images, intended, j, n = sample_and_judge(cfg, G, judge, x, ids, k, tuple(info["size"]), seed, device,
-                                              rundir.selected_generator(run_dir)[1],  # the latent scale chosen on val
-                                              real_labels=y)
+    images, intended, j, n = sample_and_judge(cfg, G, judge, x, ids, y, k, tuple(info["size"]), seed, device,
+                                              rundir.selected_generator(run_dir)[1])  # the latent scale chosen on val
     per_class = class_quality(j.real_feats, y, j.feats, intended, j.kept, j.novelty, classes, cfg.gate)
     apply_alarm(per_class, classes, intended, j.kept, j.codes, j.reasons, cfg.gate.keep_collapsed)
     return rundir.normalise(gan_rows(run_dir, images, intended, j, n, classes, seed, f"dcgan:{cfg.gan.mode}:refit",

@@ -47,8 +47,8 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     curve, best = [], None
     for i, (step, path, scale) in enumerate(candidates):  # the generator (step, latent scale) with the best CAS on val
         G = load_generator(path, device, derive_seed(cfg.seed, "bn"))
-        images, intended, j, n = sample_and_judge(cfg, G, judge, x[real], train_rows.loc[real, "id"].tolist(), k, size,
-                                                  seed, device, scale, real_labels=y[real])
+        images, intended, j, n = sample_and_judge(cfg, G, judge, x[real], train_rows.loc[real, "id"].tolist(), y[real], k,
+                                                  size, seed, device, scale)
         cas = classification_accuracy_score(images[j.kept], intended[j.kept], x_val, y_val, k,
                                             {**trainer, "progress": phase((1 + i) * trainer["steps"])},
                                             derive_seed(cfg.seed, "cas"), device)
