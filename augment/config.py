@@ -153,6 +153,9 @@ class GanConfig(_Section):
     r1: float = Field(default=0.0, ge=0)  # R1 penalty gamma on D's gradient at real images; 0: off
     # mode mix: weight of the reconstruction loss, mean |decode(encode(x)) - x| over real images, in G's loss
     mix_reconstruction: float = Field(default=10.0, ge=0)
+    # The images the GAN learns from (and mode mix mixes): the real train images, or those and the
+    # classical stage's albumentations copies of them (the GAN then runs after the classical stage)
+    train_on: Literal["real", "real+classical"] = "real"
     # Which generator the synthesize stage samples: the last step's EMA generator (last), or the
     # snapshot (one every sample_every steps) and latent scale whose gated samples give the best
     # classification accuracy score on real val (cas: one classifier per snapshot and scale; never test)
@@ -173,6 +176,11 @@ class GanConfig(_Section):
             raise ValueError(f"gan.mode mix needs gan.nz > {MIX_SELECT_DIMS} (it reads {MIX_SELECT_DIMS} of z as parent and "
                              f"mask bits), got {self.nz}")
         return self
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The manifest sources of the train images the GAN learns from, in load_split's order."""
+        return tuple(self.train_on.split("+"))
 
 
 class GateConfig(_Section):
@@ -329,6 +337,8 @@ class Config(_Section):
     def _check(self) -> Config:
         if self.smote.enabled and self.smote.features == "discriminator" and not self.gan.enabled:
             raise ValueError("smote.features 'discriminator' needs the GAN stage (gan.enabled: true)")
+        if self.gan.enabled and self.gan.train_on == "real+classical" and not self.classical.enabled:
+            raise ValueError("gan.train_on 'real+classical' needs the classical stage (classical.enabled: true)")
         return self
 
     def section_hash(self, *keys: str) -> str:

@@ -66,6 +66,11 @@ def _smote_after(cfg: Config) -> Keys:
     return ("ingest", "gan") if cfg.smote.enabled and cfg.smote.features == "discriminator" else ("ingest",)
 
 
+def _gan_after(cfg: Config) -> Keys:
+    """gan.train_on real+classical: the GAN learns from the classical copies too."""
+    return ("ingest", "classical") if "classical" in cfg.gan.sources else ("ingest",)
+
+
 def _smote_reads(cfg: Config) -> Keys:
     """The cnn feature space is the benchmark's classifier trained here: its settings matter."""
     return ("seed", "smote") + (_TRAINER_KEYS if cfg.smote.features == "cnn" else ())
@@ -77,7 +82,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("classical", classical.run, "Classical augmentation of the train split with albumentations.",
           after=("ingest",), reads=("seed", *_section("classical", ClassicalConfig)), content=classical.fingerprint_extra, check=classical.check),
     Stage("gan", gan.run, "Train the class-conditional DCGAN (resumes from its checkpoint; merges finished shards).",
-          after=("ingest",), reads=("seed", *_section("gan", GanConfig, but=("latent_scales",))), parts=gan.parts, run_part=gan.run_part, progress="gan-training"),
+          after=_gan_after, reads=("seed", *_section("gan", GanConfig, but=("latent_scales",))), parts=gan.parts, run_part=gan.run_part, progress="gan-training"),
     # after gan: SMOTE may work in the trained discriminator's feature space
     Stage("smote", smote.run, "SMOTE-family over-sampling of train features with imbalanced-learn.",
           after=_smote_after, reads=_smote_reads, check=smote.check),

@@ -152,12 +152,17 @@ def split_rows(frame: pd.DataFrame, split: str, sources=("real",)) -> pd.DataFra
 
 def load_split(run_dir: Path, split: str, sources=("real",)) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Kept images of one split and sources at working size: (x uint8 NHWC, y class index, rows)."""
-    info = ingest_info(run_dir)
     rows = split_rows(read_manifest(run_dir), split, sources)
+    return (*load_rows(run_dir, rows), rows)
+
+
+def load_rows(run_dir: Path, rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The images of manifest-shaped rows at working size and their class indices: (x uint8 NHWC, y)."""
+    info = ingest_info(run_dir)
     x = load_images(run_dir, rows["path"], tuple(info["size"]), info["channels"], info.get("fit", "pad"))
     index = {c: i for i, c in enumerate(info["classes"])}
     y = np.array([index[label] for label in rows["label"]], dtype=np.int64)
-    return x, y, rows
+    return x, y
 
 
 def load_splits(run_dir: Path, splits: tuple[str, ...], sources=("real",)) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:

@@ -97,10 +97,29 @@ def test_nz_too_small_for_the_parent_and_mask_bits_is_a_config_error():
         GanConfig(mode="mix", shards=2)
 
 
-def test_mix_runs_in_the_pipeline_and_the_manifest_names_both_parents(smoke_run, tmp_path):
-    """gan + synthesize with gan.mode mix on a copy of the smoke run: every GAN row names two real
-    train images of its class as parents (parent_id the first, params both), and those ids are the
-    images the generator holds, in its bank's order."""
+def test_learning_from_classical_copies_needs_the_classical_stage_and_runs_after_it():
+    from augment.config import Config
+    from augment.graph import STAGES
+
+    with pytest.raises(ValueError, match="gan.train_on.*classical.enabled"):
+        Config(gan=GanConfig(train_on="real+classical"), classical={"enabled": False})
+    gan = next(s for s in STAGES if s.name == "gan")
+    assert gan.upstream(Config()) == ("ingest",)
+    assert gan.upstream(Config(gan=GanConfig(train_on="real+classical"))) == ("ingest", "classical")
+    from augment.graph import fingerprints
+
+    for train_on, changes in (("real", False), ("real+classical", True)):  # other copies re-train only the GAN that learns from them
+        light, heavy = (fingerprints(Config(gan=GanConfig(train_on=train_on), classical={"preset": p}))["gan"]
+                        for p in ("light", "heavy"))
+        assert (light != heavy) == changes
+
+
+@pytest.mark.parametrize("train_on", ["real", "real+classical"])
+def test_mix_runs_in_the_pipeline_and_the_manifest_names_both_parents(smoke_run, tmp_path, train_on):
+    """gan + synthesize with gan.mode mix on a copy of the smoke run: every GAN row names two train
+    images of its class as parents (parent_id the first, params both), and those ids are the images
+    the generator holds, in its bank's order: the real ones, or with gan.train_on real+classical the
+    real ones and their classical copies."""
     import shutil
 
     from augment import rundir
@@ -111,19 +130,23 @@ def test_mix_runs_in_the_pipeline_and_the_manifest_names_both_parents(smoke_run,
     _, source, _ = smoke_run
     run_dir = tmp_path / "run"
     shutil.copytree(source, run_dir)
-    cfg = load_config(SMOKE, ["gan.mode=mix", "gan.nz=48"])
+    cfg = load_config(SMOKE, ["gan.mode=mix", "gan.nz=48", f"gan.train_on={train_on}"])
+    assert cfg.gan.sources == tuple(train_on.split("+"))
     assert run_stage("gan", cfg, run_dir)["steps"] == 20
     run_stage("synthesize", cfg, run_dir)
     frame = rundir.read_manifest(run_dir)
-    real = frame[(frame["source"] == "real") & (frame["split"] == "train")]
-    label_of = dict(zip(real["id"], real["label"]))
+    learned = frame[frame["source"].isin(cfg.gan.sources) & (frame["split"] == "train")]
+    label_of, source_of = dict(zip(learned["id"], learned["label"])), dict(zip(learned["id"], learned["source"]))
     gan = frame[frame["source"] == "gan"]
     assert len(gan) and set(gan["generator"]) == {"dcgan:mix"}
+    used = set()
     for row in gan.itertuples():
         parents = json.loads(row.params)["parents"]
         assert len(parents) == 2 and row.parent_id == parents[0]
         assert all(label_of[p] == row.label for p in parents)
-    x, y, _ = rundir.load_split(run_dir, "train")
+        used |= {source_of[p] for p in parents}
+    assert used == set(cfg.gan.sources)  # the classical copies are parents too when the GAN learned from them
+    x, y, _ = rundir.load_split(run_dir, "train", cfg.gan.sources)
     G = load_generator(run_dir / rundir.GAN_CHECKPOINT, "cpu")
     bank, counts = prepare_real(x, y, len(counts_of := np.bincount(y)), cfg.gan.image_size, "cpu")
     assert torch.equal(G.counts, counts) and torch.allclose(G.bank, bank) and counts.tolist() == counts_of.tolist()

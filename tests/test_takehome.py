@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 import augment
@@ -105,9 +106,12 @@ def test_the_refit_adds_classical_copies_of_the_val_images_as_the_classical_stag
     assert len(data.dataset) == len(files)  # what the export trains on is what expanded/ holds
 
 
-def test_the_generator_refit_trains_on_train_and_val_and_its_samples_replace_the_benchmarks(smoke_run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("train_on", ["real", "real+classical"])
+def test_the_generator_refit_trains_on_train_and_val_and_its_samples_replace_the_benchmarks(smoke_run, tmp_path, monkeypatch,
+                                                                                          train_on):
     """expand.refit_generator: when the winning arm uses GAN samples, the generator trains again on
-    every real train and val image; expanded/ and the export carry its gated samples instead."""
+    every real train and val image (with gan.train_on real+classical, and on their classical copies);
+    expanded/ and the export carry its gated samples instead."""
     from augment.core import gan_train
     from augment.graph import load_config, run_stage
     from augment.summary import SUMMARY
@@ -122,10 +126,12 @@ def test_the_generator_refit_trains_on_train_and_val_and_its_samples_replace_the
     seen = []
     real_train = gan_train.train_gan
     monkeypatch.setattr(gan_train, "train_gan", lambda x, y, *a, **kw: seen.append(len(y)) or real_train(x, y, *a, **kw))
-    info = run_stage("expand", load_config(SMOKE, ["expand.refit_generator=true"]), run_dir)
+    info = run_stage("expand", load_config(SMOKE, ["expand.refit_generator=true", f"gan.train_on={train_on}"]), run_dir)
     frame = rundir.read_manifest(run_dir)
     real = frame[(frame["source"] == "real") & frame["kept"] & frame["split"].isin(["train", "val"])]
-    assert seen == [len(real)] and info["generator_refit"] and info["refit_gan_kept"] > 0
+    per_parent = (frame["source"] == "classical").sum() / (real["split"] == "train").sum()  # classical.multiplier
+    copies = per_parent * len(real) if train_on == "real+classical" else 0  # of train (the stage's) and val (the refit's)
+    assert seen == [len(real) + copies] and info["generator_refit"] and info["refit_gan_kept"] > 0
     refit = pd.read_parquet(run_dir / REFIT_ROWS)
     kept = refit[(refit["source"] == "gan") & refit["kept"]]
     assert len(kept) == info["refit_gan_kept"] and set(kept["generator"]) == {"dcgan:per_class:refit"}

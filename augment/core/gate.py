@@ -204,13 +204,14 @@ def apply_alarm(per_class: dict[str, dict], classes: list[str], intended: np.nda
             reasons[i] = f"class {label} flagged: {q['alarm']}"
 
 
-def sample_and_judge(cfg: Config, G, judge, x_real: np.ndarray, real_ids: list[str], real_labels: np.ndarray, k: int,
-                     size: tuple, seed: int, device, scale: float = 1.0):
+def sample_and_judge(cfg: Config, G, judge, x_real: np.ndarray, real_ids: list[str], bank: tuple[list[str], np.ndarray],
+                     k: int, size: tuple, seed: int, device, scale: float = 1.0):
     """gan.samples_per_class x gate.oversample samples per class from G, class-major, judged against
-    the real images: (images (K*n, H, W, C) uint8, intended class per image, the gate's Judged, n).
+    the real images x_real (ids real_ids): (images (K*n, H, W, C) uint8, intended class per image, the gate's Judged, n).
 
-    x_real, real_ids and real_labels are in the order G was trained on: for a generator with real
-    parents (mix mode) that is its image bank's order, and Judged.parents holds each sample's two parent ids."""
+    bank: the ids and class indices of the images G was trained on, in its order (gan.train_on: the
+    real images, or those and their classical copies); for a generator with parents (mix mode) that is
+    its image bank's order, and Judged.parents holds each sample's two parent ids."""
     target = cfg.gan.samples_per_class
     n = math.ceil(target * cfg.gate.oversample)
     samples = sample(G, n, cfg.gan.nz, k, seed, device, scale=scale)  # (n, K, C, S, S)
@@ -219,7 +220,7 @@ def sample_and_judge(cfg: Config, G, judge, x_real: np.ndarray, real_ids: list[s
     judged = judge_samples(judge, x_real, real_ids, images, intended, target, cfg.gate, seed)
     parents = sample_parents(G, n, cfg.gan.nz, k, seed, device)
     if parents is not None:
-        by_class = [np.asarray(real_ids)[np.asarray(real_labels) == c] for c in range(k)]
+        by_class = [np.asarray(bank[0])[np.asarray(bank[1]) == c] for c in range(k)]
         pairs = parents.transpose(1, 0, 2).reshape(k * n, 2)  # class-major, as the images
         judged.parents = [[str(by_class[c][a]), str(by_class[c][b])] for c, (a, b) in zip(intended, pairs)]
     return images, intended, judged, n

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from augment import rundir
@@ -90,7 +91,10 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     synthetic = frame[(frame["split"] == "train") & frame["source"].isin(from_manifest) & frame["kept"]]
     refit = refit_copies(cfg, run_dir, frame, splits) if "classical" in spec.sources else rundir.normalise([])
     if regenerate:
-        refit = pd.concat([refit, refit_generator(cfg, run_dir, splits, fingerprint)], ignore_index=True)
+        copies = None  # gan.train_on real+classical: the generator learns from the refit splits' copies too
+        if "classical" in cfg.gan.sources:
+            copies = refit if "classical" in spec.sources else refit_copies(cfg, run_dir, frame, splits)
+        refit = pd.concat([refit, refit_generator(cfg, run_dir, splits, fingerprint, copies)], ignore_index=True)
     with atomic_path(run_dir / REFIT_ROWS) as tmp:
         refit.to_parquet(tmp, index=False)
     rows = pd.concat([real, synthetic, refit[refit["kept"]]])
@@ -136,9 +140,11 @@ def refit_copies(cfg: Config, run_dir: Path, frame: pd.DataFrame, splits: tuple[
     return rundir.normalise([{**r, "split": split_of[r["parent_id"]]} for r in rows])
 
 
-def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerprint: str) -> pd.DataFrame:
-    """The GAN trained again (resumably, in recipe/gan/) on every real image of the refit splits, its
-    samples gated as the synthesize stage gates (the same judge; novelty against these images; the
+def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerprint: str,
+                    copies: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The GAN trained again (resumably, in recipe/gan/) on every real image of the refit splits (and,
+    with gan.train_on real+classical, the train split's classical copies and `copies`, the refit's), its
+    samples gated as the synthesize stage gates (the same judge; novelty against these real images; the
     collapse alarm): manifest-shaped rows, kept or not, generator "dcgan:<mode>:refit"."""
     from augment.core.classifier import load_classifier
     from augment.core.gan_train import train_gan
@@ -149,13 +155,20 @@ def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerp
     classes, k = info["classes"], len(info["classes"])
     x, y, rows = rundir.load_splits(run_dir, splits)
     ids = rows["id"].tolist()
-    log.info("expand: training the generator again on the %d real images of %s (expand.refit_generator)", len(y), "+".join(splits))
-    train_gan(x, y, k, cfg.gan, seed=derive_seed(cfg.seed, "gan", "refit"), device=device, out_dir=run_dir / REFIT_GAN,
+    bank_x, bank_y, bank_ids = x, y, ids
+    if copies is not None:
+        copies = pd.concat([rundir.split_rows(rundir.read_manifest(run_dir), "train", ("classical",)),
+                            copies[copies["kept"]]], ignore_index=True)
+        x_c, y_c = rundir.load_rows(run_dir, copies)
+        bank_x, bank_y, bank_ids = np.concatenate([x, x_c]), np.concatenate([y, y_c]), ids + copies["id"].tolist()
+    log.info("expand: training the generator again on the %d real images of %s (expand.refit_generator)%s", len(y),
+             "+".join(splits), "" if copies is None else f" and {len(copies)} classical copies")
+    train_gan(bank_x, bank_y, k, cfg.gan, seed=derive_seed(cfg.seed, "gan", "refit"), device=device, out_dir=run_dir / REFIT_GAN,
               fingerprint=f"{fingerprint}-refit")
     G = load_generator(run_dir / REFIT_GAN / "checkpoint.pt", device, derive_seed(cfg.seed, "bn"))
     judge = load_classifier(run_dir / rundir.GATE_JUDGE, device)
     seed = derive_seed(cfg.seed, "synthesize", "refit")
-    images, intended, j, n = sample_and_judge(cfg, G, judge, x, ids, y, k, tuple(info["size"]), seed, device,
+    images, intended, j, n = sample_and_judge(cfg, G, judge, x, ids, (bank_ids, bank_y), k, tuple(info["size"]), seed, device,
                                               rundir.selected_generator(run_dir)[1])  # the latent scale chosen on val
     per_class = class_quality(j.real_feats, y, j.feats, intended, j.kept, j.novelty, classes, cfg.gate)
     apply_alarm(per_class, classes, intended, j.kept, j.codes, j.reasons, cfg.gate.keep_collapsed)

@@ -38,7 +38,7 @@ def run_part(cfg: Config, run_dir: Path, shard: int, fingerprint: str, progress:
     """Train (or resume, or find finished) one shard's classes into gan/shards/<shard>/."""
     info = rundir.ingest_info(run_dir)
     classes = class_shards(len(info["classes"]), cfg.gan.shards)[shard]
-    (x, y, _), (x_val, y_val, _) = rundir.load_split(run_dir, "train"), rundir.load_split(run_dir, "val")
+    (x, y, _), (x_val, y_val, _) = rundir.load_split(run_dir, "train", cfg.gan.sources), rundir.load_split(run_dir, "val")
     keep, keep_val = np.isin(y, classes), np.isin(y_val, classes)
     state = train_gan(
         x[keep], y[keep] - classes[0], len(classes), cfg.gan, seed=derive_seed(cfg.seed, "gan", "shard", shard),
@@ -89,7 +89,7 @@ def run(cfg: Config, run_dir: Path, progress: Progress | None = None, fingerprin
         _merge_shards(cfg, run_dir, n, fingerprint)
         steps = cfg.gan.steps
     else:
-        x, y, _ = rundir.load_split(run_dir, "train")
+        x, y, _ = rundir.load_split(run_dir, "train", cfg.gan.sources)
         x_val, y_val, _ = rundir.load_split(run_dir, "val")
         steps = train_gan(x, y, k, cfg.gan, seed=derive_seed(cfg.seed, "gan"), device=device, out_dir=run_dir / "gan",
                           fingerprint=fingerprint, progress=progress, val=(x_val, y_val)).step

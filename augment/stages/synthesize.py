@@ -33,6 +33,9 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     real = (train_rows["source"] == "real").to_numpy()
     # the benchmark's step budget (set by the real train images), for the judge and the CAS classifier
     trainer = {**cfg.benchmark.trainer_kwargs(), "steps": cfg.benchmark.steps_for(int(real.sum()))}
+    real_ids = train_rows.loc[real, "id"].tolist()
+    learned = train_rows["source"].isin(cfg.gan.sources).to_numpy()  # what G learned from, in load_split's order
+    bank = (train_rows.loc[learned, "id"].tolist(), y[learned])
     candidates = [(step, path, scale) for step, path in generators(cfg, run_dir) for scale in cfg.gan.latent_scales]
     # progress: the judge's steps, then a CAS classifier's per candidate generator (the long parts of this stage)
     parts = 1 + len(candidates)
@@ -47,8 +50,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     curve, best = [], None
     for i, (step, path, scale) in enumerate(candidates):  # the generator (step, latent scale) with the best CAS on val
         G = load_generator(path, device, derive_seed(cfg.seed, "bn"))
-        images, intended, j, n = sample_and_judge(cfg, G, judge, x[real], train_rows.loc[real, "id"].tolist(), y[real], k,
-                                                  size, seed, device, scale)
+        images, intended, j, n = sample_and_judge(cfg, G, judge, x[real], real_ids, bank, k, size, seed, device, scale)
         cas = classification_accuracy_score(images[j.kept], intended[j.kept], x_val, y_val, k,
                                             {**trainer, "progress": phase((1 + i) * trainer["steps"])},
                                             derive_seed(cfg.seed, "cas"), device)
