@@ -172,7 +172,7 @@ class GanConfig(_Section):
     def _check(self) -> GanConfig:
         if self.shards > 1 and self.mode != "per_class":
             raise ValueError("gan.shards > 1 needs gan.mode: per_class (one conditional network cannot be split by class)")
-        if self.mode == "mix" and self.nz <= MIX_SELECT_DIMS:
+        if "mix" in self.mode.split("+") and self.nz <= MIX_SELECT_DIMS:
             raise ValueError(f"gan.mode mix needs gan.nz > {MIX_SELECT_DIMS} (it reads {MIX_SELECT_DIMS} of z as parent and "
                              f"mask bits), got {self.nz}")
         return self
@@ -190,8 +190,9 @@ class GateConfig(_Section):
     min_diversity: float = Field(default=0.5, ge=0.0)
     keep_collapsed: Bool = False
     # which passing samples of a class are kept: the most confident, a seeded random draw, or a
-    # spread in the judge's feature space (farthest-point sampling from the most confident)
-    select: Literal["confidence", "random", "farthest"] = "confidence"
+    # spread in the judge's feature space (farthest-point sampling from the most confident); auto:
+    # farthest for the mix generator, confidence for the others (each member of an ensemble its own)
+    select: Literal["auto", "confidence", "random", "farthest"] = "auto"
 
 
 def step_budget(steps: int | str, n_train: int, batch_size: int, epochs: float, min_steps: int, max_steps: int) -> int:
@@ -337,6 +338,8 @@ class Config(_Section):
     def _check(self) -> Config:
         if self.smote.enabled and self.smote.features == "discriminator" and not self.gan.enabled:
             raise ValueError("smote.features 'discriminator' needs the GAN stage (gan.enabled: true)")
+        if self.smote.enabled and self.smote.features == "discriminator" and "+" in self.gan.mode:
+            raise ValueError(f"smote.features 'discriminator' needs one generator, not the ensemble gan.mode {self.gan.mode!r}")
         if self.gan.enabled and self.gan.train_on == "real+classical" and not self.classical.enabled:
             raise ValueError("gan.train_on 'real+classical' needs the classical stage (classical.enabled: true)")
         return self

@@ -106,14 +106,19 @@ def _timed(fn, repeats: int) -> float:
 def _gan_step_seconds(cfg: Config, k: int, channels: int, device) -> float:
     import torch
 
+    from augment.core.ensemble import member_modes
     from augment.core.gan_train import build_state, class_shards, train_step
 
     k = len(class_shards(k, cfg.gan.shards)[0])  # shards train side by side: one shard's step
     s = cfg.gan.image_size
     bank = torch.rand(k, 8, channels, s, s, device=device) * 2 - 1
     counts = torch.full((k,), 8, device=device)
-    state = build_state(cfg.gan, k, channels, seed=0, device=device, bank=(bank, counts))
-    return _timed(lambda: train_step(state, bank, counts, cfg.gan), 5)
+    total = 0.0
+    for mode in member_modes(cfg.gan.mode):  # an ensemble's members train one after the other: their steps add up
+        member = cfg.gan.model_copy(update={"mode": mode})
+        state = build_state(member, k, channels, seed=0, device=device, bank=(bank, counts))
+        total += _timed(lambda: train_step(state, bank, counts, member), 5)
+    return total
 
 
 def _classifier_step_seconds(cfg: Config, k: int, size: tuple[int, int], channels: int, device, augment=None) -> float:

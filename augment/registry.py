@@ -126,10 +126,12 @@ INVERTIBLE_FEATURE_SPACES = ("pixels",)
 
 # --------------------------------------------------------------------------- generator modes
 
-GeneratorMode = Literal["per_class", "conditional", "mix"]
+GeneratorMode = Literal["per_class", "conditional", "mix", "per_class+mix"]
 GENERATOR_MODES: dict[str, str] = {
     "per_class": "one DCGAN per class, all classes trained as one grouped network; shardable",
     "conditional": "one label-conditioned DCGAN (projection discriminator) shared by all classes",
     "mix": "an encoder-decoder that mixes the features of two real images of a class under a random mask "
            "(ChimeraMix/DAGAN style; projection discriminator), shared by all classes",
+    "per_class+mix": "an ensemble: the per-class GAN and the mix generator, each trained as alone, "
+                     "half the kept samples of each class from each",
 }

@@ -27,6 +27,7 @@ from augment import rundir
 from augment.config import Config, GateConfig
 from augment.core import quality
 from augment.core.classifier import predict, train_classifier
+from augment.core.ensemble import member_modes, member_of_rows
 from augment.core.sampling import sample, sample_parents
 from augment.core.tensors import to_uint8
 
@@ -171,21 +172,44 @@ class Judged:
     reasons: list[str | None]
     feats: np.ndarray  # (N, D) generated
     real_feats: np.ndarray  # (M, D) real train
-    parents: list[list[str]] | None = None  # mix mode: each sample's two real parents' ids
+    parents: list[list[str] | None] | None = None  # mix mode: each sample's two parents' ids (None: an ensemble's non-mix rows)
 
 
 def judge_samples(
     judge, x_real: np.ndarray, real_ids: list[str], images: np.ndarray, intended: np.ndarray, target: int,
-    gate_cfg: GateConfig, seed: int = 0,
+    gate_cfg: GateConfig, seed: int = 0, modes: list[str] | None = None, member: np.ndarray | None = None,
 ) -> Judged:
-    """Score generated `images` (intended class indices) against the real train images with `judge`."""
+    """Score generated `images` (intended class indices) against the real train images with `judge`.
+
+    An ensemble's samples (`member`: which of the generators `modes` drew each) are selected member
+    by member, each keeping its share of `target` per class by its own rule (gate.select auto)."""
     _, real_feats = predict(judge, x_real)
     probs, feats = predict(judge, images)
     dist, idx = quality.nearest(feats, real_feats)
     novelty = dist / quality.spacing(real_feats)
-    score, kept, codes, reasons = select(probs, intended, novelty, [real_ids[i] for i in idx], target,
-                                         gate_cfg.min_confidence, gate_cfg.min_novelty, gate_cfg.select, feats, seed)
+    nearest = np.asarray(real_ids, dtype=object)[idx]
+    modes = modes or ["per_class"]
+    member = np.zeros(len(images), dtype=int) if member is None else member
+    score, kept = np.zeros(len(images)), np.zeros(len(images), dtype=bool)
+    codes: list[str | None] = [None] * len(images)
+    reasons: list[str | None] = [None] * len(images)
+    for m, mode in enumerate(modes):
+        rows = np.flatnonzero(member == m)
+        share = target // len(modes) + (m < target % len(modes))
+        out = select(probs[rows], intended[rows], novelty[rows], list(nearest[rows]), share, gate_cfg.min_confidence,
+                     gate_cfg.min_novelty, selection_rule(gate_cfg.select, mode), feats[rows], seed + m)
+        score[rows], kept[rows] = out[0], out[1]
+        for j, i in enumerate(rows):
+            codes[i], reasons[i] = out[2][j], out[3][j]
     return Judged(score, novelty, kept, codes, reasons, feats, real_feats)
+
+
+def selection_rule(select_how: str, mode: str) -> str:
+    """gate.select for one generator: auto keeps a spread (farthest) of the mix generator's samples and
+    the most confident of the others' (measured: benchmarks/README.md, "Generators at 10 per class")."""
+    if select_how != "auto":
+        return select_how
+    return "farthest" if mode == "mix" else "confidence"
 
 
 def apply_alarm(per_class: dict[str, dict], classes: list[str], intended: np.ndarray, kept: np.ndarray,
@@ -217,12 +241,15 @@ def sample_and_judge(cfg: Config, G, judge, x_real: np.ndarray, real_ids: list[s
     samples = sample(G, n, cfg.gan.nz, k, seed, device, scale=scale)  # (n, K, C, S, S)
     images = to_uint8(samples.transpose(0, 1).flatten(0, 1), size)  # class-major (K*n, H, W, C)
     intended = np.repeat(np.arange(k), n)
-    judged = judge_samples(judge, x_real, real_ids, images, intended, target, cfg.gate, seed)
+    modes = member_modes(cfg.gan.mode)
+    member = np.tile(member_of_rows(n, len(modes)), k)  # class-major, as the images
+    judged = judge_samples(judge, x_real, real_ids, images, intended, target, cfg.gate, seed, modes, member)
     parents = sample_parents(G, n, cfg.gan.nz, k, seed, device)
     if parents is not None:
         by_class = [np.asarray(bank[0])[np.asarray(bank[1]) == c] for c in range(k)]
         pairs = parents.transpose(1, 0, 2).reshape(k * n, 2)  # class-major, as the images
-        judged.parents = [[str(by_class[c][a]), str(by_class[c][b])] for c, (a, b) in zip(intended, pairs)]
+        judged.parents = [None if a < 0 else [str(by_class[c][a]), str(by_class[c][b])]  # -1: an ensemble's non-mix rows
+                          for c, (a, b) in zip(intended, pairs)]
     return images, intended, judged, n
 
 
@@ -239,7 +266,7 @@ def gan_rows(run_dir: Path, images: np.ndarray, intended: np.ndarray, j, n: int,
             generator=generator, sha256=rundir.save_png(run_dir, rel, image),
             height=image.shape[0], width=image.shape[1], channels=image.shape[2], score=float(j.score[i]),
             novelty=float(j.novelty[i]), kept=bool(j.kept[i]), reason_code=j.codes[i], reason=j.reasons[i],
-            **({} if j.parents is None else  # mix mode: both parents, as the SMOTE rows record theirs
+            **({} if j.parents is None or j.parents[i] is None else  # mix: both parents, as SMOTE rows record theirs
                {"parent_id": j.parents[i][0], "params": json.dumps({"parents": j.parents[i]})}),
         ))
     return rows

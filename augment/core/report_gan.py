@@ -20,7 +20,8 @@ def _gate_summary(frame: pd.DataFrame) -> str:
     return f"Generated {len(gan)} images, kept {int(gan['kept'].sum())}" + (f"; not kept: {parts}." if parts else ".")
 
 
-KEPT_HOW = {"confidence": "the most confident", "random": "drawn at random",
+KEPT_HOW = {"auto": "the most confident (a spread by farthest-point sampling for the mix generator)",
+            "confidence": "the most confident", "random": "drawn at random",
             "farthest": "spread out by farthest-point sampling from the most confident"}
 
 
@@ -35,13 +36,19 @@ def _selection_lines(q: dict) -> list[str]:
             *[f"| {r['step']} | {r['scale']:g} | {_pct(r['cas_accuracy_on_val'])} |" for r in sel["curve"]], ""]
 
 
-def _mix_lines(frame: pd.DataFrame) -> list[str]:
-    """gan.mode mix: the samples are mixes of real images; how many distinct parent pairs the kept ones use."""
+def _mix_lines(frame: pd.DataFrame, mode: str) -> list[str]:
+    """gan.mode mix (alone or in an ensemble): mixes of real images; how many distinct parent pairs the kept ones use."""
     kept = frame[(frame["source"] == "gan") & frame["kept"]]
-    pairs = {tuple(sorted(json.loads(p)["parents"])) for p in kept["params"].dropna()}
-    return [f"The generator is `gan.mode: mix`: every sample is a new image made from two real train images of its class, "
-            f"their features mixed under a random mask (both parents are in manifest.parquet, `params`). The kept samples "
-            f"come from {len(pairs)} distinct pairs of parents.", ""]
+    mixes = kept["params"].dropna()
+    pairs = {tuple(sorted(json.loads(p)["parents"])) for p in mixes}
+    if mode == "mix":
+        head = "The generator is `gan.mode: mix`: every sample is a new image made from two real train images of its class"
+    else:
+        head = (f"The generator is the ensemble `gan.mode: {mode}`: each member trained on its own and gave its share of "
+                f"every class's kept samples; {len(mixes)} of the {len(kept)} kept are mixes, new images made from two "
+                "real train images of their class")
+    return [f"{head}, their features mixed under a random mask (both parents are in manifest.parquet, `params`). The kept "
+            f"mixes come from {len(pairs)} distinct pairs of parents.", ""]
 
 
 def quality_section(cfg: Config, q: dict | None, history: pd.DataFrame | None, frame: pd.DataFrame) -> str:
@@ -50,7 +57,7 @@ def quality_section(cfg: Config, q: dict | None, history: pd.DataFrame | None, f
         return "The GAN stage was disabled.\n"
     lines = [
         _gate_summary(frame), "",
-        *(_mix_lines(frame) if cfg.gan.mode == "mix" else []),
+        *(_mix_lines(frame, cfg.gan.mode) if "mix" in cfg.gan.mode.split("+") else []),
         f"Each sample was kept if the gate's judge gave its intended class at least {cfg.gate.min_confidence} and "
         f"its novelty (distance to the nearest real training image over the typical spacing of real images; 0 is "
         f"a copy) was at least {cfg.gate.min_novelty}; of those, {q['target_per_class']} per class out of "

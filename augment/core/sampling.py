@@ -12,7 +12,7 @@ from torchvision.utils import make_grid
 
 from augment.atomic import write_bytes
 from augment.core.checkpoint import checkpoint_spec, read_checkpoint
-from augment.core.networks import Discriminator, Generator
+from augment.core.networks import Discriminator, GanSpec, Generator
 from augment.png import encode_png
 
 
@@ -38,7 +38,8 @@ def sample_parents(G: torch.nn.Module, n_per_class: int, nz: int, n_classes: int
     (n, K, 2); None for a generator that has no parents (every mode but mix)."""
     if not hasattr(G, "parents"):
         return None
-    return torch.cat([G.parents(z) for z in noise(n_per_class, n_classes, nz, seed, device, batch)]).cpu().numpy()
+    parts = [G.parents(z) for z in noise(n_per_class, n_classes, nz, seed, device, batch)]
+    return None if parts[0] is None else torch.cat(parts).cpu().numpy()  # an ensemble's rows without parents: -1
 
 
 @torch.no_grad()
@@ -48,6 +49,7 @@ def interpolate(G: torch.nn.Module, n_classes: int, nz: int, steps: int, seed: i
     gen = torch.Generator(device=device).manual_seed(seed % 2**63)
     z0, z1 = torch.randn(2, 1, n_classes, nz, generator=gen, device=device)
     t = torch.linspace(0, 1, steps, device=device).view(steps, 1, 1)
+    G = G.members[0] if hasattr(G, "members") else G  # an ensemble: its first member's walk (rows alternate members)
     G.eval()
     return G((1 - t) * z0 + t * z1).float()
 
@@ -73,17 +75,28 @@ def save_grid(path: Path, images: torch.Tensor, nrow: int) -> None:
 
 
 def load_generator(checkpoint: Path, device, seed: int = 0) -> Generator:
-    """The EMA generator of a checkpoint, with standing statistics, ready to sample; needs no config."""
+    """The EMA generator of a checkpoint, with standing statistics, ready to sample; needs no config.
+    An ensemble's checkpoint (gan.mode per_class+mix) gives an EnsembleGenerator of its members."""
     payload = read_checkpoint(Path(checkpoint))
-    spec = checkpoint_spec(payload)
+    if "members" in payload["model"]:
+        from augment.core.ensemble import EnsembleGenerator
+
+        return EnsembleGenerator([_ema_generator(GanSpec(**model), ema, device, seed)
+                                  for model, ema in zip(payload["model"]["members"], payload["ema"])]).eval()
+    return _ema_generator(checkpoint_spec(payload), payload["ema"], device, seed)
+
+
+def _ema_generator(spec: GanSpec, state: dict, device, seed: int) -> torch.nn.Module:
     ema = AveragedModel(spec.generator(), use_buffers=True)
-    ema.load_state_dict(payload["ema"])
+    ema.load_state_dict(state)
     return standing_stats(ema.module.to(device), spec.n_classes, spec.nz, seed, device)
 
 
 def load_discriminator(checkpoint: Path) -> Discriminator:
     """The trained discriminator of a checkpoint, in eval mode, on the CPU; needs no config."""
     payload = read_checkpoint(Path(checkpoint))
+    if "members" in payload["model"]:
+        raise ValueError(f"{checkpoint}: an ensemble of generators has no single discriminator")
     D = checkpoint_spec(payload).discriminator()
     D.load_state_dict(payload["D"])
     return D.eval()

@@ -147,7 +147,7 @@ def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerp
     samples gated as the synthesize stage gates (the same judge; novelty against these real images; the
     collapse alarm): manifest-shaped rows, kept or not, generator "dcgan:<mode>:refit"."""
     from augment.core.classifier import load_classifier
-    from augment.core.gan_train import train_gan
+    from augment.core.ensemble_train import train_generators
     from augment.core.gate import apply_alarm, class_quality, gan_rows, sample_and_judge
     from augment.core.sampling import load_generator
 
@@ -163,7 +163,7 @@ def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerp
         bank_x, bank_y, bank_ids = np.concatenate([x, x_c]), np.concatenate([y, y_c]), ids + copies["id"].tolist()
     log.info("expand: training the generator again on the %d real images of %s (expand.refit_generator)%s", len(y),
              "+".join(splits), "" if copies is None else f" and {len(copies)} classical copies")
-    train_gan(bank_x, bank_y, k, cfg.gan, seed=derive_seed(cfg.seed, "gan", "refit"), device=device, out_dir=run_dir / REFIT_GAN,
+    train_generators(bank_x, bank_y, k, cfg.gan, seed=derive_seed(cfg.seed, "gan", "refit"), device=device, out_dir=run_dir / REFIT_GAN,
               fingerprint=f"{fingerprint}-refit")
     G = load_generator(run_dir / REFIT_GAN / "checkpoint.pt", device, derive_seed(cfg.seed, "bn"))
     judge = load_classifier(run_dir / rundir.GATE_JUDGE, device)

@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 
 from augment import rundir
-from augment.atomic import atomic_path, write_torch
+from augment.atomic import write_torch
 from augment.config import Config
 from augment.core.accel import resolve_precision
 from augment.core.checkpoint import read_checkpoint
+from augment.core.ensemble_train import merge_histories, train_generators
 from augment.core.gan_train import Progress, class_shards, concat_grouped, merge_checkpoints, snapshot_path, snapshots, train_gan
 from augment.core.sampling import interpolate, load_generator, sample, save_grid
 from augment.runtime import derive_seed, resolve_device
@@ -62,14 +63,9 @@ def _merge_shards(cfg: Config, run_dir: Path, n: int, fingerprint: str) -> None:
         model = dict(parts[0]["model"], n_classes=sum(p["model"]["n_classes"] for p in parts))
         write_torch(snapshot_path(gan_dir, step), {"model": model, "step": step,
                                                    "ema": concat_grouped([p["ema"] for p in parts])})
-    # History: per-step means over all classes (each shard weighted by its class count);
-    # step_seconds is the slowest shard's, the wall time when shards run side by side.
+    # History: per-step means over all classes (each shard weighted by its class count)
     weights = np.array([p["model"]["n_classes"] for p in payloads], dtype=float)
-    frames = [pd.read_csv(shard_dir(run_dir, i) / "history.csv").set_index("step") for i in range(n)]
-    mean = sum(f.drop(columns="step_seconds") * w for f, w in zip(frames, weights)) / weights.sum()
-    mean["step_seconds"] = pd.concat([f["step_seconds"] for f in frames], axis=1).max(axis=1)
-    with atomic_path(gan_dir / "history.csv") as tmp:
-        mean.reset_index().to_csv(tmp, index=False)
+    merge_histories([shard_dir(run_dir, i) / "history.csv" for i in range(n)], weights, gan_dir / "history.csv")
 
 
 def run(cfg: Config, run_dir: Path, progress: Progress | None = None, fingerprint: str = "") -> dict:
@@ -91,8 +87,8 @@ def run(cfg: Config, run_dir: Path, progress: Progress | None = None, fingerprin
     else:
         x, y, _ = rundir.load_split(run_dir, "train", cfg.gan.sources)
         x_val, y_val, _ = rundir.load_split(run_dir, "val")
-        steps = train_gan(x, y, k, cfg.gan, seed=derive_seed(cfg.seed, "gan"), device=device, out_dir=run_dir / "gan",
-                          fingerprint=fingerprint, progress=progress, val=(x_val, y_val)).step
+        steps = train_generators(x, y, k, cfg.gan, seed=derive_seed(cfg.seed, "gan"), device=device, out_dir=run_dir / "gan",
+                                 fingerprint=fingerprint, progress=progress, val=(x_val, y_val))
     G = load_generator(run_dir / "gan" / "checkpoint.pt", device, derive_seed(cfg.seed, "bn"))
     grid = sample(G, 64, cfg.gan.nz, k, derive_seed(cfg.seed, "final-grid"), device)
     for c, label in enumerate(info["classes"]):

@@ -1,0 +1,67 @@
+"""Training gan.mode's generator: one mode, or an ensemble's members one after the other, merged.
+
+Each member trains exactly as its mode alone (same seed, same data) in gan/members/<mode>/, with its
+own checkpoint and resume; the merged checkpoint (and the snapshots of gan.checkpoint_selection cas)
+hold every member's EMA generator, which augment.core.sampling.load_generator turns into an
+augment.core.ensemble.EnsembleGenerator.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from augment.atomic import atomic_path, write_torch
+from augment.core.checkpoint import read_checkpoint
+from augment.core.ensemble import member_modes
+from augment.core import gan_train
+from augment.core.gan_train import snapshot_path, snapshots
+
+MEMBERS = "members"  # gan/members/<mode>/: each member's training directory
+
+
+def member_dir(out_dir: Path, mode: str) -> Path:
+    return Path(out_dir) / MEMBERS / mode
+
+
+def merge_members(out_dir: Path, modes: list[str], fingerprint: str, snapshot_steps: list[int]) -> None:
+    """out_dir/checkpoint.pt (and snapshots, and history.csv) holding every finished member's EMA generator."""
+    payloads = [read_checkpoint(member_dir(out_dir, m) / "checkpoint.pt") for m in modes]
+    write_torch(Path(out_dir) / "checkpoint.pt", {
+        "fingerprint": fingerprint, "step": payloads[0]["step"], "model": {"members": [p["model"] for p in payloads]},
+        "ema": [p["ema"] for p in payloads]})
+    for step in snapshot_steps:
+        parts = [read_checkpoint(snapshot_path(member_dir(out_dir, m), step)) for m in modes]
+        write_torch(snapshot_path(out_dir, step), {"step": step, "model": {"members": [p["model"] for p in parts]},
+                                                   "ema": [p["ema"] for p in parts]})
+    merge_histories([member_dir(out_dir, m) / "history.csv" for m in modes], np.ones(len(modes)), Path(out_dir) / "history.csv")
+
+
+def merge_histories(paths: list[Path], weights: np.ndarray, out: Path) -> None:
+    """One history.csv of parts trained side by side or in turn: per-step weighted means of every
+    column; step_seconds is the slowest part's (the wall time when the parts run side by side)."""
+    frames = [pd.read_csv(p).set_index("step") for p in paths]
+    mean = sum(f.drop(columns="step_seconds") * w for f, w in zip(frames, weights)) / weights.sum()
+    mean["step_seconds"] = pd.concat([f["step_seconds"] for f in frames], axis=1).max(axis=1)
+    with atomic_path(out) as tmp:
+        mean.reset_index().to_csv(tmp, index=False)
+
+
+def train_generators(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg, *, seed: int, device, out_dir: Path,
+                     fingerprint: str = "", progress=None, val=None) -> int:
+    """Train (or resume) gan.mode's generator into out_dir, an ensemble's members one after the other
+    (each as its mode alone, in out_dir/members/<mode>/), then merge them; the steps trained."""
+    modes = member_modes(cfg.mode)
+    if len(modes) == 1:
+        return gan_train.train_gan(images, labels, n_classes, cfg, seed=seed, device=device, out_dir=out_dir,
+                         fingerprint=fingerprint, progress=progress, val=val).step
+    for i, mode in enumerate(modes):
+        part = None if progress is None else (lambda s, total, i=i: progress(i * total + s, len(modes) * total))
+        gan_train.train_gan(images, labels, n_classes, cfg.model_copy(update={"mode": mode}), seed=seed, device=device,
+                  out_dir=member_dir(out_dir, mode), fingerprint=f"{fingerprint}-{mode}", progress=part, val=val)
+    shutil.rmtree(Path(out_dir) / "snapshots", ignore_errors=True)  # an earlier training's are not these members'
+    merge_members(out_dir, modes, fingerprint, [step for step, _ in snapshots(member_dir(out_dir, modes[0]))])
+    return cfg.steps
