@@ -30,14 +30,17 @@ def member_dir(out_dir: Path, mode: str) -> Path:
 def merge_members(out_dir: Path, modes: list[str], fingerprint: str, snapshot_steps: list[int]) -> None:
     """out_dir/checkpoint.pt (and snapshots, and history.csv) holding every finished member's EMA generator."""
     payloads = [read_checkpoint(member_dir(out_dir, m) / "checkpoint.pt") for m in modes]
-    write_torch(Path(out_dir) / "checkpoint.pt", {
-        "fingerprint": fingerprint, "step": payloads[0]["step"], "model": {"members": [p["model"] for p in payloads]},
-        "ema": [p["ema"] for p in payloads]})
+    write_torch(Path(out_dir) / "checkpoint.pt", {"fingerprint": fingerprint, **_members(payloads)})
     for step in snapshot_steps:
-        parts = [read_checkpoint(snapshot_path(member_dir(out_dir, m), step)) for m in modes]
-        write_torch(snapshot_path(out_dir, step), {"step": step, "model": {"members": [p["model"] for p in parts]},
-                                                   "ema": [p["ema"] for p in parts]})
+        write_torch(snapshot_path(out_dir, step),
+                    _members([read_checkpoint(snapshot_path(member_dir(out_dir, m), step)) for m in modes]))
     merge_histories([member_dir(out_dir, m) / "history.csv" for m in modes], np.ones(len(modes)), Path(out_dir) / "history.csv")
+
+
+def _members(payloads: list[dict]) -> dict:
+    """The generator part of an ensemble's checkpoint or snapshot: every member's settings and EMA state."""
+    return {"step": payloads[0]["step"], "model": {"members": [p["model"] for p in payloads]},
+            "ema": [p["ema"] for p in payloads]}
 
 
 def merge_histories(paths: list[Path], weights: np.ndarray, out: Path) -> None:

@@ -7,6 +7,7 @@ import json
 import pandas as pd
 
 from augment.config import Config
+from augment.core.ensemble import member_modes
 from augment.core.report_data import _num, _pct
 
 
@@ -57,7 +58,7 @@ def quality_section(cfg: Config, q: dict | None, history: pd.DataFrame | None, f
         return "The GAN stage was disabled.\n"
     lines = [
         _gate_summary(frame), "",
-        *(_mix_lines(frame, cfg.gan.mode) if "mix" in cfg.gan.mode.split("+") else []),
+        *(_mix_lines(frame, cfg.gan.mode) if "mix" in member_modes(cfg.gan.mode) else []),
         f"Each sample was kept if the gate's judge gave its intended class at least {cfg.gate.min_confidence} and "
         f"its novelty (distance to the nearest real training image over the typical spacing of real images; 0 is "
         f"a copy) was at least {cfg.gate.min_novelty}; of those, {q['target_per_class']} per class out of "
