@@ -77,6 +77,31 @@ def test_a_mix_takes_each_mask_cell_from_one_parent():
     torch.testing.assert_close(G(z), G.reconstruct(G.bank[torch.arange(3), idx[..., 1]]))
 
 
+def test_each_distinct_parent_is_encoded_once_and_gives_what_one_pass_per_use_gives():
+    """The forward pass and the reconstruction loss's pass encode each distinct bank image once and
+    gather its features for every use: the same images as encoding every parent of every mix, with
+    gradients summed over the uses (index_select, deterministic on the CPU)."""
+    G = mix_generator(counts=(4, 2, 3)).train()
+    z = torch.randn(32, 3, NZ)
+    encoded = []
+    hook = G.encoder.register_forward_hook(lambda module, args, out: encoded.append(len(args[0])))
+    out = G(z)
+    idx = G.parents(z)
+    cls = torch.arange(3)
+    assert encoded == [len(torch.unique(idx + 4 * cls.view(1, 3, 1)))] and encoded[0] <= 4 + 2 + 3
+    pair = torch.stack([G.bank[cls, idx[..., 0]], G.bank[cls, idx[..., 1]]], dim=2).flatten(0, 2)
+    feats = G.encoder(pair).unflatten(0, (32 * 3, 2))  # one pass per use
+    m = G.mask(z, feats.shape[-1])
+    noise = G.noise(z[..., SELECT_DIMS:].reshape(32 * 3, -1))[:, :, None, None]
+    per_use = G.decoder(m * feats[:, 0] + (1 - m) * feats[:, 1] + noise).view_as(out)
+    torch.testing.assert_close(out, per_use)
+    rows = torch.randint(0, 2, (32, 3))
+    torch.testing.assert_close(G.reconstruct_bank(rows), G.reconstruct(G.bank[cls, rows]))
+    hook.remove()
+    with pytest.raises(ValueError, match="not 'per_class\\+mix'"):
+        GanSpec("per_class+mix", 3, NZ, 4, 4, 16, 1)
+
+
 def test_sample_parents_match_what_sample_draws():
     G = mix_generator()
     parents = sample_parents(G, 300, NZ, 3, seed=4, device="cpu", batch=128)  # three batches of noise

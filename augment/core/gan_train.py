@@ -87,11 +87,14 @@ def prepare_real(images: np.ndarray, labels: np.ndarray, n_classes: int, image_s
     return bank, counts
 
 
+def balanced_indices(counts: torch.Tensor, batch: int, gen: torch.Generator) -> torch.Tensor:
+    """(B, K) indices within their classes of `batch` images of every class, drawn with replacement."""
+    return (torch.rand(batch, len(counts), generator=gen, device=counts.device) * counts).long()
+
+
 def balanced_batch(bank: torch.Tensor, counts: torch.Tensor, batch: int, gen: torch.Generator) -> torch.Tensor:
     """`batch` images of every class, drawn with replacement: (B, K, C, S, S)."""
-    k = bank.shape[0]
-    idx = (torch.rand(batch, k, generator=gen, device=bank.device) * counts).long()  # (B, K) per-class indices
-    return bank[torch.arange(k, device=bank.device), idx]
+    return bank[torch.arange(bank.shape[0], device=bank.device), balanced_indices(counts, batch, gen)]
 
 
 # --------------------------------------------------------------------------- state
@@ -161,7 +164,8 @@ def build_state(cfg: GanConfig, n_classes: int, channels: int, seed: int, device
 def train_step(state: TrainState, bank: torch.Tensor, counts: torch.Tensor, cfg: GanConfig) -> dict:
     """One DCGAN step on a class-balanced batch, as in the paper's Algorithm 1."""
     G, D, gen = state.G, state.D, state.gen
-    real = balanced_batch(bank, counts, cfg.batch_size, gen)  # (B, K, C, S, S)
+    idx = balanced_indices(counts, cfg.batch_size, gen)
+    real = bank[torch.arange(bank.shape[0], device=bank.device), idx]  # (B, K, C, S, S)
     z = torch.randn(cfg.batch_size, bank.shape[0], cfg.nz, generator=gen, device=bank.device)
     policy = list(cfg.diffaugment)
 
@@ -190,7 +194,7 @@ def train_step(state: TrainState, bank: torch.Tensor, counts: torch.Tensor, cfg:
     with ctx:
         loss_g = g_loss(D(aug(fake)).float())
         if state.spec.mode == "mix":  # the encoder-decoder must also reproduce the real images (ChimeraMix)
-            loss_g = loss_g + cfg.mix_reconstruction * (G.reconstruct(real).float() - real).abs().mean()
+            loss_g = loss_g + cfg.mix_reconstruction * (G.reconstruct_bank(idx).float() - real).abs().mean()
     state.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
     state.opt_g.step()

@@ -81,12 +81,32 @@ class MixGenerator(nn.Module):
         out = self.decoder(self.encoder(x.flatten(0, 1)))
         return out.view_as(x)
 
+    def reconstruct_bank(self, idx: torch.Tensor) -> torch.Tensor:
+        """reconstruct(x) for x = the bank's images idx (B, K) within their classes, each distinct image passed once."""
+        images, inverse = self._distinct(idx)
+        out = self.decoder(self.encoder(images)).index_select(0, inverse)
+        return out.view(*idx.shape, *out.shape[1:])
+
+    def _encode_bank(self, idx: torch.Tensor) -> torch.Tensor:
+        """The encoder's features of the bank's images idx (B, K, ...) within their classes: (*idx.shape, C, s, s)."""
+        images, inverse = self._distinct(idx)
+        feats = self.encoder(images).index_select(0, inverse)
+        return feats.view(*idx.shape, *feats.shape[1:])
+
+    def _distinct(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distinct bank images that idx (B, K, ...) picks within their classes, and where each use finds its own.
+
+        Every layer works per image, so one pass per distinct image equals one pass per use: at 10 images
+        a class, a batch of 32 mixes (64 parents) of a class needs at most 10 passes.
+        """
+        cls = torch.arange(idx.shape[1], device=idx.device).view(1, -1, *([1] * (idx.dim() - 2)))
+        distinct, inverse = torch.unique((cls * self.bank.shape[1] + idx).flatten(), return_inverse=True)
+        return self.bank.flatten(0, 1)[distinct], inverse
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         b, k, _ = z.shape
         idx = self.parents(z)  # (B, K, 2)
-        cls = torch.arange(k, device=z.device).view(1, k)
-        pair = torch.stack([self.bank[cls, idx[..., 0]], self.bank[cls, idx[..., 1]]], dim=2)  # (B, K, 2, nc, S, S)
-        feats = self.encoder(pair.flatten(0, 2)).unflatten(0, (b * k, 2))  # one pass for both parents
+        feats = self._encode_bank(idx).flatten(0, 1)  # (B*K, 2, C, s, s)
         m = self.mask(z, feats.shape[-1])
         mixed = m * feats[:, 0] + (1 - m) * feats[:, 1] + self.noise(z[..., SELECT_DIMS:].reshape(b * k, -1))[:, :, None, None]
         out = self.decoder(mixed)

@@ -134,6 +134,10 @@ class GanSpec:
     channels: int
     parents: int = 0  # mix mode: real images held per class (the largest class's count)
 
+    def __post_init__(self) -> None:
+        if self.mode not in ("per_class", "conditional", "mix"):  # an ensemble is several specs (core/ensemble_train.py)
+            raise ValueError(f"one network per mode per_class, conditional or mix, not {self.mode!r}")
+
     def generator(self) -> nn.Module:
         if self.mode == "mix":
             from augment.core.mix import MixGenerator
