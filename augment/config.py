@@ -135,7 +135,7 @@ MIX_SELECT_DIMS = 40  # augment.core.mix.SELECT_DIMS (a test keeps them equal; c
 
 class GanConfig(_Section):
     enabled: Bool = True
-    mode: GeneratorMode = "per_class"
+    mode: GeneratorMode = "per_class+mix"
     steps: int = Field(default=2000, ge=1)
     image_size: Literal[16, 32, 64] = 32
     batch_size: int = Field(default=32, ge=2)
@@ -171,7 +171,7 @@ class GanConfig(_Section):
     @model_validator(mode="after")
     def _check(self) -> GanConfig:
         if self.shards > 1 and self.mode != "per_class":
-            raise ValueError("gan.shards > 1 needs gan.mode: per_class (one conditional network cannot be split by class)")
+            raise ValueError(f"gan.shards > 1 needs gan.mode: per_class (independent class GANs), not {self.mode!r}")
         if "mix" in self.mode.split("+") and self.nz <= MIX_SELECT_DIMS:
             raise ValueError(f"gan.mode mix needs gan.nz > {MIX_SELECT_DIMS} (it reads {MIX_SELECT_DIMS} of z as parent and "
                              f"mask bits), got {self.nz}")
@@ -339,7 +339,8 @@ class Config(_Section):
         if self.smote.enabled and self.smote.features == "discriminator" and not self.gan.enabled:
             raise ValueError("smote.features 'discriminator' needs the GAN stage (gan.enabled: true)")
         if self.smote.enabled and self.smote.features == "discriminator" and "+" in self.gan.mode:
-            raise ValueError(f"smote.features 'discriminator' needs one generator, not the ensemble gan.mode {self.gan.mode!r}")
+            raise ValueError(f"smote.features 'discriminator' needs one generator (set gan.mode: per_class, conditional or mix), "
+                             f"not the ensemble gan.mode {self.gan.mode!r}")
         if self.gan.enabled and self.gan.train_on == "real+classical" and not self.classical.enabled:
             raise ValueError("gan.train_on 'real+classical' needs the classical stage (classical.enabled: true)")
         return self

@@ -99,7 +99,7 @@ def ours(size: int, k: int, nz: int, ngf: int, nc: int, batch: int, device: torc
     from augment.config import GanConfig
     from augment.core.gan_train import build_state, train_step
 
-    cfg = GanConfig(image_size=size, batch_size=batch, nz=nz, ngf=ngf, ndf=ngf, diffaugment=["translation", "cutout"])
+    cfg = GanConfig(mode="per_class", image_size=size, batch_size=batch, nz=nz, ngf=ngf, ndf=ngf, diffaugment=["translation", "cutout"])
     state = build_state(cfg, k, nc, seed=0, device=device)
     if compile_:
         state.G.compile()

@@ -15,7 +15,7 @@ from augment.errors import UserError
 from augment.graph import load_config
 from augment.runtime import resolve_device
 
-TINY = dict(steps=1, image_size=16, batch_size=4, nz=8, ngf=4, ndf=4)
+TINY = dict(mode="per_class", steps=1, image_size=16, batch_size=4, nz=8, ngf=4, ndf=4)
 
 
 def conv_output_dtypes(module: torch.nn.Module) -> set:

@@ -14,7 +14,7 @@ def test_shipped_configs_load(name):
 
 def test_defaults_without_a_file():
     cfg = load_config(None)
-    assert cfg.data.source == "digits" and cfg.gan.mode == "per_class" and "real" in cfg.benchmark.arms
+    assert cfg.data.source == "digits" and cfg.gan.mode == "per_class+mix" and "real" in cfg.benchmark.arms
 
 
 def test_relative_data_path_is_relative_to_the_config(tmp_path):

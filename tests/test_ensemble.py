@@ -78,6 +78,8 @@ def test_the_ensemble_runs_in_the_pipeline_its_members_train_as_alone_and_share_
     for row in kept[mixes].itertuples():
         assert all(label_of[p] == row.label for p in json.loads(row.params)["parents"])
     assert kept.loc[~mixes, "parent_id"].isna().all()
+    assert set(kept.loc[mixes, "generator"]) == {"dcgan:per_class+mix/mix"}
+    assert set(kept.loc[~mixes, "generator"]) == {"dcgan:per_class+mix/per_class"}
     from augment.core.report_gan import quality_section
 
     text = quality_section(cfg, json.loads((run_dir / "gan" / "quality.json").read_text()), None, frame)

@@ -10,7 +10,7 @@ from augment.core.gan_train import build_state, d_real_accuracy, load_checkpoint
 from augment.core.sampling import sample
 from augment.core.tensors import to_uint8
 
-TINY = dict(steps=6, image_size=16, batch_size=4, nz=8, ngf=4, ndf=4, checkpoint_every=100, sample_every=100)
+TINY = dict(mode="per_class", steps=6, image_size=16, batch_size=4, nz=8, ngf=4, ndf=4, checkpoint_every=100, sample_every=100)
 
 
 def toy_data(k=3, n=5, size=8, channels=1, seed=0):
@@ -153,7 +153,7 @@ def test_training_is_deterministic_and_resume_matches(tmp_path, mode, regularise
     """Stopping at step 3 and resuming gives the same weights as training 6 steps straight (with
     LeCam's moving averages and R1 too, and for the mix mode's encoder-decoder and its image bank)."""
     x, y = toy_data()
-    cfg = GanConfig(mode=mode, **{**TINY, **regularise})
+    cfg = GanConfig(**{**TINY, "mode": mode, **regularise})
     device = torch.device("cpu")
     val = toy_data(n=2, seed=1)
     kw = dict(seed=7, device=device, fingerprint="f", val=val)

@@ -44,7 +44,7 @@ def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path):
 
     marker = tmp_path / "pwned"
     torch.save({"fingerprint": "f", "ema": Payload(marker)}, tmp_path / "checkpoint.pt")
-    state = build_state(GanConfig(steps=2, image_size=16, ngf=4, ndf=4, nz=8), 2, 1, 0, torch.device("cpu"))
+    state = build_state(GanConfig(mode="per_class", steps=2, image_size=16, ngf=4, ndf=4, nz=8), 2, 1, 0, torch.device("cpu"))
     with pytest.raises(UserError, match=r"checkpoint.pt: not a checkpoint this tool wrote \(UnpicklingError"):
         load_checkpoint(tmp_path / "checkpoint.pt", state, "f")
     with pytest.raises(UserError, match=r"checkpoint.pt: not a checkpoint this tool wrote"):

@@ -106,12 +106,12 @@ def test_the_refit_adds_classical_copies_of_the_val_images_as_the_classical_stag
     assert len(data.dataset) == len(files)  # what the export trains on is what expanded/ holds
 
 
-@pytest.mark.parametrize("train_on", ["real", "real+classical"])
+@pytest.mark.parametrize("train_on,mode", [("real", "per_class"), ("real+classical", "per_class"), ("real", "per_class+mix")])
 def test_the_generator_refit_trains_on_train_and_val_and_its_samples_replace_the_benchmarks(smoke_run, tmp_path, monkeypatch,
-                                                                                          train_on):
+                                                                                          train_on, mode):
     """expand.refit_generator: when the winning arm uses GAN samples, the generator trains again on
-    every real train and val image (with gan.train_on real+classical, and on their classical copies);
-    expanded/ and the export carry its gated samples instead."""
+    every real train and val image (with gan.train_on real+classical, and on their classical copies;
+    an ensemble, every member); expanded/ and the export carry its gated samples instead."""
     from augment.core import gan_train
     from augment.graph import load_config, run_stage
     from augment.summary import SUMMARY
@@ -126,15 +126,18 @@ def test_the_generator_refit_trains_on_train_and_val_and_its_samples_replace_the
     seen = []
     real_train = gan_train.train_gan
     monkeypatch.setattr(gan_train, "train_gan", lambda x, y, *a, **kw: seen.append(len(y)) or real_train(x, y, *a, **kw))
-    info = run_stage("expand", load_config(SMOKE, ["expand.refit_generator=true", f"gan.train_on={train_on}"]), run_dir)
+    info = run_stage("expand", load_config(SMOKE, ["expand.refit_generator=true", f"gan.train_on={train_on}",
+                                                   f"gan.mode={mode}", "gan.nz=48"]), run_dir)
     frame = rundir.read_manifest(run_dir)
     real = frame[(frame["source"] == "real") & frame["kept"] & frame["split"].isin(["train", "val"])]
     per_parent = (frame["source"] == "classical").sum() / (real["split"] == "train").sum()  # classical.multiplier
     copies = per_parent * len(real) if train_on == "real+classical" else 0  # of train (the stage's) and val (the refit's)
-    assert seen == [len(real) + copies] and info["generator_refit"] and info["refit_gan_kept"] > 0
+    members = mode.split("+")
+    assert seen == [len(real) + copies] * len(members) and info["generator_refit"] and info["refit_gan_kept"] > 0
     refit = pd.read_parquet(run_dir / REFIT_ROWS)
     kept = refit[(refit["source"] == "gan") & refit["kept"]]
-    assert len(kept) == info["refit_gan_kept"] and set(kept["generator"]) == {"dcgan:per_class:refit"}
+    names = {f"dcgan:{mode}:refit"} if len(members) == 1 else {f"dcgan:{mode}:refit/{m}" for m in members}
+    assert len(kept) == info["refit_gan_kept"] and set(kept["generator"]) == names
     delivered = {p.stem for p in (run_dir / "expanded").rglob("*.png")}
     assert set(kept["id"]) <= delivered and not delivered & set(frame.loc[frame["source"] == "gan", "id"])
     assert "trained again" in (run_dir / "expanded" / "README.md").read_text()

@@ -173,6 +173,7 @@ class Judged:
     feats: np.ndarray  # (N, D) generated
     real_feats: np.ndarray  # (M, D) real train
     parents: list[list[str] | None] | None = None  # mix mode: each sample's two parents' ids (None: an ensemble's non-mix rows)
+    members: list[str] | None = None  # an ensemble: the mode of the member that drew each sample
 
 
 def judge_samples(
@@ -201,7 +202,8 @@ def judge_samples(
         score[rows], kept[rows] = out[0], out[1]
         for j, i in enumerate(rows):
             codes[i], reasons[i] = out[2][j], out[3][j]
-    return Judged(score, novelty, kept, codes, reasons, feats, real_feats)
+    members = [modes[m] for m in member] if len(modes) > 1 else None
+    return Judged(score, novelty, kept, codes, reasons, feats, real_feats, members=members)
 
 
 def selection_rule(select_how: str, mode: str) -> str:
@@ -255,7 +257,8 @@ def sample_and_judge(cfg: Config, G, judge, x_real: np.ndarray, real_ids: list[s
 
 def gan_rows(run_dir: Path, images: np.ndarray, intended: np.ndarray, j, n: int, classes: list[str], seed: int,
              generator: str, folder: str = "images/gan", prefix: str = "gan") -> list[dict]:
-    """Save every judged sample under run_dir/<folder>/<class>/ and return its manifest row (kept or not, why)."""
+    """Save every judged sample under run_dir/<folder>/<class>/ and return its manifest row (kept or not, why).
+    An ensemble's rows name the member that drew them: generator "dcgan:per_class+mix/mix"."""
     rows = []
     for i, image in enumerate(images):
         label = classes[intended[i]]
@@ -263,7 +266,8 @@ def gan_rows(run_dir: Path, images: np.ndarray, intended: np.ndarray, j, n: int,
         rel = f"{folder}/{label}/{gid}.png"
         rows.append(dict(
             id=gid, path=rel, label=label, split="train", source="gan", seed=seed % 2**32,
-            generator=generator, sha256=rundir.save_png(run_dir, rel, image),
+            generator=generator if j.members is None else f"{generator}/{j.members[i]}",  # ensemble/member
+            sha256=rundir.save_png(run_dir, rel, image),
             height=image.shape[0], width=image.shape[1], channels=image.shape[2], score=float(j.score[i]),
             novelty=float(j.novelty[i]), kept=bool(j.kept[i]), reason_code=j.codes[i], reason=j.reasons[i],
             **({} if j.parents is None or j.parents[i] is None else  # mix: both parents, as SMOTE rows record theirs

@@ -69,9 +69,10 @@ def starting_config(survey: dict) -> str:
         "smote:",
         "  sampler: SMOTE",
         "gan:",
-        "  mode: per_class",
+        "  mode: per_class+mix    # a per-class GAN and a generator that mixes two real images of a class",
         f"  image_size: {gan_size}         # GAN resolution; samples are resized to the working size",
         "  steps: 1500",
+        "  checkpoint_selection: cas  # sample the snapshot whose kept samples teach best on val",
         "benchmark:",
         "  seeds: 5",
     ]

@@ -48,7 +48,7 @@ def how_to_train(cfg: Config, summary, arm: str, rows) -> str:
                      f"{choice.weight:g}" + (f" and soft labels (temperature {choice.temperature:g})" if choice.soft_labels else "")
                      + ". Pouring them in with the real images is not what was measured.")
     if "gan" in set(rows["source"]):
-        refit = rows["generator"].fillna("").str.endswith(":refit").any()
+        refit = rows["generator"].fillna("").str.contains(":refit", regex=False).any()
         lines.append("- GAN samples come from a generator trained again on the real images here (expand.refit_generator)."
                      if refit else "- GAN samples come from the generator the benchmark measured, trained on the train split "
                      "only (expand.refit_generator: true trains it again on every real image here).")
