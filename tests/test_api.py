@@ -64,3 +64,20 @@ def test_init_on_a_folder_without_classes_is_one_line(tmp_path):
     Image.new("L", (8, 8)).save(tmp_path / "flat" / "a.png")
     with pytest.raises(UserError, match=r"flat: found 0 class folder\(s\) with images; at least two are needed"):
         survey_folder(tmp_path / "flat")
+
+
+def test_init_reads_the_folder_as_ingest_does(tmp_path):
+    """A class folder without images stops `augment init` with ingest's one-line error (not a
+    config that run then rejects), and train/val/test folders are splits, not classes."""
+    from augment.core.survey import survey_folder
+
+    root = write_image_folder(tmp_path / "imgs", {"a": 3, "b": 4})
+    (root / "c").mkdir()
+    (root / "c" / "notes.txt").write_text("todo")
+    with pytest.raises(UserError, match=rf"^{root / 'c'}: class folder has no images"):
+        survey_folder(root)
+
+    split = tmp_path / "split"
+    write_image_folder(split / "train", {"a": 3, "b": 4})
+    write_image_folder(split / "val", {"a": 1, "b": 2})
+    assert survey_folder(split)["classes"] == {"a": 4, "b": 6}

@@ -153,30 +153,46 @@ def _inside(path: Path, root: Path, origin: str, what: str) -> Path:
     return resolved
 
 
-def _subfolders(root: Path) -> list[Path]:
+def subfolders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def split_folders(root: Path) -> list[tuple[str | None, Path]]:
+    """(split, folder of class folders): root/{train,val,test} when the data gives its split
+    (train/ is needed, val/ and test/ are optional), else (None, root)."""
+    tops = subfolders(root)
+    if tops and {p.name for p in tops} <= set(SPLITS) and "train" in {p.name for p in tops}:
+        return [(top.name, top) for top in tops]
+    return [(None, root)]
+
+
+def class_files(class_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(image files, other files) anywhere under a class folder, hidden ones left out; a class
+    folder without images is a one-line error naming it (ingest and `augment init` agree)."""
+    files = sorted(f for f in class_dir.rglob("*") if not f.name.startswith(".") and (f.is_file() or f.is_symlink()))
+    images = [f for f in files if f.suffix.lower() in IMG_EXTENSIONS]
+    if not images:
+        raise UserError(f"{safe_text(str(class_dir))}: class folder has no images ({', '.join(IMG_EXTENSIONS)}); "
+                        "remove it or add images")
+    return images, sorted(set(files) - set(images))
 
 
 def read_folder(d: DataConfig, path: Path | None = None) -> RawDataset:
     """ImageFolder layout: root/<class>/<image>, or root/{train,val,test}/<class>/<image> when the
-    data gives its split (train/ is needed, val/ and test/ are optional); every image file is
-    opened and checked."""
+    data gives its split (split_folders); every image file is opened and checked."""
     root = Path(path or d.path)
     if not root.is_dir():
         raise UserError(f"{root}: data.path is not a folder")
     out = _Collector(d.on_bad_image)
-    tops = _subfolders(root)
-    if tops and {p.name for p in tops} <= set(SPLITS) and "train" in {p.name for p in tops}:
-        for top in tops:
-            _read_classes(top, root.resolve(), d, out, split=top.name)
-            out.data.given_by[top.name] = safe_text(str(top))
-    else:
-        _read_classes(root, root.resolve(), d, out)
+    for split, top in split_folders(root):
+        _read_classes(top, root.resolve(), d, out, split=split)
+        if split is not None:
+            out.data.given_by[split] = safe_text(str(top))
     return out.data
 
 
 def _read_classes(root: Path, real_root: Path, d: DataConfig, out: _Collector, split: str | None = None) -> None:
-    classes = _subfolders(root)
+    classes = subfolders(root)
     if not classes:
         raise UserError(f"{root}: no class sub-folders found (expected {root}/<class>/<image>)")
     for class_dir in classes:
@@ -186,12 +202,9 @@ def _read_classes(root: Path, real_root: Path, d: DataConfig, out: _Collector, s
         label = _check_label(name, where)
         if not class_dir.resolve().is_relative_to(real_root):
             raise UserError(f"{where}: class folder is a link to {class_dir.resolve()}, outside the dataset {real_root}")
-        files = sorted(f for f in class_dir.rglob("*") if not f.name.startswith(".") and (f.is_file() or f.is_symlink()))
-        images = [f for f in files if f.suffix.lower() in IMG_EXTENSIONS]
-        for f in sorted(set(files) - set(images)):
+        images, others = class_files(class_dir)
+        for f in others:
             log.warning("%s: skipped, not an image extension (%s)", safe_text(str(f)), ", ".join(IMG_EXTENSIONS))
-        if not images:
-            raise UserError(f"{where}: class folder has no images ({', '.join(IMG_EXTENSIONS)}); remove it or add images")
         for f in images:
             origin = safe_text(str(f))
             out.add(lambda f=f, origin=origin: (_open_image(_inside(f, real_root, origin, "symlink target"), d), label),

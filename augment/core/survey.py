@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from augment.core.sources import IMG_EXTENSIONS, safe_text
+from augment.core.sources import IMG_EXTENSIONS, class_files, safe_text, split_folders, subfolders
 from augment.errors import UserError
 
 
@@ -17,14 +17,13 @@ def survey_folder(root: Path) -> dict:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{safe_text(str(root))}: not a folder (expected FOLDER/<class>/<image>)")
-    counts: dict[str, int] = {}
+    counts: Counter = Counter()
     sizes: Counter = Counter()
     colour = unreadable = 0
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = [f for f in class_dir.rglob("*") if f.suffix.lower() in IMG_EXTENSIONS and not f.name.startswith(".")]
-        if not files:
-            continue
-        counts[safe_text(class_dir.name)] = len(files)
+    class_dirs = [c for _, top in split_folders(root) for c in subfolders(top)]  # root/<class>, or root/<split>/<class>
+    for class_dir in class_dirs:
+        files, _ = class_files(class_dir)  # the files ingest reads; an empty class folder is an error here too
+        counts[safe_text(class_dir.name)] += len(files)
         for f in files:
             try:
                 with Image.open(f) as im:  # the header only
@@ -35,7 +34,7 @@ def survey_folder(root: Path) -> dict:
     if len(counts) < 2:
         raise UserError(f"{safe_text(str(root))}: found {len(counts)} class folder(s) with images; at least two "
                         f"are needed (FOLDER/<class>/<image>, extensions {', '.join(IMG_EXTENSIONS)})")
-    return {"path": str(root.resolve()), "classes": counts, "sizes": dict(sizes.most_common()),
+    return {"path": str(root.resolve()), "classes": dict(sorted(counts.items())), "sizes": dict(sizes.most_common()),
             "channels": 3 if colour else 1, "unreadable": unreadable}
 
 
