@@ -24,13 +24,18 @@ def test_training_is_deterministic_without_global_seeding():
     assert a.shape == (30, 2) and np.allclose(a.sum(1), 1, atol=1e-5)
 
 
-def test_trivial_augment_is_seeded_and_leaves_the_global_rng_alone():
+def test_trivial_augment_is_seeded_and_leaves_the_global_rng_alone(monkeypatch):
+    """It seeds only the CPU generator, which fork_rng(devices=[]) restores: reseeding every
+    device (torch.manual_seed) would leave the CUDA generators changed on a GPU machine."""
+    cuda_seeds = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", cuda_seeds.append)
     batch = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
     torch.manual_seed(0)
+    cuda_seeds.clear()
     before = torch.random.get_rng_state()
     a, b = trivial_augment(batch, 5), trivial_augment(batch, 5)
     assert torch.equal(a, b) and not torch.equal(a, batch)
-    assert torch.equal(torch.random.get_rng_state(), before)
+    assert torch.equal(torch.random.get_rng_state(), before) and cuda_seeds == []
 
 
 @pytest.mark.parametrize("shape", [(64, 1, 8, 8), (16, 3, 28, 20)])

@@ -165,7 +165,7 @@ def trivial_augment(batch: torch.Tensor, seed: int) -> torch.Tensor:
     magnitudes = _magnitudes(tuple(batch.shape[-2:]))
     out = []
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only: what fork_rng restores
         for image in batch:
             op = ops[int(torch.randint(len(ops), ()))]
             values, magnitude = magnitudes[op], 0.0
