@@ -11,6 +11,7 @@ import torch
 
 import augment
 from augment import rundir
+from augment.core.ensemble import member_modes
 from augment.core.recipe import RECIPE, REFIT_ROWS
 from augment.core.side_stream import BatchSampler
 
@@ -132,7 +133,7 @@ def test_the_generator_refit_trains_on_train_and_val_and_its_samples_replace_the
     real = frame[(frame["source"] == "real") & frame["kept"] & frame["split"].isin(["train", "val"])]
     per_parent = (frame["source"] == "classical").sum() / (real["split"] == "train").sum()  # classical.multiplier
     copies = per_parent * len(real) if train_on == "real+classical" else 0  # of train (the stage's) and val (the refit's)
-    members = mode.split("+")
+    members = member_modes(mode)
     assert seen == [len(real) + copies] * len(members) and info["generator_refit"] and info["refit_gan_kept"] > 0
     refit = pd.read_parquet(run_dir / REFIT_ROWS)
     kept = refit[(refit["source"] == "gan") & refit["kept"]]
