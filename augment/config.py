@@ -242,6 +242,12 @@ class BenchmarkConfig(_Section):
     folds: int = Field(default=5, ge=2)
     linear_probe: Bool = True
     workers: int | None = Field(default=None, ge=1)  # processes for the arms x seeds classifiers; null: every core on CPU
+    # classifiers trained as one stacked network (augment.core.engine); auto: one at a time per worker
+    # on a CPU (measured faster there: benchmarks/engine_throughput.py), a whole round on a GPU. Changes no result.
+    models_per_round: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
+    # where on-the-fly augmentation runs: batched on the training device (device), or albumentations and
+    # torchvision image by image on the CPU (cpu); auto: device unless a classical transform has no batched op
+    augment_on: Literal["auto", "cpu", "device"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
 
     def steps_for(self, n_train: int) -> int:
@@ -259,7 +265,8 @@ class BenchmarkConfig(_Section):
     # classifier (SMOTE's cnn features, the gate's judge) reads these and no others.
     TRAINER_KEYS: ClassVar[tuple[str, ...]] = ("steps", "epochs", "min_steps", "max_steps", "batch_size", "lr",
                                                "weight_decay", "schedule", "label_smoothing", "width", "depth",
-                                               "dropout", "classifier", "weights", "input_size", "precision")
+                                               "dropout", "classifier", "weights", "input_size", "precision",
+                                               "augment_on")
 
     def trainer_kwargs(self) -> dict:
         """The classifier settings every arm (and the quality gate's judge) trains with."""

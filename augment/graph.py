@@ -89,7 +89,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("synthesize", synthesize.run, "Sample the generator and gate every sample.",
           after=("gan", "classical"), reads=("seed", "gate", "device", "gan.latent_scales", *_TRAINER_KEYS)),
     Stage("benchmark", benchmark.run, "Train the classifier per arm and seed; score on the real test split.",
-          after=("ingest", "classical", "smote", "synthesize"), reads=("seed", "device", "gate", *_section("benchmark", BenchmarkConfig)),
+          after=("ingest", "classical", "smote", "synthesize"), reads=("seed", "device", "gate", *_section("benchmark", BenchmarkConfig, but=("workers", "models_per_round"))),
           check=benchmark.check, progress="benchmark-classifiers"),
     Stage("expand", expand.run, "Build the expanded ImageFolder and the recipe export for the recommended arm.",
           after=("benchmark",), reads=("expand",)),
@@ -98,7 +98,7 @@ STAGES: tuple[Stage, ...] = (
 )
 BY_NAME = {s.name: s for s in STAGES}
 _FULL_OR_FORBIDDEN = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-_VERSION = "graph-v2"  # bump to re-run every stage once (a change in what stages write)
+_VERSION = "graph-v3"  # bump to re-run every stage once (a change in what stages write)
 
 
 @contextmanager

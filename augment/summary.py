@@ -130,6 +130,8 @@ class Summary(_Model):
     classifier_steps: int | None = None  # every arm's step budget (benchmark.steps, or auto)
     balanced_sampling: bool = False  # every arm drew classes equally often (benchmark.balanced_sampling)
     selection: Selection = Field(default_factory=Selection)
+    augment_on: str | None = None  # where on-the-fly augmentation ran (benchmark.augment_on): "device" or "cpu"
+    models_per_round: int | None = None  # classifiers trained as one stacked network (benchmark.models_per_round)
 
     def comparison(self, arm: str, base: str) -> Comparison | None:
         return next((c for c in self.comparisons if c.arm == arm and c.base == base), None)

@@ -77,25 +77,28 @@ def test_a_mix_takes_each_mask_cell_from_one_parent():
     torch.testing.assert_close(G(z), G.reconstruct(G.bank[torch.arange(3), idx[..., 1]]))
 
 
-def test_each_distinct_parent_is_encoded_once_and_gives_what_one_pass_per_use_gives():
-    """The forward pass and the reconstruction loss's pass encode each distinct bank image once and
-    gather its features for every use: the same images as encoding every parent of every mix, with
-    gradients summed over the uses (index_select, deterministic on the CPU)."""
+@pytest.mark.parametrize("batch", [32, 1])
+def test_the_bank_is_encoded_once_or_each_use_and_gives_what_one_pass_per_use_gives(batch):
+    """The forward pass and the reconstruction loss's pass encode every bank image once and gather
+    its features for every use when the bank holds fewer images than the uses, else each use: the
+    same images as one pass per use (gradients summed over the uses: index_select, deterministic on
+    the CPU), and the same shapes every step (no torch.unique)."""
     G = mix_generator(counts=(4, 2, 3)).train()
-    z = torch.randn(32, 3, NZ)
+    z = torch.randn(batch, 3, NZ)
     encoded = []
     hook = G.encoder.register_forward_hook(lambda module, args, out: encoded.append(len(args[0])))
     out = G(z)
+    G(torch.randn(batch, 3, NZ))
     idx = G.parents(z)
     cls = torch.arange(3)
-    assert encoded == [len(torch.unique(idx + 4 * cls.view(1, 3, 1)))] and encoded[0] <= 4 + 2 + 3
+    assert encoded == [min(4 + 2 + 3, 2 * 3 * batch)] * 2  # 9 bank images, or the uses
     pair = torch.stack([G.bank[cls, idx[..., 0]], G.bank[cls, idx[..., 1]]], dim=2).flatten(0, 2)
-    feats = G.encoder(pair).unflatten(0, (32 * 3, 2))  # one pass per use
+    feats = G.encoder(pair).unflatten(0, (batch * 3, 2))  # one pass per use
     m = G.mask(z, feats.shape[-1])
-    noise = G.noise(z[..., SELECT_DIMS:].reshape(32 * 3, -1))[:, :, None, None]
+    noise = G.noise(z[..., SELECT_DIMS:].reshape(batch * 3, -1))[:, :, None, None]
     per_use = G.decoder(m * feats[:, 0] + (1 - m) * feats[:, 1] + noise).view_as(out)
     torch.testing.assert_close(out, per_use)
-    rows = torch.randint(0, 2, (32, 3))
+    rows = torch.randint(0, 2, (batch, 3))
     torch.testing.assert_close(G.reconstruct_bank(rows), G.reconstruct(G.bank[cls, rows]))
     hook.remove()
     with pytest.raises(ValueError, match="not 'per_class\\+mix'"):
@@ -179,3 +182,16 @@ def test_mix_runs_in_the_pipeline_and_the_manifest_names_both_parents(smoke_run,
 
     text = quality_section(cfg, json.loads((run_dir / "gan" / "quality.json").read_text()), None, frame)
     assert "`gan.mode: mix`" in text and "distinct pairs of parents" in text
+
+
+def test_a_mix_step_runs_in_channels_last():
+    """gan.channels_last: the mix generator's 5-d image bank stays as it is, its convolutions go channels_last."""
+    from augment.core.gan_train import build_state, train_step
+
+    cfg = GanConfig(mode="mix", image_size=16, nz=NZ, ngf=4, ndf=4, batch_size=4, channels_last=True)
+    x, y = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 1), dtype=np.uint8), np.arange(6) % 3
+    bank = prepare_real(x, y, 3, 16, torch.device("cpu"))
+    state = build_state(cfg, 3, 1, seed=0, device=torch.device("cpu"), bank=bank)
+    conv = next(m for m in state.G.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and state.G.bank.dim() == 5
+    assert bool(torch.isfinite(train_step(state, *bank, cfg)).all())

@@ -11,6 +11,7 @@ from torchvision.datasets import ImageFolder
 
 from augment import rundir
 from augment.core.stats import ids_digest
+from augment.core.recipe import REFIT_ROWS
 from augment.registry import ARMS
 from augment.graph import load_config
 from augment.graph import run_pipeline
@@ -107,7 +108,10 @@ def test_expanded_loads_with_imagefolder(smoke_run):
     assert ds.classes == [str(i) for i in range(10)]
     frame = rundir.read_manifest(run_dir)
     val = ((frame["split"] == "val") & (frame["source"] == "real") & frame["kept"]).sum()
-    assert len(ds) == summary["arms"][arm]["train_images"] + val  # the deliverable: train and val (expand.refit)
+    refit = pd.read_parquet(run_dir / REFIT_ROWS)  # classical copies of the val images, when the arm has copies
+    assert len(refit) == 0 or "classical" in ARMS[arm].sources
+    # the deliverable: train and val (expand.refit), and the copies of val the refit made
+    assert len(ds) == summary["arms"][arm]["train_images"] + val + int(refit["kept"].sum())
     image, label = ds[0]
     assert image.size == (8, 8) and label == 0
     readme = (run_dir / "expanded" / "README.md").read_text()  # the recipe, for users outside PyTorch

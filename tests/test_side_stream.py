@@ -55,7 +55,7 @@ def test_soft_labels_are_distributions_and_reach_the_loss(monkeypatch):
         seen.append(target.clone())
         return real_ce(logits, target, **kw)
 
-    monkeypatch.setattr("augment.core.classifier.F.cross_entropy", spy)
+    monkeypatch.setattr("torch.nn.functional.cross_entropy", spy)
     train_classifier(x, y, 3, steps=3, batch_size=8, width=4, seed=0, synthetic=SideStream(xs, ys, share=0.5, soft=rows))
     targets = torch.cat(seen)
     assert torch.allclose(targets.sum(1), torch.ones(len(targets)))
@@ -162,17 +162,17 @@ INVERT = [{"__class_fullname__": "InvertImg", "p": 1.0}]
 def test_the_classical_pipeline_runs_on_the_fly_over_real_and_synthetic_rows(monkeypatch):
     """benchmark.classical_on_the_fly: every image of every batch, real and synthetic alike, goes
     through the configured albumentations pipeline (here an inversion), seeded."""
-    from augment.core import classifier
+    from augment.core import augmentation
     from augment.core.augmentation import build_pipeline
 
     batch = torch.from_numpy(images(6)[0]).permute(0, 3, 1, 2).contiguous()
-    assert torch.equal(classifier.classical_augment(build_pipeline(INVERT), batch, 0), 255 - batch)
+    assert torch.equal(augmentation.classical_augment(build_pipeline(INVERT), batch, 0), 255 - batch)
     x, y = images(12)
     x[x == 0] = 1  # an inverted synthetic image (all 255) is all 0: no real image looks like it
     xs, ys = images(40, value=255)
     seen = []
-    real = classifier.classical_augment
-    monkeypatch.setattr(classifier, "classical_augment", lambda p, b, s: seen.append(real(p, b, s)) or seen[-1])
+    real = augmentation.classical_augment  # InvertImg has no batched op: albumentations, image by image
+    monkeypatch.setattr(augmentation, "classical_augment", lambda p, b, s: seen.append(real(p, b, s)) or seen[-1])
     train_classifier(x, y, 3, steps=4, batch_size=8, width=4, seed=0, synthetic=SideStream(xs, ys, share=0.5), classical=INVERT)
     assert len(seen) == 4 and all(int((b == 0).flatten(1).all(1).sum()) == 4 for b in seen)  # synthetic rows inverted
     assert all(not (b == 255).flatten(1).all(1).any() for b in seen)  # none passed through unchanged
@@ -231,8 +231,8 @@ def test_class_balanced_sampling_in_every_arm_when_asked(smoke_run, tmp_path, mo
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     seen = []
-    real = benchmark.train_classifier
-    monkeypatch.setattr(benchmark, "train_classifier", lambda *a, **kw: seen.append(kw["balanced"]) or real(*a, **kw))
+    real = benchmark.train_classifiers
+    monkeypatch.setattr(benchmark, "train_classifiers", lambda tasks, *a, **kw: seen.extend(t.balanced for t in tasks) or real(tasks, *a, **kw))
     cfg = load_config(SMOKE, ["benchmark.balanced_sampling=all", "benchmark.seeds=1", "benchmark.workers=1",
                               "benchmark.arms=[real, real+balanced, real+gan]"])
     assert not run_stage("benchmark", cfg, copy)["skipped"]

@@ -35,10 +35,10 @@ def test_the_recipe_export_is_built_from_train_and_val_and_yields_the_share(smok
     data = augment.load_training_data(run_dir, seed=3)
     n_real = int(real["split"].isin(["train", "val"]).sum())
     synthetic = len(data.dataset) - n_real
-    assert synthetic == int((frame["split"] == "train").sum() - (real["split"] == "train").sum()) * (recipe["sources"] != ["real"]) \
-        or recipe["sources"] == ["real"]
+    refit = pd.read_parquet(run_dir / REFIT_ROWS)  # copies of the val images, for an arm of classical copies
+    kept_train = frame[(frame["split"] == "train") & frame["kept"] & frame["source"].isin(recipe["sources"])]
+    assert synthetic == int((kept_train["source"] != "real").sum()) + int(refit["kept"].sum())
     only_train = augment.load_training_data(run_dir, seed=3, splits=("train",))
-    refit = pd.read_parquet(run_dir / REFIT_ROWS)
     assert len(only_train.dataset) == len(data.dataset) - int((real["split"] == "val").sum()) - len(refit)
 
     # as if the recommended arm were real+gan at a quarter of every batch

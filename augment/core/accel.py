@@ -37,7 +37,14 @@ def use_channels_last(setting: bool | None, device: torch.device | str) -> bool:
 
 
 def to_memory_format(module: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
-    return module.to(memory_format=torch.channels_last) if channels_last else module
+    """The module's 4-d weights and buffers in channels_last (Module.to refuses a module that also
+    holds other ranks, such as the mix generator's 5-d image bank)."""
+    if channels_last:
+        with torch.no_grad():
+            for t in [*module.parameters(), *module.buffers()]:
+                if t.dim() == 4:
+                    t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return module
 
 
 def adam(params, device: torch.device | str, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0,

@@ -217,6 +217,66 @@ def build_pipeline(transforms: list[dict], seed: int | None = None, save_params:
     return pipeline
 
 
+def _pair(value) -> tuple[float, float]:
+    lo, hi = (value, value) if isinstance(value, (int, float)) else value
+    return float(lo), float(hi)
+
+
+def _zero(fill) -> bool:
+    return all(float(v) == 0.0 for v in (fill if isinstance(fill, (list, tuple)) else [fill]))
+
+
+def _batched_spec(t) -> dict | None:
+    """One albumentations transform (an instance, its arguments normalised by albumentations itself)
+    as a plain spec of augment.core.batch_augment, or None where that has no equivalent."""
+    import cv2
+
+    name, p = type(t).__name__, float(t.p)
+    interpolation = {cv2.INTER_LINEAR: "bilinear", cv2.INTER_NEAREST: "nearest"}
+    geometric_ok = getattr(t, "border_mode", cv2.BORDER_CONSTANT) == cv2.BORDER_CONSTANT and _zero(getattr(t, "fill", 0)) \
+        and getattr(t, "interpolation", cv2.INTER_LINEAR) in interpolation
+    if name == "Affine" and geometric_ok and not (t.fit_output or t.keep_ratio or t.balanced_scale) and t.translate_px is None:
+        move = t.translate_percent or {"x": (0.0, 0.0), "y": (0.0, 0.0)}
+        return dict(op="affine", p=p, rotate=_pair(t.rotate), scale_x=_pair(t.scale["x"]), scale_y=_pair(t.scale["y"]),
+                    translate_x=_pair(move["x"]), translate_y=_pair(move["y"]), shear_x=_pair(t.shear["x"]),
+                    shear_y=_pair(t.shear["y"]), interpolation=interpolation[t.interpolation])
+    if name == "CropAndPad" and geometric_ok and t.px is None and t.keep_size and t.sample_independently \
+            and isinstance(t.percent, (list, tuple)) and len(t.percent) == 2 and all(isinstance(v, (int, float)) for v in t.percent):
+        return dict(op="crop_and_pad", p=p, percent=_pair(t.percent), interpolation=interpolation[t.interpolation])
+    if name == "RandomBrightnessContrast" and t.brightness_by_max and not t.ensure_safe_range:
+        return dict(op="brightness_contrast", p=p, brightness=_pair(t.brightness_limit), contrast=_pair(t.contrast_limit))
+    if name == "ColorJitter":
+        return dict(op="color_jitter", p=p, brightness=_pair(t.brightness), contrast=_pair(t.contrast),
+                    saturation=_pair(t.saturation), hue=_pair(t.hue))
+    if name == "GaussNoise" and t.per_channel and float(t.noise_scale_factor) == 1.0:
+        return dict(op="gauss_noise", p=p, std=_pair(t.std_range), mean=_pair(t.mean_range))
+    if name == "SaltAndPepper":
+        return dict(op="salt_and_pepper", p=p, amount=_pair(t.amount), salt_vs_pepper=_pair(t.salt_vs_pepper))
+    if name == "Sharpen" and t.method == "kernel":
+        return dict(op="sharpen", p=p, alpha=_pair(t.alpha), lightness=_pair(t.lightness))
+    if name == "GaussianBlur":
+        return dict(op="gaussian_blur", p=p, sigma=_pair(t.sigma_limit), blur_limit=tuple(int(v) for v in t.blur_limit))
+    if name in ("HorizontalFlip", "VerticalFlip"):
+        return dict(op="hflip" if name == "HorizontalFlip" else "vflip", p=p)
+    return None
+
+
+def batched_specs(transforms: list[dict]) -> list[dict] | None:
+    """The transform list (A.from_dict format) as plain specs for augment.core.batch_augment's
+    batched ops, or None when any transform (a compose, an op or an argument) has none: then the
+    pipeline runs in albumentations, image by image. The specs read albumentations' own normalised
+    arguments (a scalar limit becomes its range as albumentations makes it)."""
+    A = _albumentations()
+    specs = []
+    for item in transforms:
+        t = A.from_dict({"transform": with_p(item)})
+        spec = None if isinstance(t, A.BaseCompose) else _batched_spec(t)
+        if spec is None:
+            return None
+        specs.append(spec)
+    return specs
+
+
 def _plain(params: dict) -> dict:
     """Applied parameters without arrays (transformation matrices) and numpy scalars, for JSON."""
     out = {}
@@ -267,6 +327,21 @@ def augment_parents(job: dict) -> list[dict]:
                 params=json.dumps(applied, default=str),
             ))
     return rows
+
+
+def classical_augment(pipeline, batch, seed: int):
+    """The pipeline (a Compose) on a uint8 torch batch (B, C, H, W), one seeded draw per image
+    (augment_images: the same draws as the classical copies), image by image on the CPU."""
+    import torch
+
+    seeds = np.random.default_rng(seed).integers(2**32, size=len(batch)).tolist()
+    images = np.ascontiguousarray(batch.permute(0, 2, 3, 1).numpy())
+    try:
+        out = augment_images(images, seeds, pipeline, 1)
+    except ValueError as exc:  # a transform that changes the size cannot be reshaped back
+        raise UserError(f"classical.transforms: on the fly (benchmark.classical_on_the_fly) the pipeline must keep "
+                        f"the image size {images.shape[1]}x{images.shape[2]} ({exc})") from None
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
 def _init_worker() -> None:

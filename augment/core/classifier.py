@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from augment.atomic import write_torch
 from augment.config import step_budget
-from augment.core.accel import adam, autocast
-from augment.core.side_stream import Batches, SideStream
-from augment.core.tensors import scale, to_tensor
+from augment.core import engine
+from augment.core.augmentation import classical_augment  # noqa: F401  (the per-image references, re-exported)
+from augment.core.batch_augment import augment_on_the_fly, trivial_augment  # noqa: F401
+from augment.core.engine import Recipe, Task
+from augment.core.side_stream import SideStream
+from augment.core.stacked import StackedCNN
+from augment.core.tensors import to_tensor
 from augment.errors import UserError
-from augment.runtime import check_stop
 
 
 class SmallCNN(nn.Module):
     """`depth` conv blocks (conv, batch norm, ReLU, 2x2 max-pool), doubling `width` each block
     (32-64-128 by default), global pooling (so any size from 8x8 up), dropout and a linear head.
 
-    Dropout draws from torch's global RNG: train_classifier runs every step under fork_rng with a
-    seed drawn from the classifier's own generator, so the masks are seeded too.
+    Training passes the dropout mask in (augment.core.engine draws it from the model's own seeded
+    stream); without one (evaluation, or a caller's own loop) nn.Dropout applies in train mode.
     """
 
     def __init__(self, in_channels: int, n_classes: int, width: int = 32, depth: int = 3, dropout: float = 0.3):
@@ -40,8 +41,9 @@ class SmallCNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(cin, n_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(self.features(x)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.features(x)
+        return self.head(h * mask if mask is not None else self.dropout(h))
 
 
 class Backbone(nn.Module):
@@ -151,145 +153,78 @@ def load_classifier(path: Path, device: torch.device | str = "cpu") -> nn.Module
     return net.to(device).eval()
 
 
-def trivial_augment(batch: torch.Tensor, seed: int) -> torch.Tensor:
-    """torchvision's TrivialAugmentWide on uint8 (B, C, H, W), one draw per image, from an explicit seed.
-
-    The same random draws, in the same order, as calling v2.TrivialAugmentWide on each image
-    (tested to the bit), without the transform's per-call input flattening, which cost more than
-    the operations themselves on small images. torchvision draws from torch's global RNG; fork_rng
-    confines that draw to this call.
-    """
-    ta = _trivial_augment()
-    space, bins = ta._AUGMENTATION_SPACE, ta.num_magnitude_bins
-    ops = tuple(space)
-    magnitudes = _magnitudes(tuple(batch.shape[-2:]))
-    out = []
-    with torch.random.fork_rng(devices=[]):
-        torch.default_generator.manual_seed(seed)  # the CPU generator only: what fork_rng restores
-        for image in batch:
-            op = ops[int(torch.randint(len(ops), ()))]
-            values, magnitude = magnitudes[op], 0.0
-            if values is not None:
-                magnitude = float(values[int(torch.randint(bins, ()))])
-                if space[op][1] and torch.rand(()) <= 0.5:
-                    magnitude *= -1
-            out.append(ta._apply_image_or_video_transform(image, op, magnitude, interpolation=ta.interpolation, fill=ta._fill))
-    return torch.stack(out)
-
-
-@functools.lru_cache(maxsize=1)
-def _trivial_augment():
-    from torchvision.transforms import v2
-
-    return v2.TrivialAugmentWide()
-
-
-@functools.lru_cache(maxsize=8)
-def _magnitudes(size: tuple[int, int]) -> dict:
-    ta = _trivial_augment()
-    return {op: fn(ta.num_magnitude_bins, *size) for op, (fn, _) in ta._AUGMENTATION_SPACE.items()}
-
-
-def classical_augment(pipeline, batch: torch.Tensor, seed: int) -> torch.Tensor:
-    """The configured albumentations pipeline on uint8 (B, C, H, W), one seeded draw per image
-    (augment.core.augmentation.augment_images, the same draws as the classical copies)."""
-    from augment.core.augmentation import augment_images
-
-    seeds = np.random.default_rng(seed).integers(2**32, size=len(batch)).tolist()
-    images = np.ascontiguousarray(batch.permute(0, 2, 3, 1).numpy())
-    try:
-        out = augment_images(images, seeds, pipeline, 1)
-    except ValueError as exc:  # a transform that changes the size cannot be reshaped back
-        raise UserError(f"classical.transforms: on the fly (benchmark.classical_on_the_fly) the pipeline must keep "
-                        f"the image size {images.shape[1]}x{images.shape[2]} ({exc})") from None
-    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-
-
-def augment_on_the_fly(batch: torch.Tensor, gen: torch.Generator, pipeline=None, augment: str | None = None) -> torch.Tensor:
-    """A batch's on-the-fly augmentation: the classical pipeline (when given), then
-    TrivialAugmentWide (augment="trivialaugment"), each seeded by a draw from `gen`, in that order.
-    The benchmark's loop and the recipe export (augment.core.recipe) both call it."""
-    if pipeline is not None:
-        batch = classical_augment(pipeline, batch, int(torch.randint(2**62, (1,), generator=gen)))
-    if augment is not None:
-        batch = trivial_augment(batch, int(torch.randint(2**62, (1,), generator=gen)))
-    return batch
-
-
 def _optimizer(net: nn.Module, device, lr: float, weight_decay: float, schedule: str, steps: int):
     """AdamW (decoupled weight decay, none on batch-norm and bias parameters) and its schedule:
-    "onecycle" (warm-up then cosine annealing, per step) or "cosine" (annealing from lr)."""
-    decay = [p for p in net.parameters() if p.ndim > 1]
-    no_decay = [p for p in net.parameters() if p.ndim <= 1]
-    opt = adam([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-               device, lr=lr, decoupled=True)
-    if schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 2))
-    elif schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    else:
-        raise ValueError(f"unknown schedule {schedule!r}")
-    return opt, sched
+    "onecycle" (warm-up then cosine annealing, per step) or "cosine" (annealing from lr); for a
+    caller's own loop (the recipe export). The engine precomputes the same schedule."""
+    opt = engine.optimizer(net, device, lr, weight_decay)
+    return opt, engine.scheduler(opt, steps, lr, schedule)
+
+
+def network_spec(in_channels: int, n_classes: int, model: str = "cnn", width: int = 32, depth: int = 3,
+                 dropout: float = 0.3, weights: str | Path | None = None, input_size: int | None = None) -> dict:
+    return dict(in_channels=in_channels, n_classes=n_classes, model=model, width=width, depth=depth, dropout=dropout,
+                weights=None if weights is None else str(weights), input_size=input_size)
+
+
+def train_classifiers(
+    tasks: list[Task], n_classes: int, *, steps: int | str, batch_size: int = 64, lr: float = 2e-3,
+    width: int = 32, depth: int = 3, dropout: float = 0.3, weight_decay: float = 5e-4, schedule: str = "onecycle",
+    label_smoothing: float = 0.0, epochs: float = 40, min_steps: int = 600, max_steps: int = 4000,
+    device: torch.device | str = "cpu", model: str = "cnn", weights: str | Path | None = None,
+    input_size: int | None = None, precision: str = "fp32", classical: list[dict] | None = None,
+    augment_on: str = "auto", stack: int = 1, progress=None,
+) -> list[nn.Module]:
+    """Train one classifier per task (augment.core.engine.Task) for a fixed step budget, in rounds of
+    up to `stack` models trained as one stacked network; each task's seed fixes its initialisation,
+    batches, augmentation draws and dropout masks, whatever round it shares.
+
+    The recipe (README, "The benchmark's classifier"): SmallCNN (depth blocks from width, dropout)
+    from scratch, or a torchvision `model` fine-tuned from weights on disk (trained alone); AdamW with
+    weight decay under a OneCycle (or cosine) schedule; label smoothing; `steps` or "auto"
+    (step_budget on each task's real images). `classical` (albumentations transforms, A.to_dict
+    format) applies on the fly to the tasks that ask for it, before TrivialAugmentWide, real and
+    synthetic rows alike; augment_on (benchmark.augment_on) says where: batched on the device, or
+    by albumentations and torchvision image by image. precision ("auto", "fp32", "bf16") is the
+    forward pass's autocast; the loss is fp32. progress(done, total) counts steps over all rounds.
+    """
+    recipe = Recipe.of(classical, augment_on)
+    budgets = [step_budget(steps, len(t.x), batch_size, epochs, min_steps, max_steps) for t in tasks]
+    batches = [min(batch_size, t.rows) for t in tasks]
+    device = torch.device(device)
+    nets: list[nn.Module | None] = [None] * len(tasks)
+    rounds: dict[tuple, list[int]] = {}
+    for i, t in enumerate(tasks):
+        rounds.setdefault((budgets[i], batches[i], t.shape()), []).append(i)
+    size = 1 if model != "cnn" else max(1, stack)
+    total, done = sum(budgets), 0
+    for (n_steps, _, shape), members in rounds.items():
+        for start in range(0, len(members), size):
+            chunk = members[start : start + size]
+            built = [build_network(network_spec(shape[2], n_classes, model, width, depth, dropout, weights, input_size),
+                                   torch.Generator().manual_seed(tasks[i].seed % 2**63)).to(device) for i in chunk]
+            tick = None if progress is None else (lambda s, n, base=done, k=len(chunk): progress(base + s * k, total))
+            trained = engine.train_round([tasks[i] for i in chunk], built, n_classes, steps=n_steps, batch_size=batch_size,
+                                         lr=lr, weight_decay=weight_decay, schedule_kind=schedule,
+                                         label_smoothing=label_smoothing, device=device, precision=precision,
+                                         recipe=recipe, progress=tick)
+            for i, net in zip(chunk, trained):
+                nets[i] = net
+            done += n_steps * len(chunk)
+    if progress is not None:
+        progress(total, total)
+    return nets
 
 
 def train_classifier(
-    x: np.ndarray, y: np.ndarray, n_classes: int, *, steps: int | str, batch_size: int = 64, lr: float = 2e-3,
-    width: int = 32, depth: int = 3, dropout: float = 0.3, weight_decay: float = 5e-4, schedule: str = "onecycle",
-    label_smoothing: float = 0.0, epochs: float = 40, min_steps: int = 600, max_steps: int = 4000,
-    seed: int = 0, device: torch.device | str = "cpu", augment: str | None = None, balanced: bool = False,
-    model: str = "cnn", weights: str | Path | None = None, input_size: int | None = None, precision: str = "fp32",
-    synthetic: SideStream | None = None, classical: list[dict] | None = None, progress=None,
+    x: np.ndarray, y: np.ndarray, n_classes: int, *, seed: int = 0, augment: str | None = None, balanced: bool = False,
+    synthetic: SideStream | None = None, classical: list[dict] | None = None, **trainer,
 ) -> nn.Module:
-    """Train a classifier on uint8 images for a fixed step budget; the seed fixes initialisation,
-    data order, augmentation draws and dropout masks.
-
-    The recipe (README, "The benchmark's classifier"): SmallCNN (depth blocks from width, dropout)
-    from scratch, or a torchvision `model` fine-tuned from weights on disk; AdamW with weight decay
-    under a OneCycle (or cosine) schedule; label smoothing; `steps` or "auto" (step_budget).
-    classical (albumentations transforms, A.to_dict format) and augment="trivialaugment"
-    (TrivialAugmentWide) apply on the fly to every image of a batch, real and synthetic alike, in
-    that order; balanced=True draws every class equally often. `synthetic` feeds generated
-    images as a side stream (augment.core.side_stream): a share of every batch, a loss weight,
-    optional soft labels. precision ("auto", "fp32", "bf16") is the forward pass's autocast; the
-    loss is fp32.
-    """
-    if len(x) != len(y) or (len(x) == 0 and (synthetic is None or len(synthetic.x) == 0)):
-        raise ValueError(f"need matching, non-empty x and y, got {len(x)} and {len(y)}")
-    if augment not in (None, "trivialaugment"):
-        raise ValueError(f"unknown on-the-fly augmentation {augment!r}")
-    steps = step_budget(steps, len(x), batch_size, epochs, min_steps, max_steps)
-    gen = torch.Generator().manual_seed(seed % 2**63)
-    spec = dict(in_channels=int((x if len(x) else synthetic.x).shape[3]), n_classes=n_classes, model=model, width=width,
-                depth=depth, dropout=dropout, weights=None if weights is None else str(weights), input_size=input_size)
-    net = build_network(spec, gen).to(device).train()
-    n_all = len(x) + (len(synthetic.x) if synthetic is not None else 0)
-    batches = Batches(x, y, n_classes, min(batch_size, n_all), synthetic, gen, balanced)
-    pipeline = None
-    if classical is not None:
-        from augment.core.augmentation import build_pipeline
-
-        pipeline = build_pipeline(classical)
-    opt, sched = _optimizer(net, device, lr, weight_decay, schedule, steps)
-    for step in range(steps):
-        check_stop()  # SIGTERM/SIGINT: abandon this model within one step
-        if progress is not None:
-            progress(step, steps)
-        batch, target, weight = batches()
-        batch = augment_on_the_fly(batch, gen, pipeline, augment)
-        inputs = scale(batch.to(device))
-        step_seed = int(torch.randint(2**62, (1,), generator=gen))
-        # Dropout draws from torch's global RNG: confine it to this step, seeded.
-        with torch.random.fork_rng(devices=[device] if torch.device(device).type == "cuda" else []):
-            torch.manual_seed(step_seed)
-            with autocast(device, precision):
-                logits = net(inputs)
-            per_image = F.cross_entropy(logits.float(), target.to(device), reduction="none", label_smoothing=label_smoothing)
-            loss = (per_image * weight.to(device)).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        opt.step()
-        sched.step()
-    return net.eval()
+    """One classifier (train_classifiers with one task): uint8 images x (N, H, W, C) and labels y,
+    an optional synthetic side stream, classical (the pipeline on the fly), augment="trivialaugment"
+    and balanced=True (every class drawn equally often)."""
+    task = Task(x, y, seed, stream=synthetic, classical=classical is not None, augment=augment, balanced=balanced)
+    return train_classifiers([task], n_classes, classical=classical, **trainer)[0]
 
 
 @torch.no_grad()
@@ -310,6 +245,22 @@ def predict(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> tuple[np.
     finally:
         hook.remove()
     return torch.cat(probs).numpy(), torch.cat(feats).numpy()
+
+
+@torch.no_grad()
+def predict_round(models: list[nn.Module], x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities (M, N, K) of M classifiers on the same uint8 images: SmallCNNs of one spec
+    in one pass of their stacked network (augment.core.stacked), others one after another."""
+    spec = getattr(models[0], "spec", {})
+    if len(models) == 1 or spec.get("model") != "cnn" or any(getattr(m, "spec", None) != spec for m in models):
+        return np.stack([predict_proba(m, x, batch_size) for m in models])
+    device = next(models[0].parameters()).device
+    net = StackedCNN(models).to(device).eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        batch = to_tensor(x[i : i + batch_size], device)
+        out.append(torch.softmax(net(batch.repeat(1, len(models), 1, 1)).float(), dim=-1).cpu())
+    return torch.cat(out, dim=1).numpy()
 
 
 def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:

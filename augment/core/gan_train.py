@@ -1,4 +1,4 @@
-"""GAN training: the objective, one step in two blocks (D, then G), the loop, checkpoints and shards.
+"""GAN training: one step in two blocks (D, then G), the loop, snapshots and shards (state: augment.core.gan_state).
 
 The loop only loops: building the state, resuming, evaluating and saving are helpers it calls.
 """
@@ -9,160 +9,36 @@ import copy
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel
 
 from augment.atomic import atomic_path, write_torch
 from augment.config import GanConfig
-from augment.core.checkpoint import read_checkpoint
+from augment.core.accel import autocast
 from augment.core.diffaugment import diff_augment
-from augment.core.networks import Discriminator, GanSpec, Generator, dcgan_init
-from augment.core.accel import adam, autocast, to_memory_format, use_channels_last
+from augment.core.gan_state import (  # noqa: F401  (the state's names, where the trainer's callers find them)
+    TrainState, balanced_batch, balanced_indices, build_state, d_loss, ema_with_warmup, g_loss, lecam_loss,
+    load_checkpoint, prepare_real, r1_penalty, save_checkpoint, update_anchors)
 from augment.core.sampling import sample, save_grid, standing_stats
-from augment.core.tensors import resize, to_tensor
 from augment.runtime import check_stop, derive_seed, stop_requested
 
 log = logging.getLogger("augment")
 Progress = Callable[[int, int], None]
 
 
-# --------------------------------------------------------------------------- objective
-
-
-def d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """DCGAN discriminator loss: real -> 1, fake -> 0 (binary cross-entropy on logits)."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
-
-
-def g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Non-saturating generator loss: maximise log D(G(z)) (the paper's 'real labels' trick)."""
-    return F.softplus(-fake_logits).mean()
-
-
-def lecam_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, anchor_real: torch.Tensor,
-               anchor_fake: torch.Tensor) -> torch.Tensor:
-    """LeCam regulariser of D (Tseng et al. 2021): mean relu(D(x) - a_fake)^2 + mean relu(a_real - D(G(z)))^2,
-    where the anchors are moving averages of D's mean output on real and on fake images (one per
-    class here: (K,), broadcast over the batch, so class GANs stay independent)."""
-    return F.relu(real_logits - anchor_fake).pow(2).mean() + F.relu(anchor_real - fake_logits).pow(2).mean()
-
-
-def update_anchors(ema: torch.Tensor, real_logits: torch.Tensor, fake_logits: torch.Tensor, decay: float,
-                   step: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Update the (2, K) moving averages of D's mean logits per class in place (real, fake) and return
-    the bias-corrected anchors after `step` updates (TF's zero_debias)."""
-    means = torch.stack([real_logits.detach().float().mean(0), fake_logits.detach().float().mean(0)])
-    ema.mul_(decay).add_(means, alpha=1 - decay)
-    anchors = ema / (1 - decay ** step)
-    return anchors[0], anchors[1]
-
-
-def r1_penalty(real_logits: torch.Tensor, real_input: torch.Tensor) -> torch.Tensor:
-    """R1 (Mescheder et al. 2018): mean over images of |grad_x D(x)|^2 on real images (times gamma / 2 by the caller)."""
-    grad, = torch.autograd.grad(real_logits.float().sum(), real_input, create_graph=True)
-    return grad.float().pow(2).flatten(2).sum(2).mean()
-
-
-# --------------------------------------------------------------------------- data
-
-
-def prepare_real(images: np.ndarray, labels: np.ndarray, n_classes: int, image_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class image bank (K, Nmax, C, S, S) in [-1, 1] and counts (K,), for class-balanced batches."""
-    x = resize(to_tensor(images, device), (image_size, image_size))
-    counts = torch.tensor([int((labels == c).sum()) for c in range(n_classes)], device=device)
-    if (counts == 0).any():
-        missing = int(torch.nonzero(counts == 0)[0])
-        raise ValueError(f"class index {missing} has no training images")
-    bank = torch.zeros(n_classes, int(counts.max()), *x.shape[1:], device=device)
-    for c in range(n_classes):
-        sel = x[torch.from_numpy(labels == c).to(device)]
-        bank[c, : len(sel)] = sel
-    return bank, counts
-
-
-def balanced_indices(counts: torch.Tensor, batch: int, gen: torch.Generator) -> torch.Tensor:
-    """(B, K) indices within their classes of `batch` images of every class, drawn with replacement."""
-    return (torch.rand(batch, len(counts), generator=gen, device=counts.device) * counts).long()
-
-
-def balanced_batch(bank: torch.Tensor, counts: torch.Tensor, batch: int, gen: torch.Generator) -> torch.Tensor:
-    """`batch` images of every class, drawn with replacement: (B, K, C, S, S)."""
-    return bank[torch.arange(bank.shape[0], device=bank.device), balanced_indices(counts, batch, gen)]
-
-
-# --------------------------------------------------------------------------- state
-
-
-def ema_with_warmup(decay: float):
-    """EMA update for AveragedModel whose decay ramps up as min(decay, (1 + n) / (10 + n)).
-
-    A fixed 0.999 over a 1,000-step run keeps 37% of the *initial* weights in the average
-    (0.999^1000): on MNIST the EMA generator drew grey backgrounds the raw generator did not.
-    The ramp (as in TensorFlow's ExponentialMovingAverage num_updates) lets early weights fade.
-    """
-
-    @torch.no_grad()
-    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged) -> None:
-        n = float(num_averaged)
-        d = min(decay, (1.0 + n) / (10.0 + n))
-        for a, c in zip(averaged, current):
-            if a.is_floating_point():
-                a.lerp_(c, 1.0 - d)
-            else:  # integer buffers (batch norm's num_batches_tracked) are copied, not averaged
-                a.copy_(c)
-
-    return update
-
-
-@dataclass
-class TrainState:
-    spec: GanSpec
-    G: Generator
-    D: Discriminator
-    ema: AveragedModel
-    opt_g: torch.optim.Optimizer
-    opt_d: torch.optim.Optimizer
-    gen: torch.Generator
-    step: int = 0
-    lecam: torch.Tensor | None = None  # (2, K) moving averages of D's logits on real and fake (gan.lecam)
-
-
-def gan_spec(cfg: GanConfig, n_classes: int, channels: int, parents: int = 0) -> GanSpec:
-    return GanSpec(cfg.mode, n_classes, cfg.nz, cfg.ngf, cfg.ndf, cfg.image_size, channels,
-                   parents if cfg.mode == "mix" else 0)
-
-
-def build_state(cfg: GanConfig, n_classes: int, channels: int, seed: int, device: torch.device,
-                bank: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainState:
-    """Fresh networks, EMA, optimisers and noise generator; `bank` (prepare_real's): the images mix mode mixes."""
-    spec = gan_spec(cfg, n_classes, channels, bank[0].shape[1] if bank is not None else 0)
-    init_gen = torch.Generator().manual_seed(seed % 2**63)
-    G, D = spec.generator(), spec.discriminator()
-    dcgan_init(G, init_gen)
-    dcgan_init(D, init_gen)
-    channels_last = use_channels_last(cfg.channels_last, device)
-    G, D = (to_memory_format(m.to(device), channels_last) for m in (G, D))
-    if spec.mode == "mix" and bank is not None:  # before the EMA copies G: the copy holds the same images
-        G.set_bank(*bank)
-    ema = AveragedModel(G, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
-    opt_g = adam(G.parameters(), device, lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    opt_d = adam(D.parameters(), device, lr=cfg.lr, betas=(cfg.beta1, 0.999))
-    gen = torch.Generator(device=device).manual_seed(seed % 2**63 + 1)
-    return TrainState(spec, G, D, ema, opt_g, opt_d, gen, lecam=torch.zeros(2, n_classes, device=device))
-
-
 # --------------------------------------------------------------------------- one step
 
 
-def train_step(state: TrainState, bank: torch.Tensor, counts: torch.Tensor, cfg: GanConfig) -> dict:
-    """One DCGAN step on a class-balanced batch, as in the paper's Algorithm 1."""
+METRICS = ("loss_d", "loss_g", "d_real", "d_fake")  # train_step's metrics, in its tensor's order
+
+
+def train_step(state: TrainState, bank: torch.Tensor, counts: torch.Tensor, cfg: GanConfig) -> torch.Tensor:
+    """One DCGAN step on a class-balanced batch, as in the paper's Algorithm 1; its METRICS as a
+    (4,) tensor on the device (reading them is the caller's host round-trip, every sample_every steps)."""
     G, D, gen = state.G, state.D, state.gen
     idx = balanced_indices(counts, cfg.batch_size, gen)
     real = bank[torch.arange(bank.shape[0], device=bank.device), idx]  # (B, K, C, S, S)
@@ -190,22 +66,21 @@ def train_step(state: TrainState, bank: torch.Tensor, counts: torch.Tensor, cfg:
     state.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     state.opt_d.step()
-    # (2) Update G network: make D call the fakes real
+    # (2) Update G network: make D call the fakes real (D's weights need no gradient here: it is
+    # cleared before D's next update, so freezing them changes nothing and skips their backward)
+    D.requires_grad_(False)
     with ctx:
         loss_g = g_loss(D(aug(fake)).float())
         if state.spec.mode == "mix":  # the encoder-decoder must also reproduce the real images (ChimeraMix)
             loss_g = loss_g + cfg.mix_reconstruction * (G.reconstruct_bank(idx).float() - real).abs().mean()
     state.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
+    D.requires_grad_(True)
     state.opt_g.step()
-    state.ema.update_parameters(G)
+    state.ema_update()
     state.step += 1
-    return {
-        "loss_d": loss_d.item(),
-        "loss_g": loss_g.item(),
-        "d_real": torch.sigmoid(real_logits.float()).mean().item(),
-        "d_fake": torch.sigmoid(fake_logits.float()).mean().item(),
-    }
+    return torch.stack([loss_d.detach(), loss_g.detach(), torch.sigmoid(real_logits.detach().float()).mean(),
+                        torch.sigmoid(fake_logits.detach().float()).mean()])
 
 
 @torch.no_grad()
@@ -226,46 +101,6 @@ def d_real_accuracy(D: torch.nn.Module, bank: torch.Tensor, counts: torch.Tensor
         for _ in range(batches):
             hits.append((D(balanced_batch(bank, counts, batch, gen)).float() > 0).float().mean())
     return float(torch.stack(hits).mean())
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, state: TrainState, fingerprint: str) -> None:
-    """The full training state and the model settings (`model`), so it resumes and loads alone."""
-    payload = {
-        "fingerprint": fingerprint,
-        "model": state.spec.to_dict(),
-        "step": state.step,
-        "G": state.G.state_dict(),
-        "D": state.D.state_dict(),
-        "ema": state.ema.state_dict(),
-        "opt_g": state.opt_g.state_dict(),
-        "opt_d": state.opt_d.state_dict(),
-        "gen": state.gen.get_state(),
-        "lecam": state.lecam,
-    }
-    write_torch(path, payload)
-
-
-def load_checkpoint(path: Path, state: TrainState, fingerprint: str) -> bool:
-    """Restore `state` from `path` if it was written for the same config; False otherwise."""
-    if not path.is_file():
-        return False
-    payload = read_checkpoint(path)
-    if payload.get("fingerprint") != fingerprint:
-        log.info("gan: checkpoint is from another config, training from scratch")
-        return False
-    state.G.load_state_dict(payload["G"])
-    state.D.load_state_dict(payload["D"])
-    state.ema.load_state_dict(payload["ema"])
-    state.opt_g.load_state_dict(payload["opt_g"])
-    state.opt_d.load_state_dict(payload["opt_d"])
-    state.gen.set_state(payload["gen"])
-    if payload.get("lecam") is not None:
-        state.lecam.copy_(payload["lecam"])
-    state.step = int(payload["step"])
-    return True
 
 
 # --------------------------------------------------------------------------- the loop
@@ -298,6 +133,29 @@ def _evaluate(state: TrainState, bank, val_bank, cfg: GanConfig, seed: int, out_
         write_torch(snapshot_path(out_dir, state.step), {"model": state.spec.to_dict(), "step": state.step,
                                                          "ema": state.ema.state_dict()})
     return out
+
+
+class Pending:
+    """Steps' metrics kept on the device until read: one host round-trip per read, not four per step.
+    step_seconds is the wall time since the last read over its steps (a step's own time needs a sync)."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.metrics: list[torch.Tensor] = []
+        self.since = time.perf_counter()
+
+    def add(self, step: int, metrics: torch.Tensor) -> None:
+        self.steps.append(step)
+        self.metrics.append(metrics)
+
+    def read(self) -> list[dict]:
+        if not self.steps:
+            return []
+        values = torch.stack(self.metrics).cpu().tolist()  # waits for the device
+        seconds = (time.perf_counter() - self.since) / len(self.steps)
+        rows = [{"step": s, **dict(zip(METRICS, v)), "step_seconds": seconds} for s, v in zip(self.steps, values)]
+        self.__init__()
+        return rows
 
 
 def snapshot_path(out_dir: Path, step: int) -> Path:
@@ -344,16 +202,16 @@ def train_gan(
     if state.step == 0:  # from scratch: snapshots of an earlier training are not this one's
         shutil.rmtree(out_dir / "snapshots", ignore_errors=True)
     resumed_finished = state.step >= cfg.steps
+    pending = Pending()
     while state.step < cfg.steps:
-        t0 = time.perf_counter()
-        stats = train_step(state, *bank, cfg)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        history.append({"step": state.step, **stats, "step_seconds": time.perf_counter() - t0})
+        pending.add(state.step + 1, train_step(state, *bank, cfg))
         done = state.step == cfg.steps
-        if state.step % cfg.sample_every == 0 or done:
-            history[-1].update(_evaluate(state, bank, val_bank, cfg, seed, out_dir))
         stopping = stop_requested() is not None  # SIGTERM/SIGINT: checkpoint this step, then stop
+        evaluating = state.step % cfg.sample_every == 0 or done
+        if evaluating or state.step % cfg.checkpoint_every == 0 or state.step == stop_after or stopping:
+            history += pending.read()  # the host round-trip: every sample_every (or checkpoint_every) steps
+        if evaluating:
+            history[-1].update(_evaluate(state, bank, val_bank, cfg, seed, out_dir))
         if state.step % cfg.checkpoint_every == 0 or done or state.step == stop_after or stopping:
             _save(out_dir, state, fingerprint, history)
         if progress is not None:  # every step: the caller throttles what it shows

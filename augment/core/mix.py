@@ -61,6 +61,23 @@ class MixGenerator(nn.Module):
         """The real images to mix: (K, Nmax, nc, S, S) in [-1, 1], class c's first counts[c] rows."""
         self.bank.copy_(bank)
         self.counts.copy_(counts)
+        self._layout = None
+
+    def _load_from_state_dict(self, *args, **kwargs):  # a loaded bank needs its layout anew
+        super()._load_from_state_dict(*args, **kwargs)
+        self._layout = None
+
+    def layout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the bank rows that hold images (n,), each padded row's place among them (K*Nmax,)), worked
+        out once per bank (one host round-trip), so every step's shapes are fixed."""
+        cached = getattr(self, "_layout", None)
+        if cached is None or cached[0].device != self.bank.device:
+            n_max = self.bank.shape[1]
+            held = (torch.arange(n_max, device=self.bank.device).view(1, -1) < self.counts.view(-1, 1)).flatten()
+            rows = torch.nonzero(held).flatten()
+            place = torch.cumsum(held.long(), 0) - 1
+            self._layout = cached = (rows, place)
+        return cached
 
     def parents(self, z: torch.Tensor) -> torch.Tensor:
         """The two parents' indices within their class that z picks, (B, K, 2); distinct when the class has two."""
@@ -82,26 +99,28 @@ class MixGenerator(nn.Module):
         return out.view_as(x)
 
     def reconstruct_bank(self, idx: torch.Tensor) -> torch.Tensor:
-        """reconstruct(x) for x = the bank's images idx (B, K) within their classes, each distinct image passed once."""
-        images, inverse = self._distinct(idx)
-        out = self.decoder(self.encoder(images)).index_select(0, inverse)
+        """reconstruct(x) for x = the bank's images idx (B, K) within their classes (augment.core.mix._through)."""
+        out = self._through(idx, lambda x: self.decoder(self.encoder(x)))
         return out.view(*idx.shape, *out.shape[1:])
 
     def _encode_bank(self, idx: torch.Tensor) -> torch.Tensor:
         """The encoder's features of the bank's images idx (B, K, ...) within their classes: (*idx.shape, C, s, s)."""
-        images, inverse = self._distinct(idx)
-        feats = self.encoder(images).index_select(0, inverse)
+        feats = self._through(idx, self.encoder)
         return feats.view(*idx.shape, *feats.shape[1:])
 
-    def _distinct(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The distinct bank images that idx (B, K, ...) picks within their classes, and where each use finds its own.
+    def _through(self, idx: torch.Tensor, net) -> torch.Tensor:
+        """net of the bank images idx (B, K, ...) picks, one row per use: (idx.numel(), ...).
 
-        Every layer works per image, so one pass per distinct image equals one pass per use: at 10 images
-        a class, a batch of 32 mixes (64 parents) of a class needs at most 10 passes.
+        Every layer works per image, so one pass over every bank image, gathered per use, equals one
+        pass per use: the smaller of the two is run (at 10 images a class, 32 mixes of a class need 64
+        parents, the bank holds 10). Both have the same shape every step (no torch.unique).
         """
         cls = torch.arange(idx.shape[1], device=idx.device).view(1, -1, *([1] * (idx.dim() - 2)))
-        distinct, inverse = torch.unique((cls * self.bank.shape[1] + idx).flatten(), return_inverse=True)
-        return self.bank.flatten(0, 1)[distinct], inverse
+        flat = (cls * self.bank.shape[1] + idx).flatten()
+        rows, place = self.layout()
+        if len(rows) < len(flat):
+            return net(self.bank.flatten(0, 1).index_select(0, rows)).index_select(0, place.index_select(0, flat))
+        return net(self.bank.flatten(0, 1).index_select(0, flat))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         b, k, _ = z.shape

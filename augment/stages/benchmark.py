@@ -19,7 +19,9 @@ from augment import rundir
 from augment.atomic import atomic_path, write_json
 from augment.config import Config
 from augment.errors import UserError
-from augment.core.classifier import load_classifier, predict_proba, pretrained_weights_path, train_classifier
+from augment.core.classifier import (load_classifier, predict_proba, predict_round, pretrained_weights_path, train_classifier,
+                                     train_classifiers)
+from augment.core.engine import Recipe, Task
 from augment.core.online import OnlineSamples
 from augment.core.sampling import load_generator
 from augment.core.side_stream import SideStream, soften
@@ -153,23 +155,37 @@ def _scored_on(job: dict) -> dict:
     return {"val": (x[held], y[held]), "test": held_out["test"]}
 
 
-def train_and_score(job: dict) -> dict:
-    """One arm and seed: train the classifier, score it on val and test; a job for augment.core.parallel
-    (it loads its own images, cached per process). The same seed for every arm: paired runs share
-    initialisation."""
-    spec, k = trained_as(job["arm"], job["classical"] is not None), len(job["classes"])
+def _task(job: dict) -> Task:
+    """A job's classifier as an engine task: its real images, its side stream and its recipe."""
+    spec = trained_as(job["arm"], job["classical"] is not None)
     (x, y), stream = side_stream(job)
-    model = train_classifier(x, y, k, **job["trainer"], seed=job["seed_value"], device=job["device"],
-                             augment=spec.augment, balanced=spec.balanced or job["balanced"], synthetic=stream,
-                             classical=job["classical"] if spec.classical else None)
-    held_out = _scored_on(job)
-    pred = {split: predict_proba(model, xs).argmax(1) for split, (xs, _) in held_out.items()}
-    return {
+    return Task(x, y, job["seed_value"], stream=stream, classical=spec.classical, augment=spec.augment,
+                balanced=spec.balanced or job["balanced"])
+
+
+def train_and_score(jobs: list[dict]) -> list[dict]:
+    """One round of arm-and-seed jobs: their classifiers trained together (augment.core.engine; the
+    same seed for every arm: paired runs share initialisation), each scored on val and test in one
+    batched pass per split. A job for augment.core.parallel (it loads its own images, cached per process)."""
+    first, k = jobs[0], len(jobs[0]["classes"])
+    models = train_classifiers([_task(j) for j in jobs], k, **first["trainer"], device=first["device"],
+                               classical=first["classical"], stack=len(jobs))
+    scored = [_scored_on(j) for j in jobs]
+    pred: list[dict] = [{} for _ in jobs]
+    for split in ("val", "test"):
+        if all(s[split][0] is scored[0][split][0] for s in scored):  # one set for the whole round: one pass
+            probs = predict_round(models, scored[0][split][0])
+            for i in range(len(jobs)):
+                pred[i][split] = probs[i].argmax(1)
+        else:  # k-fold: each seed's own held-out fold
+            for i, model in enumerate(models):
+                pred[i][split] = predict_proba(model, scored[i][split][0]).argmax(1)
+    return [{
         "records": [r for split, (_, ys) in held_out.items()
-                    for r in score_records(ys, pred[split], job["classes"], arm=job["arm"], seed=job["seed"],
+                    for r in score_records(ys, p[split], job["classes"], arm=job["arm"], seed=job["seed"],
                                            split=split, classifier=job["classifier"])],
-        "confusion": confusion_matrix(held_out["test"][1], pred["test"], labels=range(k)).tolist(),
-    }
+        "confusion": confusion_matrix(held_out["test"][1], p["test"], labels=range(k)).tolist(),
+    } for job, held_out, p in zip(jobs, scored, pred)]
 
 
 def _choose_share(arm: str, grid: list[float], finished: dict, seeds: list[str], protocol: str) -> dict:
@@ -309,13 +325,17 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     total = sum(k not in finished for k in [j["key"] for j in select] + main_keys)
     done = 0
 
+    per_round = b.models_per_round if b.models_per_round != "auto" else (64 if device.type == "cuda" else 1)
+
     def execute(jobs: list[dict], pool) -> None:
         nonlocal done
         todo = [j for j in jobs if j["key"] not in finished]
-        for i, out in run_jobs(train_and_score, todo, 1, pool=pool):
-            finished[todo[i]["key"]] = out
+        rounds = [todo[i : i + per_round] for i in range(0, len(todo), per_round)]
+        for i, outs in run_jobs(train_and_score, rounds, 1, pool=pool):
+            for j, out in zip(rounds[i], outs):
+                finished[j["key"]] = out
             write_json(run_dir / PARTIAL, {"fingerprint": fingerprint, "done": finished})
-            done += 1
+            done += len(rounds[i])
             if progress is not None:
                 progress(done, total)
 
@@ -367,6 +387,8 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     summary.side_stream = {arm: SideStreamChoice(weight=b.synthetic_weight, soft_labels=b.soft_labels,
                                                  temperature=b.temperature, **choice) for arm, choice in shares.items()}
     summary.classifier_steps = trainer["steps"]
+    summary.augment_on = Recipe.of(classical, b.augment_on).ran_on if any(spec(a).augment or spec(a).classical for a in arms) else None
+    summary.models_per_round = per_round
     summary.balanced_sampling = bool(every)
     write_summary(run_dir, summary)
     (run_dir / PARTIAL).unlink(missing_ok=True)

@@ -1,0 +1,358 @@
+"""The batched training engine: every small classifier of a run, trained in rounds of stacked models.
+
+A round is a list of Tasks (one classifier each: its real rows, its synthetic side stream, its
+recipe, its seed) that share the trainer's settings. Its models train as one network (StackedCNN:
+grouped convolutions, batch norm per model, a head per model), with one optimizer and the
+OneCycle schedule precomputed; the images of the whole round sit on the device once as uint8.
+Every model draws its batches, augmentation parameters and dropout masks from its own seeded
+generator, CHUNK steps at a time, so a model's result does not depend on which others share its
+round (tests/test_engine.py: one model alone equals the same model inside a round of 8).
+
+Where the round's models stack is a measured choice (benchmarks/engine_throughput.py): on a GPU
+all of them at once; on a CPU one at a time in each worker process (oneDNN's grouped convolutions
+cost more per model than plain ones, so the cores are better used by processes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from augment.core.accel import adam, autocast
+from augment.core.batch_augment import TA_UNIFORMS, trivial_augment, trivial_augment_batch
+from augment.core.batch_classical import ClassicalBatch
+from augment.core.side_stream import SideStream, per_batch, refresh
+from augment.core.stacked import StackedCNN
+from augment.core.tensors import scale
+from augment.errors import UserError
+from augment.runtime import check_stop
+
+CHUNK = 16  # steps whose draws a model makes at once (a constant: the draws depend on it, never on the round)
+AUGMENT_ON = ("auto", "cpu", "device")
+
+
+@dataclass
+class Task:
+    """One classifier: uint8 (N, H, W, C) real images and labels, an optional synthetic side stream,
+    its recipe (the round's classical pipeline on the fly, TrivialAugmentWide, class balance) and seed."""
+
+    x: np.ndarray
+    y: np.ndarray
+    seed: int
+    stream: SideStream | None = None
+    classical: bool = False
+    augment: str | None = None  # "trivialaugment" or None
+    balanced: bool = False
+
+    def __post_init__(self):
+        if len(self.x) != len(self.y) or (len(self.x) == 0 and (self.stream is None or len(self.stream.x) == 0)):
+            raise ValueError(f"need matching, non-empty x and y, got {len(self.x)} and {len(self.y)}")
+        if self.augment not in (None, "trivialaugment"):
+            raise ValueError(f"unknown on-the-fly augmentation {self.augment!r}")
+
+    @property
+    def synthetic(self) -> bool:
+        return self.stream is not None and len(self.stream.x) > 0
+
+    @property
+    def rows(self) -> int:
+        return len(self.x) + (len(self.stream.x) if self.synthetic else 0)
+
+    def shape(self) -> tuple[int, ...]:
+        return tuple((self.x if len(self.x) else self.stream.x).shape[1:])
+
+
+def _decay_split(net: nn.Module) -> tuple[list, list]:
+    """(weights that take weight decay, the rest): no decay on batch-norm parameters and biases."""
+    norms = {id(p) for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) for p in m.parameters()}
+    decay, rest = [], []
+    for name, p in net.named_parameters():
+        (rest if id(p) in norms or name.endswith("bias") else decay).append(p)
+    return decay, rest
+
+
+def optimizer(net: nn.Module, device, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with decoupled weight decay, none on batch-norm and bias parameters (fused on CUDA)."""
+    decay, rest = _decay_split(net)
+    return adam([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                device, lr=lr, decoupled=True)
+
+
+def scheduler(opt: torch.optim.Optimizer, steps: int, lr: float, kind: str):
+    """torch's OneCycleLR (warm-up, cosine annealing, beta1 cycled 0.95 -> 0.85 -> 0.95) or
+    CosineAnnealingLR (from lr) over `steps`, stepped once per step."""
+    if kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 2))
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    raise ValueError(f"unknown schedule {kind!r}")
+
+
+def schedule(steps: int, lr: float, kind: str) -> list[tuple[float, float]]:
+    """(lr, beta1) for every step, precomputed: the scheduler stepped ahead over a stand-in optimizer."""
+    dummy = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=lr)
+    sched = scheduler(dummy, steps, lr, kind)
+    out = []
+    for _ in range(steps):
+        group = dummy.param_groups[0]
+        out.append((float(group["lr"]), float(group["betas"][0])))
+        dummy.step()
+        sched.step()
+    return out
+
+
+# --------------------------------------------------------------------------- a round's data
+
+
+class _Sampler:
+    """A task's batch rows from uniforms: per_batch synthetic rows after the real ones, each part
+    uniform over its images or, balanced, a class uniformly (among those present) then an image of it."""
+
+    def __init__(self, task: Task, n_classes: int, batch: int, offset: int, device):
+        n_real = len(task.x)
+        n_syn = per_batch(batch, n_real, task.stream) if task.synthetic else 0
+        parts = [(np.asarray(task.y), 0, batch - n_syn if n_real else 0)]
+        if task.synthetic:
+            parts.append((np.asarray(task.stream.y), n_real, n_syn))
+        self.parts = []
+        for labels, start, n in parts:
+            if n == 0:
+                continue
+            order = np.argsort(labels, kind="stable")
+            classes, first, counts = np.unique(labels[order], return_index=True, return_counts=True)
+            self.parts.append(dict(
+                n=n, size=len(labels), balanced=task.balanced,
+                order=torch.as_tensor(order + start + offset, device=device),
+                first=torch.as_tensor(first, device=device), counts=torch.as_tensor(counts, device=device),
+                start=start + offset))
+        self.batch = batch
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        """Round row ids (..., B) from uniforms (..., B, 2)."""
+        out, at = [], 0
+        for p in self.parts:
+            v = u[..., at : at + p["n"], :]
+            at += p["n"]
+            if p["balanced"]:
+                k = len(p["counts"])
+                cls = (v[..., 0] * k).long().clamp_(max=k - 1)
+                within = torch.minimum((v[..., 1] * p["counts"][cls]).long(), p["counts"][cls] - 1)
+                out.append(p["order"][p["first"][cls] + within])
+            else:
+                out.append(p["start"] + (v[..., 0] * p["size"]).long().clamp_(max=p["size"] - 1))
+        return torch.cat(out, dim=-1)
+
+
+@dataclass
+class _Round:
+    """The device-resident rows of a round: each task's rows (real, then synthetic) in one list, as
+    targets (R, K), loss weights (R,), labels (R,) and the row's image in a uint8 table (N, C, H, W)
+    where an array shared by several tasks (the real train images of every arm) is stored once."""
+
+    images: torch.Tensor
+    row_image: torch.Tensor
+    targets: torch.Tensor
+    weights: torch.Tensor
+    labels: torch.Tensor
+    offsets: list[int]
+    samplers: list[_Sampler] = field(default_factory=list)
+
+
+def _round_rows(tasks: list[Task], n_classes: int, batch: int, device) -> _Round:
+    from augment.core.side_stream import rows
+
+    stored: dict[int, int] = {}  # id(array) -> its first row in the image table
+    images, targets, weights, labels, index, offsets = [], [], [], [], [], []
+    n_images = n_rows = 0
+    for task in tasks:
+        offsets.append(n_rows)
+        for a in [task.x] + ([task.stream.x] if task.synthetic else []):
+            if id(a) not in stored:
+                stored[id(a)] = n_images
+                images.append(torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2))
+                n_images += len(a)
+            index.append(torch.arange(stored[id(a)], stored[id(a)] + len(a)))
+        _, dist, w, lab = rows(task.x, task.y, n_classes, task.stream if task.synthetic else None)
+        targets.append(dist)
+        weights.append(w)
+        labels.append(lab)
+        n_rows += task.rows
+    data = _Round(torch.cat(images).contiguous().to(device), torch.cat(index).to(device), torch.cat(targets).to(device),
+                  torch.cat(weights).to(device), torch.cat(labels).to(device), offsets)
+    data.samplers = [_Sampler(t, n_classes, batch, off, device) for t, off in zip(tasks, offsets)]
+    return data
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class Recipe:
+    """What a round's on-the-fly augmentation is: the classical pipeline (albumentations transform
+    dicts) and where it runs (benchmark.augment_on: the batched ops on the training device, or
+    albumentations and torchvision image by image on the CPU)."""
+
+    classical: list[dict] | None = None
+    augment_on: str = "auto"
+    batched: ClassicalBatch | None = None
+    pipeline: object = None
+    ran_on: str = "device"
+
+    @classmethod
+    def of(cls, classical: list[dict] | None, augment_on: str = "auto") -> Recipe:
+        if augment_on not in AUGMENT_ON:
+            raise ValueError(f"benchmark.augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
+        recipe = cls(classical, augment_on, ran_on="cpu" if augment_on == "cpu" else "device")
+        if classical is None:
+            return recipe
+        from augment.core.augmentation import batched_specs, build_pipeline
+
+        specs = None if augment_on == "cpu" else batched_specs(classical)
+        if specs is None:
+            if augment_on == "device":
+                raise UserError("benchmark.augment_on: device, but classical.transforms holds a transform (or an "
+                                "argument) with no batched equivalent: set benchmark.augment_on: auto or cpu")
+            recipe.pipeline, recipe.ran_on = build_pipeline(classical), "cpu"
+        else:
+            recipe.batched = ClassicalBatch(specs)
+        return recipe
+
+
+def _draws(task: Task, gen: torch.Generator, batch: int, recipe: Recipe, features: int, device) -> dict:
+    """One chunk of a model's draws: batch-row uniforms, augmentation uniforms, dropout uniforms."""
+    out = {"rows": torch.rand(CHUNK, batch, 2, generator=gen, device=device)}
+    if task.classical and recipe.batched is not None:
+        out["classical"] = torch.rand(CHUNK, batch, recipe.batched.uniforms, generator=gen, device=device)
+    if task.augment and recipe.ran_on == "device":
+        out["ta"] = torch.rand(CHUNK, batch, TA_UNIFORMS, generator=gen, device=device)
+    if features:
+        out["dropout"] = torch.rand(CHUNK, batch, features, generator=gen, device=device)
+    return out
+
+
+def _augment(x: torch.Tensor, tasks: list[Task], draws: list[dict], s: int, recipe: Recipe,
+             gens: list[torch.Generator], host_gens: list[torch.Generator]) -> torch.Tensor:
+    """The round's uint8 batch (M, B, C, H, W), each model's rows by its own recipe and draws."""
+    from augment.core.augmentation import classical_augment
+
+    out = []
+    for m, (task, d) in enumerate(zip(tasks, draws)):
+        xm = x[m]
+        if task.classical and recipe.classical is not None:
+            if recipe.batched is not None:
+                z = None
+                if recipe.batched.noise:
+                    z = torch.randn(len(xm), recipe.batched.noise, *xm.shape[1:], generator=gens[m], device=xm.device)
+                xm = recipe.batched(xm, d["classical"][s], z)
+            else:  # albumentations, image by image, on the CPU
+                seed = int(torch.randint(2**62, (1,), generator=host_gens[m]))
+                xm = classical_augment(recipe.pipeline, xm.cpu(), seed).to(x.device)
+        if task.augment:
+            if recipe.ran_on == "device":
+                xm = trivial_augment_batch(xm, d["ta"][s])
+            else:
+                xm = trivial_augment(xm.cpu(), int(torch.randint(2**62, (1,), generator=host_gens[m]))).to(x.device)
+        out.append(xm)
+    return torch.stack(out)
+
+
+def _stream_gens(tasks: list[Task], device) -> tuple[list[torch.Generator], list[torch.Generator]]:
+    """Each model's draws (on the device) and its host generator (image-by-image augmentation, online samples)."""
+    gens = [torch.Generator(device=device).manual_seed((t.seed + 0x5EED) % 2**63) for t in tasks]
+    host = [torch.Generator().manual_seed((t.seed + 0xB05) % 2**63) for t in tasks]
+    return gens, host
+
+
+def train_round(tasks: list[Task], nets: list[nn.Module], n_classes: int, *, steps: int, batch_size: int, lr: float,
+                weight_decay: float, schedule_kind: str, label_smoothing: float, device, precision: str = "fp32",
+                recipe: Recipe | None = None, channels_last: bool = True, progress=None) -> list[nn.Module]:
+    """Train `nets` (freshly built, one per task, on `device`) for `steps` steps as one stacked model;
+    returns them trained, in eval mode. Every task draws min(batch_size, its rows) images a step."""
+    recipe = recipe or Recipe()
+    batch = min(batch_size, min(t.rows for t in tasks))
+    if any(min(batch_size, t.rows) != batch for t in tasks):
+        raise ValueError("a round's tasks must draw batches of one size")
+    device = torch.device(device)
+    data = _round_rows(tasks, n_classes, batch, device)
+    cnn = getattr(nets[0], "spec", {}).get("model") == "cnn"
+    if len(nets) > 1 and not cnn:
+        raise ValueError("only SmallCNNs stack: a torchvision backbone trains alone")
+    net = StackedCNN(nets).to(device) if len(nets) > 1 else nets[0]
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    net.train()
+    features = (net.width if len(nets) > 1 else nets[0].head.in_features) if cnn and nets[0].spec["dropout"] > 0 else 0
+    p_drop = nets[0].spec["dropout"] if cnn else 0.0
+    opt = optimizer(net, device, lr, weight_decay)
+    plan = schedule(steps, lr, schedule_kind)
+    gens, host_gens = _stream_gens(tasks, device)
+    online = [t.synthetic and t.stream.online is not None for t in tasks]
+    draws: list[dict] = []
+    m = len(tasks)
+    for step in range(steps):
+        check_stop()  # SIGTERM/SIGINT: abandon this round within one step
+        if progress is not None:
+            progress(step, steps)
+        s = step % CHUNK
+        if s == 0:
+            draws = [_draws(t, g, batch, recipe, features, device) for t, g in zip(tasks, gens)]
+        rows = torch.stack([sampler(d["rows"][s]) for sampler, d in zip(data.samplers, draws)])  # (M, B)
+        images, targets, weights = data.images[data.row_image[rows]], data.targets[rows], data.weights[rows]
+        for j in (j for j in range(m) if online[j]):
+            _refresh_online(tasks[j], rows[j] - data.offsets[j], images[j], targets[j], data.labels[rows[j]], host_gens[j])
+        images = _augment(images, tasks, draws, s, recipe, gens, host_gens)
+        inputs = scale(images.transpose(0, 1).flatten(1, 2))  # (B, M*C, H, W)
+        if channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        mask = None
+        if features:
+            mask = (torch.stack([d["dropout"][s] for d in draws]) >= p_drop).to(inputs.dtype) / (1.0 - p_drop)
+        lr_s, beta1 = plan[step]
+        for group in opt.param_groups:
+            group["lr"], group["betas"] = lr_s, (beta1, group["betas"][1])
+        with autocast(device, precision):
+            logits = _forward(net, inputs, mask, len(nets) > 1, cnn, host_gens[0])
+        per_image = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(0, 1), reduction="none",
+                                    label_smoothing=label_smoothing).view(m, batch)
+        loss = (per_image * weights).mean(dim=1).sum()  # each model's gradient is its own loss's
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if len(nets) > 1:
+        net.unstack(nets)
+    for n in nets:
+        n.to(memory_format=torch.contiguous_format).eval()
+    return nets
+
+
+def _forward(net: nn.Module, inputs: torch.Tensor, mask, stacked: bool, cnn: bool, host_gen) -> torch.Tensor:
+    """(M, B, K) logits: the stacked network, a SmallCNN with its drawn dropout mask, or a backbone
+    whose own dropout draws from torch's global RNG, confined to this step and seeded from the model's stream."""
+    if stacked:
+        return net(inputs, mask)
+    if cnn:
+        h = net.features(inputs)
+        return net.head(h * mask[0] if mask is not None else h).unsqueeze(0)
+    with torch.random.fork_rng(devices=[inputs.device] if inputs.device.type == "cuda" else []):
+        torch.manual_seed(int(torch.randint(2**62, (1,), generator=host_gen)))
+        return net(inputs).unsqueeze(0)
+
+
+def _refresh_online(task: Task, local: torch.Tensor, images: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
+                    gen: torch.Generator) -> None:
+    """In place: the task's drawn rows (`local`: its own row ids) that are online GAN rows
+    (benchmark.online_gan) get fresh gated samples of their class, and their soft labels."""
+    local = local.cpu()
+    n_real = len(task.x)
+    online = torch.cat([torch.zeros(n_real, dtype=torch.bool), torch.from_numpy(np.asarray(task.stream.online_rows, bool))])
+    fresh = online[local]
+    if not fresh.any():
+        return
+    img, dist = images.cpu(), targets.cpu()
+    refresh(img, dist, labels.cpu(), fresh, task.stream, gen)
+    images.copy_(img.to(images.device))
+    targets.copy_(dist.to(targets.device))

@@ -1,0 +1,111 @@
+"""The batched training engine (augment.core.engine): a round of stacked models trains each model as alone."""
+
+import numpy as np
+import pytest
+import torch
+
+from augment.config import ClassicalConfig
+from augment.core.augmentation import transforms_for
+from augment.core.classifier import build_network, network_spec, predict_proba, predict_round, train_classifiers
+from augment.core.engine import CHUNK, Recipe, Task, _Sampler, schedule
+from augment.core.side_stream import SideStream, per_batch, soften
+from augment.core.stacked import StackedCNN
+from augment.errors import UserError
+
+RNG = np.random.default_rng(0)
+X = RNG.integers(0, 256, (40, 12, 12, 1), dtype=np.uint8)
+Y = np.arange(40) % 4
+XS = RNG.integers(0, 256, (30, 12, 12, 1), dtype=np.uint8)
+YS = np.arange(30) % 4
+MEDIUM = transforms_for(ClassicalConfig(preset="medium"), 1)
+
+
+def round_of_8() -> list[Task]:
+    """Eight different classifiers: classical on the fly or not, TrivialAugmentWide, class balance,
+    a side stream with soft labels, each its own seed."""
+    soft = soften(np.full((30, 4), 0.25) + np.eye(4)[YS], 2.0)
+    return [Task(X, Y, seed=100 + s, classical=s % 2 == 0, augment="trivialaugment" if s % 3 == 0 else None,
+                 balanced=s % 4 == 1, stream=SideStream(XS, YS, share=0.25, weight=0.5, soft=soft if s == 3 else None)
+                 if s % 2 else None) for s in range(8)]
+
+
+@pytest.mark.parametrize("member", [0, 3, 7])
+def test_a_model_trained_inside_a_round_of_8_equals_it_trained_alone(member):
+    """The round's models draw their batches, augmentation and dropout from their own seeded streams
+    and train as one grouped network: each ends where it would alone, to float tolerance (steps
+    span more than one CHUNK of draws)."""
+    tasks = round_of_8()
+    kw = dict(steps=CHUNK + 4, batch_size=16, width=8, classical=MEDIUM)
+    alone = train_classifiers([tasks[member]], 4, **kw)[0]
+    together = train_classifiers(tasks, 4, stack=8, **kw)
+    a, b = alone.state_dict(), together[member].state_dict()
+    assert set(a) == set(b)
+    for key in a:
+        torch.testing.assert_close(b[key].float(), a[key].float(), atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(predict_proba(together[member], X), predict_proba(alone, X), atol=1e-5)
+    others = [m for i, m in enumerate(together) if i != member]
+    assert all(not np.allclose(predict_proba(m, X), predict_proba(alone, X)) for m in others)  # not one model 8 times
+
+
+def test_stacking_round_trips_and_one_pass_predicts_each_model():
+    nets = [build_network(network_spec(1, 4, width=8), torch.Generator().manual_seed(s)).eval() for s in range(3)]
+    stacked = StackedCNN(nets)
+    copies = stacked.unstack([build_network(network_spec(1, 4, width=8), torch.Generator().manual_seed(9)) for _ in range(3)])
+    for a, b in zip(nets, copies):
+        assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+    together = predict_round(nets, X)
+    for i, net in enumerate(nets):
+        np.testing.assert_allclose(together[i], predict_proba(net, X), atol=1e-6)
+
+
+def test_the_schedule_is_torchs_onecycle_stepped_ahead():
+    net = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=50)
+    expected = []
+    for _ in range(50):
+        expected.append((opt.param_groups[0]["lr"], opt.param_groups[0]["betas"][0]))
+        opt.step()
+        sched.step()
+    assert schedule(50, 2e-3, "onecycle") == pytest.approx(expected)
+    assert schedule(10, 1e-3, "cosine")[0] == (1e-3, 0.9)
+
+
+def test_batches_hold_the_side_streams_share_and_balance_classes():
+    """Each batch: its real rows first, then per_batch synthetic ones; balanced draws pick a class
+    uniformly (here 24 of one class, 6 of another), then an image of it."""
+    y = np.array([0] * 24 + [1] * 6)
+    task = Task(np.zeros((30, 4, 4, 1), np.uint8), y, 0, stream=SideStream(np.zeros((50, 4, 4, 1), np.uint8),
+                                                                          np.arange(50) % 2, share=0.25), balanced=True)
+    sampler = _Sampler(task, 2, 32, 0, "cpu")
+    rows = sampler(torch.rand(2000, 32, 2, generator=torch.Generator().manual_seed(0)))
+    n_syn = per_batch(32, 30, task.stream)
+    assert n_syn == 8 and bool((rows[:, : 32 - n_syn] < 30).all()) and bool((rows[:, 32 - n_syn :] >= 30).all())
+    real = rows[:, : 32 - n_syn].flatten()
+    assert abs(float((torch.from_numpy(y)[real] == 1).float().mean()) - 0.5) < 0.02
+    uniform = _Sampler(Task(task.x, y, 0), 2, 32, 0, "cpu")(torch.rand(2000, 32, 2, generator=torch.Generator().manual_seed(1)))
+    assert abs(float((torch.from_numpy(y)[uniform.flatten()] == 1).float().mean()) - 0.2) < 0.02
+
+
+def test_augmentation_runs_where_benchmark_augment_on_says():
+    """device: the batched ops; cpu: albumentations and torchvision image by image; auto falls back to
+    cpu for a transform with no batched op, and device refuses it with the key to change."""
+    invert = [{"__class_fullname__": "InvertImg", "p": 1.0}]
+    assert Recipe.of(MEDIUM).ran_on == "device" and Recipe.of(MEDIUM, "cpu").ran_on == "cpu"
+    assert Recipe.of(invert).ran_on == "cpu"
+    with pytest.raises(UserError, match="benchmark.augment_on: device"):
+        Recipe.of(invert, "device")
+    task = Task(X, Y, 0, classical=True, augment="trivialaugment")
+    on = {where: predict_proba(train_classifiers([task], 4, steps=5, batch_size=8, width=4, classical=MEDIUM,
+                                                 augment_on=where)[0], X) for where in ("cpu", "device")}
+    assert all(np.isfinite(p).all() for p in on.values()) and not np.allclose(on["cpu"], on["device"])
+
+
+def test_the_round_is_seeded_and_ignores_the_global_rng():
+    tasks = round_of_8()[:3]
+    kw = dict(steps=6, batch_size=8, width=4, classical=MEDIUM, stack=3)
+    torch.manual_seed(1)
+    a = [predict_proba(m, X) for m in train_classifiers(tasks, 4, **kw)]
+    torch.manual_seed(2)
+    b = [predict_proba(m, X) for m in train_classifiers(tasks, 4, **kw)]
+    assert all(np.array_equal(p, q) for p, q in zip(a, b))
