@@ -161,6 +161,9 @@ class GanConfig(_Section):
     # classification accuracy score on real val (cas: one classifier per snapshot and scale; never test)
     checkpoint_selection: Literal["last", "cas"] = "last"
     latent_scales: list[Annotated[float, Field(gt=0, le=4)]] = Field(default_factory=lambda: [1.0], min_length=1)
+    # with checkpoint_selection cas: the gan stage scores each snapshot by CAS on val as it trains and
+    # stops once `patience` snapshots in a row have not beaten the best (null: every step is trained)
+    patience: int | None = Field(default=2, ge=1)
     checkpoint_every: int = Field(default=500, ge=1)
     sample_every: int = Field(default=500, ge=1)
     samples_per_class: int = Field(default=100, ge=1)
@@ -176,6 +179,12 @@ class GanConfig(_Section):
             raise ValueError(f"gan.mode mix needs gan.nz > {MIX_SELECT_DIMS} (it reads {MIX_SELECT_DIMS} of z as parent and "
                              f"mask bits), got {self.nz}")
         return self
+
+    @property
+    def stops_early(self) -> bool:
+        """The gan stage scores its snapshots while it trains and may stop (gan.patience): it then
+        needs the gate's judge first, and its result depends on the gate and the classifier."""
+        return self.enabled and self.checkpoint_selection == "cas" and self.patience is not None and self.shards == 1
 
     @property
     def sources(self) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from augment.config import BenchmarkConfig, ClassicalConfig, Config, GanConfig
 from augment.config_file import dump_config
 from augment.errors import UserError
 from augment.runtime import check_stop, describe_device, graceful_stop, resolve_device
-from augment.stages import benchmark, classical, expand, gan, ingest, report, smote, synthesize
+from augment.stages import benchmark, classical, expand, gan, ingest, judge, report, smote, synthesize
 from augment.summary import Summary, read_summary
 
 log = logging.getLogger("augment")
@@ -67,8 +67,16 @@ def _smote_after(cfg: Config) -> Keys:
 
 
 def _gan_after(cfg: Config) -> Keys:
-    """gan.train_on real+classical: the GAN learns from the classical copies too."""
-    return ("ingest", "classical") if "classical" in cfg.gan.sources else ("ingest",)
+    """gan.train_on real+classical: the GAN learns from the classical copies too; gan.patience:
+    it scores its snapshots with the gate's judge while it trains."""
+    after = ("ingest", "classical") if "classical" in cfg.gan.sources or cfg.gan.stops_early else ("ingest",)
+    return after + (("judge",) if cfg.gan.stops_early else ())
+
+
+def _gan_reads(cfg: Config) -> Keys:
+    """Its own section; with gan.patience also what scoring a snapshot reads (the gate, the classifier)."""
+    own = ("seed", *_section("gan", GanConfig, but=("latent_scales",)))
+    return own + (("device", "gate", "gan.latent_scales", *_TRAINER_KEYS) if cfg.gan.stops_early else ())
 
 
 def _smote_reads(cfg: Config) -> Keys:
@@ -81,13 +89,15 @@ STAGES: tuple[Stage, ...] = (
           reads=("seed", "data"), content=ingest.fingerprint_extra, check=ingest.check),
     Stage("classical", classical.run, "Classical augmentation of the train split with albumentations.",
           after=("ingest",), reads=("seed", *_section("classical", ClassicalConfig)), content=classical.fingerprint_extra, check=classical.check),
+    Stage("judge", judge.run, "Train the quality gate's judge on the real and classical train images.",
+          after=("ingest", "classical"), reads=("seed", "device", "gan.enabled", *_TRAINER_KEYS)),
     Stage("gan", gan.run, "Train the class-conditional DCGAN (resumes from its checkpoint; merges finished shards).",
-          after=_gan_after, reads=("seed", *_section("gan", GanConfig, but=("latent_scales",))), parts=gan.parts, run_part=gan.run_part, progress="gan-training"),
+          after=_gan_after, reads=_gan_reads, parts=gan.parts, run_part=gan.run_part, progress="gan-training"),
     # after gan: SMOTE may work in the trained discriminator's feature space
     Stage("smote", smote.run, "SMOTE-family over-sampling of train features with imbalanced-learn.",
           after=_smote_after, reads=_smote_reads, check=smote.check),
     Stage("synthesize", synthesize.run, "Sample the generator and gate every sample.",
-          after=("gan", "classical"), reads=("seed", "gate", "device", "gan.latent_scales", *_TRAINER_KEYS)),
+          after=("gan", "classical", "judge"), reads=("seed", "gate", "device", "gan.latent_scales", *_TRAINER_KEYS)),
     Stage("benchmark", benchmark.run, "Train the classifier per arm and seed; score on the real test split.",
           after=("ingest", "classical", "smote", "synthesize"), reads=("seed", "device", "gate", *_section("benchmark", BenchmarkConfig, but=("workers", "models_per_round"))),
           check=benchmark.check, progress="benchmark-classifiers"),

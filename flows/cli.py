@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser(
         "run",
         help="run the augment-dataset flow once, locally (no Prefect server needed)",
-        description="Run every stage (ingest, classical, gan, smote, synthesize, benchmark, expand, report) "
+        description="Run every stage (ingest, classical, judge, gan, smote, synthesize, benchmark, expand, report) "
         "as the Prefect flow 'augment-dataset'. Re-running the same config resumes: finished stages whose "
         "inputs and config are unchanged are skipped, an interrupted GAN resumes from its checkpoint.",
     )

@@ -92,9 +92,9 @@ def test_one_classifier_step_on_the_cpu_in_bf16(monkeypatch):
     assert dtypes[2] == {torch.float32}  # the default stays full precision
 
 
-def test_the_optimizer_helper_fuses_only_on_cuda():
+def test_the_optimizer_helper_fuses_on_every_device():
     params = [torch.nn.Parameter(torch.zeros(2))]
-    assert adam(params, "cpu", lr=1e-3).defaults["fused"] is None
+    assert adam(params, "cpu", lr=1e-3).defaults["fused"] is True
     opt = adam(params, "cpu", lr=1e-3, weight_decay=0.1, decoupled=True)
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["weight_decay"] == 0.1
 

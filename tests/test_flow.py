@@ -32,7 +32,7 @@ def test_flow_runs_every_stage_as_a_task(prefect_harness, tmp_path):
             sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=50)
         keys = {a.key for a in client.read_artifacts(sort=ArtifactSort.ID_DESC, limit=50)}
     names = sorted(r.name.rsplit("-", 1)[0] for r in runs)
-    assert names == sorted(["ingest", "classical", "gan", "smote", "synthesize", "benchmark", "expand", "report"])
+    assert names == sorted(["ingest", "classical", "judge", "gan", "smote", "synthesize", "benchmark", "expand", "report"])
     assert {"augment-report", "augment-arms", "gan-training"} <= keys
 
     # Re-running resumes: every stage is skipped and reads as a cache hit; the verdict is the same.

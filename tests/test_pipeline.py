@@ -20,7 +20,7 @@ from conftest import SMOKE, tree_state, write_image_folder
 
 def test_every_stage_ran(smoke_run):
     _, run_dir, info = smoke_run
-    assert list(info) == ["ingest", "classical", "gan", "smote", "synthesize", "benchmark", "expand", "report"]
+    assert list(info) == ["ingest", "classical", "judge", "gan", "smote", "synthesize", "benchmark", "expand", "report"]
     assert not any(i["skipped"] for i in info.values())
     for rel in ("config.yaml", "manifest.parquet", "benchmark/results.parquet", "benchmark/summary.json",
                 "report/report.md", "report/results.json", "gan/checkpoint.pt", "gan/history.csv",

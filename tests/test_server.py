@@ -148,7 +148,7 @@ def test_process_worker_runs_the_deployment_and_a_rerun_is_cached(server, tmp_pa
     keys = {a["key"] for a in server.api("POST", "/artifacts/filter",
                                          {"artifacts": {"flow_run_id": {"any_": [first["id"]]}}, "limit": 50})}
     assert {"augment-report", "augment-arms", "gan-training"} <= keys
-    stages = ["ingest", "classical", "gan", "smote", "synthesize", "benchmark", "expand"]
+    stages = ["ingest", "classical", "judge", "gan", "smote", "synthesize", "benchmark", "expand"]
     # Task-run states reach the server as events, a moment after the flow run finishes.
     server.wait("the first run's task runs", lambda: set(server.task_states(first["id"])) == {*stages, "report"}, 60)
 

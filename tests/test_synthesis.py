@@ -167,7 +167,7 @@ def test_the_generator_step_and_latent_scale_are_chosen_by_cas_on_val_never_test
     frame = rundir.read_manifest(run_dir)
     for rel in frame.loc[frame["split"] == "test", "path"]:
         (run_dir / rel).unlink()
-    cfg = load_config(SMOKE, ["gan.checkpoint_selection=cas", "gan.latent_scales=[0.5, 1.0]"])
+    cfg = load_config(SMOKE, ["gan.checkpoint_selection=cas", "gan.latent_scales=[0.5, 1.0]", "gan.patience=null"])
     run_stage("gan", cfg, run_dir)
     assert sorted(p.name for p in (run_dir / "gan" / "snapshots").iterdir()) == ["step_000010.pt", "step_000020.pt"]
     info = run_stage("synthesize", cfg, run_dir)
@@ -184,8 +184,55 @@ def test_the_generator_step_and_latent_scale_are_chosen_by_cas_on_val_never_test
     text = quality_section(cfg, json.loads((run_dir / "gan" / "quality.json").read_text()), None, rundir.read_manifest(run_dir))
     assert f"EMA generator at step {best['step']} with latent scale {best['scale']:g}" in text and "| 10 | 0.5 |" in text
     # a changed scale grid re-runs the synthesize stage, not the GAN's training
-    again = load_config(SMOKE, ["gan.checkpoint_selection=cas", "gan.latent_scales=[1.0]"])
+    again = load_config(SMOKE, ["gan.checkpoint_selection=cas", "gan.latent_scales=[1.0]", "gan.patience=null"])
     assert run_stage("gan", again, run_dir)["skipped"]
+
+
+@pytest.mark.parametrize("mode", ["per_class", "per_class+mix"])
+def test_patience_stops_the_gan_when_cas_stops_rising_and_the_synthesize_stage_reuses_its_curve(smoke_run, tmp_path,
+                                                                                              monkeypatch, mode):
+    """gan.patience: 1 with a snapshot every 5 steps: the gan stage scores each snapshot as it takes it
+    (here a curve that peaks at step 5), stops at step 10 with every member checkpointed there, records
+    where; the synthesize stage samples the best snapshot and trains no CAS classifier again."""
+    import json
+    import shutil
+
+    from augment import rundir
+    from augment.core import gate
+    from augment.core.gan_train import snapshots
+    from augment.graph import load_config, run_stage
+    from augment.stages import gan
+    from conftest import SMOKE
+
+    _, source, _ = smoke_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    cfg = load_config(SMOKE, ["gan.checkpoint_selection=cas", "gan.patience=1", "gan.sample_every=5", f"gan.mode={mode}",
+                              "gan.nz=48"])
+    real = gate.score_generator
+    fake_cas = {5: 0.5, 10: 0.4}
+
+    def scored(cfg, data, G, judge, step, scale, device, progress=None):
+        row, out = real(cfg, data, G, judge, step, scale, device, progress)
+        return {**row, "cas_accuracy_on_val": fake_cas[step]}, out
+
+    monkeypatch.setattr(gan, "score_generator", scored)
+    info = run_stage("gan", cfg, run_dir)
+    assert (info["steps"], info["stopped_at"], info["best_step"], info["cas_best"]) == (10, 10, 5, 0.5)
+    assert [s for s, _ in snapshots(run_dir / "gan")] == [5, 10]
+    curve = json.loads((run_dir / gate.CAS_CURVE).read_text())["curve"]
+    assert [(r["step"], r["cas_accuracy_on_val"]) for r in curve] == [(5, 0.5), (10, 0.4)]
+    from augment.core.checkpoint import read_checkpoint
+    from augment.core.ensemble import member_modes
+    from augment.core.ensemble_train import member_dir
+
+    dirs = [run_dir / "gan"] if mode == "per_class" else [member_dir(run_dir / "gan", m) for m in member_modes(mode)]
+    assert all(read_checkpoint(d / "checkpoint.pt")["step"] == 10 for d in dirs)  # every member stopped there
+    cas_trained = []
+    monkeypatch.setattr(gate, "classification_accuracy_score", lambda *a, **k: cas_trained.append(1) or {"accuracy": 0, "recall": []})
+    out = run_stage("synthesize", cfg, run_dir)
+    assert out["generator_step"] == 5 and out["cas_accuracy_on_val"] == 0.5 and cas_trained == []
+    assert rundir.selected_generator(run_dir)[0].name == "step_000005.pt"
 
 
 def test_the_copying_ratio_flags_samples_that_hug_the_training_images():

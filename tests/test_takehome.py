@@ -125,8 +125,8 @@ def test_the_generator_refit_trains_on_train_and_val_and_its_samples_replace_the
     summary["recommendation"]["arm"] = "real+gan"  # as if the GAN arm had won
     (run_dir / SUMMARY).write_text(json.dumps(summary))
     seen = []
-    real_train = gan_train.train_gan
-    monkeypatch.setattr(gan_train, "train_gan", lambda x, y, *a, **kw: seen.append(len(y)) or real_train(x, y, *a, **kw))
+    real_start = gan_train.start_member
+    monkeypatch.setattr(gan_train, "start_member", lambda x, y, *a, **kw: seen.append(len(y)) or real_start(x, y, *a, **kw))
     info = run_stage("expand", load_config(SMOKE, ["expand.refit_generator=true", f"gan.train_on={train_on}",
                                                    f"gan.mode={mode}", "gan.nz=48"]), run_dir)
     frame = rundir.read_manifest(run_dir)

@@ -1,9 +1,10 @@
-"""Training gan.mode's generator: one mode, or an ensemble's members one after the other, merged.
+"""Training gan.mode's generator: one mode, or an ensemble's members stepped together, merged.
 
 Each member trains exactly as its mode alone (same seed, same data) in gan/members/<mode>/, with its
-own checkpoint and resume; the merged checkpoint (and the snapshots of gan.checkpoint_selection cas)
-hold every member's EMA generator, which augment.core.sampling.load_generator turns into an
-augment.core.ensemble.EnsembleGenerator.
+own checkpoint and resume; the members take their steps in turn in one loop (augment.core.gan_train.
+train_members), so their snapshots fall together and can be judged as one ensemble while training.
+The merged checkpoint (and the snapshots of gan.checkpoint_selection cas) hold every member's EMA
+generator, which augment.core.sampling.load_generator turns into an augment.core.ensemble.EnsembleGenerator.
 """
 
 from __future__ import annotations
@@ -32,9 +33,15 @@ def merge_members(out_dir: Path, modes: list[str], fingerprint: str, snapshot_st
     payloads = [read_checkpoint(member_dir(out_dir, m) / "checkpoint.pt") for m in modes]
     write_torch(Path(out_dir) / "checkpoint.pt", {"fingerprint": fingerprint, **_members(payloads)})
     for step in snapshot_steps:
-        write_torch(snapshot_path(out_dir, step),
-                    _members([read_checkpoint(snapshot_path(member_dir(out_dir, m), step)) for m in modes]))
+        merge_snapshot(out_dir, modes, step)
     merge_histories([member_dir(out_dir, m) / "history.csv" for m in modes], np.ones(len(modes)), Path(out_dir) / "history.csv")
+
+
+def merge_snapshot(out_dir: Path, modes: list[str], step: int) -> Path:
+    """out_dir/snapshots/step_<step>.pt: every member's EMA generator snapshot of that step, as one."""
+    path = snapshot_path(out_dir, step)
+    write_torch(path, _members([read_checkpoint(snapshot_path(member_dir(out_dir, m), step)) for m in modes]))
+    return path
 
 
 def _members(payloads: list[dict]) -> dict:
@@ -54,17 +61,23 @@ def merge_histories(paths: list[Path], weights: np.ndarray, out: Path) -> None:
 
 
 def train_generators(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg, *, seed: int, device, out_dir: Path,
-                     fingerprint: str = "", progress=None, val=None) -> int:
-    """Train (or resume) gan.mode's generator into out_dir, an ensemble's members one after the other
-    (each as its mode alone, in out_dir/members/<mode>/), then merge them; the steps trained."""
+                     fingerprint: str = "", progress=None, val=None, on_snapshot=None) -> int:
+    """Train (or resume) gan.mode's generator into out_dir, an ensemble's members stepped together
+    (each as its mode alone, in out_dir/members/<mode>/), then merge them; the steps trained.
+
+    on_snapshot(step, path): the generator's snapshot of `step` (an ensemble's merged one) is at
+    `path`; True stops the training there (train_members)."""
     modes = member_modes(cfg.mode)
     if len(modes) == 1:
-        return gan_train.train_gan(images, labels, n_classes, cfg, seed=seed, device=device, out_dir=out_dir,
-                         fingerprint=fingerprint, progress=progress, val=val).step
-    for i, mode in enumerate(modes):
-        part = None if progress is None else (lambda s, total, i=i: progress(i * total + s, len(modes) * total))
-        gan_train.train_gan(images, labels, n_classes, cfg.model_copy(update={"mode": mode}), seed=seed, device=device,
-                  out_dir=member_dir(out_dir, mode), fingerprint=f"{fingerprint}-{mode}", progress=part, val=val)
+        member = gan_train.start_member(images, labels, n_classes, cfg, seed=seed, device=device, out_dir=out_dir,
+                                        fingerprint=fingerprint, val=val)
+        hook = None if on_snapshot is None else (lambda step: on_snapshot(step, snapshot_path(out_dir, step)))
+        return gan_train.train_members([member], progress, on_snapshot=hook)
+    members = [gan_train.start_member(images, labels, n_classes, cfg.model_copy(update={"mode": mode}), seed=seed,
+                                      device=device, out_dir=member_dir(out_dir, mode), fingerprint=f"{fingerprint}-{mode}",
+                                      val=val) for mode in modes]
+    hook = None if on_snapshot is None else (lambda step: on_snapshot(step, merge_snapshot(out_dir, modes, step)))
+    steps = gan_train.train_members(members, progress, on_snapshot=hook)
     shutil.rmtree(Path(out_dir) / "snapshots", ignore_errors=True)  # an earlier training's are not these members'
     merge_members(out_dir, modes, fingerprint, [step for step, _ in snapshots(member_dir(out_dir, modes[0]))])
-    return cfg.steps
+    return steps

@@ -9,6 +9,7 @@ import copy
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -183,45 +184,100 @@ def _val_bank(val, n_classes: int, image_size: int, device):
         return None
 
 
-def train_gan(
-    images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: GanConfig, *, seed: int, device: torch.device,
-    out_dir: Path, fingerprint: str = "", progress: Progress | None = None, stop_after: int | None = None,
-    val: tuple[np.ndarray, np.ndarray] | None = None,
-) -> TrainState:
-    """Train (or resume) to cfg.steps; checkpoints, history.csv and grids go to out_dir.
+@dataclass
+class Member:
+    """One generator in training (start_member): its state, real images, history and directory."""
 
-    `val` (held-out real images and labels) adds D's accuracy on them next to its accuracy on
-    the training images every cfg.sample_every steps (columns d_acc_train, d_acc_val).
-    `stop_after` ends the loop early at that step (after its checkpoint), to test resume.
-    """
+    cfg: GanConfig
+    state: TrainState
+    bank: tuple[torch.Tensor, torch.Tensor]
+    val_bank: tuple[torch.Tensor, torch.Tensor] | None
+    out_dir: Path
+    fingerprint: str
+    seed: int
+    history: list[dict]
+    pending: Pending
+
+
+def start_member(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: GanConfig, *, seed: int,
+                 device: torch.device, out_dir: Path, fingerprint: str = "",
+                 val: tuple[np.ndarray, np.ndarray] | None = None) -> Member:
+    """A generator's training, fresh or resumed from out_dir/checkpoint.pt (same fingerprint)."""
     out_dir = Path(out_dir)
     bank = prepare_real(images, labels, n_classes, cfg.image_size, device)
-    val_bank = _val_bank(val, n_classes, cfg.image_size, device)
     state = build_state(cfg, n_classes, images.shape[3], seed, device, bank)
     history = _resume(out_dir, state, fingerprint)
     if state.step == 0:  # from scratch: snapshots of an earlier training are not this one's
         shutil.rmtree(out_dir / "snapshots", ignore_errors=True)
-    resumed_finished = state.step >= cfg.steps
-    pending = Pending()
-    while state.step < cfg.steps:
-        pending.add(state.step + 1, train_step(state, *bank, cfg))
-        done = state.step == cfg.steps
-        stopping = stop_requested() is not None  # SIGTERM/SIGINT: checkpoint this step, then stop
-        evaluating = state.step % cfg.sample_every == 0 or done
-        if evaluating or state.step % cfg.checkpoint_every == 0 or state.step == stop_after or stopping:
-            history += pending.read()  # the host round-trip: every sample_every (or checkpoint_every) steps
-        if evaluating:
-            history[-1].update(_evaluate(state, bank, val_bank, cfg, seed, out_dir))
-        if state.step % cfg.checkpoint_every == 0 or done or state.step == stop_after or stopping:
-            _save(out_dir, state, fingerprint, history)
+    return Member(cfg, state, bank, _val_bank(val, n_classes, cfg.image_size, device), out_dir, fingerprint, seed,
+                  history, Pending())
+
+
+def _advance(m: Member, stop_after: int | None) -> None:
+    """One step of one member, then what falls on that step: reading its metrics (every
+    sample_every or checkpoint_every steps: the host round-trip), evaluating, checkpointing."""
+    cfg, state = m.cfg, m.state
+    m.pending.add(state.step + 1, train_step(state, *m.bank, cfg))
+    done = state.step == cfg.steps
+    stopping = stop_requested() is not None  # SIGTERM/SIGINT: checkpoint this step, then stop
+    evaluating = state.step % cfg.sample_every == 0 or done
+    saving = state.step % cfg.checkpoint_every == 0 or done or state.step == stop_after or stopping
+    if evaluating or saving:
+        m.history += m.pending.read()
+    if evaluating:
+        m.history[-1].update(_evaluate(state, m.bank, m.val_bank, cfg, m.seed, m.out_dir))
+    if saving:
+        _save(m.out_dir, state, m.fingerprint, m.history)
+
+
+def train_members(members: list[Member], progress: Progress | None = None, stop_after: int | None = None,
+                  on_snapshot: Callable[[int], bool] | None = None) -> int:
+    """Step every member in turn until each reaches its cfg.steps: each trains exactly as alone (its
+    own generator, data, checkpoint and history), and their sample_every snapshots fall together.
+
+    on_snapshot(step), called once every member has taken its snapshot of `step` (the EMA generator,
+    with gan.checkpoint_selection cas), returns True to stop there (gan.patience): every member then
+    checkpoints that step. `stop_after` ends the loop at that step (after its checkpoint), to test
+    resume. Returns the step the members reached."""
+    steps = members[0].cfg.steps
+    every = members[0].cfg.sample_every
+    finished = all(m.state.step >= m.cfg.steps for m in members)
+    while any(m.state.step < m.cfg.steps for m in members):
+        for m in members:
+            if m.state.step < m.cfg.steps:
+                _advance(m, stop_after)
+        step = min(m.state.step for m in members)
         if progress is not None:  # every step: the caller throttles what it shows
-            progress(state.step, cfg.steps)
-        if state.step == stop_after:
+            progress(sum(m.state.step for m in members), steps * len(members))
+        if on_snapshot is not None and step % every == 0 and all(m.state.step == step for m in members) \
+                and step < steps and on_snapshot(step):
+            for m in members:  # stopped early: the last step is this one
+                m.history += m.pending.read()
+                _save(m.out_dir, m.state, m.fingerprint, m.history)
+            return step
+        if step == stop_after:
             break
         check_stop()
-    if progress is not None and resumed_finished:  # the loop did not run: say the training is complete
-        progress(state.step, cfg.steps)
-    return state
+    if progress is not None and finished:  # the loop did not run: say the training is complete
+        progress(steps * len(members), steps * len(members))
+    return min(m.state.step for m in members)
+
+
+def train_gan(
+    images: np.ndarray, labels: np.ndarray, n_classes: int, cfg: GanConfig, *, seed: int, device: torch.device,
+    out_dir: Path, fingerprint: str = "", progress: Progress | None = None, stop_after: int | None = None,
+    val: tuple[np.ndarray, np.ndarray] | None = None, on_snapshot: Callable[[int], bool] | None = None,
+) -> TrainState:
+    """Train (or resume) one generator to cfg.steps; checkpoints, history.csv and grids go to out_dir.
+
+    `val` (held-out real images and labels) adds D's accuracy on them next to its accuracy on
+    the training images every cfg.sample_every steps (columns d_acc_train, d_acc_val).
+    `stop_after` and `on_snapshot`: train_members'.
+    """
+    member = start_member(images, labels, n_classes, cfg, seed=seed, device=device, out_dir=out_dir,
+                          fingerprint=fingerprint, val=val)
+    train_members([member], progress, stop_after, on_snapshot)
+    return member.state
 
 
 # --------------------------------------------------------------------------- shards (per_class mode)

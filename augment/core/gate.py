@@ -255,6 +255,76 @@ def sample_and_judge(cfg: Config, G, judge, x_real: np.ndarray, real_ids: list[s
     return images, intended, judged, n
 
 
+@dataclass
+class GateData:
+    """What judging a generator needs (gate_data): the train images the judge and the novelty check
+    read (real and classical; `real` marks the real rows), the images G learned from (its bank),
+    real val, the classes, the working size, and the benchmark's classifier settings for CAS."""
+
+    x: np.ndarray
+    y: np.ndarray
+    real: np.ndarray
+    real_ids: list[str]
+    bank: tuple[list[str], np.ndarray]
+    x_val: np.ndarray
+    y_val: np.ndarray
+    classes: list[str]
+    size: tuple[int, int]
+    trainer: dict
+
+
+def gate_data(cfg: Config, run_dir: Path) -> GateData:
+    x, y, rows = rundir.load_split(run_dir, "train", sources=("real", "classical"))
+    real = (rows["source"] == "real").to_numpy()
+    learned = rows["source"].isin(cfg.gan.sources).to_numpy()  # what G learned from, in load_split's order
+    x_val, y_val, _ = rundir.load_split(run_dir, "val")
+    info = rundir.ingest_info(run_dir)
+    # the benchmark's step budget (set by the real train images), for the judge and the CAS classifier
+    trainer = {**cfg.benchmark.trainer_kwargs(), "steps": cfg.benchmark.steps_for(int(real.sum()))}
+    return GateData(x, y, real, rows.loc[real, "id"].tolist(), (rows.loc[learned, "id"].tolist(), y[learned]), x_val, y_val,
+                    info["classes"], tuple(info["size"]), trainer)
+
+
+def train_judge(cfg: Config, data: GateData, device, progress=None):
+    """The gate's judge: the benchmark's classifier, class-balanced, on the real and classical train images."""
+    from augment.runtime import derive_seed
+
+    return train_classifier(data.x, data.y, len(data.classes), **data.trainer, balanced=True,
+                            seed=derive_seed(cfg.seed, "gate"), device=device, progress=progress)
+
+
+def score_generator(cfg: Config, data: GateData, G, judge, step: int, scale: float, device, progress=None) -> tuple[dict, tuple]:
+    """One candidate generator (a snapshot at `step`, a latent scale) sampled, gated and scored by
+    CAS on val: (its curve row, (images, intended, Judged, n, cas)). The same seeds wherever it is
+    called (the gan stage while it trains, the synthesize stage), so the same generator scores the same."""
+    from augment.runtime import derive_seed
+
+    k = len(data.classes)
+    images, intended, j, n = sample_and_judge(cfg, G, judge, data.x[data.real], data.real_ids, data.bank, k, data.size,
+                                              derive_seed(cfg.seed, "synthesize"), device, scale)
+    cas = classification_accuracy_score(images[j.kept], intended[j.kept], data.x_val, data.y_val, k,
+                                        {**data.trainer, "progress": progress}, derive_seed(cfg.seed, "cas"), device)
+    row = {"step": step, "scale": scale, "cas_accuracy_on_val": cas["accuracy"], "kept": int(j.kept.sum()),
+           "recall": cas["recall"]}
+    return row, (images, intended, j, n, cas)
+
+
+CAS_CURVE = Path("gan") / "cas.json"  # the snapshots' CAS, scored while the GAN trained (gan.patience)
+
+
+def read_curve(run_dir: Path) -> dict:
+    path = Path(run_dir) / CAS_CURVE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def better(row: dict, best: dict, prefer_later: bool = True) -> bool:
+    """A higher CAS on val wins; on a tie, the later step (the earlier while training: a tie is no
+    improvement), then the scale nearer 1."""
+    def key(r):
+        return (r["cas_accuracy_on_val"] or -1.0, r["step"] if prefer_later else -r["step"], -abs(math.log(r["scale"])))
+    return key(row) > key(best)
+
+
 def gan_rows(run_dir: Path, images: np.ndarray, intended: np.ndarray, j, n: int, classes: list[str], seed: int,
              generator: str, folder: str = "images/gan", prefix: str = "gan") -> list[dict]:
     """Save every judged sample under run_dir/<folder>/<class>/ and return its manifest row (kept or not, why).

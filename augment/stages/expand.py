@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -163,8 +164,12 @@ def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerp
         bank_x, bank_y, bank_ids = np.concatenate([x, x_c]), np.concatenate([y, y_c]), ids + copies["id"].tolist()
     log.info("expand: training the generator again on the %d real images of %s (expand.refit_generator)%s", len(y),
              "+".join(splits), "" if copies is None else f" and {len(copies)} classical copies")
-    train_generators(bank_x, bank_y, k, cfg.gan, seed=derive_seed(cfg.seed, "gan", "refit"), device=device, out_dir=run_dir / REFIT_GAN,
-              fingerprint=f"{fingerprint}-refit")
+    quality = run_dir / "gan" / "quality.json"
+    chosen = json.loads(quality.read_text()).get("selection", {}).get("step") if quality.is_file() else None
+    # as long as the generator the synthesize stage sampled had trained (a snapshot chosen by CAS, gan.patience)
+    gan_cfg = cfg.gan.model_copy(update={"steps": int(chosen)}) if chosen and cfg.gan.checkpoint_selection == "cas" else cfg.gan
+    train_generators(bank_x, bank_y, k, gan_cfg, seed=derive_seed(cfg.seed, "gan", "refit"), device=device,
+                     out_dir=run_dir / REFIT_GAN, fingerprint=f"{fingerprint}-refit")
     G = load_generator(run_dir / REFIT_GAN / "checkpoint.pt", device, derive_seed(cfg.seed, "bn"))
     judge = load_classifier(run_dir / rundir.GATE_JUDGE, device)
     seed = derive_seed(cfg.seed, "synthesize", "refit")

@@ -7,6 +7,7 @@ gan/shards/<i>/ as a part of its own, which the flow may run side by side (`part
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -20,8 +21,13 @@ from augment.core.accel import resolve_precision
 from augment.core.checkpoint import read_checkpoint
 from augment.core.ensemble_train import merge_histories, train_generators
 from augment.core.gan_train import Progress, class_shards, concat_grouped, merge_checkpoints, snapshot_path, snapshots, train_gan
+from augment.atomic import write_json
+from augment.core.classifier import load_classifier
+from augment.core.gate import CAS_CURVE, better, gate_data, read_curve, score_generator
 from augment.core.sampling import interpolate, load_generator, sample, save_grid
 from augment.runtime import derive_seed, resolve_device
+
+log = logging.getLogger("augment")
 
 
 def shard_dir(run_dir: Path, shard: int) -> Path:
@@ -78,6 +84,7 @@ def run(cfg: Config, run_dir: Path, progress: Progress | None = None, fingerprin
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     n = parts(cfg, run_dir)
+    watch = None
     if n > 1:
         for i in range(n):  # finished parts (trained by the flow side by side) are found, not retrained
             part_progress = None if progress is None else (lambda s, total, i=i: progress(i * total + s, n * total))
@@ -87,8 +94,9 @@ def run(cfg: Config, run_dir: Path, progress: Progress | None = None, fingerprin
     else:
         x, y, _ = rundir.load_split(run_dir, "train", cfg.gan.sources)
         x_val, y_val, _ = rundir.load_split(run_dir, "val")
+        watch = Patience(cfg, run_dir, fingerprint) if cfg.gan.stops_early else None
         steps = train_generators(x, y, k, cfg.gan, seed=derive_seed(cfg.seed, "gan"), device=device, out_dir=run_dir / "gan",
-                                 fingerprint=fingerprint, progress=progress, val=(x_val, y_val))
+                                 fingerprint=fingerprint, progress=progress, val=(x_val, y_val), on_snapshot=watch)
     G = load_generator(run_dir / "gan" / "checkpoint.pt", device, derive_seed(cfg.seed, "bn"))
     grid = sample(G, 64, cfg.gan.nz, k, derive_seed(cfg.seed, "final-grid"), device)
     for c, label in enumerate(info["classes"]):
@@ -97,5 +105,45 @@ def run(cfg: Config, run_dir: Path, progress: Progress | None = None, fingerprin
     save_grid(run_dir / "gan" / "samples" / "interpolation.png", walk.transpose(0, 1).flatten(0, 1), nrow=10)
     last = pd.read_csv(run_dir / "gan" / "history.csv").iloc[-1]
     overfit = {c: round(float(last[c]), 4) for c in ("d_acc_train", "d_acc_val") if c in last and pd.notna(last[c])}
+    stopped = {"stopped_at": steps, "best_step": watch.best["step"], "cas_best": watch.best["cas_accuracy_on_val"]} \
+        if n == 1 and watch is not None and watch.best is not None else {}
     return {"steps": steps, "shards": n, "device": str(device), "precision": resolve_precision(cfg.gan.precision, device),
-            "train_seconds": round(time.perf_counter() - t0, 2), **overfit}
+            "train_seconds": round(time.perf_counter() - t0, 2), **overfit, **stopped}
+
+
+class Patience:
+    """gan.patience: each snapshot, as the GAN takes it, sampled, gated by the judge stage's judge and
+    scored by CAS on val (augment.core.gate.score_generator, the synthesize stage's own scoring);
+    training stops once `patience` snapshots in a row have not beaten the best. The curve goes to
+    gan/cas.json (with this stage's fingerprint), where a resumed training and the synthesize stage
+    find it: a resumed training continues the same count, the synthesize stage scores nothing again."""
+
+    def __init__(self, cfg: Config, run_dir: Path, fingerprint: str):
+        self.cfg, self.run_dir, self.fingerprint = cfg, Path(run_dir), fingerprint
+        self.device = resolve_device(cfg.device)
+        self.data, self.judge = gate_data(cfg, self.run_dir), load_classifier(self.run_dir / rundir.GATE_JUDGE, self.device)
+        saved = read_curve(self.run_dir)
+        self.curve = saved["curve"] if saved.get("fingerprint") == fingerprint else []
+        self.best = None
+        for row in self.curve:
+            self._track(row)
+
+    def _track(self, row: dict) -> None:
+        if self.best is None or better(row, self.best, prefer_later=False):
+            self.best = row
+
+    def __call__(self, step: int, path: Path) -> bool:
+        done = {(r["step"], r["scale"]) for r in self.curve}
+        G = load_generator(path, self.device, derive_seed(self.cfg.seed, "bn"))
+        for scale in self.cfg.gan.latent_scales:
+            if (step, scale) not in done:
+                row, _ = score_generator(self.cfg, self.data, G, self.judge, step, scale, self.device)
+                self.curve.append(row)
+                self._track(row)
+        write_json(self.run_dir / CAS_CURVE, {"fingerprint": self.fingerprint, "curve": self.curve})
+        since = [r["step"] for r in self.curve if r["step"] > self.best["step"]]
+        stop = len(set(since)) >= self.cfg.gan.patience
+        if stop:
+            log.info("gan: stopped at step %d: CAS on val has not beaten %.4f (step %d) for %d snapshots (gan.patience)",
+                     step, self.best["cas_accuracy_on_val"] or 0.0, self.best["step"], self.cfg.gan.patience)
+        return stop

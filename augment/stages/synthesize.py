@@ -6,16 +6,15 @@ gan/quality.json (per-class quality metrics, classification accuracy score, coll
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 
 from augment import rundir
 from augment.atomic import write_json
 from augment.config import Config
-from augment.core.classifier import predict, save_classifier, train_classifier
-from augment.core.gate import (K_NEIGHBOURS, apply_alarm, class_quality, classification_accuracy_score, gan_rows,
-                                sample_and_judge)
+from augment.core.classifier import load_classifier, predict
+from augment.core.gate import (K_NEIGHBOURS, apply_alarm, better, class_quality, gan_rows, gate_data, read_curve,
+                                sample_and_judge, score_generator)
 from augment.core.sampling import load_generator
 from augment.runtime import derive_seed, resolve_device
 
@@ -25,39 +24,38 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     if not cfg.gan.enabled:
         rundir.replace_source(run_dir, "gan", [])
         return {"generated": 0, "kept": 0}
-    info = rundir.ingest_info(run_dir)
-    classes, size = info["classes"], tuple(info["size"])
-    k = len(classes)
     device = resolve_device(cfg.device)
-    x, y, train_rows = rundir.load_split(run_dir, "train", sources=("real", "classical"))
-    real = (train_rows["source"] == "real").to_numpy()
-    # the benchmark's step budget (set by the real train images), for the judge and the CAS classifier
-    trainer = {**cfg.benchmark.trainer_kwargs(), "steps": cfg.benchmark.steps_for(int(real.sum()))}
-    real_ids = train_rows.loc[real, "id"].tolist()
-    learned = train_rows["source"].isin(cfg.gan.sources).to_numpy()  # what G learned from, in load_split's order
-    bank = (train_rows.loc[learned, "id"].tolist(), y[learned])
+    data = gate_data(cfg, run_dir)
+    classes, k = data.classes, len(data.classes)
+    x, y, real, x_val, y_val, trainer = data.x, data.y, data.real, data.x_val, data.y_val, data.trainer
+    judge = load_classifier(run_dir / rundir.GATE_JUDGE, device)  # the judge stage's
     candidates = [(step, path, scale) for step, path in generators(cfg, run_dir) for scale in cfg.gan.latent_scales]
-    # progress: the judge's steps, then a CAS classifier's per candidate generator (the long parts of this stage)
-    parts = 1 + len(candidates)
+    scored = {(r["step"], r["scale"]): r for r in reusable_curve(cfg, run_dir)}  # what the gan stage scored as it trained
+    todo = [c for c in candidates if (c[0], c[2]) not in scored]
+    # progress: a CAS classifier's steps per candidate the gan stage did not score (the long part of this stage)
+    parts = max(1, len(todo))
     phase = (lambda offset: None if progress is None else (lambda s, n: progress(offset + s, parts * n)))
-    judge = train_classifier(x, y, k, **trainer, balanced=True, seed=derive_seed(cfg.seed, "gate"), device=device,
-                             progress=phase(0))
-    save_classifier(run_dir / rundir.GATE_JUDGE, judge)  # the benchmark's online samples pass the same gate
-
-    seed = derive_seed(cfg.seed, "synthesize")
     target = cfg.gan.samples_per_class
-    x_val, y_val, _ = rundir.load_split(run_dir, "val")
-    curve, best = [], None
-    for i, (step, path, scale) in enumerate(candidates):  # the generator (step, latent scale) with the best CAS on val
+    curve, best, done = [], None, 0
+    for step, path, scale in candidates:  # the generator (step, latent scale) with the best CAS on val
+        if (step, scale) in scored:
+            row, out = scored[(step, scale)], None
+        else:
+            G = load_generator(path, device, derive_seed(cfg.seed, "bn"))
+            row, out = score_generator(cfg, data, G, judge, step, scale, device, phase(done * trainer["steps"]))
+            done += 1
+        curve.append({key: row[key] for key in ("step", "scale", "cas_accuracy_on_val", "kept")})
+        if best is None or better(row, best[0]):
+            best = (row, path, out)
+    chosen, path, out = best
+    if out is None:  # scored while the GAN trained: sample and gate it again (the same seeds: the same samples)
         G = load_generator(path, device, derive_seed(cfg.seed, "bn"))
-        images, intended, j, n = sample_and_judge(cfg, G, judge, x[real], real_ids, bank, k, size, seed, device, scale)
-        cas = classification_accuracy_score(images[j.kept], intended[j.kept], x_val, y_val, k,
-                                            {**trainer, "progress": phase((1 + i) * trainer["steps"])},
-                                            derive_seed(cfg.seed, "cas"), device)
-        curve.append({"step": step, "scale": scale, "cas_accuracy_on_val": cas["accuracy"], "kept": int(j.kept.sum())})
-        if best is None or _better(curve[-1], best[0]):
-            best = (curve[-1], path, images, intended, j, n, cas)
-    chosen, path, images, intended, j, n, cas = best
+        out = (*sample_and_judge(cfg, G, judge, x[real], data.real_ids, data.bank, k, data.size,
+                                 derive_seed(cfg.seed, "synthesize"), device, chosen["scale"]),
+               {"accuracy": chosen["cas_accuracy_on_val"], "recall": chosen["recall"]})
+    images, intended, j, n, cas = out
+    seed = derive_seed(cfg.seed, "synthesize")
+    chosen = {key: chosen[key] for key in ("step", "scale", "cas_accuracy_on_val", "kept")}
     if progress is not None:
         progress(parts * trainer["steps"], parts * trainer["steps"])
     held_out = (predict(judge, x_val)[1], y_val) if len(x_val) else None  # for the data-copying ratio
@@ -102,7 +100,10 @@ def generators(cfg: Config, run_dir: Path) -> list[tuple[int, Path]]:
     return found or [(cfg.gan.steps, Path(run_dir) / rundir.GAN_CHECKPOINT)]
 
 
-def _better(row: dict, best: dict) -> bool:
-    """A higher CAS on val wins; on a tie, the later step, then the scale nearer 1."""
-    key = lambda r: (r["cas_accuracy_on_val"] or -1.0, r["step"], -abs(math.log(r["scale"])))  # noqa: E731
-    return key(row) > key(best)
+def reusable_curve(cfg: Config, run_dir: Path) -> list[dict]:
+    """The curve the gan stage scored while it trained (gan.patience), when it belongs to the GAN this
+    run holds: its scoring read the same gate and classifier settings (they are in its fingerprint)."""
+    saved = read_curve(run_dir)
+    if not cfg.gan.stops_early or saved.get("fingerprint") != rundir.recorded_fingerprint(run_dir, "gan"):
+        return []
+    return saved["curve"]
