@@ -10,6 +10,7 @@ orchestrator; flows/augment_flow.py iterates the same declaration as Prefect tas
 from __future__ import annotations
 
 import errno
+import json
 import hashlib
 import logging
 import os
@@ -189,10 +190,20 @@ def run_stage(name: str, cfg: Config, run_dir: Path, progress=None, fps: dict[st
     log.info("stage %s: started", name)
     with _disk_errors(f"stage {name}"):
         info = dict(stage.run(cfg, run_dir, progress=_both(terminal_bar(name), progress), fingerprint=fp) or {})
-        info.update(fingerprint=fp, seconds=round(time.perf_counter() - start, 3))
+        info.update(fingerprint=fp, seconds=round(time.perf_counter() - start, 3), estimate_seconds=_estimate(run_dir, name, fps or fingerprints(cfg)))
         rundir.write_stage_record(run_dir, name, info)
     log.info("stage %s: done in %.1f s", name, info["seconds"])
     return {**info, "skipped": False}
+
+
+def _estimate(run_dir: Path, name: str, fps: dict[str, str]) -> float | None:
+    """The plan's estimate for this stage, when the plan of this very run (the same fingerprints) wrote one."""
+    path = Path(run_dir) / rundir.PLAN
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return plan["estimates"].get(name) if plan.get("fingerprints") == fps else None
 
 
 def fan_out(name: str, cfg: Config, run_dir: Path, fps: dict[str, str] | None = None) -> int:

@@ -16,15 +16,6 @@ from augment.core.selection import choose_protocol
 from augment.registry import trained_as
 from augment.runtime import resolve_device
 
-# What a run over budget can change, and why it helps.
-LEVERS = {
-    "gan": ["gan.steps", "gan.image_size", "gan.shards (with orchestration.task_runner: dask)", "device (a GPU)"],
-    "benchmark": ["benchmark.seeds", "benchmark.steps", "benchmark.arms", "device (a GPU)"],
-    "classical": ["classical.multiplier", "classical.workers"],
-    "synthesize": ["gan.samples_per_class", "gate.oversample", "benchmark.steps"],
-}
-
-
 @dataclass
 class StagePlan:
     name: str
@@ -39,6 +30,14 @@ class Plan:
     device: str
     data: str
     stages: list[StagePlan] = field(default_factory=list)
+    levers: dict[str, list[str]] = field(default_factory=dict)  # per stage: keys to turn, with what each saves
+
+    def record(self, cfg: Config) -> None:
+        """run_dir/plan.json: the estimate per stage that will run, for this config's fingerprints."""
+        from augment.atomic import write_json
+
+        write_json(Path(self.run_dir) / rundir.PLAN, {"fingerprints": graph.fingerprints(cfg), "estimates": {
+            s.name: None if s.seconds is None else round(s.seconds, 1) for s in self.stages if not s.cached}})
 
     @property
     def seconds(self) -> float:
@@ -52,9 +51,9 @@ class Plan:
             lines.append(f"{s.name:<11} {'reuse' if s.cached else 'run':<7} {est}")
         lines.append(f"total: {_duration(self.seconds)}")
         if max_minutes is not None and self.seconds > 60 * max_minutes:
-            slow = sorted((s for s in self.stages if not s.cached and s.name in LEVERS),
+            slow = sorted((s for s in self.stages if not s.cached and s.name in self.levers),
                           key=lambda s: -(s.seconds or 0))[:2]
-            keys = "; ".join(f"{s.name}: {', '.join(LEVERS[s.name])}" for s in slow)
+            keys = "; ".join(f"{s.name}: {', '.join(self.levers[s.name])}" for s in slow)
             lines.append(f"This is over --max-minutes {max_minutes:g}. To bring it down: {keys}.")
         return "\n".join(lines)
 
@@ -85,8 +84,13 @@ def _data(cfg: Config, run_dir: Path, ingest_cached: bool) -> tuple[str, int, tu
         survey = survey_folder(Path(d.path))
         k, size = len(survey["classes"]), min(survey["sizes"], key=lambda hw: hw[0] * hw[1])
         total = sum(survey["classes"].values())
-    else:
+    else:  # idx: the files' own count and size (cheap: one small decompression); csv: a guess
         k, size, total = 10, (28, 28), 0
+        if d.source == "idx":
+            from augment.core.idx import read_idx_files
+
+            images, labels, _ = read_idx_files(Path(d.path), d.channels)
+            k, size, total = len(set(labels)), tuple(images.shape[1:3]), len(labels)
     if isinstance(d.image_size, int):
         size = (d.image_size, d.image_size)
     per = f"{d.per_class} train images per class" if d.per_class else "all train images"
@@ -104,6 +108,8 @@ def _timed(fn, repeats: int) -> float:
 
 
 def _gan_step_seconds(cfg: Config, k: int, channels: int, device) -> float:
+    """Seconds of one step of every member, stepped in turn as the stage steps them, on this machine's
+    threads: 10 timed steps after 2 untimed ones (allocation, first-call costs)."""
     import torch
 
     from augment.core.ensemble import member_modes
@@ -111,24 +117,48 @@ def _gan_step_seconds(cfg: Config, k: int, channels: int, device) -> float:
 
     k = len(class_shards(k, cfg.gan.shards)[0])  # shards train side by side: one shard's step
     s = cfg.gan.image_size
-    bank = torch.rand(k, 8, channels, s, s, device=device) * 2 - 1
-    counts = torch.full((k,), 8, device=device)
-    total = 0.0
-    for mode in member_modes(cfg.gan.mode):  # an ensemble's members train one after the other: their steps add up
+    bank = torch.rand(k, 10, channels, s, s, device=device) * 2 - 1
+    counts = torch.full((k,), 10, device=device)
+    states = []
+    for mode in member_modes(cfg.gan.mode):
         member = cfg.gan.model_copy(update={"mode": mode})
-        state = build_state(member, k, channels, seed=0, device=device, bank=(bank, counts))
-        total += _timed(lambda: train_step(state, bank, counts, member), 5)
-    return total
+        states.append((build_state(member, k, channels, seed=0, device=device, bank=(bank, counts)), member))
+
+    def step():
+        out = [train_step(state, bank, counts, member) for state, member in states]
+        out[-1].cpu()  # wait for the device
+    step()
+    return _timed(step, 10)
 
 
-def _classifier_step_seconds(cfg: Config, k: int, size: tuple[int, int], channels: int, device, augment=None) -> float:
-    from augment.core.classifier import train_classifier
+def _classifier_step_seconds(cfg: Config, k: int, size: tuple[int, int], channels: int, device, augment=None,
+                             models: int = 1, classical: list[dict] | None = None, threaded: bool = False) -> float:
+    """Seconds of one training step of a round of `models` classifiers as the engine trains them (one
+    thread per worker on a CPU, or this process's threads): the time of 25 steps less that of 5, over
+    20 (no set-up in it)."""
+    from augment.core.classifier import train_classifiers
+    from augment.core.engine import Task
 
     x = np.random.default_rng(0).integers(0, 256, (64, *size, channels), dtype=np.uint8)
-    y = np.arange(64) % k
-    kw = {**cfg.benchmark.trainer_kwargs(), "steps": 8}
-    with single_threaded():  # as the benchmark's workers train (augment.core.parallel)
-        return _timed(lambda: train_classifier(x, y, k, **kw, augment=augment, seed=0, device=device), 1) / 8
+    tasks = [Task(x, np.arange(64) % k, seed=i, augment=augment, classical=classical is not None) for i in range(models)]
+    kw = {**cfg.benchmark.trainer_kwargs()}
+
+    def run(steps: int) -> float:
+        start = time.perf_counter()
+        train_classifiers(tasks, k, **{**kw, "steps": steps}, device=device, stack=models, classical=classical)
+        return time.perf_counter() - start
+
+    with single_threaded() if str(device).startswith("cpu") and not threaded else _nothing():
+        run(2)
+        return max(run(25) - run(5), 1e-4) / 20
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def make_plan(cfg: Config, run_dir: Path) -> Plan:
@@ -139,44 +169,121 @@ def make_plan(cfg: Config, run_dir: Path) -> Plan:
     cached = {s.name: graph.is_current(s.name, cfg, run_dir, fps) for s in graph.STAGES}
     data, k, size, channels, n_train, val_per_class = _data(cfg, run_dir, cached["ingest"])
     plan = Plan(run_dir, str(device), data)
-    needs_classifier = not all(cached[n] for n in ("synthesize", "benchmark"))
-    step = _classifier_step_seconds(cfg, k, size, channels, device) if needs_classifier else 0.0
     b = cfg.benchmark
     steps = b.steps_for(n_train)
+    needs = {n for n in ("judge", "synthesize", "benchmark", "gan", "smote") if not cached[n]}
+    # one thread per worker (the benchmark's), and this process's threads (the judge, CAS classifiers)
+    step = _classifier_step_seconds(cfg, k, size, channels, device) if needs else 0.0
+    here = _classifier_step_seconds(cfg, k, size, channels, device, threaded=True) if needs - {"benchmark"} else 0.0
+    cas = steps * here + 1.0  # one CAS classifier, with the sampling and gating before it
     for stage in graph.STAGES:
         name, seconds, how = stage.name, None, ""
         if not cached[name]:
-            if name == "gan" and cfg.gan.enabled:
+            if name == "judge" and cfg.gan.enabled:
+                seconds, how = steps * here, f"{steps} steps at {here:.3f} s"
+            elif name == "gan" and cfg.gan.enabled:
                 per = _gan_step_seconds(cfg, k, channels, device)
-                seconds, how = per * cfg.gan.steps * 1.05, f"{cfg.gan.steps} steps at {per:.3f} s"
+                snaps = (cfg.gan.steps // cfg.gan.sample_every) * len(cfg.gan.latent_scales) if cfg.gan.stops_early else 0
+                seconds = per * cfg.gan.steps * 1.03 + snaps * cas
+                how = f"{cfg.gan.steps} steps at {per:.3f} s" + (
+                    f" and {snaps} CAS classifier(s); at most: it stops once gan.patience ({cfg.gan.patience}) snapshots "
+                    "have not raised CAS" if snaps else "")
             elif name == "benchmark":
-                specs = {a: trained_as(a, b.classical_on_the_fly) for a in b.arms}
-                arms = [a for a in b.arms if not (not cfg.gan.enabled and "gan" in specs[a].sources)]
-                augmented = sum(1 for a in arms if specs[a].augment or specs[a].classical)
-                ta = _classifier_step_seconds(cfg, k, size, channels, device, "trivialaugment") if augmented else 0.0
-                streams = [a for a in arms if specs[a].side_stream]
-                select = len(streams) * len(set(b.share_grid)) if b.synthetic_share == "auto" else 0
-                kfold = choose_protocol(b.selection, b.kfold_below, val_per_class)[0] == "kfold"
-                if kfold and select:  # every seed at every share, on its fold; the chosen share's jobs are the results
-                    select = select * b.seeds - len(streams) * b.seeds
-                workers = auto_workers(len(arms) * b.seeds + select, b.workers, device, steps)
-                per_seed = (len(arms) - augmented) * step + augmented * ta
-                seconds = steps * (b.seeds * per_seed + select * step) / workers
-                how = f"{len(arms)} arms x {b.seeds} seeds + {select} share choices, {steps} steps at {step:.3f} s" + (
-                    f" ({ta:.3f} s augmented on the fly)" if augmented else "") + f" on {workers} worker(s)" + (
-                    ", choices by k-fold over train+val (val too small)" if kfold else "")
+                seconds, how = _benchmark_estimate(cfg, k, size, channels, device, n_train, val_per_class, step)
             elif name == "synthesize" and cfg.gan.enabled:
-                snapshots = -(-cfg.gan.steps // cfg.gan.sample_every) if cfg.gan.checkpoint_selection == "cas" else 1
-                cas = snapshots * len(cfg.gan.latent_scales)
-                seconds = (1 + cas) * steps * step + 2.0
-                how = f"the gate's judge and {cas} CAS classifier(s)" + (
-                    " (one per generator snapshot and latent scale)" if cas > 1 else "")
+                snaps = -(-cfg.gan.steps // cfg.gan.sample_every) if cfg.gan.checkpoint_selection == "cas" else 1
+                n = len(cfg.gan.latent_scales) * (1 if cfg.gan.stops_early else snaps)  # scored while training: the last
+                seconds = n * cas + 2.0
+                how = f"{n} CAS classifier(s)" + (" (one per generator snapshot and latent scale)" if n > 1 else "") + (
+                    ", the others scored while the GAN trained" if cfg.gan.stops_early else "")
             elif name == "smote" and cfg.smote.enabled and cfg.smote.features == "cnn":
-                seconds, how = steps * step, "trains the cnn feature extractor"
+                seconds, how = steps * here, "trains the cnn feature extractor"
             else:
                 seconds = 1.0 if name != "classical" else max(1.0, 0.002 * k * 40 * cfg.classical.multiplier)
         plan.stages.append(StagePlan(name, cached[name], seconds, how))
+    plan.levers = _levers(cfg, plan)
     return plan
+
+
+def _benchmark_arms(cfg: Config) -> list[str]:
+    """The arms the benchmark will train, as far as the config tells (the stage skips the same)."""
+    from augment.stages.benchmark import BALANCE_RATIO
+
+    b, d = cfg.benchmark, cfg.data
+    specs = {a: trained_as(a, b.classical_on_the_fly) for a in b.arms}
+    arms = [a for a in b.arms if not (not cfg.gan.enabled and "gan" in specs[a].sources)
+            and not (not cfg.smote.enabled and "smote" in specs[a].sources)
+            and not (not cfg.classical.enabled and "classical" in specs[a].sources)]
+    counts = list(d.class_counts.values()) if d.class_counts else None
+    equal = (d.per_class is not None and d.imbalance_ratio == 1.0) or (counts is not None and len(set(counts)) == 1)
+    ratio = d.imbalance_ratio if d.per_class is not None else (max(counts) / min(counts) if counts else 1.0)
+    every = b.balanced_sampling == "all" or (b.balanced_sampling == "auto" and ratio > BALANCE_RATIO)
+    if equal or every:  # real+balanced would equal real
+        arms = [a for a in arms if not (specs[a].balanced and specs[a].sources == ("real",) and not specs[a].classical)]
+    return arms
+
+
+def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_train: int, val_per_class: int,
+                        step: float) -> tuple[float, str]:
+    from augment.core.augmentation import transforms_for
+    from augment.core.selection import count_jobs
+
+    b = cfg.benchmark
+    steps = b.steps_for(n_train)
+    arms = _benchmark_arms(cfg)
+    specs = {a: trained_as(a, b.classical_on_the_fly) for a in arms}
+    streams = [a for a in arms if specs[a].side_stream]
+    grid = len(set(b.share_grid)) if b.synthetic_share == "auto" and streams else 0
+    protocol = choose_protocol(b.selection, b.kfold_below, val_per_class)[0]
+    select, main = count_jobs(len(arms), len(streams), b.seeds, grid, protocol)
+    augmented = any(specs[a].augment or specs[a].classical for a in arms)
+    aug = step
+    if augmented:
+        classical = transforms_for(cfg.classical, channels) if b.classical_on_the_fly else None
+        aug = _classifier_step_seconds(cfg, k, size, channels, device, "trivialaugment", classical=classical)
+    share_aug = sum(1 for a in arms if specs[a].augment or specs[a].classical) / max(1, len(arms))
+    per = step * (1 - share_aug) + aug * share_aug
+    jobs = select + main
+    workers = auto_workers(jobs, b.workers, device, steps)
+    per_round = b.models_per_round if b.models_per_round != "auto" else (64 if str(device).startswith("cuda") else 1)
+    if per_round > 1:  # stacked: a round of up to per_round models costs about per_round steps of one over its speed-up
+        per = _classifier_step_seconds(cfg, k, size, channels, device, models=min(8, jobs)) / min(8, jobs)
+    start = 6.0 * (workers > 1) + 0.3 * jobs / workers  # spawning the workers; each job's images
+    seconds = steps * jobs * per / workers + start
+    extra = jobs - len(arms) * b.seeds  # the share choices' classifiers beyond one per arm and seed
+    how = f"{len(arms)} arms x {b.seeds} seeds + {extra} share choices, {steps} steps at {step:.3f} s" + (
+        f" ({aug:.3f} s augmented on the fly)" if augmented else "") + f" on {workers} worker(s)" + (
+        ", choices by k-fold over train+val (val too small)" if protocol == "kfold" else "")
+    return seconds, how
+
+
+def _levers(cfg: Config, plan: Plan) -> dict[str, list[str]]:
+    """Per slow stage, the keys that would bring it down, each with the time it would save here."""
+    est = {s.name: s.seconds or 0.0 for s in plan.stages if not s.cached}
+    out: dict[str, list[str]] = {}
+    g, b = cfg.gan, cfg.benchmark
+    if est.get("gan"):
+        t = est["gan"]
+        out["gan"] = [f"gan.steps: {g.steps // 2} (-{_duration(t / 2)[1:]})"]
+        if g.image_size > 16:
+            out["gan"].append(f"gan.image_size: {g.image_size // 2} (about -{_duration(t * 0.7)[1:]})")
+        if not g.stops_early and g.shards == 1:
+            out["gan"].append("gan.checkpoint_selection: cas with gan.patience (stops once CAS on val stops rising)")
+        out["gan"] += ["gan.shards (with orchestration.task_runner: dask)", "device (a GPU)"]
+    if est.get("benchmark"):
+        t = est["benchmark"]
+        if b.seeds > 3:
+            out.setdefault("benchmark", []).append(f"benchmark.seeds: 3 (about -{_duration(t * (b.seeds - 3) / b.seeds)[1:]})")
+        else:
+            out.setdefault("benchmark", []).append("benchmark.seeds (fewer: wider confidence intervals)")
+        if b.synthetic_share == "auto" and len(set(b.share_grid)) > 1:
+            out.setdefault("benchmark", []).append("benchmark.share_grid: one share (fewer share choices)")
+        out.setdefault("benchmark", []).extend(["benchmark.steps", "benchmark.arms", "device (a GPU)"])
+    if est.get("synthesize"):
+        out["synthesize"] = ["gan.samples_per_class", "gate.oversample", "gan.latent_scales (one scale)"]
+    if est.get("classical"):
+        out["classical"] = ["classical.multiplier", "classical.workers"]
+    return out
 
 
 def force(cfg: Config, run_dir: Path, name: str) -> list[str]:

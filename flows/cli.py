@@ -112,10 +112,14 @@ def _init(args: argparse.Namespace) -> None:
           f"Wrote {out}. Next: augment run {out}")
 
 
-def _plan_text(cfg, run_dir: Path, max_minutes: float | None) -> str:
+def _plan_text(cfg, run_dir: Path, max_minutes: float | None, record: bool = False) -> str:
+    """The plan as text; record=True also writes its estimates to the run directory, where each
+    stage's record (stages/<stage>.json) and the report put them beside the actual times."""
     from augment.plan import default_budget_minutes, make_plan
 
     plan = make_plan(cfg, run_dir)
+    if record:
+        plan.record(cfg)
     return plan.text(max_minutes if max_minutes is not None else default_budget_minutes(plan.device))
 
 
@@ -223,7 +227,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print(f"--force {stage}: will run {', '.join(force(cfg, run_dir, stage))}")
         if not args.quiet:
-            print(_plan_text(cfg, run_dir, args.max_minutes), flush=True)
+            print(_plan_text(cfg, run_dir, args.max_minutes, record=True), flush=True)
+        else:  # no plan this run: an earlier run's estimates are not this one's
+            from augment import rundir
+
+            (run_dir / rundir.PLAN).unlink(missing_ok=True)
     except UserError as err:
         if debug:
             traceback.print_exc()

@@ -88,8 +88,8 @@ def test_the_ensemble_runs_in_the_pipeline_its_members_train_as_alone_and_share_
 
 @pytest.mark.slow  # two ensembles trained and a CAS selection: about a minute on 2 cores
 def test_the_ensemble_resumes_and_selects_among_merged_snapshots(smoke_run, tmp_path, monkeypatch):
-    """An interrupted ensemble (its first member finished, the second stopped at step 10) resumes to
-    the uninterrupted run's checkpoint, bit for bit; with gan.checkpoint_selection cas the merged
+    """An interrupted ensemble (its members stepped together, stopped at step 10) resumes to the
+    uninterrupted run's checkpoint, bit for bit; with gan.checkpoint_selection cas the merged
     snapshots hold both members and the synthesize stage chooses among them."""
     from augment import rundir
     from augment.core import gan_train
@@ -103,19 +103,21 @@ def test_the_ensemble_resumes_and_selects_among_merged_snapshots(smoke_run, tmp_
     for d in (whole, resumed):
         shutil.copytree(source, d)
     run_stage("gan", cfg, whole)
-    real_train = gan_train.train_gan
+    real_train = gan_train.train_members
 
-    def interrupted(images, labels, k, member_cfg, **kw):
-        if member_cfg.mode == "mix":
-            real_train(images, labels, k, member_cfg, **kw, stop_after=10)
-            raise RuntimeError("interrupted")
-        return real_train(images, labels, k, member_cfg, **kw)
+    def interrupted(members, progress=None, stop_after=None, on_snapshot=None):
+        assert len(members) == 2  # both members in one loop
+        real_train(members, progress, 10, on_snapshot)
+        raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(gan_train, "train_gan", interrupted)
+    monkeypatch.setattr(gan_train, "train_members", interrupted)
     with pytest.raises(RuntimeError, match="interrupted"):
         run_stage("gan", cfg, resumed)
-    assert not (resumed / "gan" / "members" / "mix" / "snapshots" / "step_000020.pt").exists()
-    monkeypatch.setattr(gan_train, "train_gan", real_train)
+    for mode in ("per_class", "mix"):
+        member = resumed / "gan" / "members" / mode
+        assert (member / "snapshots" / "step_000010.pt").exists()
+        assert not (member / "snapshots" / "step_000020.pt").exists()
+    monkeypatch.setattr(gan_train, "train_members", real_train)
     run_stage("gan", cfg, resumed)
     a, b = (torch.load(d / rundir.GAN_CHECKPOINT, weights_only=True) for d in (whole, resumed))
     assert len(a["ema"]) == len(b["ema"]) == 2

@@ -2,6 +2,8 @@
 
 import shutil
 
+import pytest
+
 from augment.graph import load_config
 from augment.plan import force, make_plan
 from conftest import SMOKE, tree_state
@@ -17,12 +19,17 @@ def test_the_plan_of_a_finished_run_reuses_every_stage_and_writes_nothing(smoke_
     changed = make_plan(load_config(SMOKE, ["benchmark.seeds=4"]), run_dir)
     assert [s.name for s in changed.stages if not s.cached] == ["benchmark", "expand", "report"]
     bench = next(s for s in changed.stages if s.name == "benchmark")
-    assert bench.seconds > 0 and "9 arms x 4 seeds + 15 share choices, 40 steps" in bench.how
+    assert bench.seconds > 0 and "8 arms x 4 seeds + 15 share choices, 40 steps" in bench.how  # real+balanced = real here
     kfold = make_plan(load_config(SMOKE, ["benchmark.seeds=4", "benchmark.selection=kfold"]), run_dir)
     bench = next(s for s in kfold.stages if s.name == "benchmark")  # 5 side-stream arms x 3 shares x 4 seeds, less 5 x 4
-    assert "9 arms x 4 seeds + 40 share choices" in bench.how and "k-fold" in bench.how
-    cas = make_plan(load_config(SMOKE, ["gan.checkpoint_selection=cas", "gan.latent_scales=[0.5, 1]"]), run_dir)
+    assert "8 arms x 4 seeds + 40 share choices" in bench.how and "k-fold" in bench.how
+    cas = make_plan(load_config(SMOKE, ["gan.checkpoint_selection=cas", "gan.latent_scales=[0.5, 1]", "gan.patience=null"]),
+                    run_dir)
     assert "4 CAS classifier(s)" in next(s for s in cas.stages if s.name == "synthesize").how  # 2 snapshots x 2 scales
+    early = make_plan(load_config(SMOKE, ["gan.checkpoint_selection=cas", "gan.latent_scales=[0.5, 1]"]), run_dir)
+    gan = next(s for s in early.stages if s.name == "gan")  # 2 snapshots x 2 scales, scored while it trains
+    assert "4 CAS classifier(s); at most" in gan.how and "2 CAS classifier(s)" in next(
+        s for s in early.stages if s.name == "synthesize").how
     assert tree_state(run_dir) == before  # no stage body ran, nothing was written
 
 
@@ -44,3 +51,27 @@ def test_force_reruns_a_stage_and_everything_downstream(smoke_run, tmp_path):
     plan = make_plan(cfg, copy)
     assert [s.name for s in plan.stages if not s.cached] == ["smote", "benchmark", "expand", "report"]
     assert force(cfg, copy, "ingest") == [s.name for s in plan.stages]
+
+
+def test_the_plan_counts_the_arms_and_jobs_the_benchmark_trains(smoke_run):
+    """The plan's arms are the stage's (real+balanced left out where it would equal real), and its job
+    count is the stage's own count_jobs (which the stage checks against the jobs it lists)."""
+    from augment.plan import _benchmark_arms
+    from augment.summary import read_summary
+
+    cfg, run_dir, _ = smoke_run
+    summary = read_summary(run_dir)
+    assert _benchmark_arms(cfg) == list(summary.arms) and "real+balanced" in summary.skipped_arms
+
+
+@pytest.mark.slow
+def test_a_run_records_the_plans_estimate_beside_each_stages_time(tmp_path, capsys):
+    import json
+
+    run_dir = tmp_path / "run"
+    assert main(["run", str(SMOKE), "--run-dir", str(run_dir), "--set", "benchmark.seeds=1",
+                 "--set", "benchmark.arms=[real, real+gan]"]) == 0
+    records = {p.stem: json.loads(p.read_text()) for p in (run_dir / "stages").glob("*.json")}
+    assert all(r["estimate_seconds"] is not None and r["estimate_seconds"] > 0 for r in records.values())
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "## Time" in report and "| gan |" in report and "| total |" in report

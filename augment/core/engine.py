@@ -236,28 +236,33 @@ def _draws(task: Task, gen: torch.Generator, batch: int, recipe: Recipe, feature
 
 def _augment(x: torch.Tensor, tasks: list[Task], draws: list[dict], s: int, recipe: Recipe,
              gens: list[torch.Generator], host_gens: list[torch.Generator]) -> torch.Tensor:
-    """The round's uint8 batch (M, B, C, H, W), each model's rows by its own recipe and draws."""
+    """The round's uint8 batch (M, B, C, H, W), each model's rows by its own recipe and draws: the
+    batched ops run once over the rows of every model that asks for them (each row with its own
+    model's draws); the references run image by image on the CPU."""
     from augment.core.augmentation import classical_augment
 
-    out = []
-    for m, (task, d) in enumerate(zip(tasks, draws)):
-        xm = x[m]
-        if task.classical and recipe.classical is not None:
-            if recipe.batched is not None:
-                z = None
-                if recipe.batched.noise:
-                    z = torch.randn(len(xm), recipe.batched.noise, *xm.shape[1:], generator=gens[m], device=xm.device)
-                xm = recipe.batched(xm, d["classical"][s], z)
-            else:  # albumentations, image by image, on the CPU
-                seed = int(torch.randint(2**62, (1,), generator=host_gens[m]))
-                xm = classical_augment(recipe.pipeline, xm.cpu(), seed).to(x.device)
-        if task.augment:
-            if recipe.ran_on == "device":
-                xm = trivial_augment_batch(xm, d["ta"][s])
-            else:
-                xm = trivial_augment(xm.cpu(), int(torch.randint(2**62, (1,), generator=host_gens[m]))).to(x.device)
-        out.append(xm)
-    return torch.stack(out)
+    m, b = x.shape[:2]
+    out = x.clone()
+    classical = [i for i, t in enumerate(tasks) if t.classical and recipe.classical is not None]
+    if classical and recipe.batched is not None:
+        z = None
+        if recipe.batched.noise:  # normal fields, each model's from its own generator
+            z = torch.cat([torch.randn(b, recipe.batched.noise, *x.shape[2:], generator=gens[i], device=x.device)
+                           for i in classical])
+        u = torch.cat([draws[i]["classical"][s] for i in classical])
+        out[classical] = recipe.batched(out[classical].flatten(0, 1), u, z).view(len(classical), b, *x.shape[2:])
+    elif classical:  # albumentations, image by image, on the CPU
+        for i in classical:
+            seed = int(torch.randint(2**62, (1,), generator=host_gens[i]))
+            out[i] = classical_augment(recipe.pipeline, out[i].cpu(), seed).to(x.device)
+    ta = [i for i, t in enumerate(tasks) if t.augment]
+    if ta and recipe.ran_on == "device":
+        u = torch.cat([draws[i]["ta"][s] for i in ta])
+        out[ta] = trivial_augment_batch(out[ta].flatten(0, 1), u).view(len(ta), b, *x.shape[2:])
+    else:
+        for i in ta:
+            out[i] = trivial_augment(out[i].cpu(), int(torch.randint(2**62, (1,), generator=host_gens[i]))).to(x.device)
+    return out
 
 
 def _stream_gens(tasks: list[Task], device) -> tuple[list[torch.Generator], list[torch.Generator]]:

@@ -216,7 +216,8 @@ def _fig(figs: dict[str, str], name: str, alt: str, missing: str = "") -> str:
 
 def render_markdown(cfg: Config, run_dir: Path, summary: Summary, frame: pd.DataFrame, ingest: dict,
                     quality: dict | None = None, history: pd.DataFrame | None = None,
-                    figs: dict[str, str] | None = None, device: dict | None = None) -> tuple[str, str]:
+                    figs: dict[str, str] | None = None, device: dict | None = None,
+                    timings: dict[str, tuple[float, float]] | None = None) -> tuple[str, str]:
     """(report markdown, verdict paragraph) from the summary, the manifest, what the GAN recorded
     (gan/quality.json, gan/history.csv), ingest's record and the figures (name -> path relative to report/)."""
     figs = figs or {}
@@ -284,8 +285,18 @@ Train images per class and source (real, classical, SMOTE decoded to pixels, GAN
 ```
 
 Versions: {_versions()}.{_device_line(device)}
-"""
+{_timing_table(timings)}"""
     return md, para
+
+
+def _timing_table(timings: dict[str, tuple[float, float]] | None) -> str:
+    """The plan's estimate against the actual time of each stage that ran (when the plan was made)."""
+    if not timings:
+        return ""
+    rows = "\n".join(f"| {name} | {est:.0f} | {actual:.0f} |" for name, (est, actual) in timings.items())
+    est, actual = sum(e for e, _ in timings.values()), sum(a for _, a in timings.values())
+    return (f"\n## Time\n\nThe plan's estimate (`augment run` prints it first) against each stage's time, in seconds:\n\n"
+            f"| stage | estimate | actual |\n|---|---:|---:|\n{rows}\n| total | {est:.0f} | {actual:.0f} |\n")
 
 
 def arm_rows(summary: Summary) -> list[dict]:

@@ -28,7 +28,7 @@ from augment.core.side_stream import SideStream, soften
 from augment.core.augmentation import transforms_for
 from augment.core.features import load_extractor, make_extractor
 from augment.core.parallel import auto_workers, job_pool, run_jobs
-from augment.core.selection import choose_protocol, fold_count, fold_indices, without_held_out
+from augment.core.selection import choose_protocol, count_jobs, fold_count, fold_indices, without_held_out
 from augment.core.stats import PRIMARY, ids_digest, linear_probe_scores, score_records, summarise
 from augment.registry import SOURCES, trained_as
 from augment.runtime import derive_seed, resolve_device
@@ -323,6 +323,8 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     plain = [a for a in arms if a not in streams]
     main_keys = [f"{a}/{s}" for a in (plain if select and protocol == "kfold" else arms) for s in range(b.seeds)]
     total = sum(k not in finished for k in [j["key"] for j in select] + main_keys)
+    if count_jobs(len(arms), len(streams), b.seeds, len(grid), protocol) != (len(select), len(main_keys)):
+        raise RuntimeError("benchmark: count_jobs disagrees with the jobs the stage lists (the plan would be wrong)")
     done = 0
 
     per_round = b.models_per_round if b.models_per_round != "auto" else (64 if device.type == "cuda" else 1)

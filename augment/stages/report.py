@@ -99,7 +99,13 @@ def render_report(cfg: Config, run_dir: Path) -> str:
     quality = json.loads(quality_path.read_text()) if quality_path.is_file() else None
     history = pd.read_csv(history_path) if history_path.is_file() else None
     device = json.loads((run_dir / rundir.DEVICE).read_text()) if (run_dir / rundir.DEVICE).is_file() else None
-    md, para = render_markdown(cfg, run_dir, summary, frame, rundir.ingest_info(run_dir), quality, history, figs, device)
+    timings = {}  # the stages that ran this time: the plan's estimate beside the actual seconds
+    for path in sorted((run_dir / "stages").glob("*.json")):
+        record = json.loads(path.read_text())
+        if record.get("estimate_seconds") is not None:
+            timings[path.stem] = (record["estimate_seconds"], record["seconds"])
+    md, para = render_markdown(cfg, run_dir, summary, frame, rundir.ingest_info(run_dir), quality, history, figs, device,
+                               timings)
     write_text(run_dir / "report" / "report.md", md)
     write_text(run_dir / "report" / "report.html", render_html(md, run_dir / "report"))
     write_json(run_dir / "report" / "results.json", {"verdict": para, **summary_json(summary)})
