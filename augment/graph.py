@@ -25,7 +25,7 @@ from augment import rundir
 from augment.atomic import write_json, write_text
 from augment.config import BenchmarkConfig, ClassicalConfig, Config, GanConfig
 from augment.config_file import dump_config
-from augment.errors import UserError
+from augment.errors import MachineError, UserError
 from augment.runtime import check_stop, describe_device, graceful_stop, resolve_device
 from augment.stages import benchmark, classical, expand, gan, ingest, judge, report, smote, synthesize
 from augment.summary import Summary, read_summary
@@ -125,7 +125,7 @@ def _disk_errors(who: str) -> Iterator[None]:
             raise
         where = f" {exc.filename}" if exc.filename else ""
         why = "No space left on device" if full else exc.strerror
-        raise UserError(f"{who} cannot write{where}: {why}; free space or fix the permissions, "
+        raise MachineError(f"{who} cannot write{where}: {why}; free space or fix the permissions, "
                         "then run the same command again (finished stages are kept)") from None
 
 
@@ -247,19 +247,26 @@ def default_run_dir(cfg: Config, config_path: str | Path | None) -> Path:
 
 
 def check_run_dir(cfg: Config, run_dir: Path) -> Path:
-    """Check, before any work, that the run directory can be used: outside the input, a folder we
-    can create and write to. Creates it."""
+    """Check, before any work, that the run directory can be used: outside the input and the input
+    outside it, a folder we can create and write to, new, empty or made by this tool
+    (rundir.claim). Creates it."""
     run_dir = Path(run_dir)
-    if cfg.data.path is not None:
-        data_root = Path(cfg.data.path).resolve()
+    for key, given in (("data.path", cfg.data.path), ("data.test_path", cfg.data.test_path)):
+        if given is None:
+            continue
+        data_root = Path(given).resolve()
         data_root = data_root if data_root.is_dir() else data_root.parent
         if run_dir.resolve().is_relative_to(data_root):
-            raise UserError(f"run directory {run_dir} is inside the input dataset {data_root}; "
+            raise UserError(f"run directory {run_dir} is inside the input dataset {data_root} ({key}); "
                             "the input is never written to: choose another --run-dir or run_root")
+        if data_root.is_relative_to(run_dir.resolve()):
+            raise UserError(f"{key} {given} is inside the run directory {run_dir}, whose files the tool replaces; "
+                            "move the dataset out of it or choose another --run-dir or run_root")
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} exists and is not a folder")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.claim(run_dir)  # before anything is written in it
         probe = run_dir / f".probe.{os.getpid()}.tmp"  # a read-only mount refuses this, not mkdir
         probe.write_bytes(b"")
         probe.unlink()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -33,6 +34,7 @@ GATE_JUDGE = Path("gan") / "judge.pt"  # the quality gate's judge (augment.core.
 EXTRACTOR = Path("features") / "extractor.pt"  # the SMOTE stage's fitted feature extractor
 PLAN = Path("plan.json")  # the plan's estimate per stage for the run under way (augment run, augment.plan)
 DEVICE = Path("device.json")  # where the run computes: device, GPU name, precisions (graph.open_run)
+MARKER = Path(".augment-run")  # written when the tool makes a run directory: only such a folder is ever written to
 COLUMNS = {
     "id": "string",
     "path": "string",  # PNG relative to the run directory (smote rows: the decoded feature row)
@@ -176,10 +178,28 @@ def load_splits(run_dir: Path, splits: tuple[str, ...], sources=("real",)) -> tu
 # --------------------------------------------------------------------------- lock and leftovers
 
 
+_TEMPORARY = re.compile(r"\..+\.\d+-\d+\.tmp")  # atomic_path's `.<name>.<pid>-<thread>.tmp`
+
+
+def claim(run_dir: Path) -> None:
+    """Make run_dir this tool's: a new or empty folder gets the marker file; one with the marker,
+    or a run directory of a version before the marker (config.yaml, stages/ and .lock, all ours),
+    is used as it is. Any other folder is a one-line error, and nothing in it is touched."""
+    run_dir = Path(run_dir)
+    if (run_dir / MARKER).is_file():
+        return
+    entries = [p.name for p in run_dir.iterdir()]
+    legacy = (run_dir / "config.yaml").is_file() and (run_dir / "stages").is_dir() and (run_dir / ".lock").is_file()
+    if entries and not legacy:
+        raise UserError(f"run directory {run_dir} is not empty and was not made by augment (no {MARKER}); "
+                        "choose a new or empty folder for --run-dir or run_root")
+    write_json(run_dir / MARKER, {"tool": "augment", "note": "made by augment run: its files are the tool's"})
+
+
 def remove_stale_temporaries(root: Path) -> int:
     """Delete temporary files an interrupted run left behind (`.<name>.<pid>-<thread>.tmp` from
-    atomic_path). Only call it while holding the run lock: then no writer can be mid-way."""
-    stale = [p for p in Path(root).rglob(".*.tmp") if p.is_file()]
+    atomic_path) and nothing else. Only call it while holding the run lock: then no writer can be mid-way."""
+    stale = [p for p in Path(root).rglob(".*.tmp") if _TEMPORARY.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
     for p in stale:
         p.unlink()
     if stale:

@@ -31,7 +31,7 @@ from prefect.tasks import exponential_backoff
 from augment import graph
 from augment.config import Config, OrchestrationConfig
 from augment.core.report_text import arm_rows, summary_markdown
-from augment.errors import UserError
+from augment.errors import UserError, kind
 from augment.runtime import check_stop, graceful_stop
 from augment.summary import read_summary
 
@@ -87,7 +87,7 @@ def _stage_task(stage: graph.Stage):
             info = graph.run_stage(stage.name, cfg, Path(run_dir), progress, fps)
         except UserError as err:  # a user's mistake: a Failed state with one line, no traceback
             log.debug("stage %s failed", stage.name, exc_info=True)  # the trace, under -v / AUGMENT_DEBUG=1
-            return Failed(message=str(err))
+            return Failed(message=str(err), name=kind(err))  # the name keeps the exit status (errors.EXIT_STATUS)
         if stage.name in _AFTER:
             _AFTER[stage.name](run_dir, info)
             return info
@@ -119,7 +119,7 @@ def stage_part(name: str, cfg: Config, run_dir: str, part: int):
     try:
         return graph.run_part(name, cfg, Path(run_dir), part, progress)
     except UserError as err:
-        return Failed(message=str(err))
+        return Failed(message=str(err), name=kind(err))
 
 
 def task_runner(o: OrchestrationConfig, tasks: int):
@@ -150,7 +150,7 @@ def stage_parts(name: str, cfg: Config, run_dir: str, n: int) -> list[dict] | St
     states = [f.wait() or f.state for f in futures]
     failed = [s for s in states if not s.is_completed()]
     if failed:
-        return Failed(message=failed[0].message)
+        return Failed(message=failed[0].message, name=failed[0].name)
     return [s.result() for s in states]
 
 
@@ -159,7 +159,7 @@ def _fan_out(name: str, cfg: Config, run_dir: str, n: int) -> State | None:
     try:
         runner = task_runner(cfg.orchestration, n)
     except UserError as err:
-        return Failed(message=str(err))
+        return Failed(message=str(err), name=kind(err))
     # Task runs on Dask workers report to this flow's API, also when that is the temporary
     # server `augment run` starts: the workers get its address (else each starts its own).
     from prefect import get_client
@@ -168,7 +168,7 @@ def _fan_out(name: str, cfg: Config, run_dir: str, n: int) -> State | None:
     api = PREFECT_API_URL.value() or str(get_client().api_url).rstrip("/")
     with temporary_settings(updates={PREFECT_API_URL: api}):
         state = stage_parts.with_options(task_runner=runner)(name, cfg, run_dir, n, return_state=True)
-    return None if state.is_completed() else Failed(message=state.message)
+    return None if state.is_completed() else Failed(message=state.message, name=state.name)
 
 
 # --------------------------------------------------------------------------- the flow
@@ -189,8 +189,8 @@ def augment_dataset(config_path: str | None = None, overrides: list[str] | None 
                         return failed
                 state = _with_retries(TASKS[stage.name], cfg.orchestration)(cfg, out, fps, return_state=True)
                 if not state.is_completed():  # a Failed state carrying the user's one-line error
-                    return Failed(message=state.message)
+                    return Failed(message=state.message, name=state.name)
                 info = state.result()
     except UserError as err:  # a bad config, or the run directory is unusable or in use
-        return Failed(message=str(err))
+        return Failed(message=str(err), name=kind(err))
     return {"run_dir": out, "verdict": info["verdict"]}

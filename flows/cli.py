@@ -149,7 +149,7 @@ def _offline(args: argparse.Namespace) -> int:
         table = list_runs(Path(args.root))
     except UserError as err:
         print(f"augment: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_status
     import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_colwidth", 40):
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"augment: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_status
     level = logging.DEBUG if debug else logging.WARNING if args.quiet else logging.INFO
     logging.getLogger("augment").setLevel(level)
     from flows.augment_flow import augment_dataset
@@ -253,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"augment: {state.message}", file=sys.stderr)
         return 128 + stop_requested()
     if state.is_failed():
+        from augment.errors import EXIT_STATUS
+
         print(f"augment: error: {state.message}", file=sys.stderr)
-        return 1
+        return EXIT_STATUS.get(state.name, 1)  # 2 a mistake, 3 the machine refused, wherever caught; 1 a bug
     result = state.result()
     report = Path(result["run_dir"]) / "report"
     print(f"\n{result['verdict']}\nReport to send: {report / 'report.html'} (one self-contained file; "

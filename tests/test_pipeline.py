@@ -171,7 +171,9 @@ def test_folder_input_is_never_written(tmp_path):
     assert tree_state(root) == before  # checksums, sizes and times of every input file
     assert ImageFolder(tmp_path / "run" / "expanded").classes == ["a", "b"]
     report = (tmp_path / "run" / "report" / "report.md").read_text()
-    assert f"| {root / 'b' / 'broken.png'} | b | not a readable image" in report
+    from augment.core.safe_text import md
+
+    assert f"| {md(root / 'b' / 'broken.png')} | b | not a readable image" in report
 
 
 def test_run_dir_inside_the_input_is_refused(tmp_path):
@@ -233,9 +235,12 @@ def test_a_second_run_on_the_same_directory_is_refused_and_a_finished_one_frees_
     from augment.errors import UserError
     from augment.rundir import run_lock
 
+    from augment.rundir import claim
+
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    with run_lock(run_dir):  # another run holds the directory
+    claim(run_dir)  # another run made the directory and holds it
+    with run_lock(run_dir):
         with pytest.raises(UserError, match=rf"run directory {run_dir} is in use by another augment run "
                                             rf"\(pid {os.getpid()}\)"):
             run_pipeline(load_config(SMOKE), run_dir)
@@ -247,15 +252,20 @@ def test_a_second_run_on_the_same_directory_is_refused_and_a_finished_one_frees_
 def test_temporaries_of_an_interrupted_run_are_removed_under_the_lock(tmp_path):
     from augment.graph import open_run
 
+    from augment.rundir import claim
+
     run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    claim(run_dir)  # a run directory the tool made, interrupted mid-write
     (run_dir / "images" / "real").mkdir(parents=True)
-    stale = [run_dir / ".manifest.parquet.abc123.tmp", run_dir / "images" / "real" / ".x.png.q1.tmp"]
+    stale = [run_dir / ".manifest.parquet.4242-139871.tmp", run_dir / "images" / "real" / ".x.png.17-3.tmp"]
     for p in stale:
         p.write_bytes(b"half")
-    keep = run_dir / "images" / "real" / "x.png"
-    keep.write_bytes(b"png")
+    keep = [run_dir / "images" / "real" / "x.png", run_dir / ".notes.tmp"]  # not atomic_path's: never deleted
+    for p in keep:
+        p.write_bytes(b"png")
     with open_run(load_config(SMOKE), run_dir):
-        assert not any(p.exists() for p in stale) and keep.exists()
+        assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
 
 
 def test_benchmark_results_do_not_depend_on_the_number_of_worker_processes(smoke_run, tmp_path):

@@ -155,7 +155,7 @@ def test_a_second_augment_run_on_a_busy_directory_is_refused(tmp_path):
         time.sleep(0.05)
     second = _launch(tmp_path / "run", busy)
     out, _ = second.communicate(timeout=300)
-    assert second.returncode == 1
+    assert second.returncode == 2  # a mistake (the directory is in use), wherever it is caught
     assert f"run directory {tmp_path / 'run'} is in use by another augment run (pid" in out
     os.killpg(first.pid, signal.SIGKILL)
     first.wait(timeout=60)
@@ -280,7 +280,7 @@ def test_a_real_full_disk_is_one_line_and_the_same_command_resumes_once_there_is
         run_dir = mount / "run"
         full = _launch(run_dir)
         out, _ = full.communicate(timeout=600)
-        assert full.returncode == 1, out[-2000:]
+        assert full.returncode == 3, out[-2000:]  # the machine refused (errors.MachineError)
         line = next(ln for ln in out.splitlines() if ln.startswith("augment: error: "))
         assert f"cannot write {run_dir}/" in line and ": No space left on device; free space or fix the permissions, then run " \
                "the same command again (finished stages are kept)" in line, line

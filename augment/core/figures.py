@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from augment.atomic import write_bytes
+from augment.core.safe_text import mpl
 
 SOURCE_COLOURS = {"real": "#222222", "classical": "#1f77b4", "smote": "#2ca02c", "gan": "#d62728"}
 
@@ -73,8 +74,8 @@ def confusion_pair(matrices: dict[str, np.ndarray], classes: list[str], path: Pa
                     if m[i, j]:
                         ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=6,
                                 color="white" if share[i, j] > 0.5 else "black")
-        ax.set_xticks(range(k), classes, fontsize=7)
-        ax.set_yticks(range(k), classes, fontsize=7)
+        ax.set_xticks(range(k), [mpl(c) for c in classes], fontsize=7)
+        ax.set_yticks(range(k), [mpl(c) for c in classes], fontsize=7)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"{name} (test, all seeds)")
@@ -90,7 +91,7 @@ def recall_chart(recall: pd.DataFrame, arm: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 0.35 * len(recall) + 1.2))
     ax.barh(y - 0.2, 100 * recall["real"], height=0.4, label="real", color="#7f7f7f")
     ax.barh(y + 0.2, 100 * recall[arm], height=0.4, label=arm, color="#1f77b4")
-    ax.set_yticks(y, recall.index)
+    ax.set_yticks(y, [mpl(c) for c in recall.index])
     ax.invert_yaxis()
     ax.set_xlabel("test recall (%)")
     ax.set_xlim(0, 100)
@@ -127,7 +128,7 @@ def image_grid(rows: dict[str, dict[str, np.ndarray]], path: Path, notes: dict[s
             if i == 0:
                 ax.set_title(source, color=SOURCE_COLOURS[source])
             if j == 0:
-                ax.set_ylabel(label, rotation=0, ha="right", va="center")
+                ax.set_ylabel(mpl(label), rotation=0, ha="right", va="center")
     return _save(fig, path)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import stat
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,23 +13,47 @@ import numpy as np
 from augment.errors import UserError
 
 
-def _read_idx_array(path: Path) -> np.ndarray:
-    """One IDX file (optionally gzipped) of unsigned bytes -> array of its declared shape."""
+def regular_file(path: Path) -> bool:
+    """path (symlinks followed) is a regular file: never a FIFO, device or socket, whose reading
+    can block or never end."""
+    try:
+        return stat.S_ISREG(Path(path).stat().st_mode)
+    except OSError:
+        return False
+
+
+# The most bytes one IDX array may declare (2 GiB; MNIST's train images are 47 MB): the header's
+# dimensions bound what is read and decompressed, so a gzip bomb or a lying header stops at once.
+MAX_IDX_BYTES = 2**31
+
+
+def _read_idx_array(path: Path, max_bytes: int = MAX_IDX_BYTES) -> np.ndarray:
+    """One IDX file (optionally gzipped) of unsigned bytes -> array of its declared shape; reads
+    no more than the header declares (and at most max_bytes), from a regular file only."""
+    if not regular_file(path):
+        raise UserError(f"{path}: not a regular file (a FIFO, device or socket); only IDX files are read")
     try:
         with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-            raw = f.read()
-    except (OSError, EOFError) as exc:
-        raise UserError(f"{path}: not a readable IDX file ({exc})") from None
-    if len(raw) < 4 or raw[:2] != b"\0\0":
-        raise UserError(f"{path}: not an IDX file (bad magic number)")
-    if raw[2] != 0x08:
-        raise UserError(f"{path}: IDX type 0x{raw[2]:02x} is not supported (only unsigned bytes, 0x08)")
-    ndim = raw[3]
-    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
-    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise UserError(f"{path}: IDX header declares {dims} ({int(np.prod(dims))} bytes), file holds {data.size}")
-    return data.reshape(dims)
+            head = f.read(4)
+            if len(head) < 4 or head[:2] != b"\0\0":
+                raise UserError(f"{path}: not an IDX file (bad magic number)")
+            if head[2] != 0x08:
+                raise UserError(f"{path}: IDX type 0x{head[2]:02x} is not supported (only unsigned bytes, 0x08)")
+            shape = f.read(4 * head[3])
+            if len(shape) < 4 * head[3]:
+                raise UserError(f"{path}: IDX header is cut short")
+            dims = struct.unpack(f">{head[3]}I", shape)
+            size = int(np.prod(dims, dtype=np.int64))
+            if size > max_bytes:
+                raise UserError(f"{path}: IDX header declares {dims} ({size} bytes), more than the {max_bytes} "
+                                "bytes this tool reads from one file")
+            raw = f.read(size + 1)  # one byte more: a file longer than its header says is refused too
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UserError(f"{path}: not a readable IDX file ({type(exc).__name__}: {exc})") from None
+    if len(raw) != size:
+        held = f"holds {len(raw)}" if len(raw) < size else "holds more"
+        raise UserError(f"{path}: IDX header declares {dims} ({size} bytes), file {held}")
+    return np.frombuffer(raw, np.uint8).reshape(dims)
 
 
 def read_idx_files(path: Path, channels: int = 1) -> tuple[np.ndarray, list[str], Path]:

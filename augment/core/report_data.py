@@ -6,6 +6,7 @@ import math
 
 import pandas as pd
 
+from augment.core.safe_text import md
 from augment.registry import SPLIT_ORIGINS
 from augment.summary import Summary
 
@@ -32,7 +33,7 @@ def data_table(frame: pd.DataFrame) -> str:
     header = "| class | " + " | ".join(counts.columns) + " |"
     lines = [header, "|---|" + "---:|" * len(counts.columns)]
     for label, row in counts.iterrows():
-        lines.append(f"| {label} | " + " | ".join(str(v) for v in row) + " |")
+        lines.append(f"| {md(label)} | " + " | ".join(str(v) for v in row) + " |")
     return "\n".join(lines)
 
 
@@ -41,7 +42,7 @@ def split_text(ingest: dict, summary: Summary) -> str:
     split = ingest.get("split")
     if not split:
         return ""
-    given = "; ".join(f"{s} from {where}" for s, where in sorted(split["given_by"].items()))
+    given = "; ".join(f"{s} from {md(where)}" for s, where in sorted(split["given_by"].items()))
     origins = ", ".join(f"{n} {SPLIT_ORIGINS.get(k, k)}" for k, n in sorted(split["origins"].items()))
     test = summary.held_out.get("test")
     digest = (f" The test set is `{test.ids_sha256[:12]}` ({test.images} images): only runs with the same test set "
@@ -57,7 +58,7 @@ def skipped_inputs(frame: pd.DataFrame, limit: int = 20) -> str:
         return "Every input image was used."
     lines = [f"Input images left out: {len(skipped)}.", "", "| input | class | reason |", "|---|---|---|"]
     for origin, label, reason in skipped[["generator", "label", "reason"]].head(limit).itertuples(index=False):
-        lines.append(f"| {origin} | {'' if pd.isna(label) else label} | {reason} |")
+        lines.append(f"| {md(origin)} | {'' if pd.isna(label) else md(label)} | {md(reason)} |")
     if len(skipped) > limit:
         lines.append(f"| ... {len(skipped) - limit} more in manifest.parquet | | |")
     return "\n".join(lines)

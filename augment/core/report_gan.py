@@ -9,6 +9,7 @@ import pandas as pd
 from augment.config import Config
 from augment.core.ensemble import member_modes
 from augment.core.report_data import _num, _pct
+from augment.core.safe_text import md
 
 
 def _gate_summary(frame: pd.DataFrame) -> str:
@@ -74,7 +75,7 @@ def quality_section(cfg: Config, q: dict | None, history: pd.DataFrame | None, f
     for label, c in q["classes"].items():
         k = c["kept"]
         lines.append(
-            f"| {label} | {k['n']} | {_num(k['frechet_distance'])} | {_num(k['precision'])} | {_num(k['recall'])} "
+            f"| {md(label)} | {k['n']} | {_num(k['frechet_distance'])} | {_num(k['precision'])} | {_num(k['recall'])} "
             f"| {_num(c['generated']['diversity'])} / {_num(k['diversity'])} | {_num(c['median_novelty'])} "
             f"| {_num((c.get('copying') or {}).get('ratio'))} | {_pct(c['cas_recall'])} | {c['alarm'] or ''} |"
         )

@@ -20,10 +20,12 @@ pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 
 def render_html(md: str, report_dir: Path) -> str:
     """One self-contained HTML page from the report's markdown: figures inlined as data: URIs,
-    styles inline, no script and no link to anything outside the file."""
-    import markdown
+    styles inline, no script and no link to anything outside the file. Raw HTML in the Markdown is
+    shown as text, never passed through (CommonMark with tables, markdown-it-py's html=False): names
+    from the user's data cannot add markup (they are escaped for Markdown too, core.safe_text)."""
+    from markdown_it import MarkdownIt
 
-    body = markdown.markdown(md, extensions=["tables", "fenced_code"], output_format="html")
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(md)
 
     def inline(match: re.Match) -> str:
         data = base64.b64encode((Path(report_dir) / match.group(1)).read_bytes()).decode()

@@ -17,6 +17,7 @@ from augment.config import Config
 from augment.config_file import dump_config
 from augment.core.report_data import _pct, data_table, skipped_inputs, split_text
 from augment.core.report_gan import quality_section
+from augment.core.safe_text import fence, md
 from augment.summary import Gain, Stat, Summary
 
 METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
@@ -68,14 +69,15 @@ def _no_synthetic_gain(rec) -> str:
             f"{_pts(g.gain)} points), so the tool recommends not using the synthetic data.")
 
 
-def verdict(summary: Summary, run_dir: Path | None = None) -> str:
-    """One plain paragraph: what was expanded, by how much, the measured gain and whether it is significant."""
+def verdict(summary: Summary, run_dir: Path | None = None, path_text=str) -> str:
+    """One plain paragraph: what was expanded, by how much, the measured gain and whether it is significant.
+    path_text formats the run directory's path (safe_text.md for Markdown)."""
     rec = summary.recommendation
     arm, n_images = rec.arm, summary.train_images
     metric = METRIC_NAMES[summary.primary_metric]
     real_test = summary.mean("real")
     seeds = rec.test_gain_over_real.seeds
-    where = f" The expanded dataset is in {Path(run_dir) / 'expanded'}." if run_dir else ""
+    where = f" The expanded dataset is in {path_text(Path(run_dir) / 'expanded')}." if run_dir else ""
     if arm == "real" or not rec.synthetic_helps_on_val:
         lead = _no_synthetic_gain(rec) + " "
         if arm != "real":
@@ -185,7 +187,7 @@ def _recall_table(summary: Summary, order: list[str]) -> str:
     arms = summary.arms
     lines = ["| class | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
     for c in order:
-        lines.append(f"| {c} | " + " | ".join(_pct(arms[a].test.recall[c].mean) for a in arms) + " |")
+        lines.append(f"| {md(c)} | " + " | ".join(_pct(arms[a].test.recall[c].mean) for a in arms) + " |")
     return "\n".join(lines)
 
 
@@ -223,15 +225,16 @@ def render_markdown(cfg: Config, run_dir: Path, summary: Summary, frame: pd.Data
     figs = figs or {}
     para = verdict(summary, run_dir)
     order = class_order(summary, ingest["counts"].get("train"))
-    size_note = f"Working size: {ingest['size_note']}.\n\n" if ingest.get("size_note") else ""
+    size_note = f"Working size: {md(ingest['size_note'])}.\n\n" if ingest.get("size_note") else ""
+    config_text = dump_config(cfg).rstrip()
     gan_part = ("Samples of the EMA generator after the last step, one row per class:\n\n" + _fig(figs, "gan_samples", "GAN samples")
                 if "gan_samples" in figs else "The GAN stage was disabled.\n")
     walk = ("Latent-space walk between two noise vectors, one row per class (smooth change: the generator learned "
             "a space, not a list of training images):\n\n" + _fig(figs, "interpolation", "Latent interpolation")
             if "interpolation" in figs else "")
-    md = f"""# Augmentation report
+    text = f"""# Augmentation report
 
-{para}
+{verdict(summary, run_dir, md)}
 
 ## Per-arm results
 
@@ -280,13 +283,13 @@ Train images per class and source (real, classical, SMOTE decoded to pixels, GAN
 {quality_section(cfg, quality, history, frame)}
 ## Config
 
-```yaml
-{dump_config(cfg).rstrip()}
-```
+{fence(config_text)}yaml
+{config_text}
+{fence(config_text)}
 
 Versions: {_versions()}.{_device_line(device)}
 {_timing_table(timings)}"""
-    return md, para
+    return text, para
 
 
 def _timing_table(timings: dict[str, tuple[float, float]] | None) -> str:
@@ -342,4 +345,4 @@ def run_row(run: str, finished: str, data: dict, summary: Summary) -> dict:
 
 def summary_markdown(summary: Summary, verdict_text: str) -> str:
     """The verdict and the two tables, without figures: for the Prefect UI and chat."""
-    return f"# Augmentation report\n\n{verdict_text}\n\n{_arm_table(summary)}\n\n## Gains\n\n{_gain_table(summary)}\n"
+    return f"# Augmentation report\n\n{md(verdict_text)}\n\n{_arm_table(summary)}\n\n## Gains\n\n{_gain_table(summary)}\n"

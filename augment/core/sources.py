@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +14,8 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from augment.config import DataConfig
-from augment.core.idx import read_idx_files
+from augment.core.idx import read_idx_files, regular_file
+from augment.core.safe_text import storable as safe_text
 from augment.errors import UserError
 from augment.registry import SPLITS
 
@@ -118,10 +117,14 @@ def to_array(pil: Image.Image, channels: int, origin: str, alpha_background: str
     return arr[:, :, None] if channels == 1 else arr
 
 
-def _open_image(path: Path, d: DataConfig) -> np.ndarray:
-    """Decode one image file: size checked against data.max_pixels before decoding, EXIF
-    orientation applied, mode converted by `to_array`'s rules. Any failure is a BadInput."""
-    origin = safe_text(str(path))
+def _open_image(path: Path, d: DataConfig, origin: str | None = None) -> np.ndarray:
+    """Decode one image file (a regular file only): size checked against data.max_pixels before
+    decoding, EXIF orientation applied, mode converted by `to_array`'s rules. Any failure is a
+    BadInput naming `origin` (the file as the dataset names it; default: path)."""
+    origin = origin or safe_text(str(path))
+    if not regular_file(path):  # a FIFO would block Image.open, a device never end
+        what = "" if origin == safe_text(str(path)) else f" ({safe_text(str(path))})"
+        raise BadInput(origin, f"not a regular file{what}: a FIFO, device or socket; only image files are read")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -168,8 +171,9 @@ def split_folders(root: Path) -> list[tuple[str | None, Path]]:
 
 def class_files(class_dir: Path) -> tuple[list[Path], list[Path]]:
     """(image files, other files) anywhere under a class folder, hidden ones left out; a class
-    folder without images is a one-line error naming it (ingest and `augment init` agree)."""
-    files = sorted(f for f in class_dir.rglob("*") if not f.name.startswith(".") and (f.is_file() or f.is_symlink()))
+    folder without images is a one-line error naming it (ingest and `augment init` agree). Special
+    files (a FIFO, a device) count as files here: the image reader refuses them by name."""
+    files = sorted(f for f in class_dir.rglob("*") if not f.name.startswith(".") and not f.is_dir())
     images = [f for f in files if f.suffix.lower() in IMG_EXTENSIONS]
     if not images:
         raise UserError(f"{safe_text(str(class_dir))}: class folder has no images ({', '.join(IMG_EXTENSIONS)}); "
@@ -207,7 +211,7 @@ def _read_classes(root: Path, real_root: Path, d: DataConfig, out: _Collector, s
             log.warning("%s: skipped, not an image extension (%s)", safe_text(str(f)), ", ".join(IMG_EXTENSIONS))
         for f in images:
             origin = safe_text(str(f))
-            out.add(lambda f=f, origin=origin: (_open_image(_inside(f, real_root, origin, "symlink target"), d), label),
+            out.add(lambda f=f, origin=origin: (_open_image(_inside(f, real_root, origin, "symlink target"), d, origin), label),
                     origin, label, split)
 
 
@@ -234,8 +238,10 @@ def read_csv(d: DataConfig, path: Path | None = None) -> RawDataset:
             raise BadInput(where, "empty label")
         label = _check_label(label, where)
         f = _inside(csv_path.parent / rel, base, where, "path")
-        if not f.is_file():
+        if not f.exists():
             raise BadInput(where, f"image file {f} not found")
+        if not regular_file(f):
+            raise BadInput(where, f"{safe_text(str(f))} is not a regular file: a FIFO, device or socket; only image files are read")
         return _open_image(f, d), label
 
     splits = table["split"].str.strip().str.lower() if "split" in table else pd.Series([""] * len(table))
@@ -344,56 +350,3 @@ def drop_duplicates(data: RawDataset, on_bad_image: str) -> None:
 def content_key(image: np.ndarray) -> bytes:
     """An image's identity (duplicates, its hash split, its id): sha256 of its shape and pixels."""
     return hashlib.sha256(repr(image.shape).encode() + image.tobytes()).digest()
-
-
-def input_signature(d: DataConfig) -> str:
-    """Names and content (sha256) of the input files: a re-run with the same images is a cache hit
-    even if their times changed (copied, re-synced); an added, removed or edited image re-runs ingest
-    and every stage that depends on it."""
-    if d.source == "digits":
-        return "sklearn-digits"
-    if d.test_path is not None:  # the test split's files count too
-        return input_signature(d.model_copy(update={"test_path": None})) + "+" + \
-            input_signature(d.model_copy(update={"path": d.test_path, "test_path": None}))
-    root = Path(d.path)
-    if d.source == "csv" and root.is_file():
-        try:
-            rels = pd.read_csv(root, dtype=str, keep_default_na=False).get("path", pd.Series(dtype=str))
-        except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
-            rels = pd.Series(dtype=str)
-        files = [root, *((root.parent / r) for r in rels)]
-    elif root.is_dir():
-        files = sorted(f for f in root.rglob("*") if f.is_file())
-    else:
-        files = [root, *root.parent.glob("*labels-idx1-ubyte*")] if d.source == "idx" else [root]
-    h = hashlib.sha256()
-    for f in files:  # names as bytes: a file name need not be valid UTF-8
-        h.update(os.fsencode(f.relative_to(root) if f.is_relative_to(root) else f.name))
-        h.update(f"|{_content_hash(f)}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def safe_text(text: str) -> str:
-    """A path as printable, storable text: bytes that are not UTF-8 (a file name need not be) as
-    backslash escapes, e.g. caf\\xe9.png."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _content_hash(path: Path) -> str:
-    """sha256 of a file's bytes ('missing' if it cannot be read). Every stage's fingerprint asks
-    for it, so it is memoised per inode, size, mtime and ctime (any write moves ctime, which no
-    tool can set back): the files are read once per process, not once per stage."""
-    try:
-        st = path.stat()
-    except OSError:
-        return "missing"
-    return _hash_file(str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-@functools.lru_cache(maxsize=200_000)
-def _hash_file(path: str, *stat_key: int) -> str:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError:
-        return "missing"

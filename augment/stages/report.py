@@ -137,7 +137,8 @@ def record_history(cfg: Config, run_dir: Path) -> Path | None:
 
 
 def rerender(run_dir: Path) -> str:
-    """`augment report RUN_DIR`: re-render the report of a finished run with its frozen config."""
+    """`augment report RUN_DIR`: re-render the report of a finished run with its frozen config,
+    holding the run lock (a run under way on the directory makes it a one-line error)."""
     from augment.config_file import load_config
 
     run_dir = Path(run_dir)
@@ -145,7 +146,8 @@ def rerender(run_dir: Path) -> str:
         raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
     if rundir.recorded_fingerprint(run_dir, "benchmark") is None:
         raise UserError(f"{run_dir}: the benchmark has not finished; run `augment run` to complete it first")
-    return render_report(load_config(run_dir / "config.yaml"), run_dir)
+    with rundir.run_lock(run_dir):  # never beside a run writing the same files
+        return render_report(load_config(run_dir / "config.yaml"), run_dir)
 
 
 def list_runs(root: Path) -> pd.DataFrame:

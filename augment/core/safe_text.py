@@ -1,0 +1,46 @@
+"""One escaping rule for text that comes from the user's data (class names, file names, paths).
+
+Such text reaches Markdown (report.md, Prefect artifacts), HTML (report.html, rendered from that
+Markdown with raw HTML off) and matplotlib figures. Each function returns text that shows the
+name as it is and can change nothing around it: no markup, no table cell boundary, no mathtext.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+# The characters that start or end Markdown inline markup, a table cell, an entity, GitHub's math
+# or raw HTML; backslash-escaped they render as themselves (CommonMark escapes any ASCII punctuation).
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|&~$#!])")
+
+
+def storable(text: str) -> str:
+    """A path as printable, storable text: bytes that are not UTF-8 (a file name need not be) as
+    backslash escapes, e.g. caf\\xe9.png."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate no file system decoding made
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def printable(value: object) -> str:
+    """storable(str(value)) with control characters (a newline in a folder name) as \\xNN."""
+    text = storable(str(value))
+    return "".join(c if unicodedata.category(c) != "Cc" else f"\\x{ord(c):02x}" for c in text)
+
+
+def md(value: object) -> str:
+    """Text for Markdown, a table cell included: printable, every markup character escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", printable(value))
+
+
+def fence(text: str) -> str:
+    """A code fence longer than any run of backticks in text (a path with ``` cannot close it)."""
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    return "`" * max(3, longest + 1)
+
+
+def mpl(value: object) -> str:
+    """Text for a matplotlib label: printable, '$' escaped so that it is never parsed as mathtext."""
+    return printable(value).replace("$", r"\$")
