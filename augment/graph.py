@@ -109,6 +109,9 @@ STAGES: tuple[Stage, ...] = (
 )
 BY_NAME = {s.name: s for s in STAGES}
 _FULL_OR_FORBIDDEN = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+# Errors no retry can heal (flows' retry condition reads this): the machine refused, or a name does not fit.
+PERMANENT_ERRNOS = frozenset((*_FULL_OR_FORBIDDEN, errno.ENAMETOOLONG, errno.ELOOP, errno.EISDIR, errno.ENOTDIR,
+                              errno.EINVAL))
 _VERSION = "graph-v3"  # bump to re-run every stage once (a change in what stages write)
 
 
@@ -121,9 +124,12 @@ def _disk_errors(who: str) -> Iterator[None]:
     except OSError as exc:
         # pyarrow's writer raises OSError without an errno; its message names the cause
         full = exc.errno is None and "No space left on device" in str(exc)
+        where = f" {exc.filename}" if exc.filename else ""
+        if exc.errno == errno.ENAMETOOLONG:
+            raise MachineError(f"{who} cannot write{where}: the file name is too long for this file system; "
+                               "shorten the run directory's path or the class name") from None
         if exc.errno not in _FULL_OR_FORBIDDEN and not full:
             raise
-        where = f" {exc.filename}" if exc.filename else ""
         why = "No space left on device" if full else exc.strerror
         raise MachineError(f"{who} cannot write{where}: {why}; free space or fix the permissions, "
                         "then run the same command again (finished stages are kept)") from None
@@ -219,7 +225,8 @@ def fan_out(name: str, cfg: Config, run_dir: Path, fps: dict[str, str] | None = 
 def run_part(name: str, cfg: Config, run_dir: Path, part: int, progress=None, fps: dict[str, str] | None = None) -> dict:
     """Run (or resume, or find finished) one part of a stage."""
     bar = terminal_bar(f"{name} part {part}", position=part + 1)
-    return BY_NAME[name].run_part(cfg, Path(run_dir), part, (fps or fingerprints(cfg))[name], _both(bar, progress))
+    with _disk_errors(f"stage {name} part {part}"):  # a full disk in a shard is the same one line
+        return BY_NAME[name].run_part(cfg, Path(run_dir), part, (fps or fingerprints(cfg))[name], _both(bar, progress))
 
 
 # --------------------------------------------------------------------------- config and run directory

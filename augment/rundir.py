@@ -122,7 +122,11 @@ def recorded_fingerprint(run_dir: Path, stage: str) -> str | None:
 
 
 def write_stage_record(run_dir: Path, stage: str, record: dict) -> None:
+    """The record that marks a stage finished, written only once the stage's files are on disk
+    (a power cut cannot leave a record whose files were still in the page cache), and itself synced."""
+    os.sync()  # one call per stage: every file the stage wrote, however many
     write_json(stage_record_path(run_dir, stage), record)
+    os.sync()
 
 
 def clear_stage_record(run_dir: Path, stage: str) -> None:

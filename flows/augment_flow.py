@@ -43,9 +43,11 @@ _DETERMINISTIC_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError,
 
 
 def is_transient(task, task_run, state: State) -> bool:
-    """Prefect retry condition: retry only on a transient I/O error raised by the stage."""
+    """Prefect retry condition: retry only on a transient I/O error raised by the stage (never on a
+    full disk, a refused write or a name too long: graph.PERMANENT_ERRNOS)."""
     exc = state.data
-    return isinstance(exc, OSError) and not isinstance(exc, _DETERMINISTIC_OS_ERRORS)
+    return (isinstance(exc, OSError) and not isinstance(exc, _DETERMINISTIC_OS_ERRORS)
+            and exc.errno not in graph.PERMANENT_ERRNOS)
 
 
 _TASK_OPTS = dict(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=is_transient)

@@ -136,7 +136,7 @@ def test_the_expanded_readme_states_the_synthetic_share_and_weight():
     rows = pd.DataFrame({"source": ["real"] * 4 + ["classical"] * 8, "split": ["train", "val"] * 2 + ["train"] * 8,
                          "generator": [None] * 4 + ["albumentations:medium"] * 8})
     on_the_fly = how_to_train(load_config(None, ["benchmark.classical_on_the_fly=true"]), Summary(), "real+classical", rows)
-    assert "The classical pipeline on every image of every batch" in on_the_fly and "A.from_dict" in on_the_fly
+    assert "The classical pipeline on every image of every batch" in on_the_fly and "A.load(\"recipe/classical.json\")" in on_the_fly
     copies = how_to_train(load_config(None, ["benchmark.classical_on_the_fly=false"]), Summary(), "real+classical", rows)
     assert "every image of every batch" not in copies
     assert "Class-balanced sampling" in text

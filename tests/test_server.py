@@ -33,15 +33,21 @@ def _free_port() -> int:
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGINT, and a second one if it is still running (Prefect workers and runners ask for it)."""
-    for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+    """SIGINT, and a second one if it is still running (Prefect workers and runners ask for it),
+    then SIGTERM and SIGKILL; returns once the process has exited and been reaped (on a busy
+    machine a killed process is not gone the instant the signal is sent: polling then raced)."""
+    for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM):
         if proc.poll() is not None:
             return
         proc.send_signal(sig)
         try:
             proc.wait(timeout=timeout / 3)
+            return
         except subprocess.TimeoutExpired:
             continue
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()  # SIGKILL cannot be refused: this returns
 
 
 class Server:
@@ -82,15 +88,22 @@ class Server:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return json.loads(resp.read() or "null")
 
-    def wait(self, what: str, check, timeout: float = 300, every: float = 2.0):
+    def wait(self, what: str, check, timeout: float = 900, every: float = 2.0, producer: subprocess.Popen | None = None):
+        """Poll check() until it holds. With `producer` (the process that makes it hold: the server,
+        a runner) the wait ends as soon as that process exits, however busy the machine is;
+        `timeout` is only the backstop against a hang, not a guess at how long the work takes."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             value = check()
             if value:
                 return value
+            if producer is not None and producer.poll() is not None:
+                pytest.fail(f"{what}: the process that makes it exited ({producer.returncode}); logs:\n" + self._all_logs())
             time.sleep(every)
-        pytest.fail(f"timed out waiting for {what}; logs:\n" + "\n".join(
-            f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.iterdir())))
+        pytest.fail(f"timed out waiting for {what}; logs:\n" + self._all_logs())
+
+    def _all_logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(self.logs.iterdir()))
 
     def flow_run(self, run_id: str) -> dict:
         return self.api("GET", f"/flow_runs/{run_id}")
@@ -119,9 +132,9 @@ def _healthy(url: str) -> bool:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("prefect-server"))
-    srv.start("server", *PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(srv.port))
+    proc = srv.start("server", *PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(srv.port))
     try:
-        srv.wait("the Prefect server", lambda: _healthy(srv.url), timeout=120, every=1.0)
+        srv.wait("the Prefect server", lambda: _healthy(srv.url), every=1.0, producer=proc)
         yield srv
     finally:
         srv.close()
@@ -150,7 +163,8 @@ def test_process_worker_runs_the_deployment_and_a_rerun_is_cached(server, tmp_pa
     assert {"augment-report", "augment-arms", "gan-training"} <= keys
     stages = ["ingest", "classical", "judge", "gan", "smote", "synthesize", "benchmark", "expand"]
     # Task-run states reach the server as events, a moment after the flow run finishes.
-    server.wait("the first run's task runs", lambda: set(server.task_states(first["id"])) == {*stages, "report"}, 60)
+    server.wait("the first run's task runs", lambda: set(server.task_states(first["id"])) == {*stages, "report"},
+                producer=server.procs[0])
 
     # The same dataset and config again: every stage is a cache hit and no stage body runs (a stage
     # writes its marker only after its body has run, so the markers are untouched).
@@ -158,7 +172,8 @@ def test_process_worker_runs_the_deployment_and_a_rerun_is_cached(server, tmp_pa
     second = server.finished(trigger())
     assert second["state"]["type"] == "COMPLETED"
     expected = {**{s: "Cached" for s in stages}, "report": "Completed"}
-    server.wait("the second run's task runs", lambda: server.task_states(second["id"]) == expected, 60)
+    server.wait("the second run's task runs", lambda: server.task_states(second["id"]) == expected,
+                producer=server.procs[0])
     assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "stages").iterdir() if p.name != "report.json"} == markers
 
 
@@ -173,7 +188,7 @@ def test_augment_schedule_serves_a_deployment_whose_schedule_creates_future_runs
         except OSError:
             return None
 
-    dep = server.wait("the served deployment", deployment, timeout=120)
+    dep = server.wait("the served deployment", deployment, producer=runner)
     assert dep["parameters"]["run_dir"] == str(tmp_path / "nightly")
     assert dep["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
     assert dep["schedules"][0]["schedule"]["timezone"] == "Europe/Berlin"
@@ -183,7 +198,7 @@ def test_augment_schedule_serves_a_deployment_whose_schedule_creates_future_runs
                                                         "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
         return runs if len(runs) >= 3 else None
 
-    runs = server.wait("scheduled flow runs", scheduled, timeout=120)
+    runs = server.wait("scheduled flow runs", scheduled, producer=runner)
     starts = sorted(r["expected_start_time"] for r in runs)
     assert all("T00:00:00" in s or "T01:00:00" in s for s in starts), starts  # 02:00 Berlin, in UTC
     assert runner.poll() is None, server.log("schedule")  # still serving

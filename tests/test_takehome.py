@@ -183,3 +183,29 @@ def test_the_export_carries_soft_labels_and_online_generator_samples(smoke_run, 
     online = fresh[drawn]
     assert online.any() and not torch.equal(batch_images[online], images[drawn][online])  # new samples, not the pool
     assert torch.allclose(batch_dist.sum(1), torch.ones(len(batch_dist)))
+
+
+def test_the_classical_pipeline_is_saved_as_a_file_albumentations_loads(smoke_run, tmp_path):
+    """An arm trained with the classical pipeline on the fly leaves recipe/classical.json (A.save):
+    A.load gives back exactly the pipeline the recipe's transforms build."""
+    import albumentations as A
+
+    from augment.core.augmentation import build_pipeline
+    from augment.core.recipe import CLASSICAL_PIPELINE
+    from augment.graph import load_config, run_stage
+    from augment.summary import SUMMARY
+    from conftest import SMOKE
+
+    _, source, _ = smoke_run
+    run_dir = tmp_path / "run"
+    shutil.copytree(source, run_dir)
+    summary = json.loads((run_dir / SUMMARY).read_text())
+    summary["recommendation"]["arm"] = "real+classical"
+    (run_dir / SUMMARY).write_text(json.dumps(summary))
+    run_stage("expand", load_config(SMOKE, ["benchmark.classical_on_the_fly=true"]), run_dir)
+    recipe = json.loads((run_dir / RECIPE).read_text())
+    assert recipe["classical_pipeline"] == CLASSICAL_PIPELINE.as_posix()
+    loaded = A.load(str(run_dir / CLASSICAL_PIPELINE), data_format="json")
+    assert A.to_dict(loaded) == A.to_dict(build_pipeline(recipe["classical_transforms"]))
+    run_stage("expand", load_config(SMOKE, ["benchmark.classical_on_the_fly=false"]), run_dir)
+    assert not (run_dir / CLASSICAL_PIPELINE).exists()  # the copies were measured: no pipeline to hand over

@@ -200,3 +200,79 @@ def test_idx_files_truncated_or_over_large_give_one_line(tmp_path):
     (fifo / "x-labels-idx1-ubyte").write_bytes(labels)
     with pytest.raises(UserError, match="not a regular file"):
         read_idx_files(fifo)
+
+
+def test_a_label_too_long_for_a_folder_is_one_line(tmp_path):
+    from augment.config import DataConfig
+    from augment.core.sources import read_csv
+
+    root = write_image_folder(tmp_path / "in", {"a": 4, "b": 4}, size=(8, 8))
+    rows = [f"{p.parent.name}/{p.name},{p.parent.name}" for p in sorted(root.rglob("*.png"))]
+    rows[-1] = rows[-1].rsplit(",", 1)[0] + "," + "x" * 300
+    (root / "list.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(UserError, match=r"list.csv:9: class name 'x+'\.\.\. is 300 bytes long; a folder name holds at most 255"):
+        read_csv(DataConfig(source="csv", path=root / "list.csv", min_per_class=3))
+
+
+def test_errors_no_retry_can_heal_are_never_retried_and_are_one_line(tmp_path):
+    import errno
+
+    from augment.errors import MachineError
+    from augment.graph import _disk_errors
+    from flows.augment_flow import is_transient
+
+    class State:
+        def __init__(self, exc):
+            self.data = exc
+
+    for code in (errno.ENAMETOOLONG, errno.ENOSPC, errno.EACCES, errno.EROFS):
+        assert not is_transient(None, None, State(OSError(code, os.strerror(code), "f")))
+    assert is_transient(None, None, State(OSError(errno.EIO, "Input/output error", "f")))  # may pass: retried
+    with pytest.raises(MachineError, match=r"^stage gan part 1 cannot write /r/x.png: the file name is too long") as err:
+        with _disk_errors("stage gan part 1"):
+            raise OSError(errno.ENAMETOOLONG, "File name too long", "/r/x.png")
+    assert "\n" not in str(err.value) and err.value.exit_status == 3
+
+
+def test_a_class_folder_of_240_bytes_runs_and_its_files_fit(tmp_path):
+    from augment.core.safe_text import file_label
+
+    assert file_label("a" * 64) == "a" * 64 and len(file_label("é" * 120).encode()) <= 64
+    long = "é" * 120  # 240 bytes: a folder name the file system allows
+    root = write_image_folder(tmp_path / "in", {long: 8, "b": 8}, size=(8, 8))
+    run_pipeline(load_config(SMOKE, ["data.source=folder", f"data.path={root}", *TINY]), tmp_path / "run")
+    assert (tmp_path / "run" / "expanded" / long).is_dir()
+    assert max(len(os.fsencode(p.name)) for p in (tmp_path / "run").rglob("*")) <= 255
+
+
+def test_nested_composes_run_in_the_classical_stage(tmp_path):
+    from augment import rundir
+    from augment.graph import run_stage
+
+    one_of = ('[{"__class_fullname__": "OneOf", "p": 1.0, "transforms": ['
+              '{"__class_fullname__": "Rotate", "limit": 10, "p": 1.0}, {"__class_fullname__": "HorizontalFlip", "p": 1.0}]}]')
+    cfg = load_config(SMOKE, [f"classical.transforms={one_of}"])
+    run_stage("ingest", cfg, tmp_path / "run")
+    run_stage("classical", cfg, tmp_path / "run")
+    assert (rundir.read_manifest(tmp_path / "run")["source"] == "classical").sum() > 0
+    with pytest.raises(UserError, match=r"classical.transforms.*item 0 \(OneOf\).*'bogus' are not valid for transform Rotate"):
+        load_config(SMOKE, ['classical.transforms=[{"__class_fullname__": "OneOf", "transforms": '
+                            '[{"__class_fullname__": "Rotate", "bogus": 1}]}]'])
+
+
+def test_large_photos_are_decoded_small_and_resize_the_same(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from augment.config import DataConfig
+    from augment.core.sources import _open_image
+
+    yy, xx = np.mgrid[0:1200, 0:1600]
+    smooth = np.stack([(xx / 1600 * 255), (yy / 1200 * 255), ((xx + yy) % 400 < 200) * 200.0], -1).astype(np.uint8)
+    for name in ("photo.jpg", "scan.png"):
+        Image.fromarray(smooth).save(tmp_path / name)
+        full = _open_image(tmp_path / name, DataConfig(source="folder", path=tmp_path, image_size="native", channels=3))
+        small = _open_image(tmp_path / name, DataConfig(source="folder", path=tmp_path, image_size=32, channels=3))
+        assert full.shape == (1200, 1600, 3) and 64 <= min(small.shape[:2]) < 128, small.shape
+        at = [np.asarray(Image.fromarray(a).resize((32, 32), Image.BILINEAR), float) for a in (full, small)]
+        assert np.abs(at[0] - at[1]).mean() < 4, name  # the working-size image barely changes

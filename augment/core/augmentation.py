@@ -75,29 +75,35 @@ PRESETS: dict[str, list[dict]] = {
 FLIP = _t("HorizontalFlip", p=0.5)
 
 
-def validate_transforms(transforms: list) -> None:
-    """Build each serialised transform strictly: an unknown name, an unknown argument or a bad
-    value is a ValueError naming the item. (albumentations itself only warns on unknown arguments.)"""
+def _check_names(transforms: list, where: str) -> None:
+    """Every item (nested composes' items too) names an albumentations transform or compose."""
     if not isinstance(transforms, list) or not transforms:
-        raise ValueError("expected a non-empty list of transforms in albumentations' A.from_dict format")
+        raise ValueError(f"{where}expected a non-empty list of transforms in albumentations' A.from_dict format")
+    A = _albumentations()
     for i, item in enumerate(transforms):
-        where = f"item {i}"
+        at = f"{where}item {i}"
         if not isinstance(item, dict) or not isinstance(item.get("__class_fullname__"), str):
-            raise ValueError(f"{where}: expected a mapping with '__class_fullname__' (A.to_dict format)")
+            raise ValueError(f"{at}: expected a mapping with '__class_fullname__' (A.to_dict format)")
         name = item["__class_fullname__"]
-        A = _albumentations()
         cls = getattr(A, name.rsplit(".", 1)[-1], None)
-        if not (inspect.isclass(cls) and issubclass(cls, A.BasicTransform)):
-            raise ValueError(f"{where}: {name!r} is not an albumentations transform")
-        if issubclass(cls, A.BaseCompose):
-            validate_transforms(item.get("transforms"))
-            continue
+        if not (inspect.isclass(cls) and issubclass(cls, (A.BasicTransform, A.BaseCompose))):
+            raise ValueError(f"{at}: {name!r} is not an albumentations transform")
+        if issubclass(cls, A.BaseCompose):  # OneOf, SomeOf, Sequential, ...: their own items in turn
+            _check_names(item.get("transforms"), f"{at} ({name}) ")
+
+
+def validate_transforms(transforms: list) -> None:
+    """Build each serialised transform in a Compose(strict=True), albumentations' own strict mode:
+    an unknown name, an unknown argument or a bad value is a ValueError naming the item. Nested
+    composes (OneOf, SomeOf, Sequential) are transforms like any other."""
+    _check_names(transforms, "")
+    for i, item in enumerate(transforms):
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("error", message=".*are not valid for transform.*")
-                A.from_dict({"transform": with_p(item)})
-        except Exception as exc:  # noqa: BLE001  (pydantic ValidationError, TypeError, UserWarning as error)
-            raise ValueError(f"{where} ({name}): {' '.join(str(exc).split())[:300]}") from None
+            with warnings.catch_warnings():  # strict mode raises what it also warns about: one message, not two
+                warnings.filterwarnings("ignore", message=".*are not valid for transform.*")
+                build_pipeline([item])
+        except Exception as exc:  # noqa: BLE001  (ValueError from strict mode, pydantic ValidationError, TypeError)
+            raise ValueError(f"item {i} ({item['__class_fullname__']}): {' '.join(str(exc).split())[:300]}") from None
 
 
 def read_pipeline_file(path: Path) -> list[dict]:
@@ -199,7 +205,10 @@ def auto_workers(n_outputs: int, pixels_each: int, configured: int | None) -> in
 
 
 def with_p(item: dict) -> dict:
-    """A transform dict with `p` filled from the class default when missing (no warning spam)."""
+    """A transform dict with `p` filled from the class default when missing (no warning spam),
+    in nested composes' items too."""
+    if isinstance(item.get("transforms"), list):
+        item = {**item, "transforms": [with_p(t) for t in item["transforms"]]}
     if "p" in item or item.get("__class_fullname__") is None:
         return item
     cls = getattr(_albumentations(), item["__class_fullname__"].rsplit(".", 1)[-1])
@@ -208,13 +217,23 @@ def with_p(item: dict) -> dict:
 
 
 def build_pipeline(transforms: list[dict], seed: int | None = None, save_params: bool = False):
-    """An albumentations Compose from serialised transform dicts (A.from_dict format)."""
-    spec = {"transform": {"__class_fullname__": "Compose", "transforms": [with_p(t) for t in transforms], "p": 1.0}}
+    """An albumentations Compose(strict=True) from serialised transform dicts (A.from_dict format)."""
+    spec = {"transform": {"__class_fullname__": "Compose", "transforms": [with_p(t) for t in transforms], "p": 1.0,
+                          "strict": True}}
     pipeline = _albumentations().from_dict(spec)
     pipeline.save_applied_params = save_params
     if seed is not None:
         pipeline.set_random_seed(seed % 2**32)
     return pipeline
+
+
+def save_pipeline(transforms: list[dict], path: Path) -> Path:
+    """The pipeline as albumentations' own file (A.save, JSON), written atomically: A.load(path) gives it back."""
+    from augment.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        _albumentations().save(build_pipeline(transforms), str(tmp), data_format="json")
+    return Path(path)
 
 
 def _pair(value) -> tuple[float, float]:

@@ -29,6 +29,7 @@ from augment.core import quality
 from augment.core.classifier import predict, train_classifier
 from augment.core.ensemble import member_modes, member_of_rows
 from augment.core.sampling import sample, sample_parents
+from augment.core.safe_text import file_label
 from augment.core.tensors import to_uint8
 
 K_NEIGHBOURS = 3  # Kynkaanniemi et al. 2019's default for precision and recall
@@ -332,7 +333,7 @@ def gan_rows(run_dir: Path, images: np.ndarray, intended: np.ndarray, j, n: int,
     rows = []
     for i, image in enumerate(images):
         label = classes[intended[i]]
-        gid = f"{prefix}-{label}-{i % n:05d}"
+        gid = f"{prefix}-{file_label(label)}-{i % n:05d}"
         rel = f"{folder}/{label}/{gid}.png"
         rows.append(dict(
             id=gid, path=rel, label=label, split="train", source="gan", seed=seed % 2**32,

@@ -27,6 +27,7 @@ from augment.errors import UserError
 from augment.png import load_images
 
 RECIPE = Path("recipe") / "recipe.json"
+CLASSICAL_PIPELINE = Path("recipe") / "classical.json"  # the classical arms' pipeline as A.save writes it (A.load reads it)
 REFIT_ROWS = Path("recipe") / "refit.parquet"  # classical copies of the real images the refit adds, refit GAN samples
 REFIT_GAN = Path("recipe") / "gan"  # expand.refit_generator: the generator trained on the refit splits
 TEACHER = Path("recipe") / "teacher.pt"  # benchmark.soft_labels: the teacher of the synthetic images' targets

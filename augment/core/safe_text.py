@@ -7,6 +7,7 @@ name as it is and can change nothing around it: no markup, no table cell boundar
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 
@@ -44,3 +45,14 @@ def fence(text: str) -> str:
 def mpl(value: object) -> str:
     """Text for a matplotlib label: printable, '$' escaped so that it is never parsed as mathtext."""
     return printable(value).replace("$", r"\$")
+
+
+def file_label(label: str, most: int = 64) -> str:
+    """A class name as part of a file name: itself when it is at most `most` bytes, else its first
+    characters and a digest (a class folder may use 255 bytes; a file named after it, plus the
+    atomic writer's temporary suffix, would not fit)."""
+    raw = label.encode("utf-8", "surrogateescape")
+    if len(raw) <= most:
+        return label
+    head = raw[: most - 17].decode("utf-8", "ignore")
+    return f"{head}-{hashlib.sha256(raw).hexdigest()[:16]}"

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps
 from augment.config import DataConfig
 from augment.core.idx import read_idx_files, regular_file
 from augment.core.safe_text import storable as safe_text
+from augment.core.splits import AUTO_MAX_SIZE
 from augment.errors import UserError
 from augment.registry import SPLITS
 
@@ -117,6 +118,17 @@ def to_array(pil: Image.Image, channels: int, origin: str, alpha_background: str
     return arr[:, :, None] if channels == 1 else arr
 
 
+def _decode_side(d: DataConfig) -> int | None:
+    """The shorter side a decoded image needs at most: twice the working size (data.image_size,
+    or the most `auto` picks; splits.AUTO_MAX_SIZE), so a large photo is decoded small (Pillow's
+    draft and reduce) and the resize to the working size still has twice its pixels to work from.
+    None for `native`, which keeps every pixel. `auto` picks the same size either way: a side
+    reduced here is still at least AUTO_MAX_SIZE."""
+    if d.image_size == "native":
+        return None
+    return 2 * (d.image_size if isinstance(d.image_size, int) else AUTO_MAX_SIZE)
+
+
 def _open_image(path: Path, d: DataConfig, origin: str | None = None) -> np.ndarray:
     """Decode one image file (a regular file only): size checked against data.max_pixels before
     decoding, EXIF orientation applied, mode converted by `to_array`'s rules. Any failure is a
@@ -133,7 +145,12 @@ def _open_image(path: Path, d: DataConfig, origin: str | None = None) -> np.ndar
                 if w * h > d.max_pixels:
                     raise BadInput(origin, f"{w}x{h} image has more than data.max_pixels={d.max_pixels} pixels "
                                            "(a decompression bomb, or far larger than this tool needs)")
+                keep = _decode_side(d)
+                if keep and min(w, h) >= 2 * keep:  # a JPEG decodes at 1/2, 1/4 or 1/8 of its size directly
+                    pil.draft(None, (w * keep // min(w, h), h * keep // min(w, h)))
                 pil = ImageOps.exif_transpose(pil)  # decodes; a camera's rotation flag is applied
+                if keep and (factor := min(pil.size) // keep) >= 2:  # any other format: reduced once decoded
+                    pil = pil.reduce(factor)
                 return to_array(pil, d.channels, origin, d.alpha_background)
     except BadInput:
         raise
@@ -141,10 +158,16 @@ def _open_image(path: Path, d: DataConfig, origin: str | None = None) -> np.ndar
         raise BadInput(origin, f"not a readable image ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
 
 
+MAX_LABEL_BYTES = 255  # a class is a folder of expanded/: the longest name a file system allows
+
+
 def _check_label(label: str, where: str) -> str:
     label = str(label).strip()
     if not label or label in (".", "..") or label.startswith(".") or any(c in label for c in "/\\\0"):
         raise BadInput(where, f"class name {label!r} cannot be used as a folder name")
+    if (n := len(label.encode("utf-8", "surrogateescape"))) > MAX_LABEL_BYTES:
+        raise BadInput(where, f"class name {label[:40]!r}... is {n} bytes long; a folder name holds at most "
+                              f"{MAX_LABEL_BYTES}: shorten it")
     return label
 
 

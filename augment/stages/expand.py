@@ -14,8 +14,8 @@ import pandas as pd
 from augment import rundir
 from augment.config import Config
 from augment.atomic import atomic_path
-from augment.core.augmentation import copies_per_class, plan_copies, run_jobs, transforms_for
-from augment.core.recipe import REFIT_GAN, REFIT_ROWS, REFIT_SPLITS, TEACHER, write_recipe
+from augment.core.augmentation import copies_per_class, plan_copies, run_jobs, save_pipeline, transforms_for
+from augment.core.recipe import CLASSICAL_PIPELINE, REFIT_GAN, REFIT_ROWS, REFIT_SPLITS, TEACHER, write_recipe
 from augment.runtime import derive_seed, resolve_device
 from augment.registry import ARMS, trained_as
 from augment.summary import read_summary
@@ -59,7 +59,7 @@ def how_to_train(cfg: Config, summary, arm: str, rows) -> str:
                      "the kept pool).")
     if trained_as(arm, b.classical_on_the_fly).classical:
         lines.append("- The classical pipeline on every image of every batch, real and synthetic (albumentations; "
-                     "`recipe/recipe.json` \"classical_transforms\", each one `A.from_dict({\"transform\": t})`): that is what was "
+                     "`A.load(\"recipe/classical.json\")`, the same transforms as `recipe/recipe.json` \"classical_transforms\"): that is what was "
                      "measured. "
                      "The classical copies here are a frozen stand-in for a trainer that cannot augment on the fly.")
     if spec.augment:
@@ -200,12 +200,18 @@ def recipe(cfg: Config, run_dir: Path, summary, arm: str, splits: tuple[str, ...
         (run_dir / TEACHER).unlink(missing_ok=True)
     online = bool(b.online_gan and "gan" in spec.sources)
     generator, scale = rundir.selected_generator(run_dir)  # the generator and latent scale the GAN samples came from
+    transforms = transforms_for(cfg.classical, info["channels"]) if spec.classical else None
+    if transforms is not None:  # the pipeline as albumentations' own file: A.load gives it back
+        save_pipeline(transforms, run_dir / CLASSICAL_PIPELINE)
+    else:
+        (run_dir / CLASSICAL_PIPELINE).unlink(missing_ok=True)
     return write_recipe(run_dir, {
         "arm": arm, "sources": list(spec.sources), "real_splits": list(splits), "classes": info["classes"],
         "size": info["size"], "channels": info["channels"], "fit": info.get("fit", "pad"),
         "share": choice.share if choice else None, "weight": choice.weight if choice else 1.0,
         "augment": spec.augment, "balanced": spec.balanced or summary.balanced_sampling,
-        "classical_transforms": transforms_for(cfg.classical, info["channels"]) if spec.classical else None,
+        "classical_transforms": transforms,
+        "classical_pipeline": CLASSICAL_PIPELINE.as_posix() if transforms is not None else None,
         "trainer": {k: (str(v) if isinstance(v, Path) else v) for k, v in trainer.items()},
         "network": dict(in_channels=info["channels"], n_classes=len(info["classes"]), model=trainer["model"],
                         width=b.width, depth=b.depth, dropout=b.dropout,

@@ -25,6 +25,7 @@ from augment.atomic import write_json
 from augment.core.classifier import load_classifier
 from augment.core.gate import CAS_CURVE, better, gate_data, read_curve, score_generator
 from augment.core.sampling import interpolate, load_generator, sample, save_grid
+from augment.core.safe_text import file_label
 from augment.runtime import derive_seed, resolve_device
 
 log = logging.getLogger("augment")
@@ -100,7 +101,7 @@ def run(cfg: Config, run_dir: Path, progress: Progress | None = None, fingerprin
     G = load_generator(run_dir / "gan" / "checkpoint.pt", device, derive_seed(cfg.seed, "bn"))
     grid = sample(G, 64, cfg.gan.nz, k, derive_seed(cfg.seed, "final-grid"), device)
     for c, label in enumerate(info["classes"]):
-        save_grid(run_dir / "gan" / "samples" / f"final_{label}.png", grid[:, c], nrow=8)
+        save_grid(run_dir / "gan" / "samples" / f"final_{file_label(label)}.png", grid[:, c], nrow=8)
     walk = interpolate(G, k, cfg.gan.nz, 10, derive_seed(cfg.seed, "interpolation"), device)
     save_grid(run_dir / "gan" / "samples" / "interpolation.png", walk.transpose(0, 1).flatten(0, 1), nrow=10)
     last = pd.read_csv(run_dir / "gan" / "history.csv").iloc[-1]
