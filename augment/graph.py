@@ -112,7 +112,7 @@ _FULL_OR_FORBIDDEN = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, err
 # Errors no retry can heal (flows' retry condition reads this): the machine refused, or a name does not fit.
 PERMANENT_ERRNOS = frozenset((*_FULL_OR_FORBIDDEN, errno.ENAMETOOLONG, errno.ELOOP, errno.EISDIR, errno.ENOTDIR,
                               errno.EINVAL))
-_VERSION = "graph-v3"  # bump to re-run every stage once (a change in what stages write)
+_VERSION = "graph-v4"  # bump to re-run every stage once (a change in what stages write)
 
 
 @contextmanager
@@ -278,7 +278,8 @@ def check_run_dir(cfg: Config, run_dir: Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"run directory {run_dir} cannot be created or written to: {exc.strerror or exc}") from None
+        kind = MachineError if exc.errno in _FULL_OR_FORBIDDEN else UserError
+        raise kind(f"run directory {run_dir} cannot be created or written to: {exc.strerror or exc}") from None
     return run_dir
 
 

@@ -187,13 +187,14 @@ _TEMPORARY = re.compile(r"\..+\.\d+-\d+\.tmp")  # atomic_path's `.<name>.<pid>-<
 
 def claim(run_dir: Path) -> None:
     """Make run_dir this tool's: a new or empty folder gets the marker file; one with the marker,
-    or a run directory of a version before the marker (config.yaml, stages/ and .lock, all ours),
+    or a run directory of a version before the marker (config.yaml and .lock, both ours),
     is used as it is. Any other folder is a one-line error, and nothing in it is touched."""
     run_dir = Path(run_dir)
     if (run_dir / MARKER).is_file():
         return
-    entries = [p.name for p in run_dir.iterdir()]
-    legacy = (run_dir / "config.yaml").is_file() and (run_dir / "stages").is_dir() and (run_dir / ".lock").is_file()
+    # the marker's own temporary: another run is claiming this new folder at this moment (its lock refuses us next)
+    entries = [p.name for p in run_dir.iterdir() if not (p.name.startswith(f".{MARKER.name}.") and _TEMPORARY.fullmatch(p.name))]
+    legacy = (run_dir / "config.yaml").is_file() and (run_dir / ".lock").is_file()  # open_run wrote both first
     if entries and not legacy:
         raise UserError(f"run directory {run_dir} is not empty and was not made by augment (no {MARKER}); "
                         "choose a new or empty folder for --run-dir or run_root")

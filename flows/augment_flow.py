@@ -31,6 +31,7 @@ from prefect.tasks import exponential_backoff
 from augment import graph
 from augment.config import Config, OrchestrationConfig
 from augment.core.report_text import arm_rows, summary_markdown
+from augment.core.safe_text import md
 from augment.errors import UserError, kind
 from augment.runtime import check_stop, graceful_stop
 from augment.summary import read_summary
@@ -71,7 +72,7 @@ def _publish_report(run_dir: str, info: dict) -> None:
     """The report's verdict and tables as Prefect artifacts under stable keys (their history in the UI)."""
     summary = read_summary(Path(run_dir))
     create_markdown_artifact(markdown=summary_markdown(summary, info["verdict"]), key="augment-report",
-                             description=info["verdict"][:200])
+                             description=md(info["verdict"][:200]))
     create_table_artifact(table=arm_rows(summary), key="augment-arms",
                           description="Per-arm test results (mean over seeds, 95% CI, gain over real)")
 

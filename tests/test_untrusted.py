@@ -35,6 +35,7 @@ def test_escaping_rules():
     assert md(HOSTILE["script"]) == r"\<img src=x onerror=alert(1)\>"
     assert md("a|b") == r"a\|b" and md("*x* _y_ [l](u) `c` &amp; $m$") == r"\*x\* \_y\_ \[l\](u) \`c\` \&amp; \$m\$"
     assert printable("a\nb\x00") == r"a\x0ab\x00" and printable(os.fsdecode(b"caf\xe9")) == r"caf\xe9"
+    assert printable("cod\u202eexe.png\u200b") == r"cod\u202eexe.png\u200b"  # a right-to-left override shown, not obeyed
     assert mpl(r"$\foo$") == r"\$\foo\$"
     assert fence("no ticks") == "```" and fence("a ```` b") == "`````"
 
@@ -166,8 +167,8 @@ def test_a_new_run_directory_is_marked_and_an_older_run_directory_is_still_used(
     (tmp_path / "new").mkdir()
     claim(tmp_path / "new")
     assert (tmp_path / "new" / MARKER).is_file()
-    old = tmp_path / "old"  # a run directory of a version before the marker
-    (old / "stages").mkdir(parents=True)
+    old = tmp_path / "old"  # a run directory of a version before the marker, stopped during ingest
+    (old / "images").mkdir(parents=True)
     (old / "config.yaml").write_text("{}\n")
     (old / ".lock").write_text("1\n")
     claim(old)
@@ -276,3 +277,19 @@ def test_large_photos_are_decoded_small_and_resize_the_same(tmp_path):
         assert full.shape == (1200, 1600, 3) and 64 <= min(small.shape[:2]) < 128, small.shape
         at = [np.asarray(Image.fromarray(a).resize((32, 32), Image.BILINEAR), float) for a in (full, small)]
         assert np.abs(at[0] - at[1]).mean() < 4, name  # the working-size image barely changes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", [["init"], ["run", "--plan"]])
+def test_the_survey_and_the_plan_never_open_a_fifo(tmp_path, command):
+    """`augment init` and the plan read image headers: a FIFO among the images is counted, never opened."""
+    root = write_image_folder(tmp_path / "in", {"a": 8, "b": 8}, size=(8, 8))
+    os.mkfifo(root / "b" / "pipe.png")
+    if command == ["init"]:
+        done, seconds = cli("init", str(root), "--out", str(tmp_path / "mine.yaml"))
+        assert done.returncode == 0 and (tmp_path / "mine.yaml").is_file(), done.stderr[-2000:]
+    else:
+        done, seconds = cli("run", str(SMOKE), "--plan", "--run-dir", str(tmp_path / "run"), "--set", "data.source=folder",
+                            "--set", f"data.path={root}", "--set", "data.per_class=null")
+        assert done.returncode in (0, 2) and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert seconds < 60

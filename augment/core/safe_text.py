@@ -16,6 +16,11 @@ import unicodedata
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|&~$#!])")
 
 
+# Control and format characters, line and paragraph separators: a newline in a folder name, a
+# right-to-left override (U+202E) or a zero-width space that would disguise a name in the report.
+_INVISIBLE = frozenset(("Cc", "Cf", "Zl", "Zp"))
+
+
 def storable(text: str) -> str:
     """A path as printable, storable text: bytes that are not UTF-8 (a file name need not be) as
     backslash escapes, e.g. caf\\xe9.png."""
@@ -26,9 +31,10 @@ def storable(text: str) -> str:
 
 
 def printable(value: object) -> str:
-    """storable(str(value)) with control characters (a newline in a folder name) as \\xNN."""
+    """storable(str(value)) with invisible characters (_INVISIBLE) as \\xNN or \\uNNNN."""
     text = storable(str(value))
-    return "".join(c if unicodedata.category(c) != "Cc" else f"\\x{ord(c):02x}" for c in text)
+    return "".join(c if unicodedata.category(c) not in _INVISIBLE else (f"\\x{ord(c):02x}" if ord(c) < 256 else
+                   f"\\u{ord(c):04x}") for c in text)
 
 
 def md(value: object) -> str:

@@ -16,7 +16,6 @@ from PIL import Image, ImageOps
 from augment.config import DataConfig
 from augment.core.idx import read_idx_files, regular_file
 from augment.core.safe_text import storable as safe_text
-from augment.core.splits import AUTO_MAX_SIZE
 from augment.errors import UserError
 from augment.registry import SPLITS
 
@@ -119,14 +118,11 @@ def to_array(pil: Image.Image, channels: int, origin: str, alpha_background: str
 
 
 def _decode_side(d: DataConfig) -> int | None:
-    """The shorter side a decoded image needs at most: twice the working size (data.image_size,
-    or the most `auto` picks; splits.AUTO_MAX_SIZE), so a large photo is decoded small (Pillow's
-    draft and reduce) and the resize to the working size still has twice its pixels to work from.
-    None for `native`, which keeps every pixel. `auto` picks the same size either way: a side
-    reduced here is still at least AUTO_MAX_SIZE."""
-    if d.image_size == "native":
-        return None
-    return 2 * (d.image_size if isinstance(d.image_size, int) else AUTO_MAX_SIZE)
+    """The shorter side a decoded image needs at most when data.image_size is a number: twice it,
+    so a large photo is decoded small (Pillow's draft and reduce) and the resize to the working
+    size still has twice its pixels to work from. None for `native` and `auto`, which choose the
+    working size from the images' own sizes (memory stays bounded by data.max_pixels)."""
+    return 2 * d.image_size if isinstance(d.image_size, int) else None
 
 
 def _open_image(path: Path, d: DataConfig, origin: str | None = None) -> np.ndarray:

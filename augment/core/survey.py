@@ -8,6 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from augment.core.idx import regular_file
 from augment.core.sources import IMG_EXTENSIONS, class_files, safe_text, split_folders, subfolders
 from augment.errors import UserError
 
@@ -25,6 +26,9 @@ def survey_folder(root: Path) -> dict:
         files, _ = class_files(class_dir)  # the files ingest reads; an empty class folder is an error here too
         counts[safe_text(class_dir.name)] += len(files)
         for f in files:
+            if not regular_file(f):  # a FIFO would block Image.open: ingest names it, here it is only counted
+                unreadable += 1
+                continue
             try:
                 with Image.open(f) as im:  # the header only
                     sizes[im.size[::-1]] += 1
