@@ -293,3 +293,17 @@ def test_the_survey_and_the_plan_never_open_a_fifo(tmp_path, command):
                             "--set", f"data.path={root}", "--set", "data.per_class=null")
         assert done.returncode in (0, 2) and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert seconds < 60
+
+
+def test_class_folders_that_differ_only_in_bytes_that_are_not_utf8_are_not_merged(tmp_path):
+    from augment.config import DataConfig
+    from augment.core.sources import read_folder
+
+    root = write_image_folder(tmp_path / "in", {"a": 4}, size=(8, 8))
+    for odd in (b"caf\xe9", b"caf\xe8"):
+        os.mkdir(os.path.join(os.fsencode(root), odd))
+        for p in sorted((root / "a").iterdir()):
+            with open(os.path.join(os.fsencode(root), odd, os.fsencode(p.name)), "wb") as f:
+                f.write(p.read_bytes())
+    with pytest.raises(UserError, match=r"caf\\xe9: class folder names the same class 'caf\ufffd' as .*caf\\xe8"):
+        read_folder(DataConfig(source="folder", path=root, min_per_class=3))

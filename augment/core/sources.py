@@ -218,11 +218,16 @@ def _read_classes(root: Path, real_root: Path, d: DataConfig, out: _Collector, s
     classes = subfolders(root)
     if not classes:
         raise UserError(f"{root}: no class sub-folders found (expected {root}/<class>/<image>)")
+    seen: dict[str, str] = {}
     for class_dir in classes:
         # a folder name that is not UTF-8 still names a class: its odd bytes become U+FFFD
         name = class_dir.name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         where = safe_text(str(class_dir))
         label = _check_label(name, where)
+        if label in seen:  # caf\xe9 and caf\xe8 both read caf\ufffd: never merged silently
+            raise UserError(f"{where}: class folder names the same class {label!r} as {seen[label]} (their names "
+                            "differ only in bytes that are not UTF-8); rename one of them")
+        seen[label] = where
         if not class_dir.resolve().is_relative_to(real_root):
             raise UserError(f"{where}: class folder is a link to {class_dir.resolve()}, outside the dataset {real_root}")
         images, others = class_files(class_dir)
