@@ -125,14 +125,20 @@ def _decode_side(d: DataConfig) -> int | None:
     return 2 * d.image_size if isinstance(d.image_size, int) else None
 
 
+def _check_regular(path: Path, origin: str) -> None:
+    """A BadInput naming origin (and path, when origin is another name for it: a link, a CSV row)
+    unless path is a regular file: a FIFO would block Image.open, a device never end."""
+    if not regular_file(path):
+        what = "" if origin == safe_text(str(path)) else f" ({safe_text(str(path))})"
+        raise BadInput(origin, f"not a regular file{what}: a FIFO, device or socket; only image files are read")
+
+
 def _open_image(path: Path, d: DataConfig, origin: str | None = None) -> np.ndarray:
     """Decode one image file (a regular file only): size checked against data.max_pixels before
     decoding, EXIF orientation applied, mode converted by `to_array`'s rules. Any failure is a
     BadInput naming `origin` (the file as the dataset names it; default: path)."""
     origin = origin or safe_text(str(path))
-    if not regular_file(path):  # a FIFO would block Image.open, a device never end
-        what = "" if origin == safe_text(str(path)) else f" ({safe_text(str(path))})"
-        raise BadInput(origin, f"not a regular file{what}: a FIFO, device or socket; only image files are read")
+    _check_regular(path, origin)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -264,8 +270,7 @@ def read_csv(d: DataConfig, path: Path | None = None) -> RawDataset:
         f = _inside(csv_path.parent / rel, base, where, "path")
         if not f.exists():
             raise BadInput(where, f"image file {f} not found")
-        if not regular_file(f):
-            raise BadInput(where, f"{safe_text(str(f))} is not a regular file: a FIFO, device or socket; only image files are read")
+        _check_regular(f, where)
         return _open_image(f, d), label
 
     splits = table["split"].str.strip().str.lower() if "split" in table else pd.Series([""] * len(table))
