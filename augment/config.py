@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
-from augment.registry import ARMS, SAMPLERS, FeatureSpace, GeneratorMode
+from augment.registry import ARMS, GENERATORS, SAMPLERS, FeatureSpace, check_generator_mode, generator_modes
 
 # A boolean key takes true or false only: YAML 1.1's yes/no/on/off stay strings (augment.config_file)
 # and are refused, so `enabled: no` cannot silently switch a stage off.
@@ -130,12 +130,9 @@ class SmoteConfig(_Section):
         return name
 
 
-MIX_SELECT_DIMS = 40  # augment.core.mix.SELECT_DIMS (a test keeps them equal; config does not import torch)
-
-
 class GanConfig(_Section):
     enabled: Bool = True
-    mode: GeneratorMode = "per_class+mix"
+    mode: str = "per_class+mix"  # a generator of augment.registry.GENERATORS, or several joined by "+" (an ensemble)
     steps: int = Field(default=2000, ge=1)
     image_size: Literal[16, 32, 64] = 32
     batch_size: int = Field(default=32, ge=2)
@@ -171,13 +168,20 @@ class GanConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     channels_last: Bool | None = None  # null: channels_last on CUDA only
 
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, mode: str) -> str:
+        return check_generator_mode(mode)
+
     @model_validator(mode="after")
     def _check(self) -> GanConfig:
-        if self.shards > 1 and self.mode != "per_class":
-            raise ValueError(f"gan.shards > 1 needs gan.mode: per_class (independent class GANs), not {self.mode!r}")
-        if "mix" in self.mode.split("+") and self.nz <= MIX_SELECT_DIMS:
-            raise ValueError(f"gan.mode mix needs gan.nz > {MIX_SELECT_DIMS} (it reads {MIX_SELECT_DIMS} of z as parent and "
-                             f"mask bits), got {self.nz}")
+        members = generator_modes(self.mode)
+        if self.shards > 1 and not (len(members) == 1 and GENERATORS[self.mode].shardable):
+            shardable = ", ".join(m for m, e in GENERATORS.items() if e.shardable)
+            raise ValueError(f"gan.shards > 1 needs a gan.mode whose classes train apart ({shardable}), not {self.mode!r}")
+        for m in members:
+            if self.nz < GENERATORS[m].min_nz:
+                raise ValueError(f"gan.mode {m} needs gan.nz >= {GENERATORS[m].min_nz}, got {self.nz}")
         return self
 
     @property
@@ -354,9 +358,12 @@ class Config(_Section):
     def _check(self) -> Config:
         if self.smote.enabled and self.smote.features == "discriminator" and not self.gan.enabled:
             raise ValueError("smote.features 'discriminator' needs the GAN stage (gan.enabled: true)")
-        if self.smote.enabled and self.smote.features == "discriminator" and "+" in self.gan.mode:
-            raise ValueError(f"smote.features 'discriminator' needs one generator (set gan.mode: per_class, conditional or mix), "
-                             f"not the ensemble gan.mode {self.gan.mode!r}")
+        if self.smote.enabled and self.smote.features == "discriminator" and not (
+                len(generator_modes(self.gan.mode)) == 1 and GENERATORS[self.gan.mode].discriminator):
+            with_d = ", ".join(m for m, e in GENERATORS.items() if e.discriminator)
+            raise ValueError(f"smote.features 'discriminator' needs one generator that trains a discriminator "
+                             f"(gan.mode: {with_d}), not {'the ensemble ' if '+' in self.gan.mode else ''}"
+                             f"gan.mode {self.gan.mode!r}")
         if self.gan.enabled and self.gan.train_on == "real+classical" and not self.classical.enabled:
             raise ValueError("gan.train_on 'real+classical' needs the classical stage (classical.enabled: true)")
         return self

@@ -112,15 +112,15 @@ def _gan_step_seconds(cfg: Config, k: int, channels: int, device) -> float:
     threads: 10 timed steps after 2 untimed ones (allocation, first-call costs)."""
     import torch
 
-    from augment.core.ensemble import member_modes
-    from augment.core.gan_train import build_state, class_shards, train_step
+    from augment.core.gan.train import build_state, class_shards, train_step
+    from augment.registry import generator_modes
 
     k = len(class_shards(k, cfg.gan.shards)[0])  # shards train side by side: one shard's step
     s = cfg.gan.image_size
     bank = torch.rand(k, 10, channels, s, s, device=device) * 2 - 1
     counts = torch.full((k,), 10, device=device)
     states = []
-    for mode in member_modes(cfg.gan.mode):
+    for mode in generator_modes(cfg.gan.mode):
         member = cfg.gan.model_copy(update={"mode": mode})
         states.append((build_state(member, k, channels, seed=0, device=device, bank=(bank, counts)), member))
 

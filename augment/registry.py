@@ -124,14 +124,48 @@ FEATURE_SPACES: dict[str, str] = {
 }
 INVERTIBLE_FEATURE_SPACES = ("pixels",)
 
-# --------------------------------------------------------------------------- generator modes
+# --------------------------------------------------------------------------- generators
 
-GeneratorMode = Literal["per_class", "conditional", "mix", "per_class+mix"]
-GENERATOR_MODES: dict[str, str] = {
-    "per_class": "one DCGAN per class, all classes trained as one grouped network; shardable",
-    "conditional": "one label-conditioned DCGAN (projection discriminator) shared by all classes",
-    "mix": "an encoder-decoder that mixes the features of two real images of a class under a random mask "
-           "(ChimeraMix/DAGAN style; projection discriminator), shared by all classes",
-    "per_class+mix": "an ensemble: the per-class GAN and the mix generator, each trained as alone, "
-                     "half the kept samples of each class from each",
+
+@dataclass(frozen=True)
+class GeneratorEntry:
+    """One generator (a gan.mode): its code, a subclass of augment.core.gan.kinds.Kind named by import
+    path (resolved when used), and what the config and the stages need to know without importing it."""
+
+    impl: str  # "module:Class"
+    description: str
+    shardable: bool = False  # its classes are independent networks: gan.shards may split them, merge() joins them
+    min_nz: int = 2  # the smallest gan.nz it accepts
+    select: str = "confidence"  # gate.select auto's rule for its samples
+    discriminator: bool = True  # it trains a discriminator (smote.features: discriminator reads it)
+
+
+GENERATORS: dict[str, GeneratorEntry] = {
+    "per_class": GeneratorEntry("augment.core.gan.dcgan:PerClass",
+                                "one DCGAN per class, all classes trained as one grouped network; shardable",
+                                shardable=True),
+    "conditional": GeneratorEntry("augment.core.gan.dcgan:Conditional",
+                                  "one label-conditioned DCGAN (projection discriminator) shared by all classes"),
+    # min_nz: augment.core.gan.mix.SELECT_DIMS + 1 (a test keeps them equal; this module imports no torch)
+    "mix": GeneratorEntry("augment.core.gan.mix:Mix",
+                          "an encoder-decoder that mixes the features of two real images of a class under a random "
+                          "mask (ChimeraMix/DAGAN style; projection discriminator), shared by all classes",
+                          min_nz=41, select="farthest"),
 }
+# gan.mode names one generator or an ensemble of several joined by "+" ("per_class+mix"): each member
+# trained as alone, half the kept samples of each class from each (augment.core.gan.ensemble).
+
+
+def generator_modes(mode: str) -> list[str]:
+    """The generators of gan.mode: "per_class+mix" -> ["per_class", "mix"]; one generator -> [mode]."""
+    return mode.split("+")
+
+
+def check_generator_mode(mode: str) -> str:
+    """gan.mode as given, or ValueError naming the generators there are."""
+    members = generator_modes(mode)
+    unknown = [m for m in members if m not in GENERATORS]
+    if unknown or len(set(members)) != len(members):
+        raise ValueError(f"gan.mode {mode!r}: choose one of {', '.join(GENERATORS)}, or several joined by '+' "
+                         f"(an ensemble, each generator once), e.g. 'per_class+mix'")
+    return mode

@@ -8,7 +8,7 @@ Measured side by side in one run, for each training resolution:
                   dcgan: nn.Sequential, Sigmoid + BCELoss, fp32, Adam 2e-4/0.5): one class
   reference_K     K such GANs trained one after another (one step of each): what a user without
                   a grouped network does for K classes
-  ours_1          our per_class trainer (augment.core.gan_train.train_step) with K = 1
+  ours_1          our per_class trainer (augment.core.gan.train.train_step) with K = 1
   ours_K          our per_class trainer, all K classes in one grouped-convolution step
 Both sides train the same architecture and width (ngf = ndf, nz). Ours also does what the stage
 does every step: DiffAugment (translation + cutout) on real and fake, the EMA update of G, and
@@ -97,7 +97,7 @@ class ReferenceGAN:
 
 def ours(size: int, k: int, nz: int, ngf: int, nc: int, batch: int, device: torch.device, compile_: bool):
     from augment.config import GanConfig
-    from augment.core.gan_train import build_state, train_step
+    from augment.core.gan.train import build_state, train_step
 
     cfg = GanConfig(mode="per_class", image_size=size, batch_size=batch, nz=nz, ngf=ngf, ndf=ngf, diffaugment=["translation", "cutout"])
     state = build_state(cfg, k, nc, seed=0, device=device)

@@ -10,7 +10,7 @@ import torch
 from augment.config import GanConfig
 from augment.core.accel import adam, autocast, resolve_precision, use_channels_last
 from augment.core.classifier import train_classifier
-from augment.core.gan_train import build_state, train_step
+from augment.core.gan.train import build_state, train_step
 from augment.errors import UserError
 from augment.graph import load_config
 from augment.runtime import resolve_device

@@ -8,18 +8,20 @@ import pytest
 import torch
 
 from augment.config import Config, GanConfig
-from augment.core.ensemble import EnsembleGenerator
-from augment.core.ensemble_train import member_dir
+from augment.core.gan.adversarial import dcgan_init
+from augment.core.gan.ensemble import member_dir
+from augment.core.gan.kinds import GanSpec, kind
+from augment.core.gan.mix import SELECT_DIMS
+from augment.core.gan.sampling import EnsembleGenerator
 from augment.core.gate import selection_rule
-from augment.core.mix import SELECT_DIMS
-from augment.core.networks import GanSpec, dcgan_init
 
 NZ = SELECT_DIMS + 8
 
 
 def test_each_row_comes_from_one_member_and_only_mix_rows_have_parents():
     torch.manual_seed(0)
-    per_class, mix = GanSpec("per_class", 3, NZ, 4, 4, 16, 1).generator(), GanSpec("mix", 3, NZ, 4, 4, 16, 1, 5).generator()
+    per_class = kind("per_class").networks(GanSpec("per_class", 3, NZ, 4, 4, 16, 1))[0]
+    mix = kind("mix").networks(GanSpec("mix", 3, NZ, 4, 4, 16, 1, 5))[0]
     for net in (per_class, mix):
         dcgan_init(net, torch.Generator().manual_seed(0))
     mix.set_bank(torch.rand(3, 5, 1, 16, 16) * 2 - 1, torch.tensor([5, 2, 4]))
@@ -49,7 +51,7 @@ def test_the_ensemble_runs_in_the_pipeline_its_members_train_as_alone_and_share_
     equal its mode trained alone (same seed, same data), the checkpoint loads without the config, and
     every class keeps half its samples from each member; the mix rows name their parents."""
     from augment import rundir
-    from augment.core.sampling import load_generator
+    from augment.core.gan.sampling import load_generator
     from augment.graph import load_config, run_stage
     from conftest import SMOKE
 
@@ -65,7 +67,7 @@ def test_the_ensemble_runs_in_the_pipeline_its_members_train_as_alone_and_share_
                                                                      alone / rundir.GAN_CHECKPOINT))
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     G = load_generator(run_dir / rundir.GAN_CHECKPOINT, "cpu")
-    assert isinstance(G, EnsembleGenerator) and [m.mode for m in G.members] == ["per_class", "mix"]
+    assert isinstance(G, EnsembleGenerator) and [type(m).__name__ for m in G.members] == ["Generator", "MixGenerator"]
     assert (run_dir / "gan" / "samples" / "interpolation.png").is_file()
     run_stage("synthesize", cfg, run_dir)
     frame = rundir.read_manifest(run_dir)
@@ -78,8 +80,8 @@ def test_the_ensemble_runs_in_the_pipeline_its_members_train_as_alone_and_share_
     for row in kept[mixes].itertuples():
         assert all(label_of[p] == row.label for p in json.loads(row.params)["parents"])
     assert kept.loc[~mixes, "parent_id"].isna().all()
-    assert set(kept.loc[mixes, "generator"]) == {"dcgan:per_class+mix/mix"}
-    assert set(kept.loc[~mixes, "generator"]) == {"dcgan:per_class+mix/per_class"}
+    assert set(kept.loc[mixes, "generator"]) == {"mix"}
+    assert set(kept.loc[~mixes, "generator"]) == {"per_class"}
     from augment.core.report_gan import quality_section
 
     text = quality_section(cfg, json.loads((run_dir / "gan" / "quality.json").read_text()), None, frame)
@@ -92,8 +94,8 @@ def test_the_ensemble_resumes_and_selects_among_merged_snapshots(smoke_run, tmp_
     uninterrupted run's checkpoint, bit for bit; with gan.checkpoint_selection cas the merged
     snapshots hold both members and the synthesize stage chooses among them."""
     from augment import rundir
-    from augment.core import gan_train
-    from augment.core.sampling import load_generator
+    from augment.core.gan import train as gan_train
+    from augment.core.gan.sampling import load_generator
     from augment.graph import load_config, run_stage
     from conftest import SMOKE
 
@@ -120,9 +122,9 @@ def test_the_ensemble_resumes_and_selects_among_merged_snapshots(smoke_run, tmp_
     monkeypatch.setattr(gan_train, "train_members", real_train)
     run_stage("gan", cfg, resumed)
     a, b = (torch.load(d / rundir.GAN_CHECKPOINT, weights_only=True) for d in (whole, resumed))
-    assert len(a["ema"]) == len(b["ema"]) == 2
-    for ea, eb in zip(a["ema"], b["ema"]):
-        assert all(torch.equal(ea[k], eb[k]) for k in ea)
+    assert len(a["members"]) == len(b["members"]) == 2
+    for ea, eb in zip(a["members"], b["members"]):
+        assert all(torch.equal(ea["ema"][k], eb["ema"][k]) for k in ea["ema"])
     snaps = sorted(p.name for p in (whole / "gan" / "snapshots").glob("*.pt"))
     assert snaps == ["step_000010.pt", "step_000020.pt"]
     assert isinstance(load_generator(whole / "gan" / "snapshots" / snaps[0], "cpu"), EnsembleGenerator)

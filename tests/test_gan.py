@@ -4,10 +4,12 @@ import pytest
 import torch
 
 from augment.config import GanConfig
-from augment.core.diffaugment import diff_augment
-from augment.core.networks import Discriminator, Generator, dcgan_init
-from augment.core.gan_train import build_state, d_real_accuracy, load_checkpoint, prepare_real, train_gan
-from augment.core.sampling import sample
+from augment.core.gan.diffaugment import diff_augment
+from augment.core.gan.adversarial import d_real_accuracy, dcgan_init
+from augment.core.gan.dcgan import Discriminator, Generator
+from augment.core.gan.kinds import prepare_real
+from augment.core.gan.train import build_state, load_checkpoint, train_gan
+from augment.core.gan.sampling import sample
 from augment.core.tensors import to_uint8
 
 TINY = dict(mode="per_class", steps=6, image_size=16, batch_size=4, nz=8, ngf=4, ndf=4, checkpoint_every=100, sample_every=100)
@@ -52,7 +54,8 @@ def test_per_class_networks_are_independent():
 def test_shards_concatenate_into_the_one_k_class_network():
     """Per_class shards of 2 and 3 classes merge, weights concatenated, into a 5-class network whose
     outputs for each class are exactly its shard's (G and D, batch norm in eval mode)."""
-    from augment.core.gan_train import class_shards, concat_grouped
+    from augment.core.gan.dcgan import merge_grouped
+    from augment.core.gan.train import class_shards
 
     assert [list(s) for s in class_shards(5, 2)] == [[0, 1, 2], [3, 4]]
     assert len(class_shards(3, 8)) == 3  # never an empty shard
@@ -66,8 +69,8 @@ def test_shards_concatenate_into_the_one_k_class_network():
                 m.running_mean.normal_(generator=g), m.running_var.uniform_(0.5, 2.0, generator=g)
         parts.append((G.eval(), D.eval()))
     G5, D5 = Generator(5, 8, 4, 1, 16, "per_class"), Discriminator(5, 4, 1, 16, "per_class")
-    G5.load_state_dict(concat_grouped([G.state_dict() for G, _ in parts]))
-    D5.load_state_dict(concat_grouped([D.state_dict() for _, D in parts]))
+    G5.load_state_dict(merge_grouped([G.state_dict() for G, _ in parts]))
+    D5.load_state_dict(merge_grouped([D.state_dict() for _, D in parts]))
     G5.eval(), D5.eval()
     z = torch.randn(4, 5, 8, generator=g)
     x = G5(z)
@@ -82,7 +85,7 @@ def test_shards_concatenate_into_the_one_k_class_network():
 def test_grouped_network_equals_k_independent_dcgans_in_outputs_and_gradients(size):
     """With the same weights, the per_class network's outputs and gradients for class k equal those
     of class k's own one-class DCGAN (training mode: batch norm on batch statistics)."""
-    from augment.core.gan_train import concat_grouped
+    from augment.core.gan.dcgan import merge_grouped
 
     k, nz, g = 3, 8, torch.Generator().manual_seed(1)
     singles = []
@@ -91,8 +94,8 @@ def test_grouped_network_equals_k_independent_dcgans_in_outputs_and_gradients(si
         dcgan_init(G, g), dcgan_init(D, g)
         singles.append((G, D))
     G_k, D_k = Generator(k, nz, 4, 2, size, "per_class"), Discriminator(k, 4, 2, size, "per_class")
-    G_k.load_state_dict(concat_grouped([G.state_dict() for G, _ in singles]))
-    D_k.load_state_dict(concat_grouped([D.state_dict() for _, D in singles]))
+    G_k.load_state_dict(merge_grouped([G.state_dict() for G, _ in singles]))
+    D_k.load_state_dict(merge_grouped([D.state_dict() for _, D in singles]))
     z = torch.randn(5, k, nz, generator=g)
     w = torch.randn(5, k, 2, size, size, generator=g)  # a different loss for every class and pixel
     x = G_k(z)
@@ -230,7 +233,7 @@ def test_cuda_step_runs_in_bf16(tmp_path):
 def test_ema_warms_up_so_initial_weights_fade():
     from torch.optim.swa_utils import AveragedModel
 
-    from augment.core.gan_train import ema_with_warmup
+    from augment.core.gan.adversarial import ema_with_warmup
 
     net = torch.nn.Linear(1, 1, bias=False)
     with torch.no_grad():
@@ -252,8 +255,8 @@ def test_sharded_gan_stage_trains_each_shard_and_merges_them(tmp_path):
     """gan.shards: 3 trains three smaller grouped networks into gan/shards/<i>/ and merges them into
     gan/checkpoint.pt whose weights are the shards' weights, concatenated in class order."""
     from augment.graph import load_config
-    from augment.core.checkpoint import read_checkpoint
-    from augment.core.sampling import load_generator
+    from augment.core.gan.checkpoint import read_checkpoint
+    from augment.core.gan.sampling import load_generator
     from augment.graph import run_stage
     from augment.stages.gan import shard_dir
     from conftest import SMOKE
@@ -283,7 +286,7 @@ def test_sharded_gan_stage_trains_each_shard_and_merges_them(tmp_path):
 
 
 def test_lecam_matches_its_formula_on_fixed_numbers():
-    from augment.core.gan_train import lecam_loss, update_anchors
+    from augment.core.gan.adversarial import lecam_loss, update_anchors
 
     real = torch.tensor([[1.0, -2.0], [3.0, 0.5]])  # (B=2, K=2) logits
     fake = torch.tensor([[-1.0, 0.0], [2.0, -3.0]])
@@ -298,7 +301,7 @@ def test_lecam_matches_its_formula_on_fixed_numbers():
 
 
 def test_r1_is_the_squared_input_gradient_of_d():
-    from augment.core.gan_train import r1_penalty
+    from augment.core.gan.adversarial import r1_penalty
 
     w = torch.randn(1, 2, 1, 3, 3)
     x = torch.randn(4, 2, 1, 3, 3, requires_grad=True)

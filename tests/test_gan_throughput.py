@@ -19,7 +19,7 @@ def _module():
 def test_the_reference_is_the_same_architecture_as_ours(size):
     """Layer for layer, the plain reference and our per_class network with K = 1 have the same
     parameter shapes: the speed-up is engineering, not a smaller model."""
-    from augment.core.networks import Discriminator, Generator
+    from augment.core.gan.dcgan import Discriminator, Generator
 
     ref_g, ref_d = _module().reference_nets(size, nz=100, ngf=64, ndf=64, nc=3)
     ours_g, ours_d = Generator(1, 100, 64, 3, size, "per_class"), Discriminator(1, 64, 3, size, "per_class")

@@ -1,4 +1,4 @@
-"""gan.mode mix: the image-conditioned generator (augment.core.mix) that mixes two real images of a class."""
+"""gan.mode mix: the image-conditioned generator (augment.core.gan.mix) that mixes two real images of a class."""
 
 import json
 
@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from augment.config import MIX_SELECT_DIMS, GanConfig
-from augment.core.gan_train import prepare_real
-from augment.core.mix import PARENT_BITS, SELECT_DIMS, MixGenerator
-from augment.core.networks import GanSpec, dcgan_init
-from augment.core.sampling import sample, sample_parents
+from augment.config import GanConfig
+from augment.core.gan.adversarial import dcgan_init
+from augment.core.gan.kinds import GanSpec, kind, prepare_real
+from augment.core.gan.mix import PARENT_BITS, SELECT_DIMS, MixGenerator
+from augment.core.gan.sampling import sample, sample_parents
+from augment.registry import GENERATORS
 
 NZ = SELECT_DIMS + 8
 
@@ -18,7 +19,7 @@ NZ = SELECT_DIMS + 8
 def mix_generator(counts=(4, 4, 4), size=16, channels=1, seed=0) -> MixGenerator:
     torch.manual_seed(seed)
     k = len(counts)
-    G = GanSpec("mix", k, NZ, 4, 4, size, channels, max(counts)).generator()
+    G = kind("mix").networks(GanSpec("mix", k, NZ, 4, 4, size, channels, max(counts)))[0]
     dcgan_init(G, torch.Generator().manual_seed(seed))
     G.set_bank(torch.rand(k, max(counts), channels, size, size) * 2 - 1, torch.tensor(counts))
     return G.eval()
@@ -28,7 +29,7 @@ def mix_generator(counts=(4, 4, 4), size=16, channels=1, seed=0) -> MixGenerator
 @pytest.mark.parametrize("channels", [1, 3])
 def test_shapes_and_the_projection_discriminator(size, channels):
     spec = GanSpec("mix", 3, NZ, 4, 4, size, channels, 5)
-    G, D = spec.generator(), spec.discriminator()
+    G, D = kind("mix").networks(spec)
     x = G(torch.randn(2, 3, NZ))
     assert x.shape == (2, 3, channels, size, size) and x.abs().max() <= 1.0
     assert D.mode == "conditional" and D(x).shape == (2, 3)
@@ -116,7 +117,7 @@ def test_sample_parents_match_what_sample_draws():
 
 
 def test_nz_too_small_for_the_parent_and_mask_bits_is_a_config_error():
-    assert MIX_SELECT_DIMS == SELECT_DIMS
+    assert GENERATORS["mix"].min_nz == SELECT_DIMS + 1
     with pytest.raises(ValueError, match="gan.nz"):
         GanConfig(mode="mix", nz=16)
     with pytest.raises(ValueError, match="gan.nz"):
@@ -151,7 +152,7 @@ def test_mix_runs_in_the_pipeline_and_the_manifest_names_both_parents(smoke_run,
     import shutil
 
     from augment import rundir
-    from augment.core.sampling import load_generator
+    from augment.core.gan.sampling import load_generator
     from augment.graph import load_config, run_stage
     from conftest import SMOKE
 
@@ -166,7 +167,7 @@ def test_mix_runs_in_the_pipeline_and_the_manifest_names_both_parents(smoke_run,
     learned = frame[frame["source"].isin(cfg.gan.sources) & (frame["split"] == "train")]
     label_of, source_of = dict(zip(learned["id"], learned["label"])), dict(zip(learned["id"], learned["source"]))
     gan = frame[frame["source"] == "gan"]
-    assert len(gan) and set(gan["generator"]) == {"dcgan:mix"}
+    assert len(gan) and set(gan["generator"]) == {"mix"}
     used = set()
     for row in gan.itertuples():
         parents = json.loads(row.params)["parents"]
@@ -186,7 +187,7 @@ def test_mix_runs_in_the_pipeline_and_the_manifest_names_both_parents(smoke_run,
 
 def test_a_mix_step_runs_in_channels_last():
     """gan.channels_last: the mix generator's 5-d image bank stays as it is, its convolutions go channels_last."""
-    from augment.core.gan_train import build_state, train_step
+    from augment.core.gan.train import build_state, train_step
 
     cfg = GanConfig(mode="mix", image_size=16, nz=NZ, ngf=4, ndf=4, batch_size=4, channels_last=True)
     x, y = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 1), dtype=np.uint8), np.arange(6) % 3

@@ -129,7 +129,7 @@ def test_the_expanded_readme_states_the_synthetic_share_and_weight():
         balanced_sampling = True
 
     rows = pd.DataFrame({"source": ["real"] * 4 + ["gan"] * 8, "split": ["train", "val"] * 2 + ["train"] * 8,
-                         "generator": [None] * 4 + ["dcgan:per_class"] * 8})
+                         "generator": [None] * 4 + ["per_class"] * 8})
     text = how_to_train(load_config(None), Summary(), "real+gan", rows)
     assert "4 real images (train, val), 8 gan" in text and "25% of every batch" in text and "loss weight 0.5" in text
     assert "trained on the train split only" in text  # expand.refit_generator is off

@@ -39,8 +39,8 @@ def test_yaml_tags_that_would_run_code_are_refused(tmp_path):
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path):
     from augment.config import GanConfig
-    from augment.core.gan_train import build_state, load_checkpoint
-    from augment.core.sampling import load_generator
+    from augment.core.gan.train import build_state, load_checkpoint
+    from augment.core.gan.sampling import load_generator
 
     marker = tmp_path / "pwned"
     torch.save({"fingerprint": "f", "ema": Payload(marker)}, tmp_path / "checkpoint.pt")

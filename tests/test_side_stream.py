@@ -96,7 +96,7 @@ def test_the_share_is_chosen_on_val_only():
 
 
 def test_online_samples_are_seeded_gated_and_of_the_asked_classes():
-    from augment.core.networks import Generator
+    from augment.core.gan.dcgan import Generator
     from augment.core.online import OnlineSamples
 
     x, y = images(30)

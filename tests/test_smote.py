@@ -172,7 +172,7 @@ def test_smote_in_a_classifier_feature_space_feeds_the_linear_probe_not_the_cnn_
 def test_discriminator_features_are_label_free(mode, width):
     import torch
 
-    from augment.core.networks import Discriminator
+    from augment.core.gan.dcgan import Discriminator
 
     D = Discriminator(3, 8, 1, 16, mode).eval()
     x = torch.randn(5, 1, 16, 16)

@@ -199,7 +199,7 @@ def test_patience_stops_the_gan_when_cas_stops_rising_and_the_synthesize_stage_r
 
     from augment import rundir
     from augment.core import gate
-    from augment.core.gan_train import snapshots
+    from augment.core.gan.train import snapshots
     from augment.graph import load_config, run_stage
     from augment.stages import gan
     from conftest import SMOKE
@@ -222,9 +222,9 @@ def test_patience_stops_the_gan_when_cas_stops_rising_and_the_synthesize_stage_r
     assert [s for s, _ in snapshots(run_dir / "gan")] == [5, 10]
     curve = json.loads((run_dir / gate.CAS_CURVE).read_text())["curve"]
     assert [(r["step"], r["cas_accuracy_on_val"]) for r in curve] == [(5, 0.5), (10, 0.4)]
-    from augment.core.checkpoint import read_checkpoint
-    from augment.core.ensemble import member_modes
-    from augment.core.ensemble_train import member_dir
+    from augment.core.gan.checkpoint import read_checkpoint
+    from augment.registry import generator_modes as member_modes
+    from augment.core.gan.ensemble import member_dir
 
     dirs = [run_dir / "gan"] if mode == "per_class" else [member_dir(run_dir / "gan", m) for m in member_modes(mode)]
     assert all(read_checkpoint(d / "checkpoint.pt")["step"] == 10 for d in dirs)  # every member stopped there

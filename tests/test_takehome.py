@@ -11,7 +11,7 @@ import torch
 
 import augment
 from augment import rundir
-from augment.core.ensemble import member_modes
+from augment.registry import generator_modes as member_modes
 from augment.core.recipe import RECIPE, REFIT_ROWS
 from augment.core.side_stream import BatchSampler
 
@@ -113,7 +113,7 @@ def test_the_generator_refit_trains_on_train_and_val_and_its_samples_replace_the
     """expand.refit_generator: when the winning arm uses GAN samples, the generator trains again on
     every real train and val image (with gan.train_on real+classical, and on their classical copies;
     an ensemble, every member); expanded/ and the export carry its gated samples instead."""
-    from augment.core import gan_train
+    from augment.core.gan import train as gan_train
     from augment.graph import load_config, run_stage
     from augment.summary import SUMMARY
     from conftest import SMOKE
@@ -137,7 +137,7 @@ def test_the_generator_refit_trains_on_train_and_val_and_its_samples_replace_the
     assert seen == [len(real) + copies] * len(members) and info["generator_refit"] and info["refit_gan_kept"] > 0
     refit = pd.read_parquet(run_dir / REFIT_ROWS)
     kept = refit[(refit["source"] == "gan") & refit["kept"]]
-    names = {f"dcgan:{mode}:refit"} if len(members) == 1 else {f"dcgan:{mode}:refit/{m}" for m in members}
+    names = {f"{mode}:refit"} if len(members) == 1 else {f"{m}:refit" for m in members}
     assert len(kept) == info["refit_gan_kept"] and set(kept["generator"]) == names
     delivered = {p.stem for p in (run_dir / "expanded").rglob("*.png")}
     assert set(kept["id"]) <= delivered and not delivered & set(frame.loc[frame["source"] == "gan", "id"])

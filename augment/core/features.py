@@ -149,7 +149,7 @@ class DiscriminatorFeatures:
         self.D = None
 
     def fit(self, images: np.ndarray, labels: np.ndarray | None = None, n_classes: int = 0) -> DiscriminatorFeatures:
-        from augment.core.sampling import load_discriminator
+        from augment.core.gan.sampling import load_discriminator
 
         self.D = load_discriminator(self.checkpoint)
         return self

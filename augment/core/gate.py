@@ -27,10 +27,10 @@ from augment import rundir
 from augment.config import Config, GateConfig
 from augment.core import quality
 from augment.core.classifier import predict, train_classifier
-from augment.core.ensemble import member_modes, member_of_rows
-from augment.core.sampling import sample, sample_parents
+from augment.core.gan.sampling import member_of_rows, sample, sample_parents
 from augment.core.safe_text import file_label
 from augment.core.tensors import to_uint8
+from augment.registry import GENERATORS, generator_modes
 
 K_NEIGHBOURS = 3  # Kynkaanniemi et al. 2019's default for precision and recall
 
@@ -190,7 +190,7 @@ def judge_samples(
     dist, idx = quality.nearest(feats, real_feats)
     novelty = dist / quality.spacing(real_feats)
     nearest = np.asarray(real_ids, dtype=object)[idx]
-    modes = modes or ["per_class"]
+    modes = modes or [None]  # one generator, not named: the default rule
     member = np.zeros(len(images), dtype=int) if member is None else member
     score, kept = np.zeros(len(images)), np.zeros(len(images), dtype=bool)
     codes: list[str | None] = [None] * len(images)
@@ -207,12 +207,13 @@ def judge_samples(
     return Judged(score, novelty, kept, codes, reasons, feats, real_feats, members=members)
 
 
-def selection_rule(select_how: str, mode: str) -> str:
-    """gate.select for one generator: auto keeps a spread (farthest) of the mix generator's samples and
-    the most confident of the others' (measured: benchmarks/README.md, "Generators at 10 per class")."""
+def selection_rule(select_how: str, mode: str | None) -> str:
+    """gate.select for one generator: auto is the generator's own rule (augment.registry.GENERATORS:
+    a spread, farthest, of the mix generator's samples, the most confident of the others'; measured:
+    benchmarks/README.md, "Generators at 10 per class")."""
     if select_how != "auto":
         return select_how
-    return "farthest" if mode == "mix" else "confidence"
+    return GENERATORS[mode].select if mode is not None else "confidence"
 
 
 def apply_alarm(per_class: dict[str, dict], classes: list[str], intended: np.ndarray, kept: np.ndarray,
@@ -244,7 +245,7 @@ def sample_and_judge(cfg: Config, G, judge, x_real: np.ndarray, real_ids: list[s
     samples = sample(G, n, cfg.gan.nz, k, seed, device, scale=scale)  # (n, K, C, S, S)
     images = to_uint8(samples.transpose(0, 1).flatten(0, 1), size)  # class-major (K*n, H, W, C)
     intended = np.repeat(np.arange(k), n)
-    modes = member_modes(cfg.gan.mode)
+    modes = generator_modes(cfg.gan.mode)
     member = np.tile(member_of_rows(n, len(modes)), k)  # class-major, as the images
     judged = judge_samples(judge, x_real, real_ids, images, intended, target, cfg.gate, seed, modes, member)
     parents = sample_parents(G, n, cfg.gan.nz, k, seed, device)
@@ -327,9 +328,9 @@ def better(row: dict, best: dict, prefer_later: bool = True) -> bool:
 
 
 def gan_rows(run_dir: Path, images: np.ndarray, intended: np.ndarray, j, n: int, classes: list[str], seed: int,
-             generator: str, folder: str = "images/gan", prefix: str = "gan") -> list[dict]:
+             generator: str, folder: str = "images/gan", prefix: str = "gan", suffix: str = "") -> list[dict]:
     """Save every judged sample under run_dir/<folder>/<class>/ and return its manifest row (kept or not, why).
-    An ensemble's rows name the member that drew them: generator "dcgan:per_class+mix/mix"."""
+    A row names the generator that drew it (gan.mode; an ensemble's rows their member: "mix"), then `suffix`."""
     rows = []
     for i, image in enumerate(images):
         label = classes[intended[i]]
@@ -337,7 +338,7 @@ def gan_rows(run_dir: Path, images: np.ndarray, intended: np.ndarray, j, n: int,
         rel = f"{folder}/{label}/{gid}.png"
         rows.append(dict(
             id=gid, path=rel, label=label, split="train", source="gan", seed=seed % 2**32,
-            generator=generator if j.members is None else f"{generator}/{j.members[i]}",  # ensemble/member
+            generator=(generator if j.members is None else j.members[i]) + suffix,
             sha256=rundir.save_png(run_dir, rel, image),
             height=image.shape[0], width=image.shape[1], channels=image.shape[2], score=float(j.score[i]),
             novelty=float(j.novelty[i]), kept=bool(j.kept[i]), reason_code=j.codes[i], reason=j.reasons[i],

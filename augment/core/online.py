@@ -21,7 +21,7 @@ MAX_ROUNDS = 4  # candidate rounds per batch before the best-scoring candidates 
 class OnlineSamples:
     """Callable: class indices (n,) and a torch.Generator -> n fresh uint8 images (n, C, H, W).
 
-    G: the trained generator (augment.core.sampling.load_generator); judge: the gate's judge;
+    G: the trained generator (augment.core.gan.sampling.load_generator); judge: the gate's judge;
     x_real: the real train images (novelty reference); size: the working size (H, W).
     """
 

@@ -155,7 +155,7 @@ def _soft_and_online(run_dir: Path, recipe: dict, stream: SideStream, x_real: np
         stream.soft_fn = lambda images: soften(predict_proba(teacher, images.permute(0, 2, 3, 1).numpy()), t)
     if recipe.get("online_gan") and (sources == "gan").any():
         from augment.core.online import OnlineSamples
-        from augment.core.sampling import load_generator
+        from augment.core.gan.sampling import load_generator
 
         G = load_generator(run_dir / recipe["generator"], device, recipe["bn_seed"])
         judge = load_classifier(run_dir / recipe["judge"], device)

@@ -7,9 +7,9 @@ import json
 import pandas as pd
 
 from augment.config import Config
-from augment.core.ensemble import member_modes
 from augment.core.report_data import _num, _pct
 from augment.core.safe_text import md
+from augment.registry import generator_modes
 
 
 def _gate_summary(frame: pd.DataFrame) -> str:
@@ -39,12 +39,15 @@ def _selection_lines(q: dict) -> list[str]:
 
 
 def _mix_lines(frame: pd.DataFrame, mode: str) -> list[str]:
-    """gan.mode mix (alone or in an ensemble): mixes of real images; how many distinct parent pairs the kept ones use."""
+    """A generator that makes samples from real images (the manifest records two parents per sample):
+    how many of the kept are such mixes, and how many distinct parent pairs they use."""
     kept = frame[(frame["source"] == "gan") & frame["kept"]]
-    mixes = kept["params"].dropna()
+    mixes = kept["params"].dropna() if "params" in kept else pd.Series([], dtype=object)
+    if not len(mixes):
+        return []
     pairs = {tuple(sorted(json.loads(p)["parents"])) for p in mixes}
-    if mode == "mix":
-        head = "The generator is `gan.mode: mix`: every sample is a new image made from two real train images of its class"
+    if len(generator_modes(mode)) == 1:
+        head = f"The generator is `gan.mode: {mode}`: every sample is a new image made from two real train images of its class"
     else:
         head = (f"The generator is the ensemble `gan.mode: {mode}`: each member trained on its own and gave its share of "
                 f"every class's kept samples; {len(mixes)} of the {len(kept)} kept are mixes, new images made from two "
@@ -59,7 +62,7 @@ def quality_section(cfg: Config, q: dict | None, history: pd.DataFrame | None, f
         return "The GAN stage was disabled.\n"
     lines = [
         _gate_summary(frame), "",
-        *(_mix_lines(frame, cfg.gan.mode) if "mix" in member_modes(cfg.gan.mode) else []),
+        *_mix_lines(frame, cfg.gan.mode),
         f"Each sample was kept if the gate's judge gave its intended class at least {cfg.gate.min_confidence} and "
         f"its novelty (distance to the nearest real training image over the typical spacing of real images; 0 is "
         f"a copy) was at least {cfg.gate.min_novelty}; of those, {q['target_per_class']} per class out of "

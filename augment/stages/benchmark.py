@@ -23,7 +23,7 @@ from augment.core.classifier import (load_classifier, predict_proba, predict_rou
                                      train_classifiers)
 from augment.core.engine import Recipe, Task
 from augment.core.online import OnlineSamples
-from augment.core.sampling import load_generator
+from augment.core.gan.sampling import load_generator
 from augment.core.side_stream import SideStream, soften
 from augment.core.augmentation import transforms_for
 from augment.core.features import load_extractor, make_extractor

@@ -146,11 +146,11 @@ def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerp
     """The GAN trained again (resumably, in recipe/gan/) on every real image of the refit splits (and,
     with gan.train_on real+classical, the train split's classical copies and `copies`, the refit's), its
     samples gated as the synthesize stage gates (the same judge; novelty against these real images; the
-    collapse alarm): manifest-shaped rows, kept or not, generator "dcgan:<mode>:refit"."""
+    collapse alarm): manifest-shaped rows, kept or not, generator "<mode>:refit" (an ensemble's rows: "<member>:refit")."""
     from augment.core.classifier import load_classifier
-    from augment.core.ensemble_train import train_generators
+    from augment.core.gan.ensemble import train_generators
     from augment.core.gate import apply_alarm, class_quality, gan_rows, sample_and_judge
-    from augment.core.sampling import load_generator
+    from augment.core.gan.sampling import load_generator
 
     info, device = rundir.ingest_info(run_dir), resolve_device(cfg.device)
     classes, k = info["classes"], len(info["classes"])
@@ -177,8 +177,8 @@ def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerp
                                               rundir.selected_generator(run_dir)[1])  # the latent scale chosen on val
     per_class = class_quality(j.real_feats, y, j.feats, intended, j.kept, j.novelty, classes, cfg.gate)
     apply_alarm(per_class, classes, intended, j.kept, j.codes, j.reasons, cfg.gate.keep_collapsed)
-    return rundir.normalise(gan_rows(run_dir, images, intended, j, n, classes, seed, f"dcgan:{cfg.gan.mode}:refit",
-                                     folder=f"{REFIT_GAN.as_posix()}/images", prefix="gan-refit"))
+    return rundir.normalise(gan_rows(run_dir, images, intended, j, n, classes, seed, cfg.gan.mode,
+                                     folder=f"{REFIT_GAN.as_posix()}/images", prefix="gan-refit", suffix=":refit"))
 
 
 def recipe(cfg: Config, run_dir: Path, summary, arm: str, splits: tuple[str, ...], regenerate: bool = False) -> Path:

@@ -1,8 +1,8 @@
 """Stage gan: train the class-conditional DCGAN on the real train split; resumes from gan/checkpoint.pt.
 
-With gan.shards > 1 (per_class mode) each block of classes trains (or resumes) into
-gan/shards/<i>/ as a part of its own, which the flow may run side by side (`parts`,
-`run_part`); `run` then trains any part not finished and merges them exactly.
+With gan.shards > 1 (a shardable generator: per_class) each block of classes trains (or resumes)
+into gan/shards/<i>/ as a part of its own, which the flow may run side by side (`parts`,
+`run_part`); `run` then trains any part not finished and merges them exactly (Kind.merge).
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from augment import rundir
 from augment.atomic import write_torch
 from augment.config import Config
 from augment.core.accel import resolve_precision
-from augment.core.checkpoint import read_checkpoint
-from augment.core.ensemble_train import merge_histories, train_generators
-from augment.core.gan_train import Progress, class_shards, concat_grouped, merge_checkpoints, snapshot_path, snapshots, train_gan
 from augment.atomic import write_json
 from augment.core.classifier import load_classifier
+from augment.core.gan.checkpoint import read_checkpoint
+from augment.core.gan.ensemble import merge_histories, train_generators
+from augment.core.gan.kinds import kind
+from augment.core.gan.sampling import interpolate, load_generator, sample, save_grid
+from augment.core.gan.train import Progress, class_shards, snapshot_path, snapshots, train_gan
 from augment.core.gate import CAS_CURVE, better, gate_data, read_curve, score_generator
-from augment.core.sampling import interpolate, load_generator, sample, save_grid
 from augment.core.safe_text import file_label
 from augment.runtime import derive_seed, resolve_device
 
@@ -64,12 +65,11 @@ def _merge_shards(cfg: Config, run_dir: Path, n: int, fingerprint: str) -> None:
     for i, p in enumerate(payloads):
         if p.get("step") != cfg.gan.steps:
             raise RuntimeError(f"gan shard {i} stopped at step {p.get('step')} of {cfg.gan.steps}")
-    write_torch(gan_dir / "checkpoint.pt", merge_checkpoints(payloads, fingerprint))
+    merge = kind(cfg.gan.mode).merge
+    write_torch(gan_dir / "checkpoint.pt", {"fingerprint": fingerprint, "shards": n, **merge(payloads)})
     for step, _ in snapshots(shard_dir(run_dir, 0)):  # gan.checkpoint_selection: cas, the snapshots merge the same way
-        parts = [read_checkpoint(snapshot_path(shard_dir(run_dir, i), step)) for i in range(n)]
-        model = dict(parts[0]["model"], n_classes=sum(p["model"]["n_classes"] for p in parts))
-        write_torch(snapshot_path(gan_dir, step), {"model": model, "step": step,
-                                                   "ema": concat_grouped([p["ema"] for p in parts])})
+        write_torch(snapshot_path(gan_dir, step), merge([read_checkpoint(snapshot_path(shard_dir(run_dir, i), step))
+                                                        for i in range(n)]))
     # History: per-step means over all classes (each shard weighted by its class count)
     weights = np.array([p["model"]["n_classes"] for p in payloads], dtype=float)
     merge_histories([shard_dir(run_dir, i) / "history.csv" for i in range(n)], weights, gan_dir / "history.csv")

@@ -15,7 +15,7 @@ from augment.config import Config
 from augment.core.classifier import load_classifier, predict
 from augment.core.gate import (K_NEIGHBOURS, apply_alarm, better, class_quality, gan_rows, gate_data, read_curve,
                                 sample_and_judge, score_generator)
-from augment.core.sampling import load_generator
+from augment.core.gan.sampling import load_generator
 from augment.runtime import derive_seed, resolve_device
 
 
@@ -78,7 +78,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
                       "generator": Path(path).relative_to(run_dir).as_posix(), "curve": curve},
     })
 
-    rows = gan_rows(run_dir, images, intended, j, n, classes, seed, f"dcgan:{cfg.gan.mode}")
+    rows = gan_rows(run_dir, images, intended, j, n, classes, seed, cfg.gan.mode)
     rundir.replace_source(run_dir, "gan", rows)
     return {
         "generated": len(rows),
@@ -94,7 +94,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
 def generators(cfg: Config, run_dir: Path) -> list[tuple[int, Path]]:
     """The (step, checkpoint) the synthesize stage may sample: the last step's, or with
     gan.checkpoint_selection: cas every snapshot the gan stage kept (the last step among them)."""
-    from augment.core.gan_train import snapshots
+    from augment.core.gan.train import snapshots
 
     found = snapshots(Path(run_dir) / "gan") if cfg.gan.checkpoint_selection == "cas" else []
     return found or [(cfg.gan.steps, Path(run_dir) / rundir.GAN_CHECKPOINT)]

@@ -1,10 +1,12 @@
-"""Training gan.mode's generator: one mode, or an ensemble's members stepped together, merged.
+"""Training gan.mode's generator: one generator, or an ensemble's members stepped together, merged.
 
-Each member trains exactly as its mode alone (same seed, same data) in gan/members/<mode>/, with its
-own checkpoint and resume; the members take their steps in turn in one loop (augment.core.gan_train.
+Each member trains exactly as its generator alone (same seed, same data) in gan/members/<mode>/, with
+its own checkpoint and resume; the members take their steps in turn in one loop (augment.core.gan.train.
 train_members), so their snapshots fall together and can be judged as one ensemble while training.
-The merged checkpoint (and the snapshots of gan.checkpoint_selection cas) hold every member's EMA
-generator, which augment.core.sampling.load_generator turns into an augment.core.ensemble.EnsembleGenerator.
+The merged checkpoint (and the snapshots of gan.checkpoint_selection cas) hold what every member's
+sampling needs (Kind.sampler_keys), which augment.core.gan.sampling.load_generator turns into an
+EnsembleGenerator. The synthesize stage gates each member's samples apart (gate.select: auto picks
+each member's rule) and keeps gan.samples_per_class split evenly between them.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import numpy as np
 import pandas as pd
 
 from augment.atomic import atomic_path, write_torch
-from augment.core.checkpoint import read_checkpoint
-from augment.core.ensemble import member_modes
-from augment.core import gan_train
-from augment.core.gan_train import snapshot_path, snapshots
+from augment.core.gan import train as gan_train
+from augment.core.gan.checkpoint import read_checkpoint
+from augment.core.gan.kinds import kind
+from augment.core.gan.train import snapshot_path, snapshots
+from augment.registry import generator_modes
 
 MEMBERS = "members"  # gan/members/<mode>/: each member's training directory
 
@@ -47,7 +50,7 @@ def merge_snapshot(out_dir: Path, modes: list[str], step: int) -> Path:
 def _members(payloads: list[dict]) -> dict:
     """The generator part of an ensemble's checkpoint or snapshot: every member's settings and EMA state."""
     return {"step": payloads[0]["step"], "model": {"members": [p["model"] for p in payloads]},
-            "ema": [p["ema"] for p in payloads]}
+            "members": [{key: p[key] for key in kind(p["model"]["mode"]).sampler_keys} for p in payloads]}
 
 
 def merge_histories(paths: list[Path], weights: np.ndarray, out: Path) -> None:
@@ -63,11 +66,11 @@ def merge_histories(paths: list[Path], weights: np.ndarray, out: Path) -> None:
 def train_generators(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg, *, seed: int, device, out_dir: Path,
                      fingerprint: str = "", progress=None, val=None, on_snapshot=None) -> int:
     """Train (or resume) gan.mode's generator into out_dir, an ensemble's members stepped together
-    (each as its mode alone, in out_dir/members/<mode>/), then merge them; the steps trained.
+    (each as its generator alone, in out_dir/members/<mode>/), then merge them; the steps trained.
 
     on_snapshot(step, path): the generator's snapshot of `step` (an ensemble's merged one) is at
     `path`; True stops the training there (train_members)."""
-    modes = member_modes(cfg.mode)
+    modes = generator_modes(cfg.mode)
     if len(modes) == 1:
         member = gan_train.start_member(images, labels, n_classes, cfg, seed=seed, device=device, out_dir=out_dir,
                                         fingerprint=fingerprint, val=val)

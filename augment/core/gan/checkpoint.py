@@ -1,4 +1,4 @@
-"""Reading GAN checkpoints safely: tensors and plain containers only, never arbitrary pickles."""
+"""Reading generator checkpoints safely: tensors and plain containers only, never arbitrary pickles."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from augment.core.networks import GanSpec
+from augment.core.gan.kinds import GanSpec
 from augment.errors import UserError
 
 
@@ -17,7 +17,7 @@ def read_checkpoint(path: Path) -> dict:
     except Exception as exc:  # noqa: BLE001  (UnpicklingError, RuntimeError, EOFError, zip errors)
         raise UserError(f"{path}: not a checkpoint this tool wrote ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to train from scratch") from None
-    if not isinstance(payload, dict) or "ema" not in payload or "model" not in payload:
+    if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict) or len(payload) < 2:
         raise UserError(f"{path}: not a checkpoint this tool wrote (no generator state or model settings); "
                         "delete it to train from scratch")
     return payload

@@ -1,4 +1,4 @@
-"""Class-conditional DCGAN networks (Radford et al. 2016) and the settings that build them.
+"""The DCGAN generators (Radford et al. 2016), gan.mode per_class and conditional: networks and kinds.
 
 Both modes share one interface so the trainer never branches on the mode:
     G(z: (B, K, nz))            -> images (B, K, nc, S, S) in [-1, 1], one per class
@@ -6,17 +6,20 @@ Both modes share one interface so the trainer never branches on the mode:
 `per_class` is K independent DCGANs run as one grouped-convolution network (groups=K:
 class k's channels only ever see class k's channels, and batch norm statistics are per
 channel, hence per class). `conditional` is one DCGAN with a label embedding in G and a
-projection discriminator (Miyato & Koyama 2018) in D. `mix` (augment.core.mix) makes images from
+projection discriminator (Miyato & Koyama 2018) in D. `mix` (augment.core.gan.mix) makes images from
 masked mixes of two real images' features and is judged by the conditional mode's discriminator.
+All three train adversarially (augment.core.gan.adversarial).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from augment.core.gan.adversarial import Adversarial
+from augment.core.gan.kinds import GanSpec
 
 
 def _n_up(image_size: int) -> int:
@@ -24,18 +27,6 @@ def _n_up(image_size: int) -> int:
     if 2 ** (n + 2) != image_size or n < 2:
         raise ValueError(f"image_size must be a power of two >= 16, got {image_size}")
     return n
-
-
-def dcgan_init(module: nn.Module, generator: torch.Generator | None = None) -> None:
-    """The paper's init: conv weights N(0, 0.02), batch-norm scale N(1, 0.02), bias 0."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, 0.0, 0.02, generator=generator)
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight, 1.0, 0.02, generator=generator)
-            nn.init.zeros_(m.bias)
 
 
 class Generator(nn.Module):
@@ -120,35 +111,36 @@ class Discriminator(nn.Module):
         return (self.head(h).flatten() + proj).view(b, k)
 
 
-@dataclass(frozen=True)
-class GanSpec:
-    """Everything that fixes the networks' shapes; stored in every checkpoint, so a checkpoint
-    loads without the run's config."""
+def merge_grouped(states: list[dict]) -> dict:
+    """One K-class grouped network's state from its shards' states (in class order).
 
-    mode: str
-    n_classes: int
-    nz: int
-    ngf: int
-    ndf: int
-    image_size: int
-    channels: int
-    parents: int = 0  # mix mode: real images held per class (the largest class's count)
+    Every per-group tensor of a grouped (de)convolution, batch norm or head keeps its groups
+    contiguous along dim 0, so concatenation along dim 0 is exact; scalars (batch norm's
+    num_batches_tracked, the EMA's n_averaged) are equal across shards and taken from the first.
+    """
+    return {k: torch.cat([s[k] for s in states]) if states[0][k].dim() else states[0][k] for k in states[0]}
 
-    def __post_init__(self) -> None:
-        if self.mode not in ("per_class", "conditional", "mix"):  # an ensemble is several specs (core/ensemble_train.py)
-            raise ValueError(f"one network per mode per_class, conditional or mix, not {self.mode!r}")
 
-    def generator(self) -> nn.Module:
-        if self.mode == "mix":
-            from augment.core.mix import MixGenerator
+class PerClass(Adversarial):
+    """gan.mode per_class: K independent DCGANs as one grouped network; shards concatenate exactly."""
 
-            return MixGenerator(self.n_classes, self.nz, self.ngf, self.channels, self.image_size, self.parents)
-        return Generator(self.n_classes, self.nz, self.ngf, self.channels, self.image_size, self.mode)
+    def networks(self, spec: GanSpec) -> tuple[nn.Module, nn.Module]:
+        return (Generator(spec.n_classes, spec.nz, spec.ngf, spec.channels, spec.image_size, "per_class"),
+                Discriminator(spec.n_classes, spec.ndf, spec.channels, spec.image_size, "per_class"))
 
-    def discriminator(self) -> Discriminator:
-        mode = "conditional" if self.mode == "mix" else self.mode  # a projection discriminator judges the mixes
-        return Discriminator(self.n_classes, self.ndf, self.channels, self.image_size, mode)
+    def merge(self, payloads: list[dict]) -> dict:
+        """The K-class checkpoint of finished shards' checkpoints or snapshots (G, D, EMA, model settings)."""
+        merged = {"model": dict(payloads[0]["model"], n_classes=sum(p["model"]["n_classes"] for p in payloads)),
+                  "step": payloads[0]["step"]}
+        for part in ("G", "D", "ema"):
+            if part in payloads[0]:
+                merged[part] = merge_grouped([p[part] for p in payloads])
+        return merged
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
+class Conditional(Adversarial):
+    """gan.mode conditional: one DCGAN with a label embedding in G and a projection discriminator."""
+
+    def networks(self, spec: GanSpec) -> tuple[nn.Module, nn.Module]:
+        return (Generator(spec.n_classes, spec.nz, spec.ngf, spec.channels, spec.image_size, "conditional"),
+                Discriminator(spec.n_classes, spec.ndf, spec.channels, spec.image_size, "conditional"))

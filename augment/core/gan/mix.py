@@ -7,8 +7,8 @@ one pair); a decoder turns the mix into an image. Trained with reconstruction (d
 and the adversarial loss of a projection discriminator, the mixes must look like real images of the
 class, and they are new combinations of its real images rather than draws from noise alone.
 
-It keeps the other modes' interface, so the trainer, the sampler, the gate and the online sampler never
-branch on the mode: G(z: (B, K, nz)) -> (B, K, nc, S, S). The parents are real images held in the
+It keeps every generator's interface (augment.core.gan.kinds), so the trainer, the sampler, the gate and
+the online sampler never branch on the mode: G(z: (B, K, nz)) -> (B, K, nc, S, S). The parents are real images held in the
 generator (buffer `bank`, (K, Nmax, nc, S, S), and `counts`), and z picks them: its first dimensions'
 signs are the bits of the two parents' indices and of the mask, the rest is the noise. Signs do not
 change when z is scaled, so a latent scale (gan.latent_scales) scales only the noise. Every layer
@@ -21,6 +21,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from augment.core.gan.adversarial import Adversarial, TrainState
+from augment.core.gan.dcgan import Discriminator
+from augment.core.gan.kinds import Bank, GanSpec
 
 PARENT_BITS = 12  # index bits per parent: uniform over classes of up to 4,096 images
 GRID = 4  # the mask is a GRID x GRID grid of cells over the feature map
@@ -99,7 +103,7 @@ class MixGenerator(nn.Module):
         return out.view_as(x)
 
     def reconstruct_bank(self, idx: torch.Tensor) -> torch.Tensor:
-        """reconstruct(x) for x = the bank's images idx (B, K) within their classes (augment.core.mix._through)."""
+        """reconstruct(x) for x = the bank's images idx (B, K) within their classes (augment.core.gan.mix._through)."""
         out = self._through(idx, lambda x: self.decoder(self.encoder(x)))
         return out.view(*idx.shape, *out.shape[1:])
 
@@ -130,3 +134,24 @@ class MixGenerator(nn.Module):
         mixed = m * feats[:, 0] + (1 - m) * feats[:, 1] + self.noise(z[..., SELECT_DIMS:].reshape(b * k, -1))[:, :, None, None]
         out = self.decoder(mixed)
         return out.view(b, k, self.nc, *out.shape[-2:])
+
+
+class Mix(Adversarial):
+    """gan.mode mix: MixGenerator against the conditional mode's projection discriminator; G's loss adds
+    the reconstruction of real images (gan.mix_reconstruction), as ChimeraMix trains its encoder-decoder."""
+
+    constant_buffers = ("bank", "counts")
+
+    def spec(self, cfg, n_classes: int, channels: int, bank: Bank | None) -> GanSpec:
+        parents = bank[0].shape[1] if bank is not None else 0
+        return GanSpec(cfg.mode, n_classes, cfg.nz, cfg.ngf, cfg.ndf, cfg.image_size, channels, parents)
+
+    def networks(self, spec: GanSpec) -> tuple[nn.Module, nn.Module]:
+        return (MixGenerator(spec.n_classes, spec.nz, spec.ngf, spec.channels, spec.image_size, spec.parents),
+                Discriminator(spec.n_classes, spec.ndf, spec.channels, spec.image_size, "conditional"))
+
+    def prepare(self, G: MixGenerator, bank: Bank) -> None:
+        G.set_bank(*bank)
+
+    def extra_g_loss(self, state: TrainState, idx: torch.Tensor, real: torch.Tensor, cfg) -> torch.Tensor:
+        return cfg.mix_reconstruction * (state.G.reconstruct_bank(idx).float() - real).abs().mean()
