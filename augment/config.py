@@ -14,7 +14,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
-from augment.registry import ARMS, GENERATORS, SAMPLERS, FeatureSpace, check_generator_mode, generator_modes
+from augment.registry import (ARMS, CLASSICAL_PRESETS, DIFFAUGMENT_POLICIES, GENERATORS, PROTOCOLS, SAMPLERS, FeatureSpace,
+                              check_generator_mode, generator_modes)
 
 # A boolean key takes true or false only: YAML 1.1's yes/no/on/off stay strings (augment.config_file)
 # and are refused, so `enabled: no` cannot silently switch a stage off.
@@ -86,7 +87,7 @@ class DataConfig(_Section):
 
 class ClassicalConfig(_Section):
     enabled: Bool = True
-    preset: Literal["light", "medium", "heavy"] = "light"
+    preset: Literal[CLASSICAL_PRESETS] = "light"
     flips: Bool = False
     transforms: list[dict[str, Any]] | None = None
     pipeline_file: Path | None = None
@@ -141,7 +142,7 @@ class GanConfig(_Section):
     ndf: int = Field(default=32, ge=4)
     lr: float = Field(default=2e-4, gt=0)
     beta1: float = Field(default=0.5, ge=0, lt=1)
-    diffaugment: list[Literal["color", "translation", "cutout"]] = Field(
+    diffaugment: list[Literal[DIFFAUGMENT_POLICIES]] = Field(
         default_factory=lambda: ["translation", "cutout"]
     )
     ema_decay: float = Field(default=0.999, ge=0, lt=1)
@@ -250,7 +251,7 @@ class BenchmarkConfig(_Section):
     # Where the share and the recommended arm are chosen: on val, or by repeated stratified k-fold
     # over the real train+val images (one fold per seed; augment.core.selection); auto: k-fold when
     # the smallest class has fewer than kfold_below val images. Test is never read by either.
-    selection: Literal["auto", "val", "kfold"] = "auto"
+    selection: Literal[("auto", *PROTOCOLS)] = "auto"
     kfold_below: int = Field(default=5, ge=1)
     folds: int = Field(default=5, ge=2)
     linear_probe: Bool = True

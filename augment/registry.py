@@ -115,14 +115,25 @@ COMBINED_SAMPLERS = ("SMOTEENN", "SMOTETomek")
 
 # --------------------------------------------------------------------------- feature spaces
 
-FeatureSpace = Literal["pixels", "cnn", "pretrained", "discriminator"]
 FEATURE_SPACES: dict[str, str] = {
     "pixels": "flattened pixels (optionally PCA); SMOTE rows decode back to images",
     "cnn": "the benchmark classifier trained on the real train split; rows stay feature rows",
     "pretrained": "a torchvision backbone with weights on disk; rows stay feature rows",
     "discriminator": "the trained DCGAN discriminator; rows stay feature rows",
 }
-INVERTIBLE_FEATURE_SPACES = ("pixels",)
+FeatureSpace = Literal[tuple(FEATURE_SPACES)]  # smote.features; an extractor says itself whether it is invertible
+
+# --------------------------------------------------------------------------- choosing on val or by k-fold
+
+PROTOCOLS: dict[str, str] = {  # benchmark.selection (besides auto): where the benchmark makes its choices
+    "val": "on the val split",
+    "kfold": "by repeated stratified k-fold over the real train+val images (a val split too small to choose on)",
+}
+
+# --------------------------------------------------------------------------- augmentation names
+
+CLASSICAL_PRESETS = ("light", "medium", "heavy")  # classical.preset: augment.core.augmentation.PRESETS
+DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")  # gan.diffaugment: augment.core.gan.diffaugment.POLICIES
 
 # --------------------------------------------------------------------------- generators
 

@@ -114,3 +114,26 @@ def test_the_checks_catch_what_they_guard(tmp_path, monkeypatch):
         test_imports_run_one_way()
     with pytest.raises(pytest.fail.Exception, match="import loop: .*augment.rundir"):
         test_no_import_loops()
+
+
+def test_every_name_a_config_accepts_is_in_one_registry_table():
+    """The config's choices come from augment.registry; the code's own tables hold the same names."""
+    from augment import registry
+    from augment.config import BenchmarkConfig, ClassicalConfig, GanConfig, SmoteConfig
+    from augment.core.augmentation import PRESETS
+    from augment.core.features import _KINDS as FEATURE_KINDS
+    from augment.core.gan.diffaugment import POLICIES
+
+    assert tuple(PRESETS) == registry.CLASSICAL_PRESETS
+    assert tuple(POLICIES) == registry.DIFFAUGMENT_POLICIES
+    assert tuple(FEATURE_KINDS) == tuple(registry.FEATURE_SPACES)
+    for name in registry.FEATURE_SPACES:
+        SmoteConfig(features=name)
+    for name in (*registry.PROTOCOLS, "auto"):
+        BenchmarkConfig(selection=name)
+    for name in registry.CLASSICAL_PRESETS:
+        ClassicalConfig(preset=name)
+    for mode, entry in registry.GENERATORS.items():
+        GanConfig(mode=mode, nz=max(entry.min_nz, 2))
+    for table in ("GENERATOR_MODES", "INVERTIBLE_FEATURE_SPACES", "GeneratorMode"):
+        assert not hasattr(registry, table), f"registry.{table}: a list nothing reads"

@@ -9,6 +9,7 @@ from augment.core.gan.adversarial import d_real_accuracy, dcgan_init
 from augment.core.gan.dcgan import Discriminator, Generator
 from augment.core.gan.kinds import prepare_real
 from augment.core.gan.train import build_state, load_checkpoint, train_gan
+from augment.registry import GENERATORS
 from augment.core.gan.sampling import sample
 from augment.core.tensors import to_uint8
 
@@ -150,11 +151,12 @@ def test_cutout_zeroes_a_quarter_and_translation_moves_pixels():
     assert (moved == 0).any() and set(moved.unique().tolist()) <= {0.0, 1.0}
 
 
-@pytest.mark.parametrize("mode,regularise", [("per_class", {}), ("conditional", {}), ("mix", {"nz": 48}),
+@pytest.mark.parametrize("mode,regularise", [*[(m, {"nz": max(8, e.min_nz)}) for m, e in GENERATORS.items()],
                                              ("per_class", {"lecam": 0.3, "r1": 1.0})])
 def test_training_is_deterministic_and_resume_matches(tmp_path, mode, regularise):
     """Stopping at step 3 and resuming gives the same weights as training 6 steps straight (with
-    LeCam's moving averages and R1 too, and for the mix mode's encoder-decoder and its image bank)."""
+    LeCam's moving averages and R1 too), for every generator of the registry through the one loop (the
+    mix mode's encoder-decoder and its image bank included)."""
     x, y = toy_data()
     cfg = GanConfig(**{**TINY, "mode": mode, **regularise})
     device = torch.device("cpu")

@@ -133,12 +133,16 @@ def image_grid(rows: dict[str, dict[str, np.ndarray]], path: Path, notes: dict[s
 
 
 def training_curves(history: pd.DataFrame, path: Path) -> Path:
-    """GAN losses, D's mean outputs, and D's accuracy on train vs held-out real images."""
+    """The generator's losses (every metric named loss*), D's mean outputs, and D's accuracy on train vs
+    held-out real images, each where the generator records it (Kind.metrics, Kind.evaluate)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.2))
     smooth = history.set_index("step").rolling(max(1, len(history) // 50), min_periods=1).mean()
-    smooth[["loss_d", "loss_g"]].plot(ax=axes[0], title="losses (smoothed)")
-    smooth[["d_real", "d_fake"]].plot(ax=axes[1], title="D(real), D(fake) (smoothed)", ylim=(0, 1))
+    smooth[[c for c in smooth.columns if c.startswith("loss")]].plot(ax=axes[0], title="losses (smoothed)")
+    if {"d_real", "d_fake"} <= set(smooth.columns):
+        smooth[["d_real", "d_fake"]].plot(ax=axes[1], title="D(real), D(fake) (smoothed)", ylim=(0, 1))
+    else:
+        axes[1].set_axis_off()
     acc = history.set_index("step")[[c for c in ("d_acc_train", "d_acc_val") if c in history]].dropna(how="all")
     if len(acc.columns) and len(acc):
         acc.plot(ax=axes[2], marker="o", ylim=(-0.05, 1.05), title="D calls real: train vs held-out")

@@ -16,8 +16,6 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import RepeatedStratifiedKFold
 
-PROTOCOLS = ("val", "kfold")
-
 
 def choose_protocol(selection: str, kfold_below: int, val_per_class: int) -> tuple[str, str]:
     """The protocol ("val" or "kfold") and why, for benchmark.selection and the smallest class's

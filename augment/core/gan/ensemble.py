@@ -55,9 +55,13 @@ def _members(payloads: list[dict]) -> dict:
 
 def merge_histories(paths: list[Path], weights: np.ndarray, out: Path) -> None:
     """One history.csv of parts trained side by side or in turn: per-step weighted means of every
-    column; step_seconds is the slowest part's (the wall time when the parts run side by side)."""
+    column (over the parts that have it); step_seconds is the slowest part's (the wall time when the parts run side by side)."""
     frames = [pd.read_csv(p).set_index("step") for p in paths]
-    mean = sum(f.drop(columns="step_seconds") * w for f, w in zip(frames, weights)) / weights.sum()
+    columns = dict.fromkeys(c for f in frames for c in f.columns if c != "step_seconds")
+    mean = pd.DataFrame(index=frames[0].index)
+    for c in columns:  # a column over the parts that record it (generators' metrics differ: Kind.metrics)
+        have = [(f[c], w) for f, w in zip(frames, weights) if c in f]
+        mean[c] = sum(col * w for col, w in have) / sum(w for _, w in have)
     mean["step_seconds"] = pd.concat([f["step_seconds"] for f in frames], axis=1).max(axis=1)
     with atomic_path(out) as tmp:
         mean.reset_index().to_csv(tmp, index=False)
