@@ -9,6 +9,7 @@ import functools
 import hashlib
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -32,6 +33,10 @@ def _torchvision_model(name: str) -> str:
     if name not in _torchvision_models():
         raise ValueError(f"{name!r} is not a torchvision classification model")
     return name
+
+
+class ConfigWarning(UserWarning):
+    """A config key that was renamed, or that does nothing in the chosen combination (shown once)."""
 
 
 class _Section(BaseModel):
@@ -116,7 +121,20 @@ class SmoteConfig(_Section):
     backbone: str = "resnet18"
     weights: Path | None = None
     input_size: int = Field(default=64, ge=16, le=512)
-    multiplier: float = Field(default=3.0, ge=1.0, le=100.0)
+    # every class is filled up to this multiple of the largest class's train count (was smote.multiplier,
+    # a name classical.multiplier uses for copies per image)
+    fill_ratio: float = Field(default=3.0, ge=1.0, le=100.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "multiplier" in data:
+            if "fill_ratio" in data:
+                raise ValueError("smote.multiplier is the old name of smote.fill_ratio: set only fill_ratio")
+            warnings.warn("smote.multiplier is now smote.fill_ratio (the same meaning: every class filled up to "
+                          "this multiple of the largest class); rename the key", ConfigWarning, stacklevel=2)
+            data = {**{k: v for k, v in data.items() if k != "multiplier"}, "fill_ratio": data["multiplier"]}
+        return data
 
     @field_validator("backbone")
     @classmethod
@@ -376,3 +394,4 @@ class Config(_Section):
         blob = json.dumps({k: functools.reduce(lambda node, part: node[part], k.split("."), dumped) for k in keys},
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+

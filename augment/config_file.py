@@ -7,14 +7,16 @@ read the input (data, pipeline file, weights).
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from augment.config import Config
+from augment.config import Config, ConfigWarning
 from augment.errors import UserError
+from augment.registry import GENERATORS, generator_modes
 
 # Keys holding a path to an input: a relative one is made absolute at load, against the folder of
 # the config file that sets it, or the current folder for --set.
@@ -98,6 +100,15 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+DEFAULT_CONFIG = "configs/default.yaml"  # the embedded default (scikit-learn's digits made scarce)
+
+
+def default_config_path() -> Path:
+    """configs/default.yaml in the working directory, else the one shipped beside this package."""
+    here = Path(DEFAULT_CONFIG)
+    return here if here.is_file() else Path(__file__).resolve().parents[1] / DEFAULT_CONFIG
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or the built-in defaults when path is None) and apply --set overrides."""
     raw: dict = {}
@@ -118,10 +129,49 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         _absolute_paths(raw, path.parent)
     raw = _merge(raw, _absolute_paths(parse_overrides(overrides), Path.cwd()))
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as err:
         raise UserError(_format_error(err, source)) from None
+    for line in inert_keys(cfg):
+        warnings.warn(f"{source}: {line}", ConfigWarning, stacklevel=2)
+    return cfg
 
 
 def dump_config(cfg: Config) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- keys that do nothing
+
+# (section, keys, when they do nothing, why): a key set in the config (not left at its default)
+# while its condition holds is one warning (augment.config_file.load_config), never an error.
+INERT: list[tuple[str, tuple[str, ...], Any, str]] = [
+    ("smote", ("backbone", "weights", "input_size"), lambda c: c.smote.features != "pretrained",
+     "smote.features is not pretrained"),
+    ("smote", ("pca_components",), lambda c: c.smote.features != "pixels", "smote.features is not pixels"),
+    ("classical", ("preset", "flips"), lambda c: c.classical.transforms is not None or c.classical.pipeline_file is not None,
+     "classical.transforms or classical.pipeline_file replaces the preset"),
+    ("gan", ("latent_scales", "patience"), lambda c: c.gan.checkpoint_selection == "last",
+     "gan.checkpoint_selection is last (no snapshot is scored)"),
+    ("benchmark", ("share_grid",), lambda c: c.benchmark.synthetic_share != "auto",
+     "benchmark.synthetic_share is a number (no share is chosen)"),
+]
+
+
+def inert_keys(cfg: Config) -> list[str]:
+    """One line per key the config sets that does nothing in the combination it chose."""
+    out = []
+    for section in ("classical", "smote", "gan"):
+        part = getattr(cfg, section)
+        if not part.enabled:
+            out += [f"{section}.{k} does nothing: {section}.enabled is false" for k in sorted(part.model_fields_set - {"enabled"})]
+    for section, keys, when, why in INERT:
+        part = getattr(cfg, section)
+        if (section not in ("classical", "smote", "gan") or part.enabled) and when(cfg):
+            out += [f"{section}.{k} does nothing: {why}" for k in keys if k in part.model_fields_set]
+    if cfg.gan.enabled:  # keys one generator reads (registry GeneratorEntry.keys), set for a gan.mode without it
+        members = generator_modes(cfg.gan.mode)
+        for name, entry in GENERATORS.items():
+            out += [f"gan.{k} does nothing: only gan.mode {name} reads it, not {cfg.gan.mode!r}" for k in entry.keys
+                    if k in cfg.gan.model_fields_set and name not in members]
+    return out

@@ -309,8 +309,10 @@ def device_record(cfg: Config) -> dict:
 def run(config: Config | str | Path | None = None, overrides: list[str] | None = None,
         run_dir: str | Path | None = None) -> Summary:
     """The Python API: run every stage in this process (no Prefect) and return the benchmark's typed
-    summary. `config`: a loaded Config, a YAML path, or None for the embedded default; the run
-    directory defaults to <run_root>/<config name> and resumes like `augment run`."""
+    summary. `config`: a loaded Config, a YAML path, or None for the embedded default (configs/default.yaml,
+    what `augment run` runs); the run directory defaults to <run_root>/<config name> and resumes like `augment run`."""
+    if config is None:
+        config = config_file.default_config_path()
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     name = None if isinstance(config, Config) else config
     path = Path(run_dir) if run_dir is not None else default_run_dir(cfg, name)

@@ -149,6 +149,7 @@ class GeneratorEntry:
     min_nz: int = 2  # the smallest gan.nz it accepts
     select: str = "confidence"  # gate.select auto's rule for its samples
     discriminator: bool = True  # it trains a discriminator (smote.features: discriminator reads it)
+    keys: tuple[str, ...] = ()  # gan config keys only this generator reads (set for another: a warning)
 
 
 GENERATORS: dict[str, GeneratorEntry] = {
@@ -161,7 +162,7 @@ GENERATORS: dict[str, GeneratorEntry] = {
     "mix": GeneratorEntry("augment.core.gan.mix:Mix",
                           "an encoder-decoder that mixes the features of two real images of a class under a random "
                           "mask (ChimeraMix/DAGAN style; projection discriminator), shared by all classes",
-                          min_nz=41, select="farthest"),
+                          min_nz=41, select="farthest", keys=("mix_reconstruction",)),
 }
 # gan.mode names one generator or an ensemble of several joined by "+" ("per_class+mix"): each member
 # trained as alone, half the kept samples of each class from each (augment.core.gan.ensemble).

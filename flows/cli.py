@@ -11,15 +11,7 @@ from pathlib import Path
 
 from flows import settings
 
-DEFAULT_CONFIG = "configs/default.yaml"
-
-
-def _default_config() -> str:
-    """configs/default.yaml in the working directory, else the one shipped beside this package."""
-    here = Path(DEFAULT_CONFIG)
-    if here.is_file():
-        return str(here)
-    return str(Path(__file__).resolve().parents[1] / DEFAULT_CONFIG)
+from augment.config_file import DEFAULT_CONFIG, default_config_path
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,6 +195,25 @@ def _schedule(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
+def _load_config_once(load_config, config, overrides):
+    """load_config, each ConfigWarning (a renamed key, a key that does nothing) one line on stderr, once:
+    the flow loads the config again and says nothing more."""
+    import warnings
+
+    from augment.config import ConfigWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        cfg = load_config(config, overrides)
+    for w in caught:
+        if issubclass(w.category, ConfigWarning):
+            print(f"augment: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    warnings.filterwarnings("ignore", category=ConfigWarning)
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings.apply(quiet=getattr(args, "quiet", False))  # before anything imports Prefect or albumentations
@@ -212,9 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     from augment.graph import check_run_dir, default_run_dir, load_config
 
     debug = os.environ.get("AUGMENT_DEBUG", "") not in ("", "0") or getattr(args, "verbose", False)
-    config = args.config or _default_config()
+    config = args.config or str(default_config_path())
     try:  # every mistake the config and the run directory can show, before paying for Prefect's start-up
-        cfg = load_config(config, args.overrides)
+        cfg = _load_config_once(load_config, config, args.overrides)
         if args.command == "schedule":
             _cron(args.cron, args.timezone)
             return _schedule(args, cfg)

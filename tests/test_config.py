@@ -1,15 +1,62 @@
-import pytest
+import warnings
+from pathlib import Path
 
-from augment.config import Config
+import pytest
+import yaml
+
+from augment.config import Config, ConfigWarning
 from augment.config_file import load_config, parse_overrides
 from augment.errors import UserError
 from conftest import REPO
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml", "my_folder.yaml"])
-def test_shipped_configs_load(name):
-    cfg = load_config(REPO / "configs" / name)
+def test_shipped_configs_load_without_a_warning(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConfigWarning)
+        cfg = load_config(REPO / "configs" / name)
     assert isinstance(cfg, Config)
+
+
+def test_the_embedded_default_lists_only_the_keys_it_changes_and_run_none_uses_it(monkeypatch, tmp_path):
+    """configs/default.yaml sets a key only where it differs from the library default (augment.config),
+    and augment.run(None) runs it, as `augment run` with no config does."""
+    from augment import graph
+    from augment.config_file import default_config_path
+
+    raw, defaults = yaml.safe_load((REPO / "configs" / "default.yaml").read_text()), Config().model_dump(mode="json")
+    same = [f"{section}.{key}" for section, keys in raw.items() for key, value in keys.items()
+            if defaults[section][key] == value]
+    assert not same, f"configs/default.yaml repeats library defaults: {same}"
+    seen = {}
+    monkeypatch.setattr(graph, "run_pipeline", lambda cfg, path: seen.update(cfg=cfg, path=path))
+    monkeypatch.setattr(graph, "read_summary", lambda path: None)
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the one beside the package
+    graph.run(None)
+    assert seen["cfg"] == load_config(default_config_path()) and seen["path"] == Path("runs") / "default"
+    assert default_config_path() == REPO / "configs" / "default.yaml"
+
+
+def test_a_renamed_key_loads_with_a_warning_and_both_names_are_an_error(tmp_path):
+    with pytest.warns(ConfigWarning, match="smote.multiplier is now smote.fill_ratio"):
+        assert load_config(None, ["smote.multiplier=4"]).smote.fill_ratio == 4.0
+    with pytest.raises(UserError, match="smote.multiplier is the old name of smote.fill_ratio"):
+        load_config(None, ["smote.multiplier=4", "smote.fill_ratio=2"])
+
+
+@pytest.mark.parametrize("overrides, line", [
+    (["smote.features=cnn", "smote.pca_components=8"], "smote.pca_components does nothing: smote.features is not pixels"),
+    (["gan.mode=per_class", "gan.mix_reconstruction=3"], "gan.mix_reconstruction does nothing: only gan.mode mix reads it"),
+    (["gan.enabled=false", "gan.steps=10"], "gan.steps does nothing: gan.enabled is false"),
+    (["benchmark.synthetic_share=0.5", "benchmark.share_grid=[0.1]"], "benchmark.share_grid does nothing"),
+    (["classical.transforms=[{__class_fullname__: Blur}]", "classical.preset=heavy"], "classical.preset does nothing"),
+])
+def test_a_key_that_does_nothing_in_the_chosen_combination_is_one_warning(overrides, line):
+    with pytest.warns(ConfigWarning, match=line):
+        load_config(None, overrides)
+    with warnings.catch_warnings():  # the same key where it does something: silent
+        warnings.simplefilter("error", ConfigWarning)
+        load_config(None, ["gan.mode=mix", "gan.mix_reconstruction=3", "smote.pca_components=8"])
 
 
 def test_defaults_without_a_file():

@@ -14,7 +14,7 @@ from augment.registry import COMBINED_SAMPLERS, SAMPLERS
 log = logging.getLogger("augment")
 
 _NEIGHBOUR_PARAMS = ("k_neighbors", "n_neighbors")
-_SET_BY_US = ("sampling_strategy", "random_state", "smote")  # from smote.multiplier, seed, and the inner SMOTE
+_SET_BY_US = ("sampling_strategy", "random_state", "smote")  # from smote.fill_ratio, seed, and the inner SMOTE
 
 
 def _sampler_class(name: str):

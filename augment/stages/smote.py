@@ -42,7 +42,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     extractor.fit(x_img, y, len(info["classes"]))
     save_extractor(Path(run_dir) / rundir.EXTRACTOR, extractor)
     feats = extractor.transform(x_img)
-    target = int(round(cfg.smote.multiplier * np.bincount(y).max()))
+    target = int(round(cfg.smote.fill_ratio * np.bincount(y).max()))
     x_new, y_new = oversample(feats, y, {c: target for c in range(len(info["classes"]))}, cfg.smote.sampler,
                               cfg.smote.params, seed, info["classes"])
     ids = np.array([f"smote-{i:06d}" for i in range(len(y_new))])
