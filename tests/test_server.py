@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -65,17 +66,21 @@ class Server:
         }
         self.env.pop("PREFECT_PROFILES_PATH", None)
         self.procs: list[subprocess.Popen] = []
+        self.services: list[subprocess.Popen] = []  # processes that must outlive every wait (server, worker)
         self.logs = home / "logs"
         self.logs.mkdir(parents=True)
 
-    def start(self, name: str, *args: str, cwd: Path = REPO) -> subprocess.Popen:
+    def start(self, name: str, *args: str, cwd: Path = REPO, service: bool = False) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "w")
         proc = subprocess.Popen(list(args), cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(proc)
+        if service:
+            self.services.append(proc)
         return proc
 
     def cli(self, *args: str) -> str:
-        proc = subprocess.run([*PREFECT, *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=180)
+        proc = subprocess.run([*PREFECT, *args], cwd=REPO, env=self.env, capture_output=True, text=True,
+                              timeout=1800)  # a backstop: a CLI call ends on its own, slowly on a busy machine
         assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-2000:])
         return proc.stdout
 
@@ -85,20 +90,28 @@ class Server:
     def api(self, method: str, path: str, body: dict | None = None):
         req = urllib.request.Request(self.url + path, method=method, data=json.dumps(body or {}).encode(),
                                      headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        # A busy machine answers slowly, not never: the socket's limit is a backstop, and a wait's
+        # check that times out polls again (wait); a dead server is seen by its process exiting.
+        with urllib.request.urlopen(req, timeout=300) as resp:
             return json.loads(resp.read() or "null")
 
-    def wait(self, what: str, check, timeout: float = 900, every: float = 2.0, producer: subprocess.Popen | None = None):
-        """Poll check() until it holds. With `producer` (the process that makes it hold: the server,
-        a runner) the wait ends as soon as that process exits, however busy the machine is;
-        `timeout` is only the backstop against a hang, not a guess at how long the work takes."""
+    def wait(self, what: str, check, timeout: float = 1800, every: float = 2.0, producer: subprocess.Popen | None = None):
+        """Poll check() until it holds. The wait fails as soon as `producer` (the process that makes it
+        hold: a runner), or a service (the server, a worker), exits, however busy
+        the machine is; a check whose request times out is asked again. `timeout` is only the
+        backstop against a hang, not a guess at how long the work takes."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            value = check()
+            try:
+                value = check()
+            except (TimeoutError, urllib.error.URLError, ConnectionError):  # the server is slow to answer
+                value = None
             if value:
                 return value
-            if producer is not None and producer.poll() is not None:
-                pytest.fail(f"{what}: the process that makes it exited ({producer.returncode}); logs:\n" + self._all_logs())
+            for proc in [*self.services, *([producer] if producer is not None else [])]:
+                if proc.poll() is not None:
+                    pytest.fail(f"{what}: {proc.args[-1] if proc.args else 'a process'} exited ({proc.returncode}) "
+                                f"before it held; logs:\n" + self._all_logs())
             time.sleep(every)
         pytest.fail(f"timed out waiting for {what}; logs:\n" + self._all_logs())
 
@@ -108,9 +121,10 @@ class Server:
     def flow_run(self, run_id: str) -> dict:
         return self.api("GET", f"/flow_runs/{run_id}")
 
-    def finished(self, run_id: str, timeout: float = 600) -> dict:
+    def finished(self, run_id: str) -> dict:
+        """The flow run once it is final: the server and the worker running it are the producers."""
         return self.wait(f"flow run {run_id}", lambda: (r := self.flow_run(run_id))["state"]["type"] in
-                         ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and r, timeout=timeout)
+                         ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and r)
 
     def task_states(self, run_id: str) -> dict[str, str]:
         runs = self.api("POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}, "limit": 100})
@@ -132,7 +146,7 @@ def _healthy(url: str) -> bool:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     srv = Server(tmp_path_factory.mktemp("prefect-server"))
-    proc = srv.start("server", *PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(srv.port))
+    proc = srv.start("server", *PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(srv.port), service=True)
     try:
         srv.wait("the Prefect server", lambda: _healthy(srv.url), every=1.0, producer=proc)
         yield srv
@@ -146,7 +160,8 @@ def test_process_worker_runs_the_deployment_and_a_rerun_is_cached(server, tmp_pa
     server.cli("work-pool", "create", "augment", "--type", "process")
     out = server.cli("--no-prompt", "deploy", "-n", "augment-smoke")
     assert "augment-dataset/augment-smoke" in out
-    server.start("worker", *PREFECT, "worker", "start", "--pool", "augment", "--limit", "1", "--name", "test-worker")
+    server.start("worker", *PREFECT, "worker", "start", "--pool", "augment", "--limit", "1", "--name", "test-worker",
+                 service=True)
     deployment = server.api("GET", "/deployments/name/augment-dataset/augment-smoke")
     assert deployment["work_pool_name"] == "augment" and deployment["parameters"]["config_path"] == "configs/smoke.yaml"
 
@@ -163,8 +178,7 @@ def test_process_worker_runs_the_deployment_and_a_rerun_is_cached(server, tmp_pa
     assert {"augment-report", "augment-arms", "gan-training"} <= keys
     stages = ["ingest", "classical", "judge", "gan", "smote", "synthesize", "benchmark", "expand"]
     # Task-run states reach the server as events, a moment after the flow run finishes.
-    server.wait("the first run's task runs", lambda: set(server.task_states(first["id"])) == {*stages, "report"},
-                producer=server.procs[0])
+    server.wait("the first run's task runs", lambda: set(server.task_states(first["id"])) == {*stages, "report"})
 
     # The same dataset and config again: every stage is a cache hit and no stage body runs (a stage
     # writes its marker only after its body has run, so the markers are untouched).
@@ -172,8 +186,7 @@ def test_process_worker_runs_the_deployment_and_a_rerun_is_cached(server, tmp_pa
     second = server.finished(trigger())
     assert second["state"]["type"] == "COMPLETED"
     expected = {**{s: "Cached" for s in stages}, "report": "Completed"}
-    server.wait("the second run's task runs", lambda: server.task_states(second["id"]) == expected,
-                producer=server.procs[0])
+    server.wait("the second run's task runs", lambda: server.task_states(second["id"]) == expected)
     assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "stages").iterdir() if p.name != "report.json"} == markers
 
 
@@ -216,7 +229,7 @@ def test_augment_run_against_a_server_keeps_its_flow_run_and_artifacts(server, t
 
     proc = server.start("run", sys.executable, "-m", "flows.cli", "run", "configs/smoke.yaml",
                         "--run-dir", str(tmp_path / "run"), "-q")
-    assert proc.wait(timeout=600) == 0, server.log("run")
+    assert proc.wait(timeout=1800) == 0, server.log("run")  # a backstop: the run ends on its own
     assert "Report to send: " in server.log("run")
     with temporary_settings(updates={PREFECT_API_URL: server.url}), get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["augment-dataset"])),
