@@ -12,7 +12,7 @@ import numpy as np
 from augment import graph, rundir
 from augment.config import Config
 from augment.core.parallel import auto_workers, single_threaded
-from augment.core.selection import choose_protocol
+from augment.core.jobs import JobPlan, plan_jobs
 from augment.registry import trained_as
 from augment.runtime import resolve_device
 
@@ -205,37 +205,27 @@ def make_plan(cfg: Config, run_dir: Path) -> Plan:
     return plan
 
 
-def _benchmark_arms(cfg: Config) -> list[str]:
-    """The arms the benchmark will train, as far as the config tells (the stage skips the same)."""
-    from augment.stages.benchmark import BALANCE_RATIO
-
-    b, d = cfg.benchmark, cfg.data
-    specs = {a: trained_as(a, b.classical_on_the_fly) for a in b.arms}
-    arms = [a for a in b.arms if not (not cfg.gan.enabled and "gan" in specs[a].sources)
-            and not (not cfg.smote.enabled and "smote" in specs[a].sources)
-            and not (not cfg.classical.enabled and "classical" in specs[a].sources)]
+def benchmark_jobs(cfg: Config, val_per_class: int, device) -> JobPlan:
+    """The benchmark's jobs as far as the config tells (augment.core.jobs.plan_jobs, which the stage
+    calls over the run directory): every enabled stage's images, class sizes from data's keys."""
+    d = cfg.data
+    sources = {"real"} | {s for s in ("classical", "smote", "gan") if getattr(cfg, s).enabled}
     counts = list(d.class_counts.values()) if d.class_counts else None
     equal = (d.per_class is not None and d.imbalance_ratio == 1.0) or (counts is not None and len(set(counts)) == 1)
     ratio = d.imbalance_ratio if d.per_class is not None else (max(counts) / min(counts) if counts else 1.0)
-    every = b.balanced_sampling == "all" or (b.balanced_sampling == "auto" and ratio > BALANCE_RATIO)
-    if equal or every:  # real+balanced would equal real
-        arms = [a for a in arms if not (specs[a].balanced and specs[a].sources == ("real",) and not specs[a].classical)]
-    return arms
+    return plan_jobs(cfg.benchmark, cfg.seed, sources, equal, ratio, val_per_class, str(device).startswith("cuda"))
 
 
 def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_train: int, val_per_class: int,
                         step: float) -> tuple[float, str]:
     from augment.core.augmentation import transforms_for
-    from augment.core.selection import count_jobs
 
     b = cfg.benchmark
     steps = b.steps_for(n_train)
-    arms = _benchmark_arms(cfg)
+    jobs = benchmark_jobs(cfg, val_per_class, device)
+    arms = jobs.arms
     specs = {a: trained_as(a, b.classical_on_the_fly) for a in arms}
-    streams = [a for a in arms if specs[a].side_stream]
-    grid = len(set(b.share_grid)) if b.synthetic_share == "auto" and streams else 0
-    protocol = choose_protocol(b.selection, b.kfold_below, val_per_class)[0]
-    select, main = count_jobs(len(arms), len(streams), b.seeds, grid, protocol)
+    select, main = jobs.count()
     augmented = any(specs[a].augment or specs[a].classical for a in arms)
     aug = step
     if augmented:
@@ -243,17 +233,16 @@ def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_trai
         aug = _classifier_step_seconds(cfg, k, size, channels, device, "trivialaugment", classical=classical)
     share_aug = sum(1 for a in arms if specs[a].augment or specs[a].classical) / max(1, len(arms))
     per = step * (1 - share_aug) + aug * share_aug
-    jobs = select + main
-    workers = auto_workers(jobs, b.workers, device, steps)
-    per_round = b.models_per_round if b.models_per_round != "auto" else (64 if str(device).startswith("cuda") else 1)
-    if per_round > 1:  # stacked: a round of up to per_round models costs about per_round steps of one over its speed-up
-        per = _classifier_step_seconds(cfg, k, size, channels, device, models=min(8, jobs)) / min(8, jobs)
-    start = 6.0 * (workers > 1) + 0.3 * jobs / workers  # spawning the workers; each job's images
-    seconds = steps * jobs * per / workers + start
-    extra = jobs - len(arms) * b.seeds  # the share choices' classifiers beyond one per arm and seed
+    total = select + main
+    workers = auto_workers(total, b.workers, device, steps)
+    if jobs.per_round > 1:  # stacked: a round of up to per_round models costs about per_round steps of one over its speed-up
+        per = _classifier_step_seconds(cfg, k, size, channels, device, models=min(8, total)) / min(8, total)
+    start = 6.0 * (workers > 1) + 0.3 * total / workers  # spawning the workers; each job's images
+    seconds = steps * total * per / workers + start
+    extra = total - len(arms) * b.seeds  # the share choices' classifiers beyond one per arm and seed
     how = f"{len(arms)} arms x {b.seeds} seeds + {extra} share choices, {steps} steps at {step:.3f} s" + (
         f" ({aug:.3f} s augmented on the fly)" if augmented else "") + f" on {workers} worker(s)" + (
-        ", choices by k-fold over train+val (val too small)" if protocol == "kfold" else "")
+        ", choices by k-fold over train+val (val too small)" if jobs.protocol == "kfold" else "")
     return seconds, how
 
 

@@ -3,6 +3,7 @@
 import shutil
 
 import pytest
+import torch
 
 from augment.graph import load_config
 from augment.plan import force, make_plan
@@ -54,14 +55,22 @@ def test_force_reruns_a_stage_and_everything_downstream(smoke_run, tmp_path):
 
 
 def test_the_plan_counts_the_arms_and_jobs_the_benchmark_trains(smoke_run):
-    """The plan's arms are the stage's (real+balanced left out where it would equal real), and its job
-    count is the stage's own count_jobs (which the stage checks against the jobs it lists)."""
-    from augment.plan import _benchmark_arms
+    """The plan and the stage list their jobs with the one function (augment.core.jobs.plan_jobs): over
+    the config, the plan finds the arms (real+balanced left out where it would equal real), share
+    choices and result jobs the stage found over the run directory."""
+    from augment import rundir
+    from augment.plan import benchmark_jobs
+    from augment.stages import benchmark
     from augment.summary import read_summary
 
     cfg, run_dir, _ = smoke_run
     summary = read_summary(run_dir)
-    assert _benchmark_arms(cfg) == list(summary.arms) and "real+balanced" in summary.skipped_arms
+    stage = benchmark._job_plan(cfg, run_dir, rundir.read_manifest(run_dir), rundir.ingest_info(run_dir)["classes"],
+                                torch.device("cpu"))
+    plan = benchmark_jobs(cfg, summary.selection.val_per_class, "cpu")
+    assert plan.arms == stage.arms == list(summary.arms) and "real+balanced" in summary.skipped_arms
+    assert plan.count() == stage.count() and [j.key for j in plan.select] == [j.key for j in stage.select]
+    assert plan.main_keys == stage.main_keys and plan.protocol == stage.protocol == summary.selection.protocol
 
 
 @pytest.mark.slow

@@ -71,13 +71,3 @@ def without_held_out(rows: pd.DataFrame, held_out_ids) -> np.ndarray:
     generator saw every real train image, a leak the report states)."""
     held = set(held_out_ids)
     return np.array([not (p & held) for p in parents(rows)], dtype=bool)
-
-
-def count_jobs(n_arms: int, n_streams: int, seeds: int, grid: int, protocol: str) -> tuple[int, int]:
-    """(classifiers that choose the synthetic shares, classifiers whose scores are the results) for
-    n_arms arms of which n_streams have a side stream, `grid` shares to choose from (0: none to
-    choose): on val one seed of its own per share; under k-fold every seed at every share, whose
-    chosen share's jobs are the results. The benchmark stage and the plan both count with it."""
-    if protocol == "kfold" and grid:
-        return n_streams * grid * seeds, (n_arms - n_streams) * seeds
-    return n_streams * grid, n_arms * seeds

@@ -28,7 +28,8 @@ from augment.core.side_stream import SideStream, soften
 from augment.core.augmentation import transforms_for
 from augment.core.features import load_extractor, make_extractor
 from augment.core.parallel import auto_workers, job_pool, run_jobs
-from augment.core.selection import choose_protocol, count_jobs, fold_count, fold_indices, without_held_out
+from augment.core.jobs import Job, JobPlan, plan_jobs, share_key
+from augment.core.selection import fold_count, fold_indices, without_held_out
 from augment.core.stats import PRIMARY, ids_digest, linear_probe_scores, score_records, summarise
 from augment.registry import SOURCES, trained_as
 from augment.runtime import derive_seed, resolve_device
@@ -38,8 +39,7 @@ log = logging.getLogger("augment")
 
 
 RESULT_COLUMNS = ["arm", "seed", "split", "classifier", "metric", "value", "class"]  # "class": per-class recall
-PARTIAL = Path("benchmark") / "partial.json"
-BALANCE_RATIO = 1.5  # benchmark.balanced_sampling auto: every arm balances classes beyond this size ratio  # the (arm, seed) results of a run stopped part-way
+PARTIAL = Path("benchmark") / "partial.json"  # the (arm, seed) results of a run stopped part-way
 
 
 def _finished(run_dir: Path, fingerprint: str) -> dict[str, dict]:
@@ -193,15 +193,11 @@ def _choose_share(arm: str, grid: list[float], finished: dict, seeds: list[str],
     held-out folds) for `arm`; a tie goes to the smaller share."""
     val = {}
     for g in grid:
-        rows = [r for s in seeds for r in finished[_share_key(arm, g, s)]["records"]
+        rows = [r for s in seeds for r in finished[share_key(arm, g, s)]["records"]
                 if r["split"] == "val" and r["metric"] == PRIMARY]
         val[str(g)] = float(np.mean([r["value"] for r in rows]))
     best = max(grid, key=lambda g: (val[str(g)], -g))
     return {"share": best, "chosen_on": protocol, "val": val}
-
-
-def _share_key(arm: str, share: float, seed: str) -> str:
-    return f"{arm}/share={share}" + (f"/{seed}" if seed != "select" else "")
 
 
 def check(cfg: Config) -> None:
@@ -245,94 +241,53 @@ def _linear_probe(extractor, run_dir: Path, arms: list[str], held_out: dict, cla
     return linear_probe_scores(train, {s: (extractor.transform(xs), ys) for s, (xs, ys) in held_out.items()}, classes)
 
 
-def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dict:
-    run_dir = Path(run_dir)
-    info = rundir.ingest_info(run_dir)
-    classes = info["classes"]
-    device = resolve_device(cfg.device)
-    b = cfg.benchmark
-    spec = functools.partial(trained_as, classical_on_the_fly=b.classical_on_the_fly)
-    classical = transforms_for(cfg.classical, info["channels"]) if b.classical_on_the_fly else None
-    loaded = {s: rundir.load_split(run_dir, s) for s in ("val", "test")}  # real images only, once for all arms
-    held_out = {s: (xs, ys) for s, (xs, ys, _) in loaded.items()}
-    frame = rundir.read_manifest(run_dir)
+def _job_plan(cfg: Config, run_dir: Path, frame: pd.DataFrame, classes: list[str], device) -> JobPlan:
+    """augment.core.jobs.plan_jobs over what the run directory holds (the plan calls it over the config)."""
     # a source without images (SMOTE rows in a non-invertible feature space) has no CNN arm
-    kept_sources = set(rundir.split_rows(frame, "train", SOURCES)["source"])
-    arms = [a for a in b.arms if set(spec(a).sources) <= kept_sources]
-    skipped = sorted(set(b.arms) - set(arms))
-    if skipped:
-        log.warning("benchmark: arm(s) %s skipped, their stage produced no images", skipped)
+    sources = set(rundir.split_rows(frame, "train", SOURCES)["source"])
     real_counts = rundir.split_rows(frame, "train", ("real",))["label"].value_counts()
-    ratio = real_counts.max() / real_counts.min()
-    every = b.balanced_sampling == "all" or (b.balanced_sampling == "auto" and ratio > BALANCE_RATIO)
-    if real_counts.nunique() == 1 or every:  # then real+balanced would equal real
-        same = [a for a in arms if spec(a).balanced and spec(a).sources == ("real",) and not spec(a).classical]
-        arms = [a for a in arms if a not in same]
-        if same:
-            log.info("benchmark: arm(s) %s skipped: they would equal their unbalanced arm (%s)", same,
-                     "every arm samples classes equally" if every else f"every class has {real_counts.iloc[0]} real train images")
-        skipped = sorted(skipped + same)
-    if every:
-        log.info("benchmark: class-balanced sampling in every arm (benchmark.balanced_sampling: %s; the largest class "
-                 "has %.1fx the train images of the smallest)", b.balanced_sampling, ratio)
-    for cache in (_train, _pool, _folds, _held_out, _teacher, _online):
-        cache.cache_clear()  # an earlier run in this process may have read other images under the same path
-    n_real = len(rundir.split_rows(frame, "train", ("real",)))
     val_per_class = int(rundir.split_rows(frame, "val", ("real",))["label"].value_counts()
                         .reindex(classes, fill_value=0).min())
-    protocol, reason = choose_protocol(b.selection, b.kfold_below, val_per_class)
-    folds = None
-    if protocol == "kfold":
-        pool = _pool(str(run_dir))
-        k = fold_count(b.folds, pool[1])
-        if k < 2:
-            raise UserError(f"benchmark.selection: kfold needs at least 2 real train+val images in every class; "
-                            f"one class has {k}: add images or set benchmark.selection: val")
-        folds = (k, b.seeds, derive_seed(cfg.seed, "folds"))
-        n_real = len(_folds(str(run_dir), *folds)[0][0])
-        log.info("benchmark: choices by repeated stratified %d-fold over the %d real train+val images, one fold per "
-                 "seed (%s); test is not read", k, len(pool[1]), reason)
-    trainer = {**b.trainer_kwargs(), "steps": b.steps_for(n_real)}  # one budget for every arm: set by the real images
+    jobs = plan_jobs(cfg.benchmark, cfg.seed, sources, real_counts.nunique() == 1,
+                     real_counts.max() / real_counts.min(), val_per_class, device.type == "cuda")
+    if jobs.no_images:
+        log.warning("benchmark: arm(s) %s skipped, their stage produced no images", jobs.no_images)
+    if jobs.same:
+        log.info("benchmark: arm(s) %s skipped: they would equal their unbalanced arm (%s)", jobs.same,
+                 "every arm samples classes equally" if jobs.balanced else f"every class has {real_counts.iloc[0]} real train images")
+    if jobs.balanced:
+        log.info("benchmark: class-balanced sampling in every arm (benchmark.balanced_sampling: %s; the largest class "
+                 "has %.1fx the train images of the smallest)", cfg.benchmark.balanced_sampling,
+                 real_counts.max() / real_counts.min())
+    return jobs
 
-    def job(arm: str, seed: int | str, seed_value: int, share: float | None, key: str | None = None) -> dict:
-        fold = (*folds, seed) if folds is not None and isinstance(seed, int) else None
-        return dict(key=key or f"{arm}/{seed}", run_dir=str(run_dir), arm=arm, seed=seed, seed_value=seed_value,
-                    trainer=trainer, fold=fold,
-                    classifier=b.classifier, device=str(device), classes=classes, classical=classical, balanced=every,
-                    stream=dict(share=share, weight=b.synthetic_weight, soft_labels=b.soft_labels, temperature=b.temperature,
-                                online=b.online_gan, bn_seed=derive_seed(cfg.seed, "bn"),
-                                gate=(cfg.gate.min_confidence, cfg.gate.min_novelty, cfg.gate.oversample)))
 
-    finished = _finished(run_dir, fingerprint)  # job key -> {records, confusion}, from a run stopped part-way
-    streams = [a for a in arms if spec(a).side_stream]
-    selecting = b.synthetic_share == "auto" and streams
-    grid = sorted(set(b.share_grid)) if selecting else []
-    def main_jobs(which: list[str], shares: dict) -> list[dict]:  # the same seed for every arm: paired runs
-        return [job(arm, s, derive_seed(cfg.seed, "benchmark", s), shares.get(arm, {}).get("share"))
-                for arm in which for s in range(b.seeds)]
+def _kfold(cfg: Config, run_dir: Path, jobs: JobPlan) -> tuple | None:
+    """(folds, seeds, random state) of k-fold selection, None on val; a class too small is a one-line error."""
+    if jobs.protocol != "kfold":
+        return None
+    pool = _pool(str(run_dir))
+    k = fold_count(cfg.benchmark.folds, pool[1])
+    if k < 2:
+        raise UserError(f"benchmark.selection: kfold needs at least 2 real train+val images in every class; "
+                        f"one class has {k}: add images or set benchmark.selection: val")
+    log.info("benchmark: choices by repeated stratified %d-fold over the %d real train+val images, one fold per "
+             "seed (%s); test is not read", k, len(pool[1]), jobs.reason)
+    return (k, cfg.benchmark.seeds, derive_seed(cfg.seed, "folds"))
 
-    # 1. the synthetic share per arm: on val, with a seed of its own (no reported seed sees the choice);
-    # under k-fold, every seed at every share, scored on its held-out fold (the chosen share's jobs are the results)
-    if protocol == "val":
-        select_seeds = ["select"]
-        select = [job(arm, f"share={g}", derive_seed(cfg.seed, "share"), g) for arm in streams for g in grid]
-    else:
-        select_seeds = [str(s) for s in range(b.seeds)]
-        select = [job(arm, s, derive_seed(cfg.seed, "benchmark", s), g, key=_share_key(arm, g, str(s)))
-                  for arm in streams for g in grid for s in range(b.seeds)]
-    plain = [a for a in arms if a not in streams]
-    main_keys = [f"{a}/{s}" for a in (plain if select and protocol == "kfold" else arms) for s in range(b.seeds)]
-    total = sum(k not in finished for k in [j["key"] for j in select] + main_keys)
-    if count_jobs(len(arms), len(streams), b.seeds, len(grid), protocol) != (len(select), len(main_keys)):
-        raise RuntimeError("benchmark: count_jobs disagrees with the jobs the stage lists (the plan would be wrong)")
+
+def _train_all(cfg: Config, run_dir: Path, jobs: JobPlan, to_dict, finished: dict, fingerprint: str, steps: int,
+               device, progress) -> dict[str, dict]:
+    """Train every job not finished (the share choices and the plain arms, then the side-stream arms at
+    their chosen shares), saving each round to benchmark/partial.json; the chosen share per stream arm."""
+    b = cfg.benchmark
+    total = sum(k not in finished for k in [j.key for j in jobs.select] + jobs.main_keys)
     done = 0
 
-    per_round = b.models_per_round if b.models_per_round != "auto" else (64 if device.type == "cuda" else 1)
-
-    def execute(jobs: list[dict], pool) -> None:
+    def execute(todo: list, pool) -> None:
         nonlocal done
-        todo = [j for j in jobs if j["key"] not in finished]
-        rounds = [todo[i : i + per_round] for i in range(0, len(todo), per_round)]
+        todo = [to_dict(j) for j in todo if j.key not in finished]
+        rounds = [todo[i : i + jobs.per_round] for i in range(0, len(todo), jobs.per_round)]
         for i, outs in run_jobs(train_and_score, rounds, 1, pool=pool):
             for j, out in zip(rounds[i], outs):
                 finished[j["key"]] = out
@@ -342,16 +297,55 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
                 progress(done, total)
 
     log.info("benchmark: %d classifiers to train (%d arms x %d seeds, %d to choose synthetic shares), %d steps each",
-             total, len(arms), b.seeds, len(select), trainer["steps"])
-    with job_pool(auto_workers(total, b.workers, device, trainer["steps"])) as pool:  # spawned once for both rounds
-        execute(select + main_jobs(plain, {}), pool)  # 2. the arms without a side stream, meanwhile
-        shares = {arm: _choose_share(arm, grid, finished, select_seeds, protocol) for arm in streams} if selecting else \
-            {arm: {"share": b.synthetic_share, "chosen_on": "config", "val": {}} for arm in streams}
-        if selecting and protocol == "kfold":  # the chosen share's jobs are the arm's results
-            finished.update({f"{arm}/{s}": finished[_share_key(arm, shares[arm]["share"], str(s))]
-                             for arm in streams for s in range(b.seeds)})
+             total, len(jobs.arms), b.seeds, len(jobs.select), steps)
+    with job_pool(auto_workers(total, b.workers, device, steps)) as pool:  # spawned once for both rounds
+        execute(jobs.select + jobs.main(jobs.plain), pool)  # the share choices and, meanwhile, the plain arms
+        shares = {a: _choose_share(a, jobs.grid, finished, jobs.select_seeds, jobs.protocol) for a in jobs.streams} \
+            if jobs.grid else {a: {"share": b.synthetic_share, "chosen_on": "config", "val": {}} for a in jobs.streams}
+        if jobs.shares_from_select:  # the chosen share's jobs are the arm's results
+            finished.update({f"{a}/{s}": finished[share_key(a, shares[a]["share"], str(s))]
+                             for a in jobs.streams for s in range(b.seeds)})
         else:
-            execute(main_jobs(streams, shares), pool)  # 3. the side-stream arms at their shares
+            execute(jobs.main(jobs.streams, shares), pool)  # the side-stream arms at their shares
+    return shares
+
+
+def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dict:
+    run_dir = Path(run_dir)
+    info = rundir.ingest_info(run_dir)
+    classes, device, b = info["classes"], resolve_device(cfg.device), cfg.benchmark
+    classical = transforms_for(cfg.classical, info["channels"]) if b.classical_on_the_fly else None
+    loaded = {s: rundir.load_split(run_dir, s) for s in ("val", "test")}  # real images only, once for all arms
+    frame = rundir.read_manifest(run_dir)
+    for cache in (_train, _pool, _folds, _held_out, _teacher, _online):
+        cache.cache_clear()  # an earlier run in this process may have read other images under the same path
+    jobs = _job_plan(cfg, run_dir, frame, classes, device)
+    folds = _kfold(cfg, run_dir, jobs)
+    n_real = len(rundir.split_rows(frame, "train", ("real",))) if folds is None else len(_folds(str(run_dir), *folds)[0][0])
+    trainer = {**b.trainer_kwargs(), "steps": b.steps_for(n_real)}  # one budget for every arm: set by the real images
+    stream = dict(weight=b.synthetic_weight, soft_labels=b.soft_labels, temperature=b.temperature, online=b.online_gan,
+                  bn_seed=derive_seed(cfg.seed, "bn"), gate=(cfg.gate.min_confidence, cfg.gate.min_novelty, cfg.gate.oversample))
+
+    def to_dict(j: Job) -> dict:  # what a worker needs to train one classifier
+        return dict(key=j.key, run_dir=str(run_dir), arm=j.arm, seed=j.seed, seed_value=j.seed_value, trainer=trainer,
+                    fold=(*folds, j.seed) if folds is not None and isinstance(j.seed, int) else None,
+                    classifier=b.classifier, device=str(device), classes=classes, classical=classical,
+                    balanced=jobs.balanced, stream=dict(share=j.share, **stream))
+
+    finished = _finished(run_dir, fingerprint)  # job key -> {records, confusion}, from a run stopped part-way
+    shares = _train_all(cfg, run_dir, jobs, to_dict, finished, fingerprint, trainer["steps"], device, progress)
+    summary = _summary(cfg, run_dir, frame, classes, jobs, finished, loaded, folds, n_real, classical, shares)
+    summary.classifier_steps = trainer["steps"]
+    write_summary(run_dir, summary)
+    (run_dir / PARTIAL).unlink(missing_ok=True)
+    return {"arms": jobs.arms, "recommended": summary.recommendation.arm}
+
+
+def _summary(cfg: Config, run_dir: Path, frame: pd.DataFrame, classes: list[str], jobs: JobPlan, finished: dict,
+             loaded: dict, folds, n_real: int, classical, shares: dict):
+    """benchmark/results.parquet and the typed summary of the finished jobs (in arm and seed order)."""
+    b, arms = cfg.benchmark, jobs.arms
+    spec = functools.partial(trained_as, classical_on_the_fly=b.classical_on_the_fly)
     records, confusion = [], {}
     for arm in arms:  # in arm and seed order, however the jobs finished
         for s in range(b.seeds):
@@ -366,6 +360,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
         # SMOTE rows without images (classifier feature spaces) are still scored here, natively
         has_rows = "smote" in set(frame.loc[frame["kept"], "source"])
         probe_arms = arms + [a for a in b.arms if a not in arms and set(spec(a).sources) == {"real", "smote"} and has_rows]
+        held_out = {s: (xs, ys) for s, (xs, ys, _) in loaded.items()}
         records += _linear_probe(_extractor(cfg, run_dir, classes), run_dir, probe_arms, held_out, classes,
                                  b.classical_on_the_fly)
     results = pd.DataFrame(records, columns=RESULT_COLUMNS)
@@ -382,16 +377,13 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
         ids = _pool(str(run_dir))[2]
         summary.held_out["val"] = HeldOut(images=len(ids), ids_sha256=ids_digest(ids))
         summary.recommendation.chosen_on = "kfold"
-    summary.selection = Selection(protocol=protocol, reason=reason, folds=folds[0] if folds else None,
-                                  val_per_class=val_per_class)
-    summary.skipped_arms = skipped
+    summary.selection = Selection(protocol=jobs.protocol, reason=jobs.reason, folds=folds[0] if folds else None,
+                                  val_per_class=jobs.val_per_class)
+    summary.skipped_arms = jobs.skipped
     summary.confusion_test = confusion
     summary.side_stream = {arm: SideStreamChoice(weight=b.synthetic_weight, soft_labels=b.soft_labels,
                                                  temperature=b.temperature, **choice) for arm, choice in shares.items()}
-    summary.classifier_steps = trainer["steps"]
     summary.augment_on = Recipe.of(classical, b.augment_on).ran_on if any(spec(a).augment or spec(a).classical for a in arms) else None
-    summary.models_per_round = per_round
-    summary.balanced_sampling = bool(every)
-    write_summary(run_dir, summary)
-    (run_dir / PARTIAL).unlink(missing_ok=True)
-    return {"arms": arms, "recommended": summary.recommendation.arm}
+    summary.models_per_round = jobs.per_round
+    summary.balanced_sampling = bool(jobs.balanced)
+    return summary

@@ -1,0 +1,104 @@
+"""The benchmark's job list, one pure function for the stage and for `--plan`: which arms train, on which
+protocol the choices are made, which classifiers choose the synthetic shares, which give the results,
+and how many train in one round. The stage feeds it what the run directory holds; the plan, what the
+config says the data will be; both then count, train or estimate exactly these jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from augment.config import BenchmarkConfig
+from augment.core.selection import choose_protocol
+from augment.registry import trained_as
+from augment.runtime import derive_seed
+
+BALANCE_RATIO = 1.5  # benchmark.balanced_sampling auto: every arm balances classes beyond this size ratio
+
+
+@dataclass(frozen=True)
+class Job:
+    """One classifier: its arm, seed (an int: a reported seed; a string: a share choice's own seed),
+    the seed's value, its side stream's share (None: none, or the share chosen later) and its key."""
+
+    arm: str
+    seed: int | str
+    seed_value: int
+    share: float | None
+    key: str
+
+
+@dataclass
+class JobPlan:
+    arms: list[str]  # the arms trained, in the config's order
+    no_images: list[str]  # arms left out: a source of theirs has no images
+    same: list[str]  # arms left out: they would equal their unbalanced arm
+    balanced: bool  # every arm samples classes equally (benchmark.balanced_sampling)
+    streams: list[str]  # the arms with a synthetic side stream, whose share is chosen
+    protocol: str  # "val" or "kfold": where the choices are made
+    reason: str
+    grid: list[float]  # the shares to choose from (empty: none to choose)
+    select: list[Job]  # the classifiers that choose the shares
+    select_seeds: list[str]  # the seeds a share choice averages over
+    per_round: int  # classifiers trained as one stacked model
+    seeds: int
+    val_per_class: int  # real val images of the smallest class (what the protocol was chosen on)
+    seed: int = 0
+    plain: list[str] = field(default_factory=list)  # the arms without a side stream
+
+    @property
+    def skipped(self) -> list[str]:
+        return sorted(self.no_images + self.same)
+
+    @property
+    def shares_from_select(self) -> bool:
+        """Under k-fold every seed trains at every share: the chosen share's jobs are the arm's results."""
+        return bool(self.select) and self.protocol == "kfold"
+
+    def main(self, arms: list[str], shares: dict[str, dict] | None = None) -> list[Job]:
+        """The result jobs of `arms` (the same seeds for every arm: paired runs), at their chosen shares."""
+        shares = shares or {}
+        return [Job(a, s, derive_seed(self.seed, "benchmark", s), shares.get(a, {}).get("share"), f"{a}/{s}")
+                for a in arms for s in range(self.seeds)]
+
+    @property
+    def main_keys(self) -> list[str]:
+        """The keys of the jobs trained for results (besides the share choices)."""
+        return [j.key for j in self.main(self.plain if self.shares_from_select else self.arms)]
+
+    def count(self) -> tuple[int, int]:
+        """(classifiers that choose the shares, classifiers trained for results)."""
+        return len(self.select), len(self.main_keys)
+
+
+def share_key(arm: str, share: float, seed: str) -> str:
+    """The key of the job that tries `share` for `arm` at `seed` ("select": a choice on val, its own seed)."""
+    return f"{arm}/share={share}" + (f"/{seed}" if seed != "select" else "")
+
+
+def plan_jobs(b: BenchmarkConfig, seed: int, sources: set[str], equal_classes: bool, ratio: float,
+              val_per_class: int, cuda: bool) -> JobPlan:
+    """The job list of benchmark config `b` when the run has images of `sources`, its real train classes
+    are all of one size (`equal_classes`) or differ by `ratio` (largest over smallest), and its smallest
+    class has `val_per_class` real val images."""
+    spec = {a: trained_as(a, b.classical_on_the_fly) for a in b.arms}
+    arms = [a for a in b.arms if set(spec[a].sources) <= sources]
+    no_images = [a for a in b.arms if a not in arms]
+    balanced = b.balanced_sampling == "all" or (b.balanced_sampling == "auto" and ratio > BALANCE_RATIO)
+    same = []
+    if equal_classes or balanced:  # then real+balanced would equal real
+        same = [a for a in arms if spec[a].balanced and spec[a].sources == ("real",) and not spec[a].classical]
+        arms = [a for a in arms if a not in same]
+    protocol, reason = choose_protocol(b.selection, b.kfold_below, val_per_class)
+    streams = [a for a in arms if spec[a].side_stream]
+    grid = sorted(set(b.share_grid)) if b.synthetic_share == "auto" and streams else []
+    if protocol == "val":  # a seed of its own per share: no reported seed sees the choice
+        select_seeds = ["select"]
+        select = [Job(a, f"share={g}", derive_seed(seed, "share"), g, share_key(a, g, "select")) for a in streams for g in grid]
+    else:  # every seed at every share, scored on its held-out fold
+        select_seeds = [str(s) for s in range(b.seeds)]
+        select = [Job(a, s, derive_seed(seed, "benchmark", s), g, share_key(a, g, str(s)))
+                  for a in streams for g in grid for s in range(b.seeds)]
+    per_round = b.models_per_round if b.models_per_round != "auto" else (64 if cuda else 1)
+    return JobPlan(arms, no_images, same, balanced, streams, protocol, reason, grid, select, select_seeds, per_round,
+                   b.seeds, val_per_class, seed, plain=[a for a in arms if a not in streams])
