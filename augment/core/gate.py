@@ -232,6 +232,17 @@ def apply_alarm(per_class: dict[str, dict], classes: list[str], intended: np.nda
             reasons[i] = f"class {label} flagged: {q['alarm']}"
 
 
+def gate_quality(cfg: Config, j, intended: np.ndarray, real_y: np.ndarray, classes: list[str],
+                 held_out: tuple[np.ndarray, np.ndarray] | None = None, cas_recall: list | None = None) -> dict[str, dict]:
+    """The gate's last steps over judged samples (sample_and_judge's): per-class quality against the real
+    images (labels real_y), the CAS recall per class when known, then the collapse alarm (in place on j)."""
+    per_class = class_quality(j.real_feats, real_y, j.feats, intended, j.kept, j.novelty, classes, cfg.gate, held_out)
+    for c, label in enumerate(classes):
+        per_class[label]["cas_recall"] = cas_recall[c] if cas_recall else None
+    apply_alarm(per_class, classes, intended, j.kept, j.codes, j.reasons, cfg.gate.keep_collapsed)
+    return per_class
+
+
 def sample_and_judge(cfg: Config, G, judge, x_real: np.ndarray, real_ids: list[str], bank: tuple[list[str], np.ndarray],
                      k: int, size: tuple, seed: int, device, scale: float = 1.0):
     """gan.samples_per_class x gate.oversample samples per class from G, class-major, judged against

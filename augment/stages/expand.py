@@ -149,7 +149,7 @@ def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerp
     collapse alarm): manifest-shaped rows, kept or not, generator "<mode>:refit" (an ensemble's rows: "<member>:refit")."""
     from augment.core.classifier import load_classifier
     from augment.core.gan.ensemble import train_generators
-    from augment.core.gate import apply_alarm, class_quality, gan_rows, sample_and_judge
+    from augment.core.gate import gan_rows, gate_quality, sample_and_judge
     from augment.core.gan.sampling import load_generator
 
     info, device = rundir.ingest_info(run_dir), resolve_device(cfg.device)
@@ -175,8 +175,7 @@ def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerp
     seed = derive_seed(cfg.seed, "synthesize", "refit")
     images, intended, j, n = sample_and_judge(cfg, G, judge, x, ids, (bank_ids, bank_y), k, tuple(info["size"]), seed, device,
                                               rundir.selected_generator(run_dir)[1])  # the latent scale chosen on val
-    per_class = class_quality(j.real_feats, y, j.feats, intended, j.kept, j.novelty, classes, cfg.gate)
-    apply_alarm(per_class, classes, intended, j.kept, j.codes, j.reasons, cfg.gate.keep_collapsed)
+    gate_quality(cfg, j, intended, y, classes)  # the collapse alarm un-keeps a flagged class's samples
     return rundir.normalise(gan_rows(run_dir, images, intended, j, n, classes, seed, cfg.gan.mode,
                                      folder=f"{REFIT_GAN.as_posix()}/images", prefix="gan-refit", suffix=":refit"))
 

@@ -15,16 +15,15 @@ import numpy as np
 import pandas as pd
 
 from augment import rundir
-from augment.atomic import write_torch
 from augment.config import Config
 from augment.core.accel import resolve_precision
 from augment.atomic import write_json
 from augment.core.classifier import load_classifier
 from augment.core.gan.checkpoint import read_checkpoint
-from augment.core.gan.ensemble import merge_histories, train_generators
+from augment.core.gan.ensemble import merge_parts, train_generators
 from augment.core.gan.kinds import kind
 from augment.core.gan.sampling import interpolate, load_generator, sample, save_grid
-from augment.core.gan.train import Progress, class_shards, snapshot_path, snapshots, train_gan
+from augment.core.gan.train import Progress, class_shards, snapshots, train_gan
 from augment.core.gate import CAS_CURVE, better, gate_data, read_curve, score_generator
 from augment.core.safe_text import file_label
 from augment.runtime import derive_seed, resolve_device
@@ -65,14 +64,10 @@ def _merge_shards(cfg: Config, run_dir: Path, n: int, fingerprint: str) -> None:
     for i, p in enumerate(payloads):
         if p.get("step") != cfg.gan.steps:
             raise RuntimeError(f"gan shard {i} stopped at step {p.get('step')} of {cfg.gan.steps}")
-    merge = kind(cfg.gan.mode).merge
-    write_torch(gan_dir / "checkpoint.pt", {"fingerprint": fingerprint, "shards": n, **merge(payloads)})
-    for step, _ in snapshots(shard_dir(run_dir, 0)):  # gan.checkpoint_selection: cas, the snapshots merge the same way
-        write_torch(snapshot_path(gan_dir, step), merge([read_checkpoint(snapshot_path(shard_dir(run_dir, i), step))
-                                                        for i in range(n)]))
-    # History: per-step means over all classes (each shard weighted by its class count)
-    weights = np.array([p["model"]["n_classes"] for p in payloads], dtype=float)
-    merge_histories([shard_dir(run_dir, i) / "history.csv" for i in range(n)], weights, gan_dir / "history.csv")
+    weights = np.array([p["model"]["n_classes"] for p in payloads], dtype=float)  # history: means over all classes
+    parts = [shard_dir(run_dir, i) for i in range(n)]  # with gan.checkpoint_selection cas, the snapshots merge too
+    merge_parts(gan_dir, parts, kind(cfg.gan.mode).merge, weights, [step for step, _ in snapshots(parts[0])],
+                fingerprint=fingerprint, shards=n)
 
 
 def run(cfg: Config, run_dir: Path, progress: Progress | None = None, fingerprint: str = "") -> dict:

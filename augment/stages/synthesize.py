@@ -13,8 +13,8 @@ from augment import rundir
 from augment.atomic import write_json
 from augment.config import Config
 from augment.core.classifier import load_classifier, predict
-from augment.core.gate import (K_NEIGHBOURS, apply_alarm, better, class_quality, gan_rows, gate_data, read_curve,
-                                sample_and_judge, score_generator)
+from augment.core.gate import (K_NEIGHBOURS, better, gan_rows, gate_data, gate_quality, read_curve, sample_and_judge,
+                                score_generator)
 from augment.core.gan.sampling import load_generator
 from augment.runtime import derive_seed, resolve_device
 
@@ -26,43 +26,11 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
         return {"generated": 0, "kept": 0}
     device = resolve_device(cfg.device)
     data = gate_data(cfg, run_dir)
-    classes, k = data.classes, len(data.classes)
-    x, y, real, x_val, y_val, trainer = data.x, data.y, data.real, data.x_val, data.y_val, data.trainer
+    classes, target = data.classes, cfg.gan.samples_per_class
     judge = load_classifier(run_dir / rundir.GATE_JUDGE, device)  # the judge stage's
-    candidates = [(step, path, scale) for step, path in generators(cfg, run_dir) for scale in cfg.gan.latent_scales]
-    scored = {(r["step"], r["scale"]): r for r in reusable_curve(cfg, run_dir)}  # what the gan stage scored as it trained
-    todo = [c for c in candidates if (c[0], c[2]) not in scored]
-    # progress: a CAS classifier's steps per candidate the gan stage did not score (the long part of this stage)
-    parts = max(1, len(todo))
-    phase = (lambda offset: None if progress is None else (lambda s, n: progress(offset + s, parts * n)))
-    target = cfg.gan.samples_per_class
-    curve, best, done = [], None, 0
-    for step, path, scale in candidates:  # the generator (step, latent scale) with the best CAS on val
-        if (step, scale) in scored:
-            row, out = scored[(step, scale)], None
-        else:
-            G = load_generator(path, device, derive_seed(cfg.seed, "bn"))
-            row, out = score_generator(cfg, data, G, judge, step, scale, device, phase(done * trainer["steps"]))
-            done += 1
-        curve.append({key: row[key] for key in ("step", "scale", "cas_accuracy_on_val", "kept")})
-        if best is None or better(row, best[0]):
-            best = (row, path, out)
-    chosen, path, out = best
-    if out is None:  # scored while the GAN trained: sample and gate it again (the same seeds: the same samples)
-        G = load_generator(path, device, derive_seed(cfg.seed, "bn"))
-        out = (*sample_and_judge(cfg, G, judge, x[real], data.real_ids, data.bank, k, data.size,
-                                 derive_seed(cfg.seed, "synthesize"), device, chosen["scale"]),
-               {"accuracy": chosen["cas_accuracy_on_val"], "recall": chosen["recall"]})
-    images, intended, j, n, cas = out
-    seed = derive_seed(cfg.seed, "synthesize")
-    chosen = {key: chosen[key] for key in ("step", "scale", "cas_accuracy_on_val", "kept")}
-    if progress is not None:
-        progress(parts * trainer["steps"], parts * trainer["steps"])
-    held_out = (predict(judge, x_val)[1], y_val) if len(x_val) else None  # for the data-copying ratio
-    per_class = class_quality(j.real_feats, y[real], j.feats, intended, j.kept, j.novelty, classes, cfg.gate, held_out)
-    for c, label in enumerate(classes):
-        per_class[label]["cas_recall"] = cas["recall"][c] if cas["recall"] else None
-    apply_alarm(per_class, classes, intended, j.kept, j.codes, j.reasons, cfg.gate.keep_collapsed)
+    chosen, path, (images, intended, j, n, cas), curve = _choose(cfg, run_dir, data, judge, device, progress)
+    held_out = (predict(judge, data.x_val)[1], data.y_val) if len(data.x_val) else None  # for the data-copying ratio
+    per_class = gate_quality(cfg, j, intended, data.y[data.real], classes, held_out, cas["recall"])
     collapsed = [label for label, q in per_class.items() if q["collapsed"]]
     write_json(run_dir / "gan" / "quality.json", {
         "feature_space": "penultimate layer of the gate's judge (benchmark classifier, real + classical train)",
@@ -77,8 +45,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
         "selection": {"how": cfg.gan.checkpoint_selection, "step": chosen["step"], "scale": chosen["scale"],
                       "generator": Path(path).relative_to(run_dir).as_posix(), "curve": curve},
     })
-
-    rows = gan_rows(run_dir, images, intended, j, n, classes, seed, cfg.gan.mode)
+    rows = gan_rows(run_dir, images, intended, j, n, classes, derive_seed(cfg.seed, "synthesize"), cfg.gan.mode)
     rundir.replace_source(run_dir, "gan", rows)
     return {
         "generated": len(rows),
@@ -89,6 +56,37 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
         "cas_accuracy_on_val": cas["accuracy"],
         "generator_step": chosen["step"], "latent_scale": chosen["scale"],
     }
+
+
+def _choose(cfg: Config, run_dir: Path, data, judge, device, progress):
+    """The generator (step, latent scale) with the best CAS on val among those the config offers, and its
+    gated samples: (its curve row, its checkpoint, (images, intended, judged, n, cas), the whole curve)."""
+    candidates = [(step, path, scale) for step, path in generators(cfg, run_dir) for scale in cfg.gan.latent_scales]
+    scored = {(r["step"], r["scale"]): r for r in reusable_curve(cfg, run_dir)}  # what the gan stage scored as it trained
+    steps = data.trainer["steps"]
+    # progress: a CAS classifier's steps per candidate the gan stage did not score (the long part of this stage)
+    parts = max(1, sum((c[0], c[2]) not in scored for c in candidates))
+    phase = (lambda offset: None if progress is None else (lambda s, n: progress(offset + s, parts * n)))
+    curve, best, done = [], None, 0
+    for step, path, scale in candidates:
+        if (step, scale) in scored:
+            row, out = scored[(step, scale)], None
+        else:
+            G = load_generator(path, device, derive_seed(cfg.seed, "bn"))
+            row, out = score_generator(cfg, data, G, judge, step, scale, device, phase(done * steps))
+            done += 1
+        curve.append({key: row[key] for key in ("step", "scale", "cas_accuracy_on_val", "kept")})
+        if best is None or better(row, best[0]):
+            best = (row, path, out)
+    chosen, path, out = best
+    if out is None:  # scored while the GAN trained: sample and gate it again (the same seeds: the same samples)
+        G = load_generator(path, device, derive_seed(cfg.seed, "bn"))
+        out = (*sample_and_judge(cfg, G, judge, data.x[data.real], data.real_ids, data.bank, len(data.classes), data.size,
+                                 derive_seed(cfg.seed, "synthesize"), device, chosen["scale"]),
+               {"accuracy": chosen["cas_accuracy_on_val"], "recall": chosen["recall"]})
+    if progress is not None:
+        progress(parts * steps, parts * steps)
+    return {key: chosen[key] for key in ("step", "scale", "cas_accuracy_on_val", "kept")}, path, out, curve
 
 
 def generators(cfg: Config, run_dir: Path) -> list[tuple[int, Path]]:

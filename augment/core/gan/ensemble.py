@@ -31,19 +31,21 @@ def member_dir(out_dir: Path, mode: str) -> Path:
     return Path(out_dir) / MEMBERS / mode
 
 
-def merge_members(out_dir: Path, modes: list[str], fingerprint: str, snapshot_steps: list[int]) -> None:
-    """out_dir/checkpoint.pt (and snapshots, and history.csv) holding every finished member's EMA generator."""
-    payloads = [read_checkpoint(member_dir(out_dir, m) / "checkpoint.pt") for m in modes]
-    write_torch(Path(out_dir) / "checkpoint.pt", {"fingerprint": fingerprint, **_members(payloads)})
-    for step in snapshot_steps:
-        merge_snapshot(out_dir, modes, step)
-    merge_histories([member_dir(out_dir, m) / "history.csv" for m in modes], np.ones(len(modes)), Path(out_dir) / "history.csv")
+def merge_parts(out_dir: Path, parts: list[Path], combine, weights: np.ndarray, steps: list[int], **extra) -> None:
+    """One generator in out_dir from parts trained apart (an ensemble's members, a per-class GAN's shards):
+    checkpoint.pt = combine(the parts' checkpoints) plus `extra`, the snapshot of each of `steps` the same
+    way, and history.csv their weighted means (merge_histories)."""
+    write_torch(Path(out_dir) / "checkpoint.pt",
+                {**extra, **combine([read_checkpoint(Path(p) / "checkpoint.pt") for p in parts])})
+    for step in steps:
+        merge_snapshot(out_dir, parts, combine, step)
+    merge_histories([Path(p) / "history.csv" for p in parts], weights, Path(out_dir) / "history.csv")
 
 
-def merge_snapshot(out_dir: Path, modes: list[str], step: int) -> Path:
-    """out_dir/snapshots/step_<step>.pt: every member's EMA generator snapshot of that step, as one."""
+def merge_snapshot(out_dir: Path, parts: list[Path], combine, step: int) -> Path:
+    """out_dir/snapshots/step_<step>.pt: the parts' snapshots of that step, combined as one."""
     path = snapshot_path(out_dir, step)
-    write_torch(path, _members([read_checkpoint(snapshot_path(member_dir(out_dir, m), step)) for m in modes]))
+    write_torch(path, combine([read_checkpoint(snapshot_path(p, step)) for p in parts]))
     return path
 
 
@@ -83,8 +85,9 @@ def train_generators(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg
     members = [gan_train.start_member(images, labels, n_classes, cfg.model_copy(update={"mode": mode}), seed=seed,
                                       device=device, out_dir=member_dir(out_dir, mode), fingerprint=f"{fingerprint}-{mode}",
                                       val=val) for mode in modes]
-    hook = None if on_snapshot is None else (lambda step: on_snapshot(step, merge_snapshot(out_dir, modes, step)))
+    dirs = [member_dir(out_dir, m) for m in modes]
+    hook = None if on_snapshot is None else (lambda step: on_snapshot(step, merge_snapshot(out_dir, dirs, _members, step)))
     steps = gan_train.train_members(members, progress, on_snapshot=hook)
     shutil.rmtree(Path(out_dir) / "snapshots", ignore_errors=True)  # an earlier training's are not these members'
-    merge_members(out_dir, modes, fingerprint, [step for step, _ in snapshots(member_dir(out_dir, modes[0]))])
+    merge_parts(out_dir, dirs, _members, np.ones(len(modes)), [step for step, _ in snapshots(dirs[0])], fingerprint=fingerprint)
     return steps
