@@ -9,7 +9,7 @@ Plain functions over arrays and one run directory; no Prefect import anywhere in
     contracts         augment.config, .registry, .rundir, .summary, .atomic, .png, .runtime, .errors
 """
 
-__version__ = "0.1.0"
+from augment.version import __version__
 __all__ = ["run", "load_config", "run_pipeline", "load_training_data", "__version__"]  # run(config) -> Summary
 
 
@@ -19,8 +19,8 @@ def __getattr__(name: str):
         from augment import graph
 
         return getattr(graph, name)
-    if name == "load_training_data":  # the exported recipe of a finished run (augment.core.recipe)
-        from augment.core.recipe import load_training_data
+    if name == "load_training_data":  # the exported recipe of a finished run (augment.core.bench.recipe)
+        from augment.core.bench.recipe import load_training_data
 
         return load_training_data
     raise AttributeError(f"module 'augment' has no attribute {name!r}")

@@ -267,14 +267,14 @@ class BenchmarkConfig(_Section):
     balanced_sampling: Literal["auto", "arm", "all"] = "auto"
     classical_on_the_fly: Bool = True  # classical arms: the classical pipeline on every batch instead of the copies
     # Where the share and the recommended arm are chosen: on val, or by repeated stratified k-fold
-    # over the real train+val images (one fold per seed; augment.core.selection); auto: k-fold when
+    # over the real train+val images (one fold per seed; augment.core.bench.selection); auto: k-fold when
     # the smallest class has fewer than kfold_below val images. Test is never read by either.
     selection: Literal[("auto", *PROTOCOLS)] = "auto"
     kfold_below: int = Field(default=5, ge=1)
     folds: int = Field(default=5, ge=2)
     linear_probe: Bool = True
     workers: int | None = Field(default=None, ge=1)  # processes for the arms x seeds classifiers; null: every core on CPU
-    # classifiers trained as one stacked network (augment.core.engine); auto: one at a time per worker
+    # classifiers trained as one stacked network (augment.core.classify.engine); auto: one at a time per worker
     # on a CPU (measured faster there: benchmarks/engine_throughput.py), a whole round on a GPU. Changes no result.
     models_per_round: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
     # where on-the-fly augmentation runs: batched on the training device (device), or albumentations and

@@ -298,7 +298,7 @@ def open_run(cfg: Config, run_dir: Path) -> Iterator[Path]:
 
 def device_record(cfg: Config) -> dict:
     """Where this run computes and how: device, GPU name, precisions, memory format, torch version."""
-    from augment.core.accel import resolve_precision, use_channels_last
+    from augment.core.base.accel import resolve_precision, use_channels_last
 
     device = resolve_device(cfg.device)
     return {**describe_device(device), "gan_precision": resolve_precision(cfg.gan.precision, device),

@@ -11,8 +11,8 @@ import numpy as np
 
 from augment import graph, rundir
 from augment.config import Config
-from augment.core.parallel import auto_workers, single_threaded
-from augment.core.jobs import JobPlan, plan_jobs
+from augment.core.base.parallel import auto_workers, single_threaded
+from augment.core.bench.jobs import JobPlan, plan_jobs
 from augment.registry import trained_as
 from augment.runtime import resolve_device
 
@@ -79,7 +79,7 @@ def _data(cfg: Config, run_dir: Path, ingest_cached: bool) -> tuple[str, int, tu
     if d.source == "digits":
         k, size, total = 10, (8, 8), 1797
     elif d.source == "folder":
-        from augment.core.survey import survey_folder
+        from augment.core.data.survey import survey_folder
 
         survey = survey_folder(Path(d.path))
         k, size = len(survey["classes"]), min(survey["sizes"], key=lambda hw: hw[0] * hw[1])
@@ -87,7 +87,7 @@ def _data(cfg: Config, run_dir: Path, ingest_cached: bool) -> tuple[str, int, tu
     else:  # idx: the files' own count and size (cheap: one small decompression); csv: a guess
         k, size, total = 10, (28, 28), 0
         if d.source == "idx":
-            from augment.core.idx import read_idx_files
+            from augment.core.data.idx import read_idx_files
 
             images, labels, _ = read_idx_files(Path(d.path), d.channels)
             k, size, total = len(set(labels)), tuple(images.shape[1:3]), len(labels)
@@ -136,8 +136,8 @@ def _classifier_step_seconds(cfg: Config, k: int, size: tuple[int, int], channel
     """Seconds of one training step of a round of `models` classifiers as the engine trains them (one
     thread per worker on a CPU, or this process's threads): the time of 25 steps less that of 5, over
     20 (no set-up in it)."""
-    from augment.core.classifier import train_classifiers
-    from augment.core.engine import Task
+    from augment.core.classify.classifier import train_classifiers
+    from augment.core.classify.engine import Task
 
     x = np.random.default_rng(0).integers(0, 256, (64, *size, channels), dtype=np.uint8)
     tasks = [Task(x, np.arange(64) % k, seed=i, augment=augment, classical=classical is not None) for i in range(models)]
@@ -206,7 +206,7 @@ def make_plan(cfg: Config, run_dir: Path) -> Plan:
 
 
 def benchmark_jobs(cfg: Config, val_per_class: int, device) -> JobPlan:
-    """The benchmark's jobs as far as the config tells (augment.core.jobs.plan_jobs, which the stage
+    """The benchmark's jobs as far as the config tells (augment.core.bench.jobs.plan_jobs, which the stage
     calls over the run directory): every enabled stage's images, class sizes from data's keys."""
     d = cfg.data
     sources = {"real"} | {s for s in ("classical", "smote", "gan") if getattr(cfg, s).enabled}
@@ -218,7 +218,7 @@ def benchmark_jobs(cfg: Config, val_per_class: int, device) -> JobPlan:
 
 def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_train: int, val_per_class: int,
                         step: float) -> tuple[float, str]:
-    from augment.core.augmentation import transforms_for
+    from augment.core.transforms.augmentation import transforms_for
 
     b = cfg.benchmark
     steps = b.steps_for(n_train)

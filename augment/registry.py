@@ -132,7 +132,7 @@ PROTOCOLS: dict[str, str] = {  # benchmark.selection (besides auto): where the b
 
 # --------------------------------------------------------------------------- augmentation names
 
-CLASSICAL_PRESETS = ("light", "medium", "heavy")  # classical.preset: augment.core.augmentation.PRESETS
+CLASSICAL_PRESETS = ("light", "medium", "heavy")  # classical.preset: augment.core.transforms.augmentation.PRESETS
 DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")  # gan.diffaugment: augment.core.gan.diffaugment.POLICIES
 
 # --------------------------------------------------------------------------- generators

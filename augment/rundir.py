@@ -30,7 +30,7 @@ log = logging.getLogger("augment")
 
 MANIFEST = "manifest.parquet"
 GAN_CHECKPOINT = Path("gan") / "checkpoint.pt"
-GATE_JUDGE = Path("gan") / "judge.pt"  # the quality gate's judge (augment.core.classifier.save_classifier)
+GATE_JUDGE = Path("gan") / "judge.pt"  # the quality gate's judge (augment.core.classify.classifier.save_classifier)
 EXTRACTOR = Path("features") / "extractor.pt"  # the SMOTE stage's fitted feature extractor
 PLAN = Path("plan.json")  # the plan's estimate per stage for the run under way (augment run, augment.plan)
 DEVICE = Path("device.json")  # where the run computes: device, GPU name, precisions (graph.open_run)

@@ -103,7 +103,7 @@ class SideStreamChoice(_Model):
 
 
 class Selection(_Model):
-    """Where the benchmark chose (augment.core.selection): "val", or "kfold" over real train+val."""
+    """Where the benchmark chose (augment.core.bench.selection): "val", or "kfold" over real train+val."""
 
     protocol: str = "val"
     reason: str = ""

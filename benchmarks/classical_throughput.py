@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def source_images(mnist: Path | None, n: int, size: int, channels: int) -> list[Image.Image]:
-    from augment.core.sources import read_digits, read_idx
+    from augment.core.data.sources import read_digits, read_idx
 
     raw = read_idx(mnist) if mnist else read_digits()
     mode = "L" if channels == 1 else "RGB"
@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "classical_throughput.json")
     args = parser.parse_args()
     from augment import rundir
-    from augment.core.augmentation import build_pipeline, transforms_for
+    from augment.core.transforms.augmentation import build_pipeline, transforms_for
     from augment.atomic import write_json
     from augment.graph import load_config, run_stage
 

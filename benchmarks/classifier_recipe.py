@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from augment.atomic import write_json
-from augment.core.classifier import predict_proba, train_classifier
-from augment.core.sources import read_idx
+from augment.core.classify.classifier import predict_proba, train_classifier
+from augment.core.data.sources import read_idx
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = dict(batch_size=64, width=32, depth=3, dropout=0.3, lr=2e-3, weight_decay=5e-4, schedule="onecycle",

@@ -43,20 +43,20 @@ arms = json.loads(sys.argv[5])
 import torch
 import engine_job
 x, y, train, test = engine_job.data(size)
-from augment.core.augmentation import transforms_for
+from augment.core.transforms.augmentation import transforms_for
 from augment.config import ClassicalConfig
 classical = transforms_for(ClassicalConfig(preset="medium"), 1)
 kw = dict(steps=steps, batch_size=64, width=32)
 jobs = [(arm, c, a, seed) for arm, c, a in arms for seed in range(4)]
-from augment.core.classifier import predict_proba, train_classifier
+from augment.core.classify.classifier import predict_proba, train_classifier
 start = time.perf_counter()
 if variant in ("previous", "sequential"):
     models = [train_classifier(x[train], y[train], 10, seed=seed, augment=a, classical=classical if c else None, **kw)
               for arm, c, a, seed in jobs]
 else:
-    from augment.core.classifier import train_classifiers
-    from augment.core.engine import Task
-    from augment.core.parallel import auto_workers, job_pool, run_jobs
+    from augment.core.classify.classifier import train_classifiers
+    from augment.core.classify.engine import Task
+    from augment.core.base.parallel import auto_workers, job_pool, run_jobs
     tasks = [Task(x[train], y[train], seed, classical=c, augment=a) for arm, c, a, seed in jobs]
     per_round = len(tasks) if variant == "stacked" else (64 if torch.cuda.is_available() else 1)
     if variant == "stacked":
@@ -97,10 +97,10 @@ def run(item):
     import sys
     repo, size, steps, members = item
     sys.path.insert(0, repo)
-    from augment.core.augmentation import transforms_for
+    from augment.core.transforms.augmentation import transforms_for
     from augment.config import ClassicalConfig
-    from augment.core.classifier import train_classifiers
-    from augment.core.engine import Task
+    from augment.core.classify.classifier import train_classifiers
+    from augment.core.classify.engine import Task
     x, y, train, _ = data(size)
     arms = ARMS
     jobs = [(arm, c, a, seed) for arm, c, a in arms for seed in range(4)]

@@ -47,7 +47,7 @@ def pooled_summary(run_dirs: list[Path]):
     """One Summary over pipeline runs of one seed each (one per draw): draw d is seed d."""
     import pandas as pd
 
-    from augment.core.stats import summarise
+    from augment.core.bench.stats import summarise
 
     summaries = [read_summary(r) for r in run_dirs]
     arms = [a for a in summaries[0].arms if all(a in s.arms for s in summaries)]

@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Expand a scarce labeled image dataset (classical augmentation, SMOTE, class-conditional "
         "DCGANs) and measure with a downstream classifier whether it helped.",
     )
-    from augment import __version__
+    from augment.version import __version__
 
     parser.add_argument("--version", action="version", version=f"augment {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _init(args: argparse.Namespace) -> None:
     """`augment init FOLDER`: survey the folder, write a starting config, say what was found."""
     from augment.atomic import write_text
-    from augment.core.survey import starting_config, survey_folder
+    from augment.core.data.survey import starting_config, survey_folder
     from augment.errors import UserError
 
     survey = survey_folder(Path(args.folder))

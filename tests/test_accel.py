@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from augment.config import GanConfig
-from augment.core.accel import adam, autocast, resolve_precision, use_channels_last
-from augment.core.classifier import train_classifier
+from augment.core.base.accel import adam, autocast, resolve_precision, use_channels_last
+from augment.core.classify.classifier import train_classifier
 from augment.core.gan.train import build_state, train_step
 from augment.errors import UserError
 from augment.graph import load_config
@@ -70,7 +70,7 @@ def test_one_gan_step_on_the_cpu_through_the_gpu_path():
 
 def test_one_classifier_step_on_the_cpu_in_bf16(monkeypatch):
     """The classifier's forward pass runs in bf16 under benchmark.precision: bf16, seeded as in fp32."""
-    import augment.core.classifier as classifier
+    import augment.core.classify.networks as classifier
 
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, 256, (12, 8, 8, 1), dtype=np.uint8), np.repeat(np.arange(3), 4)

@@ -58,7 +58,7 @@ def test_init_writes_a_config_that_run_accepts(tmp_path, monkeypatch, capsys):
 
 
 def test_init_on_a_folder_without_classes_is_one_line(tmp_path):
-    from augment.core.survey import survey_folder
+    from augment.core.data.survey import survey_folder
 
     (tmp_path / "flat").mkdir()
     Image.new("L", (8, 8)).save(tmp_path / "flat" / "a.png")
@@ -69,7 +69,7 @@ def test_init_on_a_folder_without_classes_is_one_line(tmp_path):
 def test_init_reads_the_folder_as_ingest_does(tmp_path):
     """A class folder without images stops `augment init` with ingest's one-line error (not a
     config that run then rejects), and train/val/test folders are splits, not classes."""
-    from augment.core.survey import survey_folder
+    from augment.core.data.survey import survey_folder
 
     root = write_image_folder(tmp_path / "imgs", {"a": 3, "b": 4})
     (root / "c").mkdir()

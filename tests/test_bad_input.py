@@ -11,7 +11,7 @@ from PIL import Image
 from augment import rundir
 from augment.config import DataConfig
 from augment.graph import load_config
-from augment.core.sources import read_csv, read_folder, read_source, to_array
+from augment.core.data.sources import read_csv, read_folder, read_source, to_array
 from augment.graph import run_stage
 from augment.errors import UserError
 from conftest import write_image_folder
@@ -260,7 +260,7 @@ def test_file_and_folder_names_that_are_not_utf8_are_read_and_stored_safely(tmp_
     message hold a printable form (backslash escapes); a class folder with such a name is a class."""
     import os
 
-    from augment.core.sources import safe_text
+    from augment.core.data.sources import safe_text
     from conftest import write_image_folder
 
     root = write_image_folder(tmp_path / "in", {"a": 6})

@@ -1,4 +1,4 @@
-"""Batched on-the-fly augmentation (augment.core.batch_augment, batch_classical) against its references:
+"""Batched on-the-fly augmentation (augment.core.transforms.batch_augment, batch_classical) against its references:
 torchvision's TrivialAugmentWide op by op, albumentations' transforms with the same parameters, and
 the whole classical preset's output distribution."""
 
@@ -8,9 +8,9 @@ import torch
 from scipy import stats
 
 from augment.config import ClassicalConfig
-from augment.core.augmentation import batched_specs, build_pipeline, transforms_for
-from augment.core.batch_augment import TA_OPS, TA_UNIFORMS, ta_params, ta_table, trivial_augment_batch, trivial_augment_wide
-from augment.core.batch_classical import ClassicalBatch
+from augment.core.transforms.augmentation import batched_specs, build_pipeline, transforms_for
+from augment.core.transforms.batch_augment import TA_OPS, TA_UNIFORMS, ta_params, ta_table, trivial_augment_batch, trivial_augment_wide
+from augment.core.transforms.batch_classical import ClassicalBatch
 
 
 def images(n=64, shape=(1, 8, 8), seed=0):

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from augment.core.stats import mean_ci, paired_gain, score, summarise
-from augment.core.report_text import verdict
+from augment.core.bench.stats import mean_ci, paired_gain, score, summarise
+from augment.core.report.report_text import verdict
 
 
 def test_mean_ci_matches_the_t_interval():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from augment import rundir
-from augment.core.augmentation import (PRESETS, augment_images, build_pipeline, copies_per_class, spread,
+from augment.core.transforms.augmentation import (PRESETS, augment_images, build_pipeline, copies_per_class, spread,
                                transforms_for, validate_transforms)
 from augment.config import ClassicalConfig
 from augment.graph import load_config

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from augment.core.classifier import predict_proba, train_classifier, trivial_augment
+from augment.core.classify.classifier import predict_proba, train_classifier, trivial_augment
 
 
 def data(seed=0):
@@ -136,7 +136,7 @@ def test_unknown_classifier_name_is_a_config_error(tmp_path, monkeypatch):
 def test_backbone_preprocesses_with_the_weights_own_transforms():
     import torchvision
 
-    from augment.core.classifier import backbone_transforms
+    from augment.core.classify.classifier import backbone_transforms
 
     preset = torchvision.models.get_model_weights("resnet18").DEFAULT.transforms()
     own = backbone_transforms("resnet18", None)

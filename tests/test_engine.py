@@ -1,15 +1,15 @@
-"""The batched training engine (augment.core.engine): a round of stacked models trains each model as alone."""
+"""The batched training engine (augment.core.classify.engine): a round of stacked models trains each model as alone."""
 
 import numpy as np
 import pytest
 import torch
 
 from augment.config import ClassicalConfig
-from augment.core.augmentation import transforms_for
-from augment.core.classifier import build_network, network_spec, predict_proba, predict_round, train_classifiers
-from augment.core.engine import CHUNK, Recipe, Task, _Sampler, schedule
-from augment.core.side_stream import SideStream, per_batch, soften
-from augment.core.stacked import StackedCNN
+from augment.core.transforms.augmentation import transforms_for
+from augment.core.classify.classifier import build_network, network_spec, predict_proba, predict_round, train_classifiers
+from augment.core.classify.engine import CHUNK, Recipe, Task, _Sampler, schedule
+from augment.core.classify.side_stream import SideStream, per_batch, soften
+from augment.core.classify.stacked import StackedCNN
 from augment.errors import UserError
 
 RNG = np.random.default_rng(0)

@@ -13,7 +13,7 @@ from augment.core.gan.ensemble import member_dir
 from augment.core.gan.kinds import GanSpec, kind
 from augment.core.gan.mix import SELECT_DIMS
 from augment.core.gan.sampling import EnsembleGenerator
-from augment.core.gate import selection_rule
+from augment.core.gate.gate import selection_rule
 
 NZ = SELECT_DIMS + 8
 
@@ -82,7 +82,7 @@ def test_the_ensemble_runs_in_the_pipeline_its_members_train_as_alone_and_share_
     assert kept.loc[~mixes, "parent_id"].isna().all()
     assert set(kept.loc[mixes, "generator"]) == {"mix"}
     assert set(kept.loc[~mixes, "generator"]) == {"per_class"}
-    from augment.core.report_gan import quality_section
+    from augment.core.report.report_gan import quality_section
 
     text = quality_section(cfg, json.loads((run_dir / "gan" / "quality.json").read_text()), None, frame)
     assert "ensemble `gan.mode: per_class+mix`" in text and "distinct pairs of parents" in text

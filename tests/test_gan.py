@@ -11,7 +11,7 @@ from augment.core.gan.kinds import prepare_real
 from augment.core.gan.train import build_state, load_checkpoint, train_gan
 from augment.registry import GENERATORS
 from augment.core.gan.sampling import sample
-from augment.core.tensors import to_uint8
+from augment.core.base.tensors import to_uint8
 
 TINY = dict(mode="per_class", steps=6, image_size=16, batch_size=4, nz=8, ngf=4, ndf=4, checkpoint_every=100, sample_every=100)
 

@@ -9,8 +9,8 @@ from PIL import Image
 from augment import rundir
 from augment.config import DataConfig
 from augment.graph import load_config
-from augment.core.sources import read_csv, read_digits, read_folder, read_idx
-from augment.core.splits import scarce_counts, simulate_scarcity, split_indices
+from augment.core.data.sources import read_csv, read_digits, read_folder, read_idx
+from augment.core.data.splits import scarce_counts, simulate_scarcity, split_indices
 from augment.graph import run_stage
 from augment.rundir import ingest_info
 from augment.errors import UserError

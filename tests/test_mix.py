@@ -179,7 +179,7 @@ def test_mix_runs_in_the_pipeline_and_the_manifest_names_both_parents(smoke_run,
     G = load_generator(run_dir / rundir.GAN_CHECKPOINT, "cpu")
     bank, counts = prepare_real(x, y, len(counts_of := np.bincount(y)), cfg.gan.image_size, "cpu")
     assert torch.equal(G.counts, counts) and torch.allclose(G.bank, bank) and counts.tolist() == counts_of.tolist()
-    from augment.core.report_gan import quality_section
+    from augment.core.report.report_gan import quality_section
 
     text = quality_section(cfg, json.loads((run_dir / "gan" / "quality.json").read_text()), None, frame)
     assert "`gan.mode: mix`" in text and "distinct pairs of parents" in text

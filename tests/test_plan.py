@@ -55,7 +55,7 @@ def test_force_reruns_a_stage_and_everything_downstream(smoke_run, tmp_path):
 
 
 def test_the_plan_counts_the_arms_and_jobs_the_benchmark_trains(smoke_run):
-    """The plan and the stage list their jobs with the one function (augment.core.jobs.plan_jobs): over
+    """The plan and the stage list their jobs with the one function (augment.core.bench.jobs.plan_jobs): over
     the config, the plan finds the arms (real+balanced left out where it would equal real), share
     choices and result jobs the stage found over the run directory."""
     from augment import rundir

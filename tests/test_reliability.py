@@ -56,7 +56,7 @@ def test_checkpoints_are_loaded_without_running_pickled_code(tmp_path):
 
 
 def test_backbone_weights_are_loaded_without_running_pickled_code(tmp_path):
-    from augment.core.classifier import build_backbone
+    from augment.core.classify.classifier import build_backbone
 
     marker = tmp_path / "pwned"
     torch.save({"fc.weight": Payload(marker)}, tmp_path / "w.pth")

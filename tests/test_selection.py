@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from augment.core.selection import choose_protocol, fold_count, fold_indices, without_held_out
+from augment.core.bench.selection import choose_protocol, fold_count, fold_indices, without_held_out
 
 
 def test_k_fold_replaces_val_below_the_threshold_or_when_asked():
@@ -76,7 +76,7 @@ def test_k_fold_selection_never_reads_test(smoke_run, tmp_path):
     assert a.recommendation.arm == b.recommendation.arm
     assert all(a.arms[arm].val == b.arms[arm].val for arm in a.arms)
     assert any(a.mean(arm, "test") != b.mean(arm, "test") for arm in a.arms)
-    from augment.core.report_text import protocol_text
+    from augment.core.report.report_text import protocol_text
 
     assert "5-fold cross-validation" in protocol_text(a) and "never on test" in protocol_text(a)
 
@@ -85,7 +85,7 @@ def test_each_seed_trains_outside_its_fold(smoke_run, tmp_path):
     """Seed s trains on the pool outside fold s, without the copies of held-out images, and is
     scored on fold s as its "val"."""
     from augment import rundir
-    from augment.core.selection import parents
+    from augment.core.bench.selection import parents
     from augment.stages import benchmark
 
     run_dir = str(_copy(smoke_run, tmp_path, "folds"))

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from augment.config import BenchmarkConfig, step_budget
-from augment.core.classifier import SmallCNN, predict_proba, train_classifier
-from augment.core.side_stream import Batches, SideStream, per_batch, soften
+from augment.core.classify.classifier import SmallCNN, predict_proba, train_classifier
+from augment.core.classify.side_stream import Batches, SideStream, per_batch, soften
 from augment.stages.benchmark import _choose_share
 
 
@@ -97,7 +97,7 @@ def test_the_share_is_chosen_on_val_only():
 
 def test_online_samples_are_seeded_gated_and_of_the_asked_classes():
     from augment.core.gan.dcgan import Generator
-    from augment.core.online import OnlineSamples
+    from augment.core.gate.online import OnlineSamples
 
     x, y = images(30)
     torch.manual_seed(0)
@@ -162,8 +162,8 @@ INVERT = [{"__class_fullname__": "InvertImg", "p": 1.0}]
 def test_the_classical_pipeline_runs_on_the_fly_over_real_and_synthetic_rows(monkeypatch):
     """benchmark.classical_on_the_fly: every image of every batch, real and synthetic alike, goes
     through the configured albumentations pipeline (here an inversion), seeded."""
-    from augment.core import augmentation
-    from augment.core.augmentation import build_pipeline
+    from augment.core.transforms import augmentation
+    from augment.core.transforms.augmentation import build_pipeline
 
     batch = torch.from_numpy(images(6)[0]).permute(0, 3, 1, 2).contiguous()
     assert torch.equal(augmentation.classical_augment(build_pipeline(INVERT), batch, 0), 255 - batch)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from augment.errors import UserError
-from augment.core.features import PixelFeatures
-from augment.core.oversampling import oversample
+from augment.core.smote.features import PixelFeatures
+from augment.core.smote.oversampling import oversample
 
 
 def blobs(counts, dim=4, seed=0, gap=10.0):
@@ -92,7 +92,7 @@ def test_combined_samplers_add_only_new_rows_with_small_classes(sampler):
 
 
 def test_interpolation_parents_are_recovered_for_smote_rows():
-    from augment.core.oversampling import interpolation_parents
+    from augment.core.smote.oversampling import interpolation_parents
 
     x, y = blobs([9, 6], dim=5)
     x_new, y_new = oversample(x, y, {0: 20, 1: 20}, "SMOTE", seed=1)
@@ -115,7 +115,7 @@ def _digits(n_per_class=6):
 
 def test_each_extractor_gives_one_row_per_image(tmp_path):
     from augment.config import SmoteConfig
-    from augment.core.features import make_extractor
+    from augment.core.smote.features import make_extractor
     from test_classifier import save_resnet18
 
     images, labels = _digits()
@@ -135,7 +135,7 @@ def test_missing_pretrained_weights_are_an_offline_error_naming_the_smote_keys(t
     import torch
 
     from augment.config import SmoteConfig
-    from augment.core.features import make_extractor
+    from augment.core.smote.features import make_extractor
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     images, labels = _digits()

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from augment import rundir
-from augment.core.splits import hash_split
+from augment.core.data.splits import hash_split
 from augment.errors import UserError
 from augment.graph import load_config, run_stage
 from conftest import write_image_folder
@@ -38,7 +38,7 @@ def test_every_class_gets_an_image_in_every_drawn_split():
         mine = split[np.asarray(labels) == c]
         assert {"train", "val", "test"} <= set(mine)
     assert set(how) <= {"hash", "hash_fill"}
-    from augment.core.splits import _unit
+    from augment.core.data.splits import _unit
 
     held = [k for k in keys(400) if _unit(k, 0) < 0.5][:7]  # seven images whose hash puts them all in val or test
     split, how = hash_split(held + keys(7, start=1000), ["a"] * 7 + ["b"] * 7, [None] * 14, 0.2, 0.3, seed=0)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from augment.core import quality
-from augment.core.classifier import train_classifier
+from augment.core.gate import quality
+from augment.core.classify.classifier import train_classifier
 from augment.config import GateConfig
-from augment.core.gate import apply_alarm, class_quality, judge_samples, select
+from augment.core.gate.gate import apply_alarm, class_quality, judge_samples, select
 
 
 def test_select_rejects_unconfident_and_copies_and_keeps_the_best_up_to_the_target():
@@ -179,7 +179,7 @@ def test_the_generator_step_and_latent_scale_are_chosen_by_cas_on_val_never_test
     assert info["cas_accuracy_on_val"] == best["cas_accuracy_on_val"]
     path, scale = rundir.selected_generator(run_dir)
     assert path == run_dir / "gan" / "snapshots" / f"step_{best['step']:06d}.pt" and scale == best["scale"]
-    from augment.core.report_gan import quality_section
+    from augment.core.report.report_gan import quality_section
 
     text = quality_section(cfg, json.loads((run_dir / "gan" / "quality.json").read_text()), None, rundir.read_manifest(run_dir))
     assert f"EMA generator at step {best['step']} with latent scale {best['scale']:g}" in text and "| 10 | 0.5 |" in text
@@ -198,7 +198,7 @@ def test_patience_stops_the_gan_when_cas_stops_rising_and_the_synthesize_stage_r
     import shutil
 
     from augment import rundir
-    from augment.core import gate
+    from augment.core.gate import gate
     from augment.core.gan.train import snapshots
     from augment.graph import load_config, run_stage
     from augment.stages import gan
@@ -236,7 +236,7 @@ def test_patience_stops_the_gan_when_cas_stops_rising_and_the_synthesize_stage_r
 
 
 def test_the_copying_ratio_flags_samples_that_hug_the_training_images():
-    from augment.core.gate import copying
+    from augment.core.gate.gate import copying
 
     rng = np.random.default_rng(0)
     train = rng.normal(size=(50, 8))

@@ -12,8 +12,8 @@ import torch
 import augment
 from augment import rundir
 from augment.registry import generator_modes as member_modes
-from augment.core.recipe import RECIPE, REFIT_ROWS
-from augment.core.side_stream import BatchSampler
+from augment.core.bench.recipe import RECIPE, REFIT_ROWS
+from augment.core.classify.side_stream import BatchSampler
 
 
 def test_the_batch_sampler_puts_the_share_in_every_batch_from_its_seed():
@@ -63,7 +63,7 @@ def test_the_recipe_export_is_built_from_train_and_val_and_yields_the_share(smok
 def test_a_plain_loop_over_the_export_trains_a_working_classifier(smoke_run):
     import torch.nn.functional as F
 
-    from augment.core.classifier import predict_proba
+    from augment.core.classify.classifier import predict_proba
 
     _, run_dir, _ = smoke_run
     data = augment.load_training_data(run_dir, seed=0, splits=("train",))
@@ -153,7 +153,7 @@ def test_the_export_carries_soft_labels_and_online_generator_samples(smoke_run, 
     """benchmark.soft_labels and benchmark.online_gan travel in recipe/: a teacher on the deliverable's
     real images gives the synthetic rows distributions, and every batch's GAN rows are fresh
     samples of the saved generator, seeded."""
-    from augment.core.recipe import TEACHER
+    from augment.core.bench.recipe import TEACHER
     from augment.graph import load_config, run_stage
     from augment.summary import SUMMARY
     from conftest import SMOKE
@@ -190,8 +190,8 @@ def test_the_classical_pipeline_is_saved_as_a_file_albumentations_loads(smoke_ru
     A.load gives back exactly the pipeline the recipe's transforms build."""
     import albumentations as A
 
-    from augment.core.augmentation import build_pipeline
-    from augment.core.recipe import CLASSICAL_PIPELINE
+    from augment.core.transforms.augmentation import build_pipeline
+    from augment.core.bench.recipe import CLASSICAL_PIPELINE
     from augment.graph import load_config, run_stage
     from augment.summary import SUMMARY
     from conftest import SMOKE

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from augment.core.safe_text import fence, md, mpl, printable
+from augment.core.base.safe_text import fence, md, mpl, printable
 from augment.errors import UserError
 from augment.graph import load_config, run_pipeline
 from conftest import REPO, SMOKE, write_image_folder
@@ -41,7 +41,7 @@ def test_escaping_rules():
 
 
 def test_raw_html_in_the_markdown_is_shown_as_text(tmp_path):
-    from augment.core.report_html import render_html
+    from augment.core.report.report_html import render_html
 
     html = render_html("# t\n\n<script>alert(1)</script> <img src=x onerror=alert(1)>\n\n| a | b |\n|---|---|\n| 1 | 2 |\n",
                        tmp_path)
@@ -52,7 +52,7 @@ def test_raw_html_in_the_markdown_is_shown_as_text(tmp_path):
 def test_a_matplotlib_label_is_never_mathtext(tmp_path):
     import pandas as pd
 
-    from augment.core import figures
+    from augment.core.report import figures
 
     recall = pd.DataFrame({"real": [0.5, 0.6], "real+gan": [0.7, 0.8]}, index=["$^^$", r"$\foo$"])
     assert figures.recall_chart(recall, "real+gan", tmp_path / "recall.png").stat().st_size > 0
@@ -129,7 +129,7 @@ def test_special_files_give_one_line_within_seconds(tmp_path, kind):
 
 def test_a_special_file_is_a_recorded_skip_with_on_bad_image_skip(tmp_path):
     from augment.config import DataConfig
-    from augment.core.sources import read_folder
+    from augment.core.data.sources import read_folder
 
     root = write_image_folder(tmp_path / "in", {"a": 4, "b": 4}, size=(8, 8))
     os.mkfifo(root / "b" / "pipe.png")
@@ -179,7 +179,7 @@ def test_idx_files_truncated_or_over_large_give_one_line(tmp_path):
     import gzip
     import struct
 
-    from augment.core.idx import read_idx_files
+    from augment.core.data.idx import read_idx_files
 
     labels = struct.pack(">BBBBI", 0, 0, 8, 1, 2) + bytes([0, 1])
     cases = {
@@ -205,7 +205,7 @@ def test_idx_files_truncated_or_over_large_give_one_line(tmp_path):
 
 def test_a_label_too_long_for_a_folder_is_one_line(tmp_path):
     from augment.config import DataConfig
-    from augment.core.sources import read_csv
+    from augment.core.data.sources import read_csv
 
     root = write_image_folder(tmp_path / "in", {"a": 4, "b": 4}, size=(8, 8))
     rows = [f"{p.parent.name}/{p.name},{p.parent.name}" for p in sorted(root.rglob("*.png"))]
@@ -236,7 +236,7 @@ def test_errors_no_retry_can_heal_are_never_retried_and_are_one_line(tmp_path):
 
 
 def test_a_class_folder_of_240_bytes_runs_and_its_files_fit(tmp_path):
-    from augment.core.safe_text import file_label
+    from augment.core.base.safe_text import file_label
 
     assert file_label("a" * 64) == "a" * 64 and len(file_label("é" * 120).encode()) <= 64
     long = "é" * 120  # 240 bytes: a folder name the file system allows
@@ -266,7 +266,7 @@ def test_large_photos_are_decoded_small_and_resize_the_same(tmp_path):
     from PIL import Image
 
     from augment.config import DataConfig
-    from augment.core.sources import _open_image
+    from augment.core.data.sources import _open_image
 
     yy, xx = np.mgrid[0:1200, 0:1600]
     smooth = np.stack([(xx / 1600 * 255), (yy / 1200 * 255), ((xx + yy) % 400 < 200) * 200.0], -1).astype(np.uint8)
@@ -297,7 +297,7 @@ def test_the_survey_and_the_plan_never_open_a_fifo(tmp_path, command):
 
 def test_class_folders_that_differ_only_in_bytes_that_are_not_utf8_are_not_merged(tmp_path):
     from augment.config import DataConfig
-    from augment.core.sources import read_folder
+    from augment.core.data.sources import read_folder
 
     root = write_image_folder(tmp_path / "in", {"a": 4}, size=(8, 8))
     for odd in (b"caf\xe9", b"caf\xe8"):

@@ -19,18 +19,18 @@ from augment import rundir
 from augment.atomic import atomic_path, write_json
 from augment.config import Config
 from augment.errors import UserError
-from augment.core.classifier import (load_classifier, predict_proba, predict_round, pretrained_weights_path, train_classifier,
+from augment.core.classify.classifier import (load_classifier, predict_proba, predict_round, pretrained_weights_path, train_classifier,
                                      train_classifiers)
-from augment.core.engine import Recipe, Task
-from augment.core.online import OnlineSamples
+from augment.core.classify.engine import Recipe, Task
+from augment.core.gate.online import OnlineSamples
 from augment.core.gan.sampling import load_generator
-from augment.core.side_stream import SideStream, soften
-from augment.core.augmentation import transforms_for
-from augment.core.features import load_extractor, make_extractor
-from augment.core.parallel import auto_workers, job_pool, run_jobs
-from augment.core.jobs import Job, JobPlan, plan_jobs, share_key
-from augment.core.selection import fold_count, fold_indices, without_held_out
-from augment.core.stats import PRIMARY, ids_digest, linear_probe_scores, score_records, summarise
+from augment.core.classify.side_stream import SideStream, soften
+from augment.core.transforms.augmentation import transforms_for
+from augment.core.smote.features import load_extractor, make_extractor
+from augment.core.base.parallel import auto_workers, job_pool, run_jobs
+from augment.core.bench.jobs import Job, JobPlan, plan_jobs, share_key
+from augment.core.bench.selection import fold_count, fold_indices, without_held_out
+from augment.core.bench.stats import PRIMARY, ids_digest, linear_probe_scores, score_records, summarise
 from augment.registry import SOURCES, trained_as
 from augment.runtime import derive_seed, resolve_device
 from augment.summary import METRICS, HeldOut, Selection, SideStreamChoice, write_summary
@@ -164,9 +164,9 @@ def _task(job: dict) -> Task:
 
 
 def train_and_score(jobs: list[dict]) -> list[dict]:
-    """One round of arm-and-seed jobs: their classifiers trained together (augment.core.engine; the
+    """One round of arm-and-seed jobs: their classifiers trained together (augment.core.classify.engine; the
     same seed for every arm: paired runs share initialisation), each scored on val and test in one
-    batched pass per split. A job for augment.core.parallel (it loads its own images, cached per process)."""
+    batched pass per split. A job for augment.core.base.parallel (it loads its own images, cached per process)."""
     first, k = jobs[0], len(jobs[0]["classes"])
     models = train_classifiers([_task(j) for j in jobs], k, **first["trainer"], device=first["device"],
                                classical=first["classical"], stack=len(jobs))
@@ -242,7 +242,7 @@ def _linear_probe(extractor, run_dir: Path, arms: list[str], held_out: dict, cla
 
 
 def _job_plan(cfg: Config, run_dir: Path, frame: pd.DataFrame, classes: list[str], device) -> JobPlan:
-    """augment.core.jobs.plan_jobs over what the run directory holds (the plan calls it over the config)."""
+    """augment.core.bench.jobs.plan_jobs over what the run directory holds (the plan calls it over the config)."""
     # a source without images (SMOTE rows in a non-invertible feature space) has no CNN arm
     sources = set(rundir.split_rows(frame, "train", SOURCES)["source"])
     real_counts = rundir.split_rows(frame, "train", ("real",))["label"].value_counts()

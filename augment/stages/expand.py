@@ -14,8 +14,8 @@ import pandas as pd
 from augment import rundir
 from augment.config import Config
 from augment.atomic import atomic_path
-from augment.core.augmentation import copies_per_class, plan_copies, run_jobs, save_pipeline, transforms_for
-from augment.core.recipe import CLASSICAL_PIPELINE, REFIT_GAN, REFIT_ROWS, REFIT_SPLITS, TEACHER, write_recipe
+from augment.core.transforms.augmentation import copies_per_class, plan_copies, run_jobs, save_pipeline, transforms_for
+from augment.core.bench.recipe import CLASSICAL_PIPELINE, REFIT_GAN, REFIT_ROWS, REFIT_SPLITS, TEACHER, write_recipe
 from augment.runtime import derive_seed, resolve_device
 from augment.registry import ARMS, trained_as
 from augment.summary import read_summary
@@ -147,9 +147,9 @@ def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerp
     with gan.train_on real+classical, the train split's classical copies and `copies`, the refit's), its
     samples gated as the synthesize stage gates (the same judge; novelty against these real images; the
     collapse alarm): manifest-shaped rows, kept or not, generator "<mode>:refit" (an ensemble's rows: "<member>:refit")."""
-    from augment.core.classifier import load_classifier
+    from augment.core.classify.networks import load_classifier
     from augment.core.gan.ensemble import train_generators
-    from augment.core.gate import gan_rows, gate_quality, sample_and_judge
+    from augment.core.gate.gate import gan_rows, gate_quality, sample_and_judge
     from augment.core.gan.sampling import load_generator
 
     info, device = rundir.ingest_info(run_dir), resolve_device(cfg.device)
@@ -188,7 +188,7 @@ def recipe(cfg: Config, run_dir: Path, summary, arm: str, splits: tuple[str, ...
     trainer = b.trainer_kwargs()
     soft = bool(b.soft_labels and choice is not None)
     if soft:  # the benchmark's teacher, on the deliverable's real images: TrivialAugmentWide, class-balanced
-        from augment.core.classifier import save_classifier, train_classifier
+        from augment.core.classify.classifier import save_classifier, train_classifier
 
         x, y, _ = rundir.load_splits(run_dir, splits)
         teacher = train_classifier(x, y, len(info["classes"]), **{**trainer, "steps": b.steps_for(len(y))},

@@ -16,16 +16,16 @@ import pandas as pd
 
 from augment import rundir
 from augment.config import Config
-from augment.core.accel import resolve_precision
+from augment.core.base.accel import resolve_precision
 from augment.atomic import write_json
-from augment.core.classifier import load_classifier
+from augment.core.classify.networks import load_classifier
 from augment.core.gan.checkpoint import read_checkpoint
 from augment.core.gan.ensemble import merge_parts, train_generators
 from augment.core.gan.kinds import kind
 from augment.core.gan.sampling import interpolate, load_generator, sample, save_grid
 from augment.core.gan.train import Progress, class_shards, snapshots, train_gan
-from augment.core.gate import CAS_CURVE, better, gate_data, read_curve, score_generator
-from augment.core.safe_text import file_label
+from augment.core.gate.gate import CAS_CURVE, better, gate_data, read_curve, score_generator
+from augment.core.base.safe_text import file_label
 from augment.runtime import derive_seed, resolve_device
 
 log = logging.getLogger("augment")
@@ -109,7 +109,7 @@ def run(cfg: Config, run_dir: Path, progress: Progress | None = None, fingerprin
 
 class Patience:
     """gan.patience: each snapshot, as the GAN takes it, sampled, gated by the judge stage's judge and
-    scored by CAS on val (augment.core.gate.score_generator, the synthesize stage's own scoring);
+    scored by CAS on val (augment.core.gate.gate.score_generator, the synthesize stage's own scoring);
     training stops once `patience` snapshots in a row have not beaten the best. The curve goes to
     gan/cas.json (with this stage's fingerprint), where a resumed training and the synthesize stage
     find it: a resumed training continues the same count, the synthesize stage scores nothing again."""

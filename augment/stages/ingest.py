@@ -9,9 +9,9 @@ import numpy as np
 
 from augment import rundir
 from augment.config import Config
-from augment.core.signature import input_signature
-from augment.core.sources import content_key, read_source
-from augment.core.splits import check_given, hash_split, simulate_scarcity, split_indices, train_counts, working_size
+from augment.core.data.signature import input_signature
+from augment.core.data.sources import content_key, read_source
+from augment.core.data.splits import check_given, hash_split, simulate_scarcity, split_indices, train_counts, working_size
 from augment.errors import UserError
 from augment.runtime import derive_seed
 

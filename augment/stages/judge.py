@@ -11,8 +11,8 @@ from pathlib import Path
 
 from augment import rundir
 from augment.config import Config
-from augment.core.classifier import save_classifier
-from augment.core.gate import gate_data, train_judge
+from augment.core.classify.networks import save_classifier
+from augment.core.gate.gate import gate_data, train_judge
 from augment.runtime import resolve_device
 
 

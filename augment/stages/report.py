@@ -14,9 +14,9 @@ import pandas as pd
 from augment import rundir
 from augment.atomic import write_bytes, write_json, write_text
 from augment.config import Config
-from augment.core import figures
-from augment.core.report_html import render_html
-from augment.core.report_text import METRIC_NAMES, class_order, render_markdown, run_row
+from augment.core.report import figures
+from augment.core.report.report_html import render_html
+from augment.core.report.report_text import METRIC_NAMES, class_order, render_markdown, run_row
 from augment.errors import UserError
 from augment.summary import Summary, read_summary, summary_from_json, summary_json
 

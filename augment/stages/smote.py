@@ -15,9 +15,9 @@ import pandas as pd
 from augment import rundir
 from augment.atomic import write_npz
 from augment.config import Config
-from augment.core.classifier import pretrained_weights_path
-from augment.core.features import make_extractor, save_extractor
-from augment.core.oversampling import check_params, interpolation_parents, oversample
+from augment.core.classify.networks import pretrained_weights_path
+from augment.core.smote.features import make_extractor, save_extractor
+from augment.core.smote.oversampling import check_params, interpolation_parents, oversample
 from augment.runtime import derive_seed
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from augment import rundir
 from augment.atomic import write_json
 from augment.config import Config
-from augment.core.classifier import load_classifier, predict
-from augment.core.gate import (K_NEIGHBOURS, better, gan_rows, gate_data, gate_quality, read_curve, sample_and_judge,
+from augment.core.classify.networks import load_classifier, predict
+from augment.core.gate.gate import (K_NEIGHBOURS, better, gan_rows, gate_data, gate_quality, read_curve, sample_and_judge,
                                 score_generator)
 from augment.core.gan.sampling import load_generator
 from augment.runtime import derive_seed, resolve_device

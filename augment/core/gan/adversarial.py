@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 
-from augment.core.accel import adam, autocast, to_memory_format, use_channels_last
+from augment.core.base.accel import adam, autocast, to_memory_format, use_channels_last
 from augment.core.gan.diffaugment import diff_augment
 from augment.core.gan.kinds import Bank, GanSpec, Kind, balanced_batch, balanced_indices
 

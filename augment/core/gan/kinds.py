@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from augment.core.tensors import resize, to_tensor
+from augment.core.base.tensors import resize, to_tensor
 from augment.registry import GENERATORS
 
 Bank = tuple[torch.Tensor, torch.Tensor]  # prepare_real's (images (K, Nmax, C, S, S), counts (K,))

@@ -1,15 +1,15 @@
 """On-the-fly augmentation of a whole batch at once, on the training device, with per-image parameters.
 
 The per-image references stay the definitions: torchvision's v2.TrivialAugmentWide, and the
-albumentations pipeline of the classical stage (augment.core.augmentation, which alone imports
+albumentations pipeline of the classical stage (augment.core.transforms.augmentation, which alone imports
 albumentations and translates a transform list into the plain specs read here, or says it has no
 batched equivalent). Here every op is a pure function of the images and of random numbers drawn
 by the caller: `u` (N, n_uniform) uniforms in [0, 1) and `z` (N, n_noise, C, H, W) standard
-normals per image, so the draws come from each classifier's own seeded stream (augment.core.engine)
+normals per image, so the draws come from each classifier's own seeded stream (augment.core.classify.engine)
 and a batch's result does not depend on which other images share it. Parameters follow the
 reference's distributions (the same ranges, the same integer truncations); the pixels are the
 reference's to float rounding (TrivialAugmentWide's ops are tested against torchvision's own
-functional ops). The classical ops are in augment.core.batch_classical.
+functional ops). The classical ops are in augment.core.transforms.batch_classical.
 
 Images are uint8 (N, C, H, W) in and out, as the references take them.
 """
@@ -246,16 +246,3 @@ def trivial_augment(batch: torch.Tensor, seed: int) -> torch.Tensor:
                     magnitude *= -1
             out.append(ta._apply_image_or_video_transform(image, op, magnitude, interpolation=ta.interpolation, fill=ta._fill))
     return torch.stack(out)
-
-
-def augment_on_the_fly(batch: torch.Tensor, gen: torch.Generator, pipeline=None, augment: str | None = None) -> torch.Tensor:
-    """A batch's on-the-fly augmentation by the references, image by image on the CPU: the classical
-    pipeline (an albumentations Compose, when given), then TrivialAugmentWide (augment="trivialaugment"),
-    each seeded by a draw from `gen`, in that order (the recipe export's collate)."""
-    from augment.core.augmentation import classical_augment
-
-    if pipeline is not None:
-        batch = classical_augment(pipeline, batch, int(torch.randint(2**62, (1,), generator=gen)))
-    if augment is not None:
-        batch = trivial_augment(batch, int(torch.randint(2**62, (1,), generator=gen)))
-    return batch

@@ -25,11 +25,11 @@ from sklearn.metrics import recall_score
 
 from augment import rundir
 from augment.config import Config, GateConfig
-from augment.core import quality
-from augment.core.classifier import predict, train_classifier
+from augment.core.gate import quality
+from augment.core.classify.classifier import predict, train_classifier
 from augment.core.gan.sampling import member_of_rows, sample, sample_parents
-from augment.core.safe_text import file_label
-from augment.core.tensors import to_uint8
+from augment.core.base.safe_text import file_label
+from augment.core.base.tensors import to_uint8
 from augment.registry import GENERATORS, generator_modes
 
 K_NEIGHBOURS = 3  # Kynkaanniemi et al. 2019's default for precision and recall

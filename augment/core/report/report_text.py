@@ -15,9 +15,9 @@ import pandas as pd
 
 from augment.config import Config
 from augment.config_file import dump_config
-from augment.core.report_data import _pct, data_table, skipped_inputs, split_text
-from augment.core.report_gan import quality_section
-from augment.core.safe_text import fence, md
+from augment.core.report.report_data import _pct, data_table, skipped_inputs, split_text
+from augment.core.report.report_gan import quality_section
+from augment.core.base.safe_text import fence, md
 from augment.summary import Gain, Stat, Summary
 
 METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}
@@ -109,7 +109,7 @@ def chosen_on(summary: Summary) -> str:
 
 
 def protocol_text(summary: Summary) -> str:
-    """Where the choices were made (augment.core.selection), in words."""
+    """Where the choices were made (augment.core.bench.selection), in words."""
     metric = summary.primary_metric.replace("_", " ")
     if summary.selection.protocol != "kfold":
         return f"The recommended arm is chosen on val ({metric}), never on test."

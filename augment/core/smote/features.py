@@ -13,7 +13,7 @@ import torch
 from sklearn.decomposition import PCA
 
 from augment.atomic import write_torch
-from augment.core.tensors import resize, to_tensor
+from augment.core.base.tensors import resize, to_tensor
 
 
 class PixelFeatures:
@@ -88,7 +88,7 @@ class ClassifierFeatures:
         self.n_classes = 0
 
     def fit(self, images: np.ndarray, labels: np.ndarray | None = None, n_classes: int = 0) -> ClassifierFeatures:
-        from augment.core.classifier import train_classifier
+        from augment.core.classify.classifier import train_classifier
 
         self.n_classes = n_classes
         if self.kind == "cnn":
@@ -101,14 +101,14 @@ class ClassifierFeatures:
         return self
 
     def _backbone(self):
-        from augment.core.classifier import build_backbone
+        from augment.core.classify.networks import build_backbone
 
         gen = torch.Generator().manual_seed(self.seed % 2**63)
         return build_backbone(self.backbone, max(self.n_classes, 2), self.weights, self.input_size, gen,
                               keys=("smote.backbone", "smote.weights")).eval()
 
     def transform(self, images: np.ndarray) -> np.ndarray:
-        from augment.core.classifier import predict
+        from augment.core.classify.networks import predict
 
         if self.model is None:
             raise RuntimeError("fit() first")
@@ -124,7 +124,7 @@ class ClassifierFeatures:
 
     @classmethod
     def from_state(cls, state: dict) -> ClassifierFeatures:
-        from augment.core.classifier import SmallCNN
+        from augment.core.classify.networks import SmallCNN
 
         out = cls(state["kind"], state["seed"], state["trainer"], state["backbone"], state["weights"], state["input_size"])
         out.n_classes = state["n_classes"]

@@ -247,7 +247,7 @@ def _zero(fill) -> bool:
 
 def _batched_spec(t) -> dict | None:
     """One albumentations transform (an instance, its arguments normalised by albumentations itself)
-    as a plain spec of augment.core.batch_augment, or None where that has no equivalent."""
+    as a plain spec of augment.core.transforms.batch_augment, or None where that has no equivalent."""
     import cv2
 
     name, p = type(t).__name__, float(t.p)
@@ -281,7 +281,7 @@ def _batched_spec(t) -> dict | None:
 
 
 def batched_specs(transforms: list[dict]) -> list[dict] | None:
-    """The transform list (A.from_dict format) as plain specs for augment.core.batch_augment's
+    """The transform list (A.from_dict format) as plain specs for augment.core.transforms.batch_augment's
     batched ops, or None when any transform (a compose, an op or an argument) has none: then the
     pipeline runs in albumentations, image by image. The specs read albumentations' own normalised
     arguments (a scalar limit becomes its range as albumentations makes it)."""

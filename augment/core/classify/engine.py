@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from augment.core.accel import adam, autocast
-from augment.core.batch_augment import TA_UNIFORMS, trivial_augment, trivial_augment_batch
-from augment.core.batch_classical import ClassicalBatch
-from augment.core.side_stream import SideStream, per_batch, refresh
-from augment.core.stacked import StackedCNN
-from augment.core.tensors import scale
+from augment.core.base.accel import adam, autocast
+from augment.core.transforms.batch_augment import TA_UNIFORMS, trivial_augment, trivial_augment_batch
+from augment.core.transforms.batch_classical import ClassicalBatch
+from augment.core.classify.side_stream import SideStream, per_batch, refresh
+from augment.core.classify.stacked import StackedCNN
+from augment.core.base.tensors import scale
 from augment.errors import UserError
 from augment.runtime import check_stop
 
@@ -163,7 +163,7 @@ class _Round:
 
 
 def _round_rows(tasks: list[Task], n_classes: int, batch: int, device) -> _Round:
-    from augment.core.side_stream import rows
+    from augment.core.classify.side_stream import rows
 
     stored: dict[int, int] = {}  # id(array) -> its first row in the image table
     images, targets, weights, labels, index, offsets = [], [], [], [], [], []
@@ -209,7 +209,7 @@ class Recipe:
         recipe = cls(classical, augment_on, ran_on="cpu" if augment_on == "cpu" else "device")
         if classical is None:
             return recipe
-        from augment.core.augmentation import batched_specs, build_pipeline
+        from augment.core.transforms.augmentation import batched_specs, build_pipeline
 
         specs = None if augment_on == "cpu" else batched_specs(classical)
         if specs is None:
@@ -239,7 +239,7 @@ def _augment(x: torch.Tensor, tasks: list[Task], draws: list[dict], s: int, reci
     """The round's uint8 batch (M, B, C, H, W), each model's rows by its own recipe and draws: the
     batched ops run once over the rows of every model that asks for them (each row with its own
     model's draws); the references run image by image on the CPU."""
-    from augment.core.augmentation import classical_augment
+    from augment.core.transforms.augmentation import classical_augment
 
     m, b = x.shape[:2]
     out = x.clone()

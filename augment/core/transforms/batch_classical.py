@@ -1,6 +1,6 @@
 """The classical (albumentations) pipeline's ops on a whole batch, with per-image parameters.
 
-albumentations stays the definition: augment.core.augmentation reads a transform list's arguments
+albumentations stays the definition: augment.core.transforms.augmentation reads a transform list's arguments
 as albumentations normalises them and hands plain specs here (or says an op has no batched
 equivalent: then albumentations runs image by image). Each op draws its parameters from the
 uniforms it is given, with albumentations' ranges and integer truncations, and computes what
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from augment.core.batch_augment import per_image as _per_image, sample_grid as _sample_grid, to_uint8 as _uint8, where as _where
+from augment.core.transforms.batch_augment import per_image as _per_image, sample_grid as _sample_grid, to_uint8 as _uint8, where as _where
 
 def _range(u: torch.Tensor, bounds) -> torch.Tensor:
     lo, hi = float(bounds[0]), float(bounds[1])
@@ -220,7 +220,7 @@ BATCHED_OPS = tuple(_OPS)
 
 
 class ClassicalBatch:
-    """A classical pipeline (plain specs from augment.core.augmentation.batched_specs) applied in
+    """A classical pipeline (plain specs from augment.core.transforms.augmentation.batched_specs) applied in
     order to a batch: each op applies to an image with its probability p, with its own draws."""
 
     def __init__(self, specs: list[dict]):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from augment.core.idx import regular_file
-from augment.core.sources import IMG_EXTENSIONS, class_files, safe_text, split_folders, subfolders
+from augment.core.data.idx import regular_file
+from augment.core.data.sources import IMG_EXTENSIONS, class_files, safe_text, split_folders, subfolders
 from augment.errors import UserError
 
 

@@ -14,8 +14,8 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from augment.config import DataConfig
-from augment.core.idx import read_idx_files, regular_file
-from augment.core.safe_text import storable as safe_text
+from augment.core.data.idx import read_idx_files, regular_file
+from augment.core.base.safe_text import storable as safe_text
 from augment.errors import UserError
 from augment.registry import SPLITS
 
@@ -286,7 +286,7 @@ def read_csv(d: DataConfig, path: Path | None = None) -> RawDataset:
 
 
 def read_idx(path: Path, channels: int = 1) -> RawDataset:
-    """MNIST-style IDX files (augment.core.idx)."""
+    """MNIST-style IDX files (augment.core.data.idx)."""
     images, labels, images_path = read_idx_files(path, channels)
     return RawDataset(list(images), labels, [f"{images_path}[{i}]" for i in range(len(images))])
 

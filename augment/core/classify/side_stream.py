@@ -24,7 +24,7 @@ class SideStream:
     share: the fraction of every batch drawn from these images (capped at N / (N + real), the
     share plain concatenation gives). weight: their loss weight (real images weigh 1).
     soft: optional (N, K) target distributions (a teacher's softened predictions) instead of labels.
-    online: optional fresh samples (augment.core.online.OnlineSamples): every drawn row marked in
+    online: optional fresh samples (augment.core.gate.online.OnlineSamples): every drawn row marked in
     `online_rows` (the kept GAN images) is replaced by a new sample of its class, so shares and class
     mix stay those of the pool; `soft_fn` gives fresh images their soft labels (uint8 NCHW -> (n, K)).
     """

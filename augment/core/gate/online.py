@@ -2,7 +2,7 @@
 
 A fixed pool of kept GAN images is seen again and again; drawing new ones every batch (as the
 GaFi pipeline and ChimeraMix do) gives the classifier variety the pool cannot. Each candidate
-passes the same gate as the pool did (augment.core.gate): the judge's confidence for the intended
+passes the same gate as the pool did (augment.core.gate.gate): the judge's confidence for the intended
 class and novelty against the real train images. Every draw comes from the caller's generator.
 """
 
@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from augment.core import quality
-from augment.core.classifier import predict
-from augment.core.tensors import resize
+from augment.core.gate import quality
+from augment.core.classify.networks import predict
+from augment.core.base.tensors import resize
 
 MAX_ROUNDS = 4  # candidate rounds per batch before the best-scoring candidates fill the gaps
 

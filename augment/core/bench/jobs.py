@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from augment.config import BenchmarkConfig
-from augment.core.selection import choose_protocol
+from augment.core.bench.selection import choose_protocol
 from augment.registry import trained_as
 from augment.runtime import derive_seed
 

@@ -5,7 +5,7 @@ the synthetic share per batch and loss weight, on-the-fly augmentation, the clas
 step budget). `augment.load_training_data(run_dir)` reads it back as torch pieces: a Dataset of
 the real and synthetic rows, the BatchSampler that puts the measured synthetic share in every
 batch, and a collate function that applies the on-the-fly augmentation, all seeded. The
-benchmark's own training loop (augment.core.classifier.train_classifier) draws its batches with
+benchmark's own training loop (augment.core.classify.classifier.train_classifier) draws its batches with
 the same BatchSampler, so a loop over this loader trains as the benchmark measured.
 """
 
@@ -22,7 +22,7 @@ import torch
 from augment import rundir
 from augment.atomic import write_json
 from augment.config import step_budget
-from augment.core.side_stream import BatchSampler, SideStream, refresh, rows
+from augment.core.classify.side_stream import BatchSampler, SideStream, refresh, rows
 from augment.errors import UserError
 from augment.png import load_images
 
@@ -60,13 +60,12 @@ class TrainingData:
         """Stack a batch, draw fresh generator samples for its online rows (with their soft labels),
         then apply the recipe's on-the-fly augmentation (classical pipeline, then TrivialAugmentWide),
         all seeded from the batch sampler's generator, in the benchmark's order."""
-        from augment.core.classifier import augment_on_the_fly
 
         images, dist, weights, labels, fresh = (torch.stack(t) for t in zip(*items))
         if self.stream is not None and self.stream.online is not None:
             refresh(images, dist, labels, fresh, self.stream, self.batch_sampler.gen)
         if self.recipe["classical_transforms"] is not None and self._pipeline is None:
-            from augment.core.augmentation import build_pipeline
+            from augment.core.transforms.augmentation import build_pipeline
 
             self._pipeline = build_pipeline(self.recipe["classical_transforms"])
         images = augment_on_the_fly(images, self.batch_sampler.gen, self._pipeline, self.recipe["augment"])
@@ -78,22 +77,23 @@ class TrainingData:
 
     def optimizer(self, model: torch.nn.Module, device: str | torch.device = "cpu"):
         """(optimizer, per-step scheduler) of the recipe: AdamW, weight decay off batch-norm and bias
-        parameters, OneCycle or cosine over `steps` (augment.core.classifier)."""
-        from augment.core.classifier import _optimizer
+        parameters, OneCycle or cosine over `steps` (augment.core.classify.engine's, as the benchmark's)."""
+        from augment.core.classify.engine import optimizer, scheduler
 
         t = self.recipe["trainer"]
-        return _optimizer(model, device, t["lr"], t["weight_decay"], t["schedule"], self.steps)
+        opt = optimizer(model, device, t["lr"], t["weight_decay"])
+        return opt, scheduler(opt, self.steps, t["lr"], t["schedule"])
 
     @staticmethod
     def inputs(images: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
         """uint8 (B, C, H, W) -> the network's float input in [-1, 1] (a backbone adds its own preprocessing)."""
-        from augment.core.tensors import scale
+        from augment.core.base.tensors import scale
 
         return scale(images.to(device))
 
     def model(self, seed: int | None = None) -> torch.nn.Module:
-        """A fresh classifier of the benchmark's architecture (augment.core.classifier.build_network)."""
-        from augment.core.classifier import build_network
+        """A fresh classifier of the benchmark's architecture (augment.core.classify.classifier.build_network)."""
+        from augment.core.classify.networks import build_network
 
         gen = torch.Generator().manual_seed((self.seed if seed is None else seed) % 2**63)
         return build_network(self.recipe["network"], gen)
@@ -146,15 +146,15 @@ def _soft_and_online(run_dir: Path, recipe: dict, stream: SideStream, x_real: np
                      device) -> None:
     """In place: soft labels from recipe/teacher.pt (benchmark.soft_labels) and fresh gated samples
     of the recipe's generator for the GAN rows (benchmark.online_gan), as the benchmark trained."""
-    from augment.core.classifier import load_classifier, predict_proba
-    from augment.core.side_stream import soften
+    from augment.core.classify.networks import load_classifier, predict_proba
+    from augment.core.classify.side_stream import soften
 
     if recipe.get("teacher"):
         teacher, t = load_classifier(run_dir / recipe["teacher"], device), recipe["temperature"]
         stream.soft = soften(predict_proba(teacher, stream.x), t)
         stream.soft_fn = lambda images: soften(predict_proba(teacher, images.permute(0, 2, 3, 1).numpy()), t)
     if recipe.get("online_gan") and (sources == "gan").any():
-        from augment.core.online import OnlineSamples
+        from augment.core.gate.online import OnlineSamples
         from augment.core.gan.sampling import load_generator
 
         G = load_generator(run_dir / recipe["generator"], device, recipe["bn_seed"])
@@ -170,3 +170,18 @@ def _images(run_dir: Path, recipe: dict, splits: tuple[str, ...], sources: tuple
         return np.empty((0, *recipe["size"], recipe["channels"]), np.uint8), np.empty(0, np.int64), np.empty(0, str)
     x, y, rows = rundir.load_splits(run_dir, splits, sources)
     return x, y, rows["source"].to_numpy(str)
+
+
+def augment_on_the_fly(batch: torch.Tensor, gen: torch.Generator, pipeline=None, augment: str | None = None) -> torch.Tensor:
+    """A batch's on-the-fly augmentation by the references, image by image on the CPU: the classical
+    pipeline (an albumentations Compose, when given), then TrivialAugmentWide (augment="trivialaugment"),
+    each seeded by a draw from `gen`, in that order (the recipe export's collate; the benchmark's
+    batched equivalents compute the same draws, augment.core.classify.engine)."""
+    from augment.core.transforms.augmentation import classical_augment
+    from augment.core.transforms.batch_augment import trivial_augment
+
+    if pipeline is not None:
+        batch = classical_augment(pipeline, batch, int(torch.randint(2**62, (1,), generator=gen)))
+    if augment is not None:
+        batch = trivial_augment(batch, int(torch.randint(2**62, (1,), generator=gen)))
+    return batch

@@ -1,0 +1,1 @@
+"""Judging generated samples: the quality gate, its metrics, and generator samples drawn and gated on the fly."""
