@@ -238,7 +238,7 @@ def step_budget(steps: int | str, n_train: int, batch_size: int, epochs: float, 
 class BenchmarkConfig(_Section):
     seeds: int = Field(default=5, ge=1)
     arms: list[str] = Field(default_factory=lambda: list(ARMS))
-    # The classifier's recipe (README, "The benchmark's classifier"; chosen on MNIST val by
+    # The classifier's recipe (docs/outputs.md, "The benchmark's classifier"; chosen on MNIST val by
     # benchmarks/classifier_recipe.py). steps "auto": epochs over the real train images, clipped.
     steps: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
     epochs: float = Field(default=40, gt=0)

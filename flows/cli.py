@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "schedule, and run its flow runs in this process until stopped (Ctrl-C pauses the schedule). Every run uses "
         "the same run directory: an unchanged dataset and config finish at once (every stage cached); new images "
         "re-run what depends on them; `augment runs` shows each finished result. Needs a Prefect API: set "
-        "PREFECT_API_URL to a server started with `prefect server start` (see README).")
+        "PREFECT_API_URL to a server started with `prefect server start` (see docs/scheduling.md).")
     schedule.add_argument("config", help="YAML config")
     schedule.add_argument("--cron", required=True, metavar="EXPR",
                           help='cron expression, e.g. "0 2 * * *" (every night at 02:00)')

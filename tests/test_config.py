@@ -134,18 +134,18 @@ def test_section_hash_changes_only_with_its_section():
     assert a.section_hash("gan") != b.section_hash("gan")
 
 
-def test_readme_documents_every_config_key():
-    """README's key table names every key of every section (keys sharing a row, like
-    `gan.ngf`, `gan.ndf`, count), so the README cannot fall behind the config."""
+def test_the_docs_document_every_config_key_and_no_other():
+    """docs/config.md's key table names every key of every section (keys sharing a row, like
+    `gan.ngf`, `gan.ndf`, count) and no key the config does not have, so it cannot fall behind."""
     import re
 
     from augment.config import Config
     from conftest import REPO
 
-    documented = set(re.findall(r"`([a-z_]+(?:\.[a-z_0-9]+)?)`", (REPO / "README.md").read_text().split("## Config keys")[1]
-                                .split("\n## ")[0]))
+    table = [line for line in (REPO / "docs" / "config.md").read_text().splitlines() if line.startswith("| `")]
+    documented = {k for line in table for k in re.findall(r"`([a-z_]+(?:\.[a-z_0-9]+)?)`", line.split(" | ")[0])}
     keys = set()
     for name, field in Config.model_fields.items():
         sub = getattr(field.annotation, "model_fields", None)
         keys |= {f"{name}.{k}" for k in sub} if sub else {name}
-    assert sorted(keys - documented) == []
+    assert sorted(keys - documented) == [] and sorted(documented - keys) == []

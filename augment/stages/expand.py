@@ -67,7 +67,7 @@ def how_to_train(cfg: Config, summary, arm: str, rows) -> str:
     if spec.balanced or summary.balanced_sampling:
         lines.append("- Class-balanced sampling: every class drawn equally often.")
     lines.append(f"- {summary.classifier_steps or b.steps} steps of batch {b.batch_size}, AdamW lr {b.lr:g}, weight decay "
-                 f"{b.weight_decay:g}, {b.schedule} schedule (README, \"The benchmark's classifier\").")
+                 f"{b.weight_decay:g}, {b.schedule} schedule (the tool's docs/outputs.md, \"The benchmark's classifier\").")
     return "\n".join(lines) + "\n"
 
 

@@ -40,7 +40,7 @@ def train_classifiers(
     up to `stack` models trained as one stacked network; each task's seed fixes its initialisation,
     batches, augmentation draws and dropout masks, whatever round it shares.
 
-    The recipe (README, "The benchmark's classifier"): SmallCNN (depth blocks from width, dropout)
+    The recipe (docs/outputs.md, "The benchmark's classifier"): SmallCNN (depth blocks from width, dropout)
     from scratch, or a torchvision `model` fine-tuned from weights on disk (trained alone); AdamW with
     weight decay under a OneCycle (or cosine) schedule; label smoothing; `steps` or "auto"
     (step_budget on each task's real images). `classical` (albumentations transforms, A.to_dict

@@ -55,7 +55,7 @@ def starting_config(survey: dict) -> str:
         f"# Starting config written by `augment init` for {survey['path']}",
         f"# {len(counts)} classes, {smallest} to {largest} images per class; images {size_note}"
         + (f"; {survey['unreadable']} unreadable file(s): see data.on_bad_image" if survey["unreadable"] else ""),
-        "# Run it: augment run THIS_FILE   (every key is in README.md, 'Config keys')",
+        "# Run it: augment run THIS_FILE   (every key is in docs/config.md)",
         "seed: 0",
         "device: auto",
         "data:",
