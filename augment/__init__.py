@@ -19,8 +19,8 @@ def __getattr__(name: str):
         from augment import graph
 
         return getattr(graph, name)
-    if name == "load_training_data":  # the exported recipe of a finished run (augment.core.bench.recipe)
-        from augment.core.bench.recipe import load_training_data
+    if name == "load_training_data":  # the exported recipe of a finished run (augment.recipe)
+        from augment.recipe import load_training_data
 
         return load_training_data
     raise AttributeError(f"module 'augment' has no attribute {name!r}")

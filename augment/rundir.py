@@ -15,6 +15,7 @@ import logging
 import os
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -23,6 +24,7 @@ import pandas as pd
 
 from augment.atomic import atomic_path, write_json
 from augment.errors import UserError
+from augment.safe_text import file_label
 from augment.png import encode_png, load_images, save_png, to_channels  # noqa: F401  (the run directory's PNG io)
 from augment.registry import REASONS, SOURCES  # noqa: F401
 
@@ -236,3 +238,82 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+# --------------------------------------------------------------------------- the exported recipe
+
+RECIPE = Path("recipe") / "recipe.json"
+CLASSICAL_PIPELINE = Path("recipe") / "classical.json"  # the classical arms' pipeline as A.save writes it (A.load reads it)
+REFIT_ROWS = Path("recipe") / "refit.parquet"  # classical copies of the real images the refit adds, refit GAN samples
+REFIT_GAN = Path("recipe") / "gan"  # expand.refit_generator: the generator trained on the refit splits
+TEACHER = Path("recipe") / "teacher.pt"  # benchmark.soft_labels: the teacher of the synthetic images' targets
+REFIT_SPLITS = {"train": ("train",), "trainval": ("train", "val"), "all": ("train", "val", "test")}
+
+
+def write_recipe(run_dir: Path, recipe: dict) -> Path:
+    """recipe/recipe.json, what augment.load_training_data reads (the expand stage writes it)."""
+    write_json(Path(run_dir) / RECIPE, recipe)
+    return Path(run_dir) / RECIPE
+
+
+# --------------------------------------------------------------------------- the gate's data and rows
+
+
+@dataclass
+class GateData:
+    """What judging a generator needs (gate_data): the train images the judge and the novelty check
+    read (real and classical; `real` marks the real rows), the images G learned from (its bank),
+    real val, the classes, the working size, and the benchmark's classifier settings for CAS."""
+
+    x: np.ndarray
+    y: np.ndarray
+    real: np.ndarray
+    real_ids: list[str]
+    bank: tuple[list[str], np.ndarray]
+    x_val: np.ndarray
+    y_val: np.ndarray
+    classes: list[str]
+    size: tuple[int, int]
+    trainer: dict
+
+
+def gate_data(cfg, run_dir: Path) -> GateData:
+    """The gate's data (GateData) from the run directory, for the judge, synthesize and gan.patience."""
+    x, y, rows = load_split(run_dir, "train", sources=("real", "classical"))
+    real = (rows["source"] == "real").to_numpy()
+    learned = rows["source"].isin(cfg.gan.sources).to_numpy()  # what G learned from, in load_split's order
+    x_val, y_val, _ = load_split(run_dir, "val")
+    info = ingest_info(run_dir)
+    # the benchmark's step budget (set by the real train images), for the judge and the CAS classifier
+    trainer = {**cfg.benchmark.trainer_kwargs(), "steps": cfg.benchmark.steps_for(int(real.sum()))}
+    return GateData(x, y, real, rows.loc[real, "id"].tolist(), (rows.loc[learned, "id"].tolist(), y[learned]), x_val, y_val,
+                    info["classes"], tuple(info["size"]), trainer)
+
+
+CAS_CURVE = Path("gan") / "cas.json"  # the snapshots' CAS, scored while the GAN trained (gan.patience)
+
+
+def read_curve(run_dir: Path) -> dict:
+    path = Path(run_dir) / CAS_CURVE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def gan_rows(run_dir: Path, images: np.ndarray, intended: np.ndarray, j, n: int, classes: list[str], seed: int,
+             generator: str, folder: str = "images/gan", prefix: str = "gan", suffix: str = "") -> list[dict]:
+    """Save every judged sample under run_dir/<folder>/<class>/ and return its manifest row (kept or not, why).
+    A row names the generator that drew it (gan.mode; an ensemble's rows their member: "mix"), then `suffix`."""
+    rows = []
+    for i, image in enumerate(images):
+        label = classes[intended[i]]
+        gid = f"{prefix}-{file_label(label)}-{i % n:05d}"
+        rel = f"{folder}/{label}/{gid}.png"
+        rows.append(dict(
+            id=gid, path=rel, label=label, split="train", source="gan", seed=seed % 2**32,
+            generator=(generator if j.members is None else j.members[i]) + suffix,
+            sha256=save_png(run_dir, rel, image),
+            height=image.shape[0], width=image.shape[1], channels=image.shape[2], score=float(j.score[i]),
+            novelty=float(j.novelty[i]), kept=bool(j.kept[i]), reason_code=j.codes[i], reason=j.reasons[i],
+            **({} if j.parents is None or j.parents[i] is None else  # mix: both parents, as SMOTE rows record theirs
+               {"parent_id": j.parents[i][0], "params": json.dumps({"parents": j.parents[i]})}),
+        ))
+    return rows

@@ -31,7 +31,7 @@ from prefect.tasks import exponential_backoff
 from augment import graph
 from augment.config import Config, OrchestrationConfig
 from augment.core.report.report_text import arm_rows, summary_markdown
-from augment.core.base.safe_text import md
+from augment.safe_text import md
 from augment.errors import UserError, kind
 from augment.runtime import check_stop, graceful_stop
 from augment.summary import read_summary

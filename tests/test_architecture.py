@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_LINES = 400
-CONTRACTS = {"augment.version", "augment.errors", "augment.registry", "augment.atomic", "augment.runtime", "augment.png",
+CONTRACTS = {"augment.version", "augment.safe_text", "augment.errors", "augment.registry", "augment.atomic", "augment.runtime", "augment.png",
              "augment.config", "augment.config_file", "augment.summary", "augment.rundir"}
 
 
@@ -23,7 +23,7 @@ def layer(module: str) -> int:
         return 1
     if module.startswith("augment.stages"):
         return 2
-    if module in ("augment", "augment.graph", "augment.plan"):
+    if module in ("augment", "augment.graph", "augment.plan", "augment.recipe"):
         return 3
     if module == "flows.cli":
         return 5

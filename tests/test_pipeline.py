@@ -11,7 +11,7 @@ from torchvision.datasets import ImageFolder
 
 from augment import rundir
 from augment.core.bench.stats import ids_digest
-from augment.core.bench.recipe import REFIT_ROWS
+from augment.rundir import REFIT_ROWS
 from augment.registry import ARMS
 from augment.graph import load_config
 from augment.graph import run_pipeline
@@ -171,7 +171,7 @@ def test_folder_input_is_never_written(tmp_path):
     assert tree_state(root) == before  # checksums, sizes and times of every input file
     assert ImageFolder(tmp_path / "run" / "expanded").classes == ["a", "b"]
     report = (tmp_path / "run" / "report" / "report.md").read_text()
-    from augment.core.base.safe_text import md
+    from augment.safe_text import md
 
     assert f"| {md(root / 'b' / 'broken.png')} | b | not a readable image" in report
 

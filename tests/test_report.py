@@ -95,7 +95,7 @@ def test_augment_report_rerenders_without_recomputing(smoke_run, tmp_path, capsy
     assert "report.html" in capsys.readouterr().out
     assert (copy / "report" / "report.html").is_file() and len(list((copy / "report" / "figures").iterdir())) == len(FIGURES)
     assert {p.name: p.stat().st_mtime_ns for p in (copy / "stages").iterdir()} == markers  # no stage ran
-    from augment.core.base.safe_text import md as md_text
+    from augment.safe_text import md as md_text
 
     md = (copy / "report" / "report.md").read_text().replace(md_text(copy), md_text(run_dir))
     assert md == (run_dir / "report" / "report.md").read_text()

@@ -220,7 +220,7 @@ def test_patience_stops_the_gan_when_cas_stops_rising_and_the_synthesize_stage_r
     info = run_stage("gan", cfg, run_dir)
     assert (info["steps"], info["stopped_at"], info["best_step"], info["cas_best"]) == (10, 10, 5, 0.5)
     assert [s for s, _ in snapshots(run_dir / "gan")] == [5, 10]
-    curve = json.loads((run_dir / gate.CAS_CURVE).read_text())["curve"]
+    curve = json.loads((run_dir / rundir.CAS_CURVE).read_text())["curve"]
     assert [(r["step"], r["cas_accuracy_on_val"]) for r in curve] == [(5, 0.5), (10, 0.4)]
     from augment.core.gan.checkpoint import read_checkpoint
     from augment.registry import generator_modes as member_modes

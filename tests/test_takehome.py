@@ -12,7 +12,7 @@ import torch
 import augment
 from augment import rundir
 from augment.registry import generator_modes as member_modes
-from augment.core.bench.recipe import RECIPE, REFIT_ROWS
+from augment.rundir import RECIPE, REFIT_ROWS
 from augment.core.classify.side_stream import BatchSampler
 
 
@@ -153,7 +153,7 @@ def test_the_export_carries_soft_labels_and_online_generator_samples(smoke_run, 
     """benchmark.soft_labels and benchmark.online_gan travel in recipe/: a teacher on the deliverable's
     real images gives the synthetic rows distributions, and every batch's GAN rows are fresh
     samples of the saved generator, seeded."""
-    from augment.core.bench.recipe import TEACHER
+    from augment.rundir import TEACHER
     from augment.graph import load_config, run_stage
     from augment.summary import SUMMARY
     from conftest import SMOKE
@@ -191,7 +191,7 @@ def test_the_classical_pipeline_is_saved_as_a_file_albumentations_loads(smoke_ru
     import albumentations as A
 
     from augment.core.transforms.augmentation import build_pipeline
-    from augment.core.bench.recipe import CLASSICAL_PIPELINE
+    from augment.rundir import CLASSICAL_PIPELINE
     from augment.graph import load_config, run_stage
     from augment.summary import SUMMARY
     from conftest import SMOKE

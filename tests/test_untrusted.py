@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from augment.core.base.safe_text import fence, md, mpl, printable
+from augment.safe_text import fence, md, mpl, printable
 from augment.errors import UserError
 from augment.graph import load_config, run_pipeline
 from conftest import REPO, SMOKE, write_image_folder
@@ -236,7 +236,7 @@ def test_errors_no_retry_can_heal_are_never_retried_and_are_one_line(tmp_path):
 
 
 def test_a_class_folder_of_240_bytes_runs_and_its_files_fit(tmp_path):
-    from augment.core.base.safe_text import file_label
+    from augment.safe_text import file_label
 
     assert file_label("a" * 64) == "a" * 64 and len(file_label("é" * 120).encode()) <= 64
     long = "é" * 120  # 240 bytes: a folder name the file system allows

@@ -15,7 +15,7 @@ from augment import rundir
 from augment.config import Config
 from augment.atomic import atomic_path
 from augment.core.transforms.augmentation import copies_per_class, plan_copies, run_jobs, save_pipeline, transforms_for
-from augment.core.bench.recipe import CLASSICAL_PIPELINE, REFIT_GAN, REFIT_ROWS, REFIT_SPLITS, TEACHER, write_recipe
+from augment.rundir import CLASSICAL_PIPELINE, REFIT_GAN, REFIT_ROWS, REFIT_SPLITS, TEACHER, write_recipe
 from augment.runtime import derive_seed, resolve_device
 from augment.registry import ARMS, trained_as
 from augment.summary import read_summary
@@ -149,7 +149,7 @@ def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerp
     collapse alarm): manifest-shaped rows, kept or not, generator "<mode>:refit" (an ensemble's rows: "<member>:refit")."""
     from augment.core.classify.networks import load_classifier
     from augment.core.gan.ensemble import train_generators
-    from augment.core.gate.gate import gan_rows, gate_quality, sample_and_judge
+    from augment.core.gate.gate import gate_quality, sample_and_judge
     from augment.core.gan.sampling import load_generator
 
     info, device = rundir.ingest_info(run_dir), resolve_device(cfg.device)
@@ -176,7 +176,7 @@ def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerp
     images, intended, j, n = sample_and_judge(cfg, G, judge, x, ids, (bank_ids, bank_y), k, tuple(info["size"]), seed, device,
                                               rundir.selected_generator(run_dir)[1])  # the latent scale chosen on val
     gate_quality(cfg, j, intended, y, classes)  # the collapse alarm un-keeps a flagged class's samples
-    return rundir.normalise(gan_rows(run_dir, images, intended, j, n, classes, seed, cfg.gan.mode,
+    return rundir.normalise(rundir.gan_rows(run_dir, images, intended, j, n, classes, seed, cfg.gan.mode,
                                      folder=f"{REFIT_GAN.as_posix()}/images", prefix="gan-refit", suffix=":refit"))
 
 

@@ -24,8 +24,8 @@ from augment.core.gan.ensemble import merge_parts, train_generators
 from augment.core.gan.kinds import kind
 from augment.core.gan.sampling import interpolate, load_generator, sample, save_grid
 from augment.core.gan.train import Progress, class_shards, snapshots, train_gan
-from augment.core.gate.gate import CAS_CURVE, better, gate_data, read_curve, score_generator
-from augment.core.base.safe_text import file_label
+from augment.core.gate.gate import better, score_generator
+from augment.safe_text import file_label
 from augment.runtime import derive_seed, resolve_device
 
 log = logging.getLogger("augment")
@@ -117,8 +117,8 @@ class Patience:
     def __init__(self, cfg: Config, run_dir: Path, fingerprint: str):
         self.cfg, self.run_dir, self.fingerprint = cfg, Path(run_dir), fingerprint
         self.device = resolve_device(cfg.device)
-        self.data, self.judge = gate_data(cfg, self.run_dir), load_classifier(self.run_dir / rundir.GATE_JUDGE, self.device)
-        saved = read_curve(self.run_dir)
+        self.data, self.judge = rundir.gate_data(cfg, self.run_dir), load_classifier(self.run_dir / rundir.GATE_JUDGE, self.device)
+        saved = rundir.read_curve(self.run_dir)
         self.curve = saved["curve"] if saved.get("fingerprint") == fingerprint else []
         self.best = None
         for row in self.curve:
@@ -136,7 +136,7 @@ class Patience:
                 row, _ = score_generator(self.cfg, self.data, G, self.judge, step, scale, self.device)
                 self.curve.append(row)
                 self._track(row)
-        write_json(self.run_dir / CAS_CURVE, {"fingerprint": self.fingerprint, "curve": self.curve})
+        write_json(self.run_dir / rundir.CAS_CURVE, {"fingerprint": self.fingerprint, "curve": self.curve})
         since = [r["step"] for r in self.curve if r["step"] > self.best["step"]]
         stop = len(set(since)) >= self.cfg.gan.patience
         if stop:

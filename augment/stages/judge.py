@@ -12,14 +12,14 @@ from pathlib import Path
 from augment import rundir
 from augment.config import Config
 from augment.core.classify.networks import save_classifier
-from augment.core.gate.gate import gate_data, train_judge
+from augment.core.gate.gate import train_judge
 from augment.runtime import resolve_device
 
 
 def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dict:
     if not cfg.gan.enabled:
         return {"trained": False}
-    data = gate_data(cfg, Path(run_dir))
+    data = rundir.gate_data(cfg, Path(run_dir))
     judge = train_judge(cfg, data, resolve_device(cfg.device), progress)
     save_classifier(Path(run_dir) / rundir.GATE_JUDGE, judge)
     return {"trained": True, "train_images": int(len(data.x)), "steps": data.trainer["steps"]}

@@ -13,8 +13,7 @@ from augment import rundir
 from augment.atomic import write_json
 from augment.config import Config
 from augment.core.classify.networks import load_classifier, predict
-from augment.core.gate.gate import (K_NEIGHBOURS, better, gan_rows, gate_data, gate_quality, read_curve, sample_and_judge,
-                                score_generator)
+from augment.core.gate.gate import K_NEIGHBOURS, better, gate_quality, sample_and_judge, score_generator
 from augment.core.gan.sampling import load_generator
 from augment.runtime import derive_seed, resolve_device
 
@@ -25,7 +24,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
         rundir.replace_source(run_dir, "gan", [])
         return {"generated": 0, "kept": 0}
     device = resolve_device(cfg.device)
-    data = gate_data(cfg, run_dir)
+    data = rundir.gate_data(cfg, run_dir)
     classes, target = data.classes, cfg.gan.samples_per_class
     judge = load_classifier(run_dir / rundir.GATE_JUDGE, device)  # the judge stage's
     chosen, path, (images, intended, j, n, cas), curve = _choose(cfg, run_dir, data, judge, device, progress)
@@ -45,7 +44,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
         "selection": {"how": cfg.gan.checkpoint_selection, "step": chosen["step"], "scale": chosen["scale"],
                       "generator": Path(path).relative_to(run_dir).as_posix(), "curve": curve},
     })
-    rows = gan_rows(run_dir, images, intended, j, n, classes, derive_seed(cfg.seed, "synthesize"), cfg.gan.mode)
+    rows = rundir.gan_rows(run_dir, images, intended, j, n, classes, derive_seed(cfg.seed, "synthesize"), cfg.gan.mode)
     rundir.replace_source(run_dir, "gan", rows)
     return {
         "generated": len(rows),
@@ -101,7 +100,7 @@ def generators(cfg: Config, run_dir: Path) -> list[tuple[int, Path]]:
 def reusable_curve(cfg: Config, run_dir: Path) -> list[dict]:
     """The curve the gan stage scored while it trained (gan.patience), when it belongs to the GAN this
     run holds: its scoring read the same gate and classifier settings (they are in its fingerprint)."""
-    saved = read_curve(run_dir)
+    saved = rundir.read_curve(run_dir)
     if not cfg.gan.stops_early or saved.get("fingerprint") != rundir.recorded_fingerprint(run_dir, "gan"):
         return []
     return saved["curve"]

@@ -1,1 +1,1 @@
-"""Helpers every group may use: device fast paths (accel), tensor conversions, worker pools, escaping of untrusted text."""
+"""Helpers every group may use: device fast paths (accel), tensor conversions, worker pools."""

@@ -1,1 +1,1 @@
-"""The benchmark's method: where choices are made (val or k-fold), the job list, statistics, and the exported recipe."""
+"""The benchmark's method: where choices are made (val or k-fold), the job list, and statistics."""

@@ -15,7 +15,7 @@ from PIL import Image, ImageOps
 
 from augment.config import DataConfig
 from augment.core.data.idx import read_idx_files, regular_file
-from augment.core.base.safe_text import storable as safe_text
+from augment.safe_text import storable as safe_text
 from augment.errors import UserError
 from augment.registry import SPLITS
 

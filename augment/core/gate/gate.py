@@ -15,20 +15,16 @@ classifier recognised 83-94% of the time.)
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import recall_score
 
-from augment import rundir
 from augment.config import Config, GateConfig
 from augment.core.gate import quality
 from augment.core.classify.classifier import predict, train_classifier
 from augment.core.gan.sampling import member_of_rows, sample, sample_parents
-from augment.core.base.safe_text import file_label
 from augment.core.base.tensors import to_uint8
 from augment.registry import GENERATORS, generator_modes
 
@@ -268,37 +264,7 @@ def sample_and_judge(cfg: Config, G, judge, x_real: np.ndarray, real_ids: list[s
     return images, intended, judged, n
 
 
-@dataclass
-class GateData:
-    """What judging a generator needs (gate_data): the train images the judge and the novelty check
-    read (real and classical; `real` marks the real rows), the images G learned from (its bank),
-    real val, the classes, the working size, and the benchmark's classifier settings for CAS."""
-
-    x: np.ndarray
-    y: np.ndarray
-    real: np.ndarray
-    real_ids: list[str]
-    bank: tuple[list[str], np.ndarray]
-    x_val: np.ndarray
-    y_val: np.ndarray
-    classes: list[str]
-    size: tuple[int, int]
-    trainer: dict
-
-
-def gate_data(cfg: Config, run_dir: Path) -> GateData:
-    x, y, rows = rundir.load_split(run_dir, "train", sources=("real", "classical"))
-    real = (rows["source"] == "real").to_numpy()
-    learned = rows["source"].isin(cfg.gan.sources).to_numpy()  # what G learned from, in load_split's order
-    x_val, y_val, _ = rundir.load_split(run_dir, "val")
-    info = rundir.ingest_info(run_dir)
-    # the benchmark's step budget (set by the real train images), for the judge and the CAS classifier
-    trainer = {**cfg.benchmark.trainer_kwargs(), "steps": cfg.benchmark.steps_for(int(real.sum()))}
-    return GateData(x, y, real, rows.loc[real, "id"].tolist(), (rows.loc[learned, "id"].tolist(), y[learned]), x_val, y_val,
-                    info["classes"], tuple(info["size"]), trainer)
-
-
-def train_judge(cfg: Config, data: GateData, device, progress=None):
+def train_judge(cfg: Config, data, device, progress=None):  # data: augment.rundir.GateData
     """The gate's judge: the benchmark's classifier, class-balanced, on the real and classical train images."""
     from augment.runtime import derive_seed
 
@@ -306,7 +272,8 @@ def train_judge(cfg: Config, data: GateData, device, progress=None):
                             seed=derive_seed(cfg.seed, "gate"), device=device, progress=progress)
 
 
-def score_generator(cfg: Config, data: GateData, G, judge, step: int, scale: float, device, progress=None) -> tuple[dict, tuple]:
+def score_generator(cfg: Config, data, G, judge, step: int, scale: float, device,
+                    progress=None) -> tuple[dict, tuple]:  # data: augment.rundir.GateData
     """One candidate generator (a snapshot at `step`, a latent scale) sampled, gated and scored by
     CAS on val: (its curve row, (images, intended, Judged, n, cas)). The same seeds wherever it is
     called (the gan stage while it trains, the synthesize stage), so the same generator scores the same."""
@@ -322,38 +289,9 @@ def score_generator(cfg: Config, data: GateData, G, judge, step: int, scale: flo
     return row, (images, intended, j, n, cas)
 
 
-CAS_CURVE = Path("gan") / "cas.json"  # the snapshots' CAS, scored while the GAN trained (gan.patience)
-
-
-def read_curve(run_dir: Path) -> dict:
-    path = Path(run_dir) / CAS_CURVE
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def better(row: dict, best: dict, prefer_later: bool = True) -> bool:
     """A higher CAS on val wins; on a tie, the later step (the earlier while training: a tie is no
     improvement), then the scale nearer 1."""
     def key(r):
         return (r["cas_accuracy_on_val"] or -1.0, r["step"] if prefer_later else -r["step"], -abs(math.log(r["scale"])))
     return key(row) > key(best)
-
-
-def gan_rows(run_dir: Path, images: np.ndarray, intended: np.ndarray, j, n: int, classes: list[str], seed: int,
-             generator: str, folder: str = "images/gan", prefix: str = "gan", suffix: str = "") -> list[dict]:
-    """Save every judged sample under run_dir/<folder>/<class>/ and return its manifest row (kept or not, why).
-    A row names the generator that drew it (gan.mode; an ensemble's rows their member: "mix"), then `suffix`."""
-    rows = []
-    for i, image in enumerate(images):
-        label = classes[intended[i]]
-        gid = f"{prefix}-{file_label(label)}-{i % n:05d}"
-        rel = f"{folder}/{label}/{gid}.png"
-        rows.append(dict(
-            id=gid, path=rel, label=label, split="train", source="gan", seed=seed % 2**32,
-            generator=(generator if j.members is None else j.members[i]) + suffix,
-            sha256=rundir.save_png(run_dir, rel, image),
-            height=image.shape[0], width=image.shape[1], channels=image.shape[2], score=float(j.score[i]),
-            novelty=float(j.novelty[i]), kept=bool(j.kept[i]), reason_code=j.codes[i], reason=j.reasons[i],
-            **({} if j.parents is None or j.parents[i] is None else  # mix: both parents, as SMOTE rows record theirs
-               {"parent_id": j.parents[i][0], "params": json.dumps({"parents": j.parents[i]})}),
-        ))
-    return rows

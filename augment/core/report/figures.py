@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from augment.atomic import write_bytes
-from augment.core.base.safe_text import mpl
+from augment.safe_text import mpl
 
 SOURCE_COLOURS = {"real": "#222222", "classical": "#1f77b4", "smote": "#2ca02c", "gan": "#d62728"}
 

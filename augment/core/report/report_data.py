@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from augment.core.base.safe_text import md
+from augment.safe_text import md
 from augment.registry import SPLIT_ORIGINS
 from augment.summary import Summary
 

@@ -8,7 +8,7 @@ import pandas as pd
 
 from augment.config import Config
 from augment.core.report.report_data import _num, _pct
-from augment.core.base.safe_text import md
+from augment.safe_text import md
 from augment.registry import generator_modes
 
 

@@ -17,7 +17,7 @@ from augment.config import Config
 from augment.config_file import dump_config
 from augment.core.report.report_data import _pct, data_table, skipped_inputs, split_text
 from augment.core.report.report_gan import quality_section
-from augment.core.base.safe_text import fence, md
+from augment.safe_text import fence, md
 from augment.summary import Gain, Stat, Summary
 
 METRIC_NAMES = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy", "macro_f1": "macro-F1"}

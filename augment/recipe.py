@@ -1,4 +1,5 @@
-"""What the user takes home: the winning arm's recipe, exported, and a loader that trains by it.
+"""What the user takes home: a loader that trains by the winning arm's exported recipe (the API's
+`augment.load_training_data`; the recipe's files and their writing: augment.rundir).
 
 The expand stage writes run_dir/recipe/recipe.json (the arm, the real splits it is built from,
 the synthetic share per batch and loss weight, on-the-fly augmentation, the classifier and its
@@ -20,24 +21,11 @@ import pandas as pd
 import torch
 
 from augment import rundir
-from augment.atomic import write_json
+from augment.rundir import RECIPE, REFIT_ROWS
 from augment.config import step_budget
 from augment.core.classify.side_stream import BatchSampler, SideStream, refresh, rows
 from augment.errors import UserError
 from augment.png import load_images
-
-RECIPE = Path("recipe") / "recipe.json"
-CLASSICAL_PIPELINE = Path("recipe") / "classical.json"  # the classical arms' pipeline as A.save writes it (A.load reads it)
-REFIT_ROWS = Path("recipe") / "refit.parquet"  # classical copies of the real images the refit adds, refit GAN samples
-REFIT_GAN = Path("recipe") / "gan"  # expand.refit_generator: the generator trained on the refit splits
-TEACHER = Path("recipe") / "teacher.pt"  # benchmark.soft_labels: the teacher of the synthetic images' targets
-REFIT_SPLITS = {"train": ("train",), "trainval": ("train", "val"), "all": ("train", "val", "test")}
-
-
-def write_recipe(run_dir: Path, recipe: dict) -> Path:
-    write_json(Path(run_dir) / RECIPE, recipe)
-    return Path(run_dir) / RECIPE
-
 
 @dataclass
 class TrainingData:
