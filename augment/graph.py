@@ -112,7 +112,7 @@ _FULL_OR_FORBIDDEN = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, err
 # Errors no retry can heal (flows' retry condition reads this): the machine refused, or a name does not fit.
 PERMANENT_ERRNOS = frozenset((*_FULL_OR_FORBIDDEN, errno.ENAMETOOLONG, errno.ELOOP, errno.EISDIR, errno.ENOTDIR,
                               errno.EINVAL))
-_VERSION = "graph-v4"  # bump to re-run every stage once (a change in what stages write)
+_VERSION = "graph-v5"  # bump to re-run every stage once (a change in what stages write)
 
 
 @contextmanager

@@ -91,9 +91,17 @@ class Server:
         req = urllib.request.Request(self.url + path, method=method, data=json.dumps(body or {}).encode(),
                                      headers={"Content-Type": "application/json"})
         # A busy machine answers slowly, not never: the socket's limit is a backstop, and a wait's
-        # check that times out polls again (wait); a dead server is seen by its process exiting.
-        with urllib.request.urlopen(req, timeout=300) as resp:
-            return json.loads(resp.read() or "null")
+        # check that times out polls again (wait); a dead server is seen by its process exiting. An
+        # overloaded server answers 503 (its database busy) without acting: the request is sent again.
+        end = time.monotonic() + 1800
+        while True:
+            try:
+                with urllib.request.urlopen(req, timeout=300) as resp:
+                    return json.loads(resp.read() or "null")
+            except urllib.error.HTTPError as err:
+                if err.code not in (502, 503, 504) or time.monotonic() > end or any(p.poll() is not None for p in self.services):
+                    raise
+            time.sleep(2)
 
     def wait(self, what: str, check, timeout: float = 1800, every: float = 2.0, producer: subprocess.Popen | None = None):
         """Poll check() until it holds. The wait fails as soon as `producer` (the process that makes it

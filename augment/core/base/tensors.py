@@ -18,10 +18,20 @@ def scale(batch: torch.Tensor) -> torch.Tensor:
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, C, H, W) float images to `size` (H, W), antialiased bilinear; unchanged if already that size."""
-    if tuple(x.shape[-2:]) == tuple(size):
+    """(N, C, H, W) float images to `size` (H, W): by an integer factor k, exactly (up: each pixel a
+    k x k block; down: each k x k block's mean), so the real images' way to the GAN's size and back is
+    the identity; otherwise antialiased bilinear. Unchanged if already that size.
+
+    Bilinear both ways blurred the digits (8 -> 16 -> 8 px took 25% off their contrast, measured:
+    per-image pixel spread 0.375 -> 0.281) and the GAN learned, and gave back, the blur."""
+    (h, w), (H, W) = x.shape[-2:], tuple(size)
+    if (h, w) == (H, W):
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
+    if H % h == 0 and W % w == 0 and H // h == W // w:
+        return F.interpolate(x, size=(H, W), mode="nearest")
+    if h % H == 0 and w % W == 0 and h // H == w // W:
+        return F.avg_pool2d(x, h // H)
+    return F.interpolate(x, size=(H, W), mode="bilinear", antialias=True, align_corners=False)
 
 
 def to_uint8(x: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
