@@ -311,8 +311,8 @@ def run(config: Config | str | Path | None = None, overrides: list[str] | None =
     """The Python API: run every stage in this process (no Prefect) and return the benchmark's typed
     summary. `config`: a loaded Config, a YAML path, or None for the embedded default (configs/default.yaml,
     what `augment run` runs); the run directory defaults to <run_root>/<config name> and resumes like `augment run`."""
-    if config is None:
-        config = config_file.default_config_path()
+    if config is None and config_file.default_config_path().is_file():
+        config = config_file.default_config_path()  # (an install without the file: the library defaults)
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
     name = None if isinstance(config, Config) else config
     path = Path(run_dir) if run_dir is not None else default_run_dir(cfg, name)

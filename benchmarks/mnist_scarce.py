@@ -33,7 +33,7 @@ COMMON = [
     "classical.preset=medium", "classical.multiplier=4",
     "gan.image_size=32", "gan.steps=1000", "gan.batch_size=32", "gan.samples_per_class=200",
     "gan.checkpoint_every=250", "gan.sample_every=250",
-    "benchmark.seeds=5",  # the classifier: the library's recipe (README, "The benchmark's classifier")
+    "benchmark.seeds=5",  # the classifier: the library's recipe (docs/outputs.md, "The benchmark's classifier")
 ]
 CASES = {
     "10": ["data.per_class=10"],

@@ -57,6 +57,9 @@ def test_a_key_that_does_nothing_in_the_chosen_combination_is_one_warning(overri
     with warnings.catch_warnings():  # the same key where it does something: silent
         warnings.simplefilter("error", ConfigWarning)
         load_config(None, ["gan.mode=mix", "gan.mix_reconstruction=3", "smote.pca_components=8"])
+        load_config(None, ["gan.latent_scales=[0.8,1.0]"])  # synthesize scores every scale of the last step
+        load_config(None, ["classical.enabled=false", "classical.preset=heavy"])  # still applied on the fly
+        load_config(None, ["smote.enabled=false", "smote.pca_components=8"])  # the linear probe's features
 
 
 def test_defaults_without_a_file():

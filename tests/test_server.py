@@ -99,7 +99,8 @@ class Server:
                 with urllib.request.urlopen(req, timeout=300) as resp:
                     return json.loads(resp.read() or "null")
             except urllib.error.HTTPError as err:
-                if err.code not in (502, 503, 504) or time.monotonic() > end or any(p.poll() is not None for p in self.services):
+                retry = (503,) if method != "GET" else (502, 503, 504)  # a 503 was not acted on: safe to send again
+                if err.code not in retry or time.monotonic() > end or any(p.poll() is not None for p in self.services):
                     raise
             time.sleep(2)
 
@@ -112,6 +113,8 @@ class Server:
         while time.monotonic() < end:
             try:
                 value = check()
+            except urllib.error.HTTPError:  # an answer, not a slow server: the error is the test's
+                raise
             except (TimeoutError, urllib.error.URLError, ConnectionError):  # the server is slow to answer
                 value = None
             if value:

@@ -6,6 +6,7 @@ Also the readers of finished run directories behind `augment report` and `augmen
 from __future__ import annotations
 
 import json
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pandas as pd
 
 from augment import rundir
 from augment.atomic import write_bytes, write_json, write_text
-from augment.config import Config
+from augment.config import Config, ConfigWarning
 from augment.core.report import figures
 from augment.core.report.report_html import render_html
 from augment.core.report.report_text import METRIC_NAMES, class_order, render_markdown, run_row
@@ -146,7 +147,8 @@ def rerender(run_dir: Path) -> str:
         raise UserError(f"{run_dir}: not a run directory (no config.yaml)")
     if rundir.recorded_fingerprint(run_dir, "benchmark") is None:
         raise UserError(f"{run_dir}: the benchmark has not finished; run `augment run` to complete it first")
-    with rundir.run_lock(run_dir):  # never beside a run writing the same files
+    with rundir.run_lock(run_dir), warnings.catch_warnings():  # never beside a run writing the same files
+        warnings.simplefilter("ignore", ConfigWarning)  # the frozen config sets every key: none was the user's
         return render_report(load_config(run_dir / "config.yaml"), run_dir)
 
 

@@ -257,6 +257,9 @@ class Adversarial(Kind):
         ema.load_state_dict(sampler_state["ema"])
         return standing_stats(ema.module.to(device), spec.n_classes, spec.nz, seed, device)
 
+    def current(self, state: TrainState, device, seed: int) -> nn.Module:
+        return standing_stats(state.ema.module, state.spec.n_classes, state.spec.nz, seed, device)  # a copy
+
     def discriminator(self, spec: GanSpec, payload: dict) -> nn.Module:
         D = self.networks(spec)[1]
         D.load_state_dict(payload["D"])

@@ -91,6 +91,11 @@ class Kind:
         """The generator to sample, in eval mode on `device`, from sampler_state() alone (no config)."""
         raise NotImplementedError
 
+    def current(self, state, device, seed: int) -> nn.Module:
+        """The generator as it would be sampled now (the training's grids): by default the sampler of
+        sampler_state(); a kind may hand its live module instead of a copy."""
+        return self.sampler(state.spec, self.sampler_state(state), device, seed)
+
     def discriminator(self, spec: GanSpec, payload: dict) -> nn.Module:
         """The trained discriminator of a checkpoint (smote.features: discriminator), on the CPU."""
         raise ValueError(f"gan.mode {spec.mode} trains no discriminator")

@@ -81,6 +81,8 @@ def load_generator(checkpoint: Path, device, seed: int = 0) -> nn.Module:
         else:
             G = _sampler(checkpoint_spec(payload), payload, device, seed)
     except (KeyError, TypeError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and "state_dict" not in str(exc):
+            raise  # the device's (out of memory, a driver error), not the file's
         raise UserError(f"{checkpoint}: not a checkpoint this tool wrote (no generator state: {type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it to train from scratch") from None
     return G.eval()

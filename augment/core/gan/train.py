@@ -89,7 +89,7 @@ def _evaluate(state, bank, val_bank, cfg: GanConfig, seed: int, out_dir: Path) -
     out = k.evaluate(state, bank, val_bank, cfg, derive_seed(seed, "d-acc", state.step))
     grid_seed = derive_seed(seed, "grid")  # one fixed noise for every grid
     n, device = state.spec.n_classes, bank[0].device
-    G = k.sampler(state.spec, k.sampler_state(state), device, grid_seed + 1)
+    G = k.current(state, device, grid_seed + 1)
     grid = sample(G, 8, cfg.nz, n, grid_seed, device)  # (8, K, C, S, S)
     save_grid(out_dir / "samples" / f"step_{state.step:06d}.png", grid.transpose(0, 1).flatten(0, 1), nrow=8)
     if cfg.checkpoint_selection == "cas":  # the generator at this step, for the synthesize stage to choose from
