@@ -248,8 +248,9 @@ def _job_plan(cfg: Config, run_dir: Path, frame: pd.DataFrame, classes: list[str
     real_counts = rundir.split_rows(frame, "train", ("real",))["label"].value_counts()
     val_per_class = int(rundir.split_rows(frame, "val", ("real",))["label"].value_counts()
                         .reindex(classes, fill_value=0).min())
-    jobs = plan_jobs(cfg.benchmark, cfg.seed, sources, real_counts.nunique() == 1,
-                     real_counts.max() / real_counts.min(), val_per_class, device.type == "cuda")
+    ratio = real_counts.max() / real_counts.min()
+    jobs = plan_jobs(cfg.benchmark, cfg.seed, sources, real_counts.nunique() == 1, ratio, val_per_class,
+                     device.type == "cuda")
     if jobs.no_images:
         log.warning("benchmark: arm(s) %s skipped, their stage produced no images", jobs.no_images)
     if jobs.same:
@@ -257,8 +258,7 @@ def _job_plan(cfg: Config, run_dir: Path, frame: pd.DataFrame, classes: list[str
                  "every arm samples classes equally" if jobs.balanced else f"every class has {real_counts.iloc[0]} real train images")
     if jobs.balanced:
         log.info("benchmark: class-balanced sampling in every arm (benchmark.balanced_sampling: %s; the largest class "
-                 "has %.1fx the train images of the smallest)", cfg.benchmark.balanced_sampling,
-                 real_counts.max() / real_counts.min())
+                 "has %.1fx the train images of the smallest)", cfg.benchmark.balanced_sampling, ratio)
     return jobs
 
 

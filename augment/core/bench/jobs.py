@@ -6,7 +6,7 @@ config says the data will be; both then count, train or estimate exactly these j
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from augment.config import BenchmarkConfig
 from augment.core.bench.selection import choose_protocol
@@ -44,7 +44,11 @@ class JobPlan:
     seeds: int
     val_per_class: int  # real val images of the smallest class (what the protocol was chosen on)
     seed: int = 0
-    plain: list[str] = field(default_factory=list)  # the arms without a side stream
+
+    @property
+    def plain(self) -> list[str]:
+        """The arms without a side stream."""
+        return [a for a in self.arms if a not in self.streams]
 
     @property
     def skipped(self) -> list[str]:
@@ -101,4 +105,4 @@ def plan_jobs(b: BenchmarkConfig, seed: int, sources: set[str], equal_classes: b
                   for a in streams for g in grid for s in range(b.seeds)]
     per_round = b.models_per_round if b.models_per_round != "auto" else (64 if cuda else 1)
     return JobPlan(arms, no_images, same, balanced, streams, protocol, reason, grid, select, select_seeds, per_round,
-                   b.seeds, val_per_class, seed, plain=[a for a in arms if a not in streams])
+                   b.seeds, val_per_class, seed)

@@ -7,7 +7,6 @@ networks (and, if it needs them, the images it holds and an extra generator loss
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -18,9 +17,6 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from augment.core.base.accel import adam, autocast, to_memory_format, use_channels_last
 from augment.core.gan.diffaugment import diff_augment
 from augment.core.gan.kinds import Bank, GanSpec, Kind, balanced_batch, balanced_indices
-
-log = logging.getLogger("augment")
-
 
 # --------------------------------------------------------------------------- objective
 
@@ -124,8 +120,6 @@ class TrainState:
     step: int = 0
     lecam: torch.Tensor | None = None  # (2, K) moving averages of D's logits on real and fake (gan.lecam)
     ema_update: EmaUpdate | None = None
-
-
 
 
 # --------------------------------------------------------------------------- the kind
