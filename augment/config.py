@@ -15,8 +15,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
-from augment.registry import (ARMS, CLASSICAL_PRESETS, DIFFAUGMENT_POLICIES, GENERATORS, PROTOCOLS, SAMPLERS, FeatureSpace,
-                              check_generator_mode, generator_modes)
+from augment.registry import (ARMS, CLASSICAL_PRESETS, CROSS_SOURCES, DEFAULT_ARMS, DIFFAUGMENT_POLICIES, GENERATORS,
+                              PROTOCOLS, SAMPLERS, FeatureSpace, check_generator_mode, generator_modes)
 
 # A boolean key takes true or false only: YAML 1.1's yes/no/on/off stay strings (augment.config_file)
 # and are refused, so `enabled: no` cannot silently switch a stage off.
@@ -237,7 +237,10 @@ def step_budget(steps: int | str, n_train: int, batch_size: int, epochs: float, 
 
 class BenchmarkConfig(_Section):
     seeds: int = Field(default=5, ge=1)
-    arms: list[str] = Field(default_factory=lambda: list(ARMS))
+    arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS))
+    # Step (b) of the benchmark: the recipe chosen on val (or by k-fold) among the arms' recipes
+    # (registry.RECIPES) is trained again with each of these sources as a side stream; [] for none.
+    cross_sources: list[Literal[tuple(CROSS_SOURCES)]] = Field(default_factory=lambda: list(CROSS_SOURCES))
     # The classifier's recipe (docs/outputs.md, "The benchmark's classifier"; chosen on MNIST val by
     # benchmarks/classifier_recipe.py). steps "auto": epochs over the real train images, clipped.
     steps: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"

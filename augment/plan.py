@@ -239,8 +239,10 @@ def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_trai
         per = _classifier_step_seconds(cfg, k, size, channels, device, models=min(8, total)) / min(8, total)
     start = 6.0 * (workers > 1) + 0.3 * total / workers  # spawning the workers; each job's images
     seconds = steps * total * per / workers + start
-    extra = total - len(arms) * b.seeds  # the share choices' classifiers beyond one per arm and seed
-    how = f"{len(arms)} arms x {b.seeds} seeds + {extra} share choices, {steps} steps at {step:.3f} s" + (
+    crossing = jobs.most_added  # step (b)'s arms, at their most
+    extra = total - (len(arms) + crossing) * b.seeds  # the share choices' classifiers beyond one per arm and seed
+    how = (f"{len(arms)} arms" + (f" + {crossing} crossing the recipe chosen on {'k-fold' if jobs.protocol == 'kfold' else 'val'}" if crossing else "")
+           + f" x {b.seeds} seeds + {extra} share choices, {steps} steps at {step:.3f} s") + (
         f" ({aug:.3f} s augmented on the fly)" if augmented else "") + f" on {workers} worker(s)" + (
         ", choices by k-fold over train+val (val too small)" if jobs.protocol == "kfold" else "")
     return seconds, how

@@ -29,6 +29,13 @@ class Arm:
     balanced: bool = False  # class-balanced sampling
     description: str = ""
     classical: bool = False  # the classical (albumentations) pipeline on the fly, instead of the "classical" copies
+    recipe: str | None = None  # the recipe arm (RECIPES) whose batches this arm's batches follow; None: none
+
+    @property
+    def source(self) -> str | None:
+        """The synthetic source (CROSS_SOURCES) this arm adds to its recipe, None for none."""
+        extra = [s for s in self.sources if s in CROSS_SOURCES]
+        return extra[0] if len(extra) == 1 and self.recipe is not None else None
 
     @property
     def side_stream(self) -> bool:
@@ -36,21 +43,46 @@ class Arm:
         return "real" in self.sources and len(self.sources) > 1
 
 
-ARMS: dict[str, Arm] = {
-    "real": Arm(("real",), "baseline", description="the real train images alone"),
-    "real+classical": Arm(("real", "classical"), "baseline", description="plus the classical (albumentations) copies"),
+# Recipes: how batches are augmented, with no generated images. Each is a baseline arm; step (a) of the
+# benchmark chooses one of them on val (or by k-fold), step (b) crosses it with every synthetic source.
+RECIPES: dict[str, Arm] = {
+    "real": Arm(("real",), "baseline", description="the real train images alone", recipe="real"),
+    "real+classical": Arm(("real", "classical"), "baseline", description="plus the classical (albumentations) copies",
+                          recipe="real+classical"),
     "real+trivialaugment": Arm(("real",), "baseline", augment="trivialaugment",
-                               description="torchvision's TrivialAugmentWide on the fly"),
-    "real+balanced": Arm(("real",), "baseline", balanced=True, description="class-balanced sampling"),
+                               description="torchvision's TrivialAugmentWide on the fly", recipe="real+trivialaugment"),
     "real+classical+trivialaugment": Arm(("real", "classical"), "baseline", augment="trivialaugment",
-                                         description="the classical copies, TrivialAugmentWide on the fly over them"),
-    "real+smote": Arm(("real", "smote"), "synthetic", description="plus SMOTE rows decoded to images"),
-    "real+gan": Arm(("real", "gan"), "synthetic", description="plus the GAN samples the gate kept"),
-    "real+classical+gan": Arm(("real", "classical", "gan"), "synthetic",
-                              description="plus the classical copies and the kept GAN samples"),
+                                         description="the classical copies, TrivialAugmentWide on the fly over them",
+                                         recipe="real+classical+trivialaugment"),
+}
+# Sources: what an arm adds to its recipe's batches as a side stream (the manifest's source names).
+CROSS_SOURCES: dict[str, str] = {
+    "smote": "SMOTE rows decoded to images",
+    "gan": "the GAN samples the gate kept",
+}
+
+
+def crossed(recipe: str, source: str) -> str:
+    """The arm that adds `source` to `recipe`'s batches: "<recipe>+<source>"."""
+    return f"{recipe}+{source}"
+
+
+ARMS: dict[str, Arm] = {
+    "real": RECIPES["real"],
+    "real+classical": RECIPES["real+classical"],
+    "real+trivialaugment": RECIPES["real+trivialaugment"],
+    "real+balanced": Arm(("real",), "baseline", balanced=True, description="class-balanced sampling"),
+    "real+classical+trivialaugment": RECIPES["real+classical+trivialaugment"],
+    **{crossed(r, s): Arm((*spec.sources, s), "synthetic", augment=spec.augment, recipe=r,
+                          description=f"{CROSS_SOURCES[s]} on top of '{r}'" if r != "real" else f"plus {CROSS_SOURCES[s]}")
+       for s in CROSS_SOURCES for r, spec in RECIPES.items()},
     "synthetic_only": Arm(("gan",), "diagnostic",
                           description="the kept GAN samples alone (classification accuracy score)"),
 }
+# The arms a config trains unless it lists its own (benchmark.arms): the recipes, each source on the plain
+# real images and the GAN-only diagnostic; the chosen recipe's crossed arms are added (benchmark.cross_sources).
+DEFAULT_ARMS = ("real", "real+classical", "real+trivialaugment", "real+balanced", "real+classical+trivialaugment",
+                "real+smote", "real+gan", "synthetic_only")
 
 
 def trained_as(arm: str, classical_on_the_fly: bool) -> Arm:

@@ -102,6 +102,22 @@ class SideStreamChoice(_Model):
     temperature: float = 2.0
 
 
+class Crossing(_Model):
+    """The benchmark's two steps (issue 33): (a) the recipe chosen among the recipe arms on val (or by
+    k-fold), (b) that recipe with each synthetic source added; and the same sources on the plain real arm."""
+
+    recipe: str
+    chosen_on: str  # "val" or "kfold"
+    val: dict[str, float]  # recipe arm -> the primary metric on val that the choice read
+    arms: dict[str, str] = Field(default_factory=dict)  # source -> the arm adding it to the recipe
+    best: str | None = None  # the crossed arm best on val
+    val_gain: Gain | None = None  # best over the recipe, on val
+    test_gain: Gain | None = None  # best over the recipe, on test
+    plain_best: str | None = None  # the best on val of the sources on the plain real arm (real+<source>)
+    plain_val_gain: Gain | None = None
+    plain_test_gain: Gain | None = None
+
+
 class Selection(_Model):
     """Where the benchmark chose (augment.core.bench.selection): "val", or "kfold" over real train+val."""
 
@@ -132,6 +148,7 @@ class Summary(_Model):
     selection: Selection = Field(default_factory=Selection)
     augment_on: str | None = None  # where on-the-fly augmentation ran (benchmark.augment_on): "device" or "cpu"
     models_per_round: int | None = None  # classifiers trained as one stacked network (benchmark.models_per_round)
+    crossing: Crossing | None = None  # the chosen recipe crossed with every synthetic source (benchmark.cross_sources)
 
     def comparison(self, arm: str, base: str) -> Comparison | None:
         return next((c for c in self.comparisons if c.arm == arm and c.base == base), None)

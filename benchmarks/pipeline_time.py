@@ -60,6 +60,7 @@ def time_config(name: str, code: Path = REPO, refit: bool = True) -> dict:
         "stage_seconds": stages,
         "recommended": summary.recommendation.arm,
         "test_balanced_accuracy": {a: round(summary.mean(a, "test", "balanced_accuracy"), 4) for a in summary.arms},
+        "crossing": summary.crossing.model_dump(exclude={"val_gain", "plain_val_gain"}) if summary.crossing else None,
     }
 
 

@@ -12,7 +12,7 @@ from torchvision.datasets import ImageFolder
 from augment import rundir
 from augment.core.bench.stats import ids_digest
 from augment.rundir import REFIT_ROWS
-from augment.registry import ARMS
+from augment.registry import ARMS, DEFAULT_ARMS
 from augment.graph import load_config
 from augment.graph import run_pipeline
 from conftest import SMOKE, tree_state, write_image_folder
@@ -86,15 +86,18 @@ def test_test_split_is_identical_across_arms(smoke_run):
     results = pd.read_parquet(run_dir / "benchmark" / "results.parquet")
     cnn = results[results["classifier"] == "cnn"]
     per_arm = cnn[cnn["split"] == "test"].groupby("arm")["seed"].nunique()
-    # smoke is balanced: real+balanced would equal real and is skipped
-    assert set(per_arm.index) == set(ARMS) - {"real+balanced"} and (per_arm == 3).all()
+    # smoke is balanced: real+balanced would equal real and is skipped; step (b) adds the chosen recipe's
+    # crossed arms to the configured ones
+    crossed = set(summary["crossing"]["arms"].values())
+    assert set(per_arm.index) == set(DEFAULT_ARMS) - {"real+balanced"} | crossed and (per_arm == 3).all()
 
 
 def test_linear_probe_runs_in_the_smote_feature_space(smoke_run):
     _, run_dir, _ = smoke_run
     probe = json.loads((run_dir / "benchmark" / "summary.json").read_text())["linear_probe"]
     # on-the-fly arms have no fixed rows; real+balanced equals real on the balanced smoke set
-    assert set(probe) == set(ARMS) - {"real+trivialaugment", "real+classical+trivialaugment", "real+balanced"}
+    arms = json.loads((run_dir / "benchmark" / "summary.json").read_text())["arms"]
+    assert set(probe) == {a for a in arms if not ARMS[a].augment}
     assert 0.0 <= probe["real+smote"]["test"]["balanced_accuracy"] <= 1.0
     results = pd.read_parquet(run_dir / "benchmark" / "results.parquet")
     assert set(results["classifier"]) == {"cnn", "linear"}
@@ -324,7 +327,7 @@ def test_an_arm_of_one_class_is_left_out_of_the_linear_probe_not_a_crash(smoke_r
     frame = rundir.read_manifest(copy)
     frame.loc[(frame["source"] == "gan") & (frame["label"] != "0"), "kept"] = False  # the smoke gate keeps 0, 4 and 7
     rundir.write_manifest(copy, frame)
-    cfg = load_config(SMOKE, ["benchmark.seeds=1", "benchmark.arms=[real, synthetic_only]"])
+    cfg = load_config(SMOKE, ["benchmark.seeds=1", "benchmark.arms=[real, synthetic_only]", "benchmark.cross_sources=[]"])
     assert not run_stage("benchmark", cfg, copy)["skipped"]
     summary = read_summary(copy)
     assert set(summary.arms) == {"real", "synthetic_only"} and set(summary.linear_probe) == {"real"}

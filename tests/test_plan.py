@@ -20,10 +20,11 @@ def test_the_plan_of_a_finished_run_reuses_every_stage_and_writes_nothing(smoke_
     changed = make_plan(load_config(SMOKE, ["benchmark.seeds=4"]), run_dir)
     assert [s.name for s in changed.stages if not s.cached] == ["benchmark", "expand", "report"]
     bench = next(s for s in changed.stages if s.name == "benchmark")
-    assert bench.seconds > 0 and "8 arms x 4 seeds + 15 share choices, 40 steps" in bench.how  # real+balanced = real here
+    # real+balanced = real here; step (b) at its most: 6 side-stream arms x 3 shares
+    assert bench.seconds > 0 and "7 arms + 2 crossing the recipe chosen on val x 4 seeds + 18 share choices, 40 steps" in bench.how
     kfold = make_plan(load_config(SMOKE, ["benchmark.seeds=4", "benchmark.selection=kfold"]), run_dir)
-    bench = next(s for s in kfold.stages if s.name == "benchmark")  # 5 side-stream arms x 3 shares x 4 seeds, less 5 x 4
-    assert "8 arms x 4 seeds + 40 share choices" in bench.how and "k-fold" in bench.how
+    bench = next(s for s in kfold.stages if s.name == "benchmark")  # 6 side-stream arms x 3 shares x 4 seeds, less 6 x 4
+    assert "7 arms + 2 crossing the recipe chosen on k-fold x 4 seeds + 48 share choices" in bench.how
     cas = make_plan(load_config(SMOKE, ["gan.checkpoint_selection=cas", "gan.latent_scales=[0.5, 1]", "gan.patience=null"]),
                     run_dir)
     assert "4 CAS classifier(s)" in next(s for s in cas.stages if s.name == "synthesize").how  # 2 snapshots x 2 scales
@@ -68,8 +69,10 @@ def test_the_plan_counts_the_arms_and_jobs_the_benchmark_trains(smoke_run):
     stage = benchmark._job_plan(cfg, run_dir, rundir.read_manifest(run_dir), rundir.ingest_info(run_dir)["classes"],
                                 torch.device("cpu"))
     plan = benchmark_jobs(cfg, summary.selection.val_per_class, "cpu")
-    assert plan.arms == stage.arms == list(summary.arms) and "real+balanced" in summary.skipped_arms
+    added = stage.added(summary.crossing.recipe)  # step (b): the chosen recipe's crossed arms not configured
+    assert plan.arms == stage.arms and set(summary.arms) == set(stage.arms + added) and "real+balanced" in summary.skipped_arms
     assert plan.count() == stage.count() and [j.key for j in plan.select] == [j.key for j in stage.select]
+    assert len(added) <= plan.most_added and plan.most_added == 2  # real+classical (the copies) + smote, + gan
     assert plan.main_keys == stage.main_keys and plan.protocol == stage.protocol == summary.selection.protocol
 
 

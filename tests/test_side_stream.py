@@ -7,7 +7,6 @@ import torch
 from augment.config import BenchmarkConfig, step_budget
 from augment.core.classify.classifier import SmallCNN, predict_proba, train_classifier
 from augment.core.classify.side_stream import Batches, SideStream, per_batch, soften
-from augment.stages.benchmark import _choose_share
 
 
 def images(n, seed=0, value=None):
@@ -90,7 +89,10 @@ def test_the_share_is_chosen_on_val_only():
 
     finished = {"real+gan/share=0.1": records(0.80, 0.99), "real+gan/share=0.25": records(0.85, 0.10),
                 "real+gan/share=0.5": records(0.85, 0.50)}
-    choice = _choose_share("real+gan", [0.1, 0.25, 0.5], finished, ["select"], "val")
+    from augment.core.bench.jobs import plan_jobs
+
+    jobs = plan_jobs(BenchmarkConfig(share_grid=[0.1, 0.25, 0.5]), 0, {"real", "gan"}, True, 1.0, 10, False)
+    choice = jobs.choose_share("real+gan", finished)
     assert choice["share"] == 0.25  # best on val; the tie with 0.5 goes to the smaller share; test is never read
     assert choice["val"] == {"0.1": 0.80, "0.25": 0.85, "0.5": 0.85} and choice["chosen_on"] == "val"
 
@@ -146,7 +148,8 @@ def test_the_benchmark_feeds_soft_labelled_online_samples_and_records_its_choice
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     cfg = load_config(SMOKE, ["benchmark.online_gan=true", "benchmark.soft_labels=true", "benchmark.synthetic_share=0.3",
-                              "benchmark.seeds=2", "benchmark.arms=[real, real+gan, synthetic_only]"])
+                              "benchmark.seeds=2", "benchmark.arms=[real, real+gan, synthetic_only]",
+                              "benchmark.cross_sources=[]"])
     assert not run_stage("benchmark", cfg, copy)["skipped"]
     summary = read_summary(copy)
     assert set(summary.arms) == {"real", "real+gan", "synthetic_only"} and summary.classifier_steps == 40
@@ -208,7 +211,7 @@ def test_the_benchmark_applies_classical_on_the_fly_instead_of_the_copies(smoke_
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     cfg = load_config(SMOKE, ["benchmark.classical_on_the_fly=true", "benchmark.seeds=1",
-                              "benchmark.arms=[real, real+classical, real+classical+gan]"])
+                              "benchmark.arms=[real, real+classical, real+classical+gan]", "benchmark.cross_sources=[]"])
     assert not run_stage("benchmark", cfg, copy)["skipped"]
     summary, before = read_summary(copy), read_summary(run_dir)
     assert summary.arms["real+classical"].train_images == summary.arms["real"].train_images
@@ -234,7 +237,7 @@ def test_class_balanced_sampling_in_every_arm_when_asked(smoke_run, tmp_path, mo
     real = benchmark.train_classifiers
     monkeypatch.setattr(benchmark, "train_classifiers", lambda tasks, *a, **kw: seen.extend(t.balanced for t in tasks) or real(tasks, *a, **kw))
     cfg = load_config(SMOKE, ["benchmark.balanced_sampling=all", "benchmark.seeds=1", "benchmark.workers=1",
-                              "benchmark.arms=[real, real+balanced, real+gan]"])
+                              "benchmark.arms=[real, real+balanced, real+gan]", "benchmark.cross_sources=[]"])
     assert not run_stage("benchmark", cfg, copy)["skipped"]
     summary = read_summary(copy)
     assert summary.balanced_sampling and set(summary.arms) == {"real", "real+gan"} and "real+balanced" in summary.skipped_arms

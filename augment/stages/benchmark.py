@@ -28,9 +28,9 @@ from augment.core.classify.side_stream import SideStream, soften
 from augment.core.transforms.augmentation import transforms_for
 from augment.core.smote.features import load_extractor, make_extractor
 from augment.core.base.parallel import auto_workers, job_pool, run_jobs
-from augment.core.bench.jobs import Job, JobPlan, plan_jobs, share_key
+from augment.core.bench.jobs import Job, JobPlan, plan_jobs
 from augment.core.bench.selection import fold_count, fold_indices, without_held_out
-from augment.core.bench.stats import PRIMARY, ids_digest, linear_probe_scores, score_records, summarise
+from augment.core.bench.stats import ids_digest, linear_probe_scores, score_records, summarise
 from augment.registry import SOURCES, trained_as
 from augment.runtime import derive_seed, resolve_device
 from augment.summary import METRICS, HeldOut, Selection, SideStreamChoice, write_summary
@@ -188,18 +188,6 @@ def train_and_score(jobs: list[dict]) -> list[dict]:
     } for job, held_out, p in zip(jobs, scored, pred)]
 
 
-def _choose_share(arm: str, grid: list[float], finished: dict, seeds: list[str], protocol: str) -> dict:
-    """The share with the best "val" score (the primary metric; under k-fold the mean over the seeds'
-    held-out folds) for `arm`; a tie goes to the smaller share."""
-    val = {}
-    for g in grid:
-        rows = [r for s in seeds for r in finished[share_key(arm, g, s)]["records"]
-                if r["split"] == "val" and r["metric"] == PRIMARY]
-        val[str(g)] = float(np.mean([r["value"] for r in rows]))
-    best = max(grid, key=lambda g: (val[str(g)], -g))
-    return {"share": best, "chosen_on": protocol, "val": val}
-
-
 def check(cfg: Config) -> None:
     """A torchvision classifier's weights must be on disk (nothing is downloaded): checked at load."""
     if cfg.benchmark.classifier != "cnn":
@@ -277,11 +265,14 @@ def _kfold(cfg: Config, run_dir: Path, jobs: JobPlan) -> tuple | None:
 
 
 def _train_all(cfg: Config, run_dir: Path, jobs: JobPlan, to_dict, finished: dict, fingerprint: str, steps: int,
-               device, progress) -> dict[str, dict]:
-    """Train every job not finished (the share choices and the plain arms, then the side-stream arms at
-    their chosen shares), saving each round to benchmark/partial.json; the chosen share per stream arm."""
+               device, progress) -> tuple[dict[str, dict], str | None]:
+    """Train every job not finished, saving each round to benchmark/partial.json: (a) the share choices
+    and the plain arms, then the side-stream arms at their chosen shares and, once the recipe is chosen,
+    (b) the share choices of the arms crossing it with the sources, then those arms. Returns the chosen
+    share per side-stream arm and the recipe."""
     b = cfg.benchmark
-    total = sum(k not in finished for k in [j.key for j in jobs.select] + jobs.main_keys)
+    select, main = jobs.count()  # step (b) at its most until the recipe is chosen
+    total = select + main - sum(k in finished for k in [j.key for j in jobs.select] + jobs.main_keys)
     done = 0
 
     def execute(todo: list, pool) -> None:
@@ -294,20 +285,33 @@ def _train_all(cfg: Config, run_dir: Path, jobs: JobPlan, to_dict, finished: dic
             write_json(run_dir / PARTIAL, {"fingerprint": fingerprint, "done": finished})
             done += len(rounds[i])
             if progress is not None:
-                progress(done, total)
+                progress(done, max(total, done))
 
-    log.info("benchmark: %d classifiers to train (%d arms x %d seeds, %d to choose synthetic shares), %d steps each",
-             total, len(jobs.arms), b.seeds, len(jobs.select), steps)
-    with job_pool(auto_workers(total, b.workers, device, steps)) as pool:  # spawned once for both rounds
+    def choose(arms: list[str]) -> dict[str, dict]:
+        return jobs.choose_shares(arms, finished, b.synthetic_share)
+
+    log.info("benchmark: %d classifiers to train (%d arms x %d seeds, %d to choose synthetic shares; at most %d "
+             "arms crossing the chosen recipe with %s), %d steps each", total, len(jobs.arms), b.seeds,
+             len(jobs.select), jobs.most_added, jobs.cross, steps)
+    with job_pool(auto_workers(total, b.workers, device, steps)) as pool:  # spawned once for every round
         execute(jobs.select + jobs.main(jobs.plain), pool)  # the share choices and, meanwhile, the plain arms
-        shares = {a: _choose_share(a, jobs.grid, finished, jobs.select_seeds, jobs.protocol) for a in jobs.streams} \
-            if jobs.grid else {a: {"share": b.synthetic_share, "chosen_on": "config", "val": {}} for a in jobs.streams}
-        if jobs.shares_from_select:  # the chosen share's jobs are the arm's results
-            finished.update({f"{a}/{s}": finished[share_key(a, shares[a]["share"], str(s))]
-                             for a in jobs.streams for s in range(b.seeds)})
-        else:
-            execute(jobs.main(jobs.streams, shares), pool)  # the side-stream arms at their shares
-    return shares
+        shares = choose(jobs.streams)
+        later = [] if jobs.shares_from_select else jobs.main(jobs.streams, shares)  # the side-stream arms at their shares
+        if not all(f"{a}/{s}" in finished for a in jobs.recipes for s in range(b.seeds)):
+            execute(later, pool)  # a recipe with a side stream (the classical copies): step (a) waits for it
+            later = []
+        recipe = jobs.recipe(finished)
+        added = jobs.added(recipe) if recipe else []
+        if recipe:
+            log.info("benchmark: recipe %s chosen on %s; crossed with %s as %s", recipe, jobs.protocol, jobs.cross,
+                     jobs.crossed(recipe))
+        last = [] if jobs.shares_from_select else jobs.main(added)
+        total = done + sum(j.key not in finished for j in later + jobs.select_for(added) + last)  # now known
+        execute(later + jobs.select_for(added), pool)  # and step (b)'s share choices
+        shares |= choose(added)
+        if not jobs.shares_from_select:
+            execute(jobs.main(added, shares), pool)  # step (b)'s arms at their shares
+    return shares, recipe
 
 
 def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dict:
@@ -333,18 +337,19 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
                     balanced=jobs.balanced, stream=dict(share=j.share, **stream))
 
     finished = _finished(run_dir, fingerprint)  # job key -> {records, confusion}, from a run stopped part-way
-    shares = _train_all(cfg, run_dir, jobs, to_dict, finished, fingerprint, trainer["steps"], device, progress)
-    summary = _summary(cfg, run_dir, frame, classes, jobs, finished, loaded, folds, n_real, classical, shares)
+    shares, recipe = _train_all(cfg, run_dir, jobs, to_dict, finished, fingerprint, trainer["steps"], device, progress)
+    summary = _summary(cfg, run_dir, frame, classes, jobs, finished, loaded, folds, n_real, classical, shares, recipe)
     summary.classifier_steps = trainer["steps"]
     write_summary(run_dir, summary)
     (run_dir / PARTIAL).unlink(missing_ok=True)
-    return {"arms": jobs.arms, "recommended": summary.recommendation.arm}
+    return {"arms": list(summary.arms), "recommended": summary.recommendation.arm}
 
 
 def _summary(cfg: Config, run_dir: Path, frame: pd.DataFrame, classes: list[str], jobs: JobPlan, finished: dict,
-             loaded: dict, folds, n_real: int, classical, shares: dict):
+             loaded: dict, folds, n_real: int, classical, shares: dict, recipe: str | None):
     """benchmark/results.parquet and the typed summary of the finished jobs (in arm and seed order)."""
-    b, arms = cfg.benchmark, jobs.arms
+    b = cfg.benchmark
+    arms = jobs.arms + (jobs.added(recipe) if recipe else [])
     spec = functools.partial(trained_as, classical_on_the_fly=b.classical_on_the_fly)
     records, confusion = [], {}
     for arm in arms:  # in arm and seed order, however the jobs finished
@@ -366,7 +371,7 @@ def _summary(cfg: Config, run_dir: Path, frame: pd.DataFrame, classes: list[str]
     results = pd.DataFrame(records, columns=RESULT_COLUMNS)
     with atomic_path(run_dir / "benchmark" / "results.parquet") as tmp:
         results.to_parquet(tmp, index=False)
-    summary = summarise(results[results["classifier"] == b.classifier], arms, train_images)
+    summary = summarise(results[results["classifier"] == b.classifier], arms, train_images, recipe, jobs.cross)
     linear = results[(results["classifier"] == "linear") & results["metric"].isin(METRICS)]
     summary.linear_probe = {
         arm: {split: dict(zip(g["metric"], g["value"])) for split, g in by_arm.groupby("split")}
@@ -377,6 +382,8 @@ def _summary(cfg: Config, run_dir: Path, frame: pd.DataFrame, classes: list[str]
         ids = _pool(str(run_dir))[2]
         summary.held_out["val"] = HeldOut(images=len(ids), ids_sha256=ids_digest(ids))
         summary.recommendation.chosen_on = "kfold"
+        if summary.crossing is not None:
+            summary.crossing.chosen_on = "kfold"
     summary.selection = Selection(protocol=jobs.protocol, reason=jobs.reason, folds=folds[0] if folds else None,
                                   val_per_class=jobs.val_per_class)
     summary.skipped_arms = jobs.skipped

@@ -2,15 +2,23 @@
 protocol the choices are made, which classifiers choose the synthetic shares, which give the results,
 and how many train in one round. The stage feeds it what the run directory holds; the plan, what the
 config says the data will be; both then count, train or estimate exactly these jobs.
+
+The list has two steps (issue 33): (a) the configured arms, among whose recipes (registry.RECIPES) one is
+chosen on val or by k-fold; (b) that recipe crossed with every synthetic source (benchmark.cross_sources)
+whose arm is not configured already. Which arms step (b) adds is known once (a) has chosen; the plan
+counts the most it can add.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from augment.config import BenchmarkConfig
-from augment.core.bench.selection import choose_protocol
-from augment.registry import trained_as
+from augment.core.bench.selection import choose_protocol, choose_recipe
+from augment.core.bench.stats import PRIMARY
+from augment.registry import crossed, trained_as
 from augment.runtime import derive_seed
 
 BALANCE_RATIO = 1.5  # benchmark.balanced_sampling auto: every arm balances classes beyond this size ratio
@@ -44,6 +52,29 @@ class JobPlan:
     seeds: int
     val_per_class: int  # real val images of the smallest class (what the protocol was chosen on)
     seed: int = 0
+    recipes: list[str] = field(default_factory=list)  # the trained arms step (a) chooses the recipe among
+    cross: list[str] = field(default_factory=list)  # the sources step (b) crosses the chosen recipe with
+
+    def crossed(self, recipe: str) -> list[str]:
+        """Step (b)'s arms for `recipe`, one per source; those configured already train in step (a)."""
+        return [crossed(recipe, s) for s in self.cross]
+
+    def added(self, recipe: str) -> list[str]:
+        """The arms step (b) trains besides the configured ones, for `recipe`."""
+        return [a for a in self.crossed(recipe) if a not in self.arms]
+
+    def select_for(self, arms: list[str]) -> list[Job]:
+        """The classifiers that choose the share of each of `arms` (all side-stream arms) over the grid."""
+        if self.protocol == "val":  # a seed of its own per share: no reported seed sees the choice
+            return [Job(a, f"share={g}", derive_seed(self.seed, "share"), g, share_key(a, g, "select"))
+                    for a in arms for g in self.grid]
+        return [Job(a, s, derive_seed(self.seed, "benchmark", s), g, share_key(a, g, str(s)))  # every seed at every share
+                for a in arms for g in self.grid for s in range(self.seeds)]
+
+    @property
+    def most_added(self) -> int:
+        """The most arms step (b) can add, whichever recipe (a) chooses."""
+        return max((len(self.added(r)) for r in self.recipes), default=0)
 
     @property
     def plain(self) -> list[str]:
@@ -70,9 +101,41 @@ class JobPlan:
         """The keys of the jobs trained for results (besides the share choices)."""
         return [j.key for j in self.main(self.plain if self.shares_from_select else self.arms)]
 
+    def val_score(self, keys: list[str], finished: dict) -> float:
+        """The primary metric's mean on val (k-fold: the held-out folds) over the finished jobs `keys`."""
+        return float(np.mean([r["value"] for k in keys for r in finished[k]["records"]
+                              if r["split"] == "val" and r["metric"] == PRIMARY]))
+
+    def choose_share(self, arm: str, finished: dict) -> dict:
+        """The share of the grid with the best val score for `arm` (under k-fold the mean over the seeds'
+        held-out folds); a tie goes to the smaller share."""
+        val = {str(g): self.val_score([share_key(arm, g, s) for s in self.select_seeds], finished) for g in self.grid}
+        best = max(self.grid, key=lambda g: (val[str(g)], -g))
+        return {"share": best, "chosen_on": self.protocol, "val": val}
+
+    def choose_shares(self, arms: list[str], finished: dict, fixed: float | str) -> dict[str, dict]:
+        """The share of each of `arms`: chosen (choose_share) over the grid, else `fixed` (benchmark.synthetic_share).
+        Under k-fold the chosen share's jobs become the arm's result jobs in `finished`."""
+        if not self.grid:
+            return {a: {"share": fixed, "chosen_on": "config", "val": {}} for a in arms}
+        shares = {a: self.choose_share(a, finished) for a in arms}
+        if self.shares_from_select:
+            finished.update({f"{a}/{s}": finished[share_key(a, shares[a]["share"], str(s))]
+                             for a in arms for s in range(self.seeds)})
+        return shares
+
+    def recipe(self, finished: dict) -> str | None:
+        """Step (a): the trained recipe arm with the best val score once its jobs are finished (None: no step b)."""
+        if not self.recipes:
+            return None
+        return choose_recipe({a: self.val_score([f"{a}/{s}" for s in range(self.seeds)], finished) for a in self.recipes})
+
     def count(self) -> tuple[int, int]:
-        """(classifiers that choose the shares, classifiers trained for results)."""
-        return len(self.select), len(self.main_keys)
+        """(classifiers that choose the shares, classifiers trained for results), step (b) at its most."""
+        extra = self.most_added
+        per_arm = len(self.grid) * len(self.select_seeds)  # a side-stream arm's share choices
+        results = 0 if self.shares_from_select else self.seeds  # under k-fold the chosen share's jobs are its results
+        return len(self.select) + extra * per_arm, len(self.main_keys) + extra * results
 
 
 def share_key(arm: str, share: float, seed: str) -> str:
@@ -95,14 +158,12 @@ def plan_jobs(b: BenchmarkConfig, seed: int, sources: set[str], equal_classes: b
         arms = [a for a in arms if a not in same]
     protocol, reason = choose_protocol(b.selection, b.kfold_below, val_per_class)
     streams = [a for a in arms if spec[a].side_stream]
-    grid = sorted(set(b.share_grid)) if b.synthetic_share == "auto" and streams else []
-    if protocol == "val":  # a seed of its own per share: no reported seed sees the choice
-        select_seeds = ["select"]
-        select = [Job(a, f"share={g}", derive_seed(seed, "share"), g, share_key(a, g, "select")) for a in streams for g in grid]
-    else:  # every seed at every share, scored on its held-out fold
-        select_seeds = [str(s) for s in range(b.seeds)]
-        select = [Job(a, s, derive_seed(seed, "benchmark", s), g, share_key(a, g, str(s)))
-                  for a in streams for g in grid for s in range(b.seeds)]
+    cross = [s for s in b.cross_sources if s in sources]
+    grid = sorted(set(b.share_grid)) if b.synthetic_share == "auto" and (streams or cross) else []
+    select_seeds = ["select"] if protocol == "val" else [str(s) for s in range(b.seeds)]
     per_round = b.models_per_round if b.models_per_round != "auto" else (64 if cuda else 1)
-    return JobPlan(arms, no_images, same, balanced, streams, protocol, reason, grid, select, select_seeds, per_round,
-                   b.seeds, val_per_class, seed)
+    recipes = [a for a in arms if spec[a].recipe == a] if cross else []
+    plan = JobPlan(arms, no_images, same, balanced, streams, protocol, reason, grid, [], select_seeds, per_round,
+                   b.seeds, val_per_class, seed, recipes, cross)
+    plan.select = plan.select_for(streams)
+    return plan

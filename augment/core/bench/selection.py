@@ -1,7 +1,8 @@
 """Where the benchmark makes its choices: on the val split, or by repeated stratified k-fold over
 the real train+val images when val is too small to choose on (issue 21's tiny-val protocol).
 
-The choices are the synthetic share per arm and the recommended arm. Under k-fold, seed s trains
+The choices are the recipe that step (b) crosses with every synthetic source, the synthetic share per
+arm and the recommended arm. Under k-fold, seed s trains
 on the real train+val images outside fold s (fold s % k of repeat s // k) and is scored on the
 images inside it, in place of val; synthetic images derived from a held-out image (classical
 copies, SMOTE interpolations: their parents) are left out of that seed's training. Test is never
@@ -26,6 +27,13 @@ def choose_protocol(selection: str, kfold_below: int, val_per_class: int) -> tup
         return "kfold", (f"the smallest class has {val_per_class} val image(s), fewer than benchmark.kfold_below "
                          f"({kfold_below})")
     return "val", f"every class has at least {kfold_below} val images (benchmark.kfold_below)"
+
+
+def choose_recipe(val: dict[str, float]) -> str:
+    """Step (a): the recipe arm with the best val score (under k-fold: the mean over the seeds' held-out
+    folds), from `val` (recipe arm -> score, in the registry's order); a tie goes to the earlier, plainer one."""
+    order = list(val)
+    return max(order, key=lambda a: (val[a], -order.index(a)))
 
 
 def fold_count(folds: int, labels: np.ndarray) -> int:

@@ -10,8 +10,8 @@ from imblearn.metrics import geometric_mean_score
 from scipy import stats
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, recall_score
 
-from augment.registry import ARMS, GAIN_BASES, arms_of
-from augment.summary import METRICS, Comparison, Gain, Recommendation, Stat, Summary
+from augment.registry import ARMS, GAIN_BASES, arms_of, crossed
+from augment.summary import METRICS, Comparison, Crossing, Gain, Recommendation, Stat, Summary
 
 PRIMARY = "balanced_accuracy"
 SIGNIFICANCE = 0.05
@@ -78,8 +78,10 @@ def _stat(values: np.ndarray) -> Stat:
     return Stat(mean=mean, std=sd, ci_low=lo, ci_high=hi)
 
 
-def summarise(results: pd.DataFrame, arms: list[str], train_images: dict[str, int] | None = None) -> Summary:
-    """Per-arm means and intervals per split; gains over real and real+classical; the recommendation.
+def summarise(results: pd.DataFrame, arms: list[str], train_images: dict[str, int] | None = None,
+              recipe: str | None = None, cross: list[str] = ()) -> Summary:
+    """Per-arm means and intervals per split; gains over real, real+classical and the chosen `recipe`;
+    the recommendation; with a recipe, its crossing with the sources `cross` (summary.Crossing).
 
     `results`: the long table (arm, seed, split, metric, value, and class for metric "recall").
     """
@@ -109,9 +111,20 @@ def summarise(results: pd.DataFrame, arms: list[str], train_images: dict[str, in
     comparisons = [Comparison(arm=arm, base=base, val=gain(arm, base, "val"), test=gain(arm, base, "test"))
                    for base in GAIN_BASES if base in arms
                    for arm in arms if arm != base and not (base != "real" and arm == "real")]
+    on_recipe = [crossed(recipe, s) for s in cross if crossed(recipe, s) in arms] if recipe else []
+    if recipe is not None and recipe not in GAIN_BASES:  # step (b)'s arms over the recipe they add to
+        comparisons += [Comparison(arm=a, base=recipe, val=gain(a, recipe, "val"), test=gain(a, recipe, "test"))
+                        for a in on_recipe]
 
     def val_mean(arm: str) -> float:
         return per_arm[arm]["val"]["metrics"][PRIMARY].mean
+
+    def best_over(candidates: list[str], base: str) -> tuple[str | None, Gain | None, Gain | None]:
+        """The candidate best on val, and its val and test gains over `base`."""
+        if not candidates:
+            return None, None, None
+        best = max(candidates, key=val_mean)
+        return best, gain(best, base, "val"), gain(best, base, "test")
 
     best_baseline = max(arms_of("baseline", arms), key=val_mean)
     synthetic = arms_of("synthetic", arms)
@@ -132,8 +145,16 @@ def summarise(results: pd.DataFrame, arms: list[str], train_images: dict[str, in
         test_gain_over_best_baseline=gain(best, best_baseline, "test"),
         synthetic_test_gain_over_best_baseline=gain(best_synthetic, best_baseline, "test") if synthetic else None,
     )
+    crossing = None
+    if recipe is not None:
+        best, val_g, test_g = best_over(on_recipe, recipe)
+        plain_best, plain_val, plain_test = best_over([crossed("real", s) for s in cross if crossed("real", s) in arms],
+                                                      "real")
+        crossing = Crossing(recipe=recipe, chosen_on="val", val={a: val_mean(a) for a in arms if ARMS[a].recipe == a},
+                            arms={ARMS[a].source: a for a in on_recipe}, best=best, val_gain=val_g, test_gain=test_g,
+                            plain_best=plain_best, plain_val_gain=plain_val, plain_test_gain=plain_test)
     return Summary.model_validate({"primary_metric": PRIMARY, "arms": per_arm, "comparisons": comparisons,
-                                   "recommendation": recommendation})
+                                   "recommendation": recommendation, "crossing": crossing})
 
 
 def ids_digest(ids) -> str:

@@ -69,6 +69,30 @@ def _no_synthetic_gain(rec) -> str:
             f"{_pts(g.gain)} points), so the tool recommends not using the synthetic data.")
 
 
+def _changed(arm: str, g: Gain, what: str = "it") -> str:
+    """"'arm' changed <what> by +x points (95% CI [lo, hi], p=...: significance)"."""
+    return (f"'{arm}', changed {what} by {_pts(g.gain)} points (95% CI [{_pts(g.ci_low)}, {_pts(g.ci_high)}], paired t-test "
+            f"p={_p(g.p_value)}: {_significance(g)})")
+
+
+def crossing_text(summary: Summary) -> str:
+    """One sentence: on top of the recipe chosen on val, did a synthetic source help on test, by how much;
+    and the same on the plain real images (summary.Crossing). Empty without step (b)."""
+    c = summary.crossing
+    if c is None:
+        return ""
+    metric = METRIC_NAMES[summary.primary_metric]
+    where = "k-fold" if c.chosen_on == "kfold" else "val"
+    if c.best is None or c.test_gain is None:
+        return f" No synthetic source had images to add to '{c.recipe}', the recipe chosen on {where}."
+    head = (f" What the generated images add: on top of '{c.recipe}', the recipe chosen on {where} (the best arm "
+            f"without synthetic images among {len(c.val)} recipes), the source best on {where}, "
+            f"{_changed(c.best, c.test_gain, f'test {metric}')}")
+    if c.recipe == "real" or c.plain_best is None or c.plain_test_gain is None:
+        return head + "."
+    return head + f"; on the plain real images the best, {_changed(c.plain_best, c.plain_test_gain)}."
+
+
 def verdict(summary: Summary, run_dir: Path | None = None, path_text=str) -> str:
     """One plain paragraph: what was expanded, by how much, the measured gain and whether it is significant.
     path_text formats the run directory's path (safe_text.md for Markdown)."""
@@ -90,7 +114,7 @@ def verdict(summary: Summary, run_dir: Path | None = None, path_text=str) -> str
             )
         else:
             lead += f"Real images alone scored {metric} {_pct(real_test)} on the test split ({seeds} seeds)."
-        return lead + where
+        return lead + crossing_text(summary) + where
     g, gb = rec.test_gain_over_real, rec.test_gain_over_best_baseline
     return (
         f"Expanding {n_images['real']} real training images to {n_images[arm]} with '{arm}' (chosen on "
@@ -99,7 +123,7 @@ def verdict(summary: Summary, run_dir: Path | None = None, path_text=str) -> str
         f"{_pts(g.ci_high)}], paired t-test p={_p(g.p_value)} over {seeds} seeds, "
         f"{_significance(g)}. Against the best arm "
         f"without synthetic images ('{rec.best_baseline}') the gain is {_pts(gb.gain)} points "
-        f"(p={_p(gb.p_value)})." + where
+        f"(p={_p(gb.p_value)})." + crossing_text(summary) + where
     )
 
 

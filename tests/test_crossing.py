@@ -1,0 +1,105 @@
+"""The benchmark's two steps (issue 33): (a) a recipe chosen among the recipe arms on val, (b) that recipe
+crossed with every synthetic source; the choice never reads test, and a crossed arm trains on what its
+name says."""
+
+import shutil
+
+import numpy as np
+import torch
+
+from augment import rundir
+from augment.config import BenchmarkConfig
+from augment.core.bench.jobs import plan_jobs
+from augment.core.bench.selection import choose_recipe
+from augment.registry import ARMS, CROSS_SOURCES, RECIPES, crossed
+
+SOURCES = {"real", "classical", "smote", "gan"}
+
+
+def _records(val: float, test: float) -> dict:
+    return {"records": [{"split": "val", "metric": "balanced_accuracy", "value": val, "class": None},
+                        {"split": "test", "metric": "balanced_accuracy", "value": test, "class": None}]}
+
+
+def test_every_recipe_crossed_with_every_source_is_an_arm_of_that_recipe_and_source():
+    for recipe, spec in RECIPES.items():
+        for source in CROSS_SOURCES:
+            arm = ARMS[crossed(recipe, source)]
+            assert (arm.kind, arm.recipe, arm.source, arm.augment) == ("synthetic", recipe, source, spec.augment)
+            assert arm.sources == (*spec.sources, source)
+    assert ARMS["real+gan"].source == "gan" and ARMS["synthetic_only"].source is None
+    assert ARMS["real+balanced"].recipe is None  # a sampling choice, not a recipe: never crossed
+
+
+def test_the_recipe_is_chosen_on_val_alone_and_a_tie_goes_to_the_plainer_recipe():
+    jobs = plan_jobs(BenchmarkConfig(seeds=2), 0, SOURCES, True, 1.0, 10, False)
+    assert jobs.recipes == list(RECIPES) and jobs.cross == ["smote", "gan"]
+    finished = {f"{a}/{s}": _records(v, 1 - v) for a, v in zip(RECIPES, (0.5, 0.8, 0.8, 0.7)) for s in range(2)}
+    assert jobs.recipe(finished) == "real+classical"  # tied with real+trivialaugment on val; test (inverted) unread
+    assert choose_recipe({"real": 0.9, "real+classical": 0.8}) == "real"
+    # step (b) adds what the config does not list: real+smote and real+gan are default arms
+    assert jobs.crossed("real+classical") == jobs.added("real+classical") == ["real+classical+smote", "real+classical+gan"]
+    assert jobs.added("real") == [] and jobs.most_added == 2
+    listed = plan_jobs(BenchmarkConfig(arms=["real", "real+classical", "real+classical+gan"]), 0, SOURCES, True, 1.0, 10,
+                       False)
+    assert listed.added("real+classical") == ["real+classical+smote"]
+
+
+def test_no_step_b_without_sources_and_none_for_a_source_without_images():
+    assert plan_jobs(BenchmarkConfig(cross_sources=[]), 0, SOURCES, True, 1.0, 10, False).most_added == 0
+    jobs = plan_jobs(BenchmarkConfig(), 0, {"real", "classical", "gan"}, True, 1.0, 10, False)
+    assert jobs.cross == ["gan"] and jobs.added("real+classical+trivialaugment") == ["real+classical+trivialaugment+gan"]
+
+
+def test_scrambled_test_labels_change_no_choice(smoke_run, tmp_path):
+    """The recipe, every share and the recommended arm come from val: the smoke run's benchmark again
+    with the test split's labels shuffled chooses exactly as before and scores val exactly as before."""
+    from augment.stages import benchmark
+    from augment.summary import read_summary
+
+    cfg, run_dir, _ = smoke_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    frame = rundir.read_manifest(copy)
+    test = frame.index[frame["split"] == "test"]
+    frame.loc[test, "label"] = np.random.default_rng(0).permutation(frame.loc[test, "label"].to_numpy())
+    rundir.write_manifest(copy, frame)
+    benchmark.run(cfg, copy)
+    before, after = read_summary(run_dir), read_summary(copy)
+    assert after.crossing.recipe == before.crossing.recipe and after.crossing.arms == before.crossing.arms
+    assert {a: c.share for a, c in after.side_stream.items()} == {a: c.share for a, c in before.side_stream.items()}
+    assert after.recommendation.arm == before.recommendation.arm and list(after.arms) == list(before.arms)
+    assert all(after.mean(a, "val") == before.mean(a, "val") for a in before.arms)
+    assert any(after.mean(a) != before.mean(a) for a in before.arms)  # test was scored, on the scrambled labels
+
+
+def _job(cfg, run_dir, arm: str, classical) -> dict:
+    info = rundir.ingest_info(run_dir)
+    return dict(key=f"{arm}/0", run_dir=str(run_dir), arm=arm, seed=0, seed_value=1, trainer={}, fold=None,
+                classifier="cnn", device="cpu", classes=info["classes"], classical=classical, balanced=False,
+                stream=dict(share=0.25, weight=1.0, soft_labels=False, temperature=2.0, online=False, bn_seed=0, gate=()))
+
+
+def test_a_crossed_arms_batches_hold_its_recipe_and_its_source(smoke_run):
+    """On the smoke run: real+classical+trivialaugment+gan trains with the classical pipeline and
+    TrivialAugmentWide on the fly, and a quarter of every batch is drawn from the kept GAN samples, no
+    other row; with the classical copies instead, +smote's side stream is the copies and the SMOTE images."""
+    from augment.core.classify.side_stream import BatchSampler, per_batch
+    from augment.core.transforms.augmentation import transforms_for
+    from augment.stages.benchmark import _task
+
+    cfg, run_dir, _ = smoke_run
+    frame = rundir.read_manifest(run_dir)
+    k = len(rundir.ingest_info(run_dir)["classes"])
+    for arm, classical, sources in (("real+classical+trivialaugment+gan", transforms_for(cfg.classical, 1), {"gan"}),
+                                    ("real+classical+trivialaugment+smote", None, {"classical", "smote"})):
+        task = _task(_job(cfg, run_dir, arm, classical))
+        assert (task.classical, task.augment) == (classical is not None, "trivialaugment")
+        synthetic = rundir.split_rows(frame, "train", tuple(sources))
+        assert len(task.x) == len(rundir.split_rows(frame, "train")) and len(task.stream.x) == len(synthetic) > 0
+        n_real, batch = len(task.x), 32
+        sampler = BatchSampler(task.y, task.stream.y, k, batch, task.stream.share, torch.Generator().manual_seed(0))
+        for _, indices in zip(range(20), sampler):
+            drawn = np.asarray(indices)
+            assert (drawn >= n_real).sum() == per_batch(batch, n_real, task.stream) == 8  # round(0.25 x 32)
+            assert set(synthetic["source"].to_numpy()[drawn[drawn >= n_real] - n_real]) <= sources
