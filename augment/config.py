@@ -238,8 +238,7 @@ def step_budget(steps: int | str, n_train: int, batch_size: int, epochs: float, 
 class BenchmarkConfig(_Section):
     seeds: int = Field(default=5, ge=1)
     arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS))
-    # Step (b) of the benchmark: the recipe chosen on val (or by k-fold) among the arms' recipes
-    # (registry.RECIPES) is trained again with each of these sources as a side stream; [] for none.
+    # step (b): the recipe chosen on val crossed with each of these sources (registry.RECIPES); [] for none
     cross_sources: list[Literal[tuple(CROSS_SOURCES)]] = Field(default_factory=lambda: list(CROSS_SOURCES))
     # The classifier's recipe (docs/outputs.md, "The benchmark's classifier"; chosen on MNIST val by
     # benchmarks/classifier_recipe.py). steps "auto": epochs over the real train images, clipped.
@@ -269,19 +268,16 @@ class BenchmarkConfig(_Section):
     # arm when the real train classes differ by more than BALANCE_RATIO in size (auto)
     balanced_sampling: Literal["auto", "arm", "all"] = "auto"
     classical_on_the_fly: Bool = True  # classical arms: the classical pipeline on every batch instead of the copies
-    # Where the share and the recommended arm are chosen: on val, or by repeated stratified k-fold
-    # over the real train+val images (one fold per seed; augment.core.bench.selection); auto: k-fold when
-    # the smallest class has fewer than kfold_below val images. Test is never read by either.
+    # Where every choice is made: val, or repeated stratified k-fold over real train+val (augment.core.bench.
+    # selection); auto: k-fold when the smallest class has fewer than kfold_below val images. Never on test.
     selection: Literal[("auto", *PROTOCOLS)] = "auto"
     kfold_below: int = Field(default=5, ge=1)
     folds: int = Field(default=5, ge=2)
     linear_probe: Bool = True
     workers: int | None = Field(default=None, ge=1)  # processes for the arms x seeds classifiers; null: every core on CPU
-    # classifiers trained as one stacked network (augment.core.classify.engine); auto: one at a time per worker
-    # on a CPU (measured faster there: benchmarks/engine_throughput.py), a whole round on a GPU. Changes no result.
+    # classifiers stacked in one network (core.classify.engine); auto: 1 per CPU worker (faster there), 64 on a GPU
     models_per_round: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
-    # where on-the-fly augmentation runs: batched on the training device (device), or albumentations and
-    # torchvision image by image on the CPU (cpu); auto: device unless a classical transform has no batched op
+    # on-the-fly augmentation batched on the device, or image by image on the CPU; auto: device if every op has one
     augment_on: Literal["auto", "cpu", "device"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
 
@@ -309,9 +305,13 @@ class BenchmarkConfig(_Section):
         kw["model"] = kw.pop("classifier")
         return kw
 
-    @field_validator("arms")
+    @field_validator("arms", "cross_sources")
     @classmethod
-    def _known_arms(cls, arms: list[str]) -> list[str]:
+    def _known_arms(cls, arms: list[str], info) -> list[str]:
+        if len(set(arms)) != len(arms):
+            raise ValueError(f"a name is listed twice in {arms}")
+        if info.field_name == "cross_sources":
+            return arms
         unknown = [a for a in arms if a not in ARMS]
         if unknown:
             raise ValueError(f"unknown arm(s) {unknown}; choose from {list(ARMS)}")

@@ -155,6 +155,8 @@ INERT: list[tuple[str, tuple[str, ...], Any, str]] = [
      "gan.checkpoint_selection is last (no snapshot is scored while the GAN trains)"),
     ("benchmark", ("share_grid",), lambda c: c.benchmark.synthetic_share != "auto",
      "benchmark.synthetic_share is a number (no share is chosen)"),
+    ("benchmark", ("cross_sources",), lambda c: not any(getattr(c, s).enabled for s in c.benchmark.cross_sources),
+     "none of its sources' stages is enabled"),
 ]
 
 

@@ -224,14 +224,15 @@ def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_trai
     steps = b.steps_for(n_train)
     jobs = benchmark_jobs(cfg, val_per_class, device)
     arms = jobs.arms
-    specs = {a: trained_as(a, b.classical_on_the_fly) for a in arms}
+    costed = arms + max((jobs.added(r) for r in jobs.recipes), key=len, default=[])  # with step (b) at its most
+    specs = {a: trained_as(a, b.classical_on_the_fly) for a in costed}
     select, main = jobs.count()
-    augmented = any(specs[a].augment or specs[a].classical for a in arms)
+    augmented = any(specs[a].augment or specs[a].classical for a in costed)
     aug = step
     if augmented:
         classical = transforms_for(cfg.classical, channels) if b.classical_on_the_fly else None
         aug = _classifier_step_seconds(cfg, k, size, channels, device, "trivialaugment", classical=classical)
-    share_aug = sum(1 for a in arms if specs[a].augment or specs[a].classical) / max(1, len(arms))
+    share_aug = sum(1 for a in costed if specs[a].augment or specs[a].classical) / max(1, len(costed))
     per = step * (1 - share_aug) + aug * share_aug
     total = select + main
     workers = auto_workers(total, b.workers, device, steps)

@@ -56,9 +56,48 @@ def pooled_summary(run_dirs: list[Path]):
         frame = pd.read_parquet(run_dir / "benchmark" / "results.parquet")
         frames.append(frame[frame["classifier"] == "cnn"].assign(seed=draw))
     train_images = {a: summaries[0].arms[a].train_images for a in arms}
-    pooled = summarise(pd.concat(frames, ignore_index=True), arms, train_images)
+    recipes = {s.crossing.recipe for s in summaries if s.crossing}  # step (b): pooled only where every draw agreed
+    recipe = recipes.pop() if len(recipes) == 1 and all(s.crossing for s in summaries) else None
+    cross = list(summaries[0].crossing.arms) if recipe else []
+    pooled = summarise(pd.concat(frames, ignore_index=True), arms, train_images, recipe, cross)
     pooled.side_stream = summaries[0].side_stream
     return pooled, {a: [s.side_stream[a].share for s in summaries] for a in summaries[0].side_stream}
+
+
+def _gain(g) -> dict | None:
+    return None if g is None else {k: round(getattr(g, k), 4) for k in ("gain", "ci_low", "ci_high", "p_value")}
+
+
+def _test_gain(run_dir: Path, arm: str, base: str) -> dict | None:
+    """`arm`'s paired test gain over `base` (the primary metric over the seeds), from one run's results.parquet
+    (None when they are the same arm)."""
+    if arm == base:
+        return None
+    import pandas as pd
+
+    from augment.core.bench.stats import PRIMARY, paired_gain
+
+    r = pd.read_parquet(run_dir / "benchmark" / "results.parquet")
+    r = r[(r["classifier"] == "cnn") & (r["split"] == "test") & (r["metric"] == PRIMARY)]
+    seeds = {a: r[r["arm"] == a].sort_values("seed")["value"].to_numpy() for a in (arm, base)}
+    return _gain(paired_gain(seeds[arm], seeds[base]))
+
+
+def crossing(summary, run_dir: Path) -> dict | None:
+    """Step (b) of the benchmark: the recipe chosen on val, each source's gain over it (val and test), the
+    best source's, the same on the plain real images, and the recommended arm's test gain over the recipe."""
+    c = summary.crossing
+    if c is None:
+        return None
+    over = {}
+    for source, arm in c.arms.items():
+        cmp = summary.comparison(arm, c.recipe)
+        over[arm] = {"val": _gain(cmp.val), "test": _gain(cmp.test)} if cmp else None
+    rec = summary.recommendation.arm
+    return {"recipe": c.recipe, "chosen_on": c.chosen_on, "recipe_val": {a: round(v, 4) for a, v in c.val.items()},
+            "over_recipe": over, "best": c.best, "best_test_gain": _gain(c.test_gain),
+            "plain_best": c.plain_best, "plain_val_gain": _gain(c.plain_val_gain), "plain_test_gain": _gain(c.plain_test_gain),
+            "recommended_test_gain_over_recipe": _test_gain(run_dir, rec, c.recipe) if run_dir else None}
 
 
 def summarise_case(run_dir: Path, case: str, seconds: float, summary=None, shares=None) -> dict:
@@ -91,6 +130,7 @@ def summarise_case(run_dir: Path, case: str, seconds: float, summary=None, share
         "synthetic_helps_on_val": rec.synthetic_helps_on_val,
         "synthetic_share_chosen_on_val": shares or {a: c.share for a, c in summary.side_stream.items()},
         "classifier_steps": summary.classifier_steps,
+        "crossing": crossing(summary, run_dir if shares is None else None),  # pooled draws: no one run's table
         "gate": gate,
         "recommended_minus_trivialaugment_accuracy_points": None if ta is None else round(100 * (best - ta), 2),
         "stage_seconds": {p.stem: json.loads(p.read_text())["seconds"] for p in sorted((run_dir / "stages").glob("*.json"))},

@@ -96,10 +96,62 @@ def test_a_crossed_arms_batches_hold_its_recipe_and_its_source(smoke_run):
         task = _task(_job(cfg, run_dir, arm, classical))
         assert (task.classical, task.augment) == (classical is not None, "trivialaugment")
         synthetic = rundir.split_rows(frame, "train", tuple(sources))
-        assert len(task.x) == len(rundir.split_rows(frame, "train")) and len(task.stream.x) == len(synthetic) > 0
+        assert len(task.x) == len(rundir.split_rows(frame, "train")) and len(synthetic) > 0
+        assert np.array_equal(task.stream.x, rundir.load_rows(run_dir, synthetic)[0])  # exactly its source's rows
         n_real, batch = len(task.x), 32
         sampler = BatchSampler(task.y, task.stream.y, k, batch, task.stream.share, torch.Generator().manual_seed(0))
+        drawn_from = set()
         for _, indices in zip(range(20), sampler):
             drawn = np.asarray(indices)
             assert (drawn >= n_real).sum() == per_batch(batch, n_real, task.stream) == 8  # round(0.25 x 32)
-            assert set(synthetic["source"].to_numpy()[drawn[drawn >= n_real] - n_real]) <= sources
+            drawn_from |= set(synthetic["source"].to_numpy()[drawn[drawn >= n_real] - n_real])
+        assert drawn_from == sources  # every source of the stream reaches the batches
+
+
+def _fake_round(jobs: list[dict]) -> list[dict]:
+    """A stand-in for train_and_score: val decided by the arm and share, test by nothing the choice may read."""
+    val = {"real": 0.5, "real+classical": 0.6, "real+trivialaugment": 0.7, "real+classical+trivialaugment": 0.7}
+    out = []
+    for j in jobs:
+        v = val[j["arm"]] if j["arm"] in val else 0.6 + (j["share"] or 0) / 10
+        out.append(_records(v, float(np.random.default_rng(len(j["key"])).random())))
+    return [dict(o, key=j["key"]) for o, j in zip(out, jobs)]
+
+
+def _train_all(tmp_path, monkeypatch, finished=None, **benchmark):
+    """The stage's job loop over a plan with _fake_round: (plan, shares, recipe, keys trained, finished)."""
+    from augment.graph import load_config
+    from augment.stages import benchmark as stage
+    from conftest import SMOKE
+
+    trained = []
+    monkeypatch.setattr(stage, "train_and_score", lambda jobs: trained.extend(j["key"] for j in jobs) or _fake_round(jobs))
+    cfg = load_config(SMOKE, [f"benchmark.{k}={v}" for k, v in {"workers": 1, "seeds": 2, **benchmark}.items()])
+    jobs = plan_jobs(cfg.benchmark, 0, SOURCES, True, 1.0, 10, False)
+    finished = dict(finished or {})
+    shares, recipe = stage._train_all(cfg, tmp_path, jobs, lambda j: dict(key=j.key, arm=j.arm, share=j.share), finished,
+                                      "fp", 1, torch.device("cpu"), None)
+    return jobs, shares, recipe, trained, finished
+
+
+def test_the_job_loop_trains_every_job_once_under_each_protocol(tmp_path, monkeypatch):
+    """Val and k-fold, chosen and fixed shares, the copies' recipe a side stream (smoke's
+    classical_on_the_fly: false): each job trains once, step (b) adds the chosen recipe's arms,
+    and the plan's count is what trained when the recipe is the one adding the most."""
+    for extra in ({}, {"selection": "kfold"}, {"synthetic_share": 0.3}, {"selection": "kfold", "synthetic_share": 0.3}):
+        jobs, shares, recipe, trained, finished = _train_all(tmp_path, monkeypatch, **extra)
+        assert recipe == "real+trivialaugment"  # 0.7, tied with +classical: the plainer one
+        assert len(trained) == len(set(trained)) == sum(jobs.count()), extra  # nothing twice; the plan's count exact
+        arms = jobs.arms + jobs.added(recipe)
+        assert jobs.added(recipe) == ["real+trivialaugment+smote", "real+trivialaugment+gan"]
+        assert all(f"{a}/{s}" in finished for a in arms for s in range(2)) and set(shares) == set(jobs.streams + jobs.added(recipe))
+        if "synthetic_share" not in extra:
+            assert all(c["share"] == 0.5 for a, c in shares.items() if a not in RECIPES)  # the fake's best, on val
+
+
+def test_a_resumed_job_loop_trains_only_what_is_left(tmp_path, monkeypatch):
+    _, _, _, first, done = _train_all(tmp_path, monkeypatch)
+    half = dict(list(done.items())[: len(first) // 2])
+    _, shares, recipe, again, finished = _train_all(tmp_path, monkeypatch, finished=half)
+    assert sorted(again) == sorted(set(first) - set(half)) and recipe == "real+trivialaugment"
+    assert {k: v["records"] for k, v in finished.items()} == {k: v["records"] for k, v in done.items()}

@@ -18,7 +18,7 @@ import numpy as np
 from augment.config import BenchmarkConfig
 from augment.core.bench.selection import choose_protocol, choose_recipe
 from augment.core.bench.stats import PRIMARY
-from augment.registry import crossed, trained_as
+from augment.registry import RECIPES, crossed, trained_as
 from augment.runtime import derive_seed
 
 BALANCE_RATIO = 1.5  # benchmark.balanced_sampling auto: every arm balances classes beyond this size ratio
@@ -88,7 +88,7 @@ class JobPlan:
     @property
     def shares_from_select(self) -> bool:
         """Under k-fold every seed trains at every share: the chosen share's jobs are the arm's results."""
-        return bool(self.select) and self.protocol == "kfold"
+        return bool(self.grid) and self.protocol == "kfold"
 
     def main(self, arms: list[str], shares: dict[str, dict] | None = None) -> list[Job]:
         """The result jobs of `arms` (the same seeds for every arm: paired runs), at their chosen shares."""
@@ -162,7 +162,7 @@ def plan_jobs(b: BenchmarkConfig, seed: int, sources: set[str], equal_classes: b
     grid = sorted(set(b.share_grid)) if b.synthetic_share == "auto" and (streams or cross) else []
     select_seeds = ["select"] if protocol == "val" else [str(s) for s in range(b.seeds)]
     per_round = b.models_per_round if b.models_per_round != "auto" else (64 if cuda else 1)
-    recipes = [a for a in arms if spec[a].recipe == a] if cross else []
+    recipes = [r for r in RECIPES if r in arms and spec[r].recipe == r] if cross else []  # the registry's order
     plan = JobPlan(arms, no_images, same, balanced, streams, protocol, reason, grid, [], select_seeds, per_round,
                    b.seeds, val_per_class, seed, recipes, cross)
     plan.select = plan.select_for(streams)

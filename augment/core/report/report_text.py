@@ -85,8 +85,8 @@ def crossing_text(summary: Summary) -> str:
     where = "k-fold" if c.chosen_on == "kfold" else "val"
     if c.best is None or c.test_gain is None:
         return f" No synthetic source had images to add to '{c.recipe}', the recipe chosen on {where}."
-    head = (f" What the generated images add: on top of '{c.recipe}', the recipe chosen on {where} (the best arm "
-            f"without synthetic images among {len(c.val)} recipes), the source best on {where}, "
+    head = (f" What the generated images add: on top of '{c.recipe}', the best of {len(c.val)} recipes on {where}, "
+            f"the source best on {where}, "
             f"{_changed(c.best, c.test_gain, f'test {metric}')}")
     if c.recipe == "real" or c.plain_best is None or c.plain_test_gain is None:
         return head + "."
