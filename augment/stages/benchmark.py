@@ -287,15 +287,12 @@ def _train_all(cfg: Config, run_dir: Path, jobs: JobPlan, to_dict, finished: dic
             if progress is not None:
                 progress(done, max(total, done))
 
-    def choose(arms: list[str]) -> dict[str, dict]:
-        return jobs.choose_shares(arms, finished, b.synthetic_share)
-
     log.info("benchmark: %d classifiers to train (%d arms x %d seeds, %d to choose synthetic shares; at most %d "
              "arms crossing the chosen recipe with %s), %d steps each", total, len(jobs.arms), b.seeds,
              len(jobs.select), jobs.most_added, jobs.cross, steps)
     with job_pool(auto_workers(total, b.workers, device, steps)) as pool:  # spawned once for every round
         execute(jobs.select + jobs.main(jobs.plain), pool)  # the share choices and, meanwhile, the plain arms
-        shares = choose(jobs.streams)
+        shares = jobs.choose_shares(jobs.streams, finished, b.synthetic_share)
         later = [] if jobs.shares_from_select else jobs.main(jobs.streams, shares)  # the side-stream arms at their shares
         if not all(f"{a}/{s}" in finished for a in jobs.recipes for s in range(b.seeds)):
             execute(later, pool)  # a recipe with a side stream (the classical copies): step (a) waits for it
@@ -305,11 +302,11 @@ def _train_all(cfg: Config, run_dir: Path, jobs: JobPlan, to_dict, finished: dic
         if recipe:
             log.info("benchmark: recipe %s chosen on %s; crossed with %s as %s", recipe, jobs.protocol, jobs.cross,
                      jobs.crossed(recipe))
-        last = [] if jobs.shares_from_select else jobs.main(added)
-        total = done + sum(j.key not in finished for j in later + jobs.select_for(added) + last)  # now known
-        execute(later + jobs.select_for(added), pool)  # and step (b)'s share choices
-        shares |= choose(added)
-        if not jobs.shares_from_select:
+        choices, last = jobs.select_for(added), [] if jobs.shares_from_select else jobs.main(added)
+        total = done + sum(j.key not in finished for j in later + choices + last)  # now known
+        execute(later + choices, pool)  # and step (b)'s share choices
+        shares |= jobs.choose_shares(added, finished, b.synthetic_share)
+        if last:
             execute(jobs.main(added, shares), pool)  # step (b)'s arms at their shares
     return shares, recipe
 
