@@ -15,8 +15,9 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
-from augment.registry import (ARMS, CLASSICAL_PRESETS, CROSS_SOURCES, DEFAULT_ARMS, DIFFAUGMENT_POLICIES, GENERATORS,
-                              PROTOCOLS, SAMPLERS, FeatureSpace, check_generator_mode, generator_modes)
+from augment.registry import (ARMS, CLASSICAL_PRESETS, CROSS_SOURCES, DEFAULT_ARMS, DEFAULT_CROSS_SOURCES,
+                              DIFFAUGMENT_POLICIES, GENERATORS, PROTOCOLS, SAMPLERS, FeatureSpace,
+                              check_generator_mode, check_members, generator_modes)
 
 # A boolean key takes true or false only: YAML 1.1's yes/no/on/off stay strings (augment.config_file)
 # and are refused, so `enabled: no` cannot silently switch a stage off.
@@ -223,7 +224,7 @@ class GateConfig(_Section):
     keep_collapsed: Bool = False
     # which passing samples of a class are kept: the most confident, a seeded random draw, or a
     # spread in the judge's feature space (farthest-point sampling from the most confident); auto:
-    # farthest for the mix generator, confidence for the others (each member of an ensemble its own)
+    # farthest for the mix and hydra generators, confidence for the others (each member of an ensemble its own)
     select: Literal["auto", "confidence", "random", "farthest"] = "auto"
 
 
@@ -239,7 +240,7 @@ class BenchmarkConfig(_Section):
     seeds: int = Field(default=5, ge=1)
     arms: list[str] = Field(default_factory=lambda: list(DEFAULT_ARMS))
     # step (b): the recipe chosen on val crossed with each of these sources (registry.RECIPES); [] for none
-    cross_sources: list[Literal[tuple(CROSS_SOURCES)]] = Field(default_factory=lambda: list(CROSS_SOURCES))
+    cross_sources: list[Literal[tuple(CROSS_SOURCES)]] = Field(default_factory=lambda: list(DEFAULT_CROSS_SOURCES))
     # The classifier's recipe (docs/outputs.md, "The benchmark's classifier"; chosen on MNIST val by
     # benchmarks/classifier_recipe.py). steps "auto": epochs over the real train images, clipped.
     steps: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
@@ -292,8 +293,7 @@ class BenchmarkConfig(_Section):
             raise ValueError(f"{name!r} is neither 'cnn' nor a torchvision classification model")
         return name
 
-    # The keys the classifier trains with (not seeds or arms): a stage that trains this
-    # classifier (SMOTE's cnn features, the gate's judge) reads these and no others.
+    # The keys the classifier trains with: a stage training it (SMOTE's cnn features, the judge) reads only these.
     TRAINER_KEYS: ClassVar[tuple[str, ...]] = ("steps", "epochs", "min_steps", "max_steps", "batch_size", "lr",
                                                "weight_decay", "schedule", "label_smoothing", "width", "depth",
                                                "dropout", "classifier", "weights", "input_size", "precision",
@@ -351,8 +351,7 @@ class ExpandConfig(_Section):
     # The deliverable (expanded/, recipe/) is built from every real image of these splits, once the
     # benchmark has chosen on its held-out splits: train, trainval (default) or all (test too).
     refit: Literal["train", "trainval", "all"] = "trainval"
-    # When the winning arm uses GAN samples: train the generator again on the refit splits' real
-    # images and deliver its gated samples instead (one more GAN training; off by default for time).
+    # A winning arm of GAN samples: train the GAN again on the refit splits and deliver its samples (costs time).
     refit_generator: Bool = False
 
 
@@ -388,6 +387,7 @@ class Config(_Section):
                              f"gan.mode {self.gan.mode!r}")
         if self.gan.enabled and self.gan.train_on == "real+classical" and not self.classical.enabled:
             raise ValueError("gan.train_on 'real+classical' needs the classical stage (classical.enabled: true)")
+        check_members(self.benchmark.arms, self.benchmark.cross_sources, self.gan.mode)
         return self
 
     def section_hash(self, *keys: str) -> str:

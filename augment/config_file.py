@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from augment.config import Config, ConfigWarning
 from augment.errors import UserError
-from augment.registry import GENERATORS, generator_modes
+from augment.registry import GENERATORS, generator_modes, source_member
 
 # Keys holding a path to an input: a relative one is made absolute at load, against the folder of
 # the config file that sets it, or the current folder for --set.
@@ -155,7 +155,7 @@ INERT: list[tuple[str, tuple[str, ...], Any, str]] = [
      "gan.checkpoint_selection is last (no snapshot is scored while the GAN trains)"),
     ("benchmark", ("share_grid",), lambda c: c.benchmark.synthetic_share != "auto",
      "benchmark.synthetic_share is a number (no share is chosen)"),
-    ("benchmark", ("cross_sources",), lambda c: not any(getattr(c, s).enabled for s in c.benchmark.cross_sources),
+    ("benchmark", ("cross_sources",), lambda c: not any(getattr(c, source_member(s)[0]).enabled for s in c.benchmark.cross_sources),
      "none of its sources' stages is enabled"),
 ]
 
@@ -176,7 +176,8 @@ def inert_keys(cfg: Config) -> list[str]:
             out += [f"{section}.{k} does nothing: {why}" for k in keys if k in part.model_fields_set]
     if cfg.gan.enabled:  # keys one generator reads (registry GeneratorEntry.keys), set for a gan.mode without it
         members = generator_modes(cfg.gan.mode)
-        for name, entry in GENERATORS.items():
-            out += [f"gan.{k} does nothing: only gan.mode {name} reads it, not {cfg.gan.mode!r}" for k in entry.keys
-                    if k in cfg.gan.model_fields_set and name not in members]
+        for k in sorted({k for entry in GENERATORS.values() for k in entry.keys} & cfg.gan.model_fields_set):
+            readers = [name for name, entry in GENERATORS.items() if k in entry.keys]
+            if not set(readers) & set(members):
+                out.append(f"gan.{k} does nothing: only gan.mode {' or '.join(readers)} reads it, not {cfg.gan.mode!r}")
     return out

@@ -10,6 +10,44 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+# --------------------------------------------------------------------------- generators
+
+
+@dataclass(frozen=True)
+class GeneratorEntry:
+    """One generator (a gan.mode): its code, a subclass of augment.core.gan.kinds.Kind named by import
+    path (resolved when used), and what the config and the stages need to know without importing it."""
+
+    impl: str  # "module:Class"
+    description: str
+    shardable: bool = False  # its classes are independent networks: gan.shards may split them, merge() joins them
+    min_nz: int = 2  # the smallest gan.nz it accepts
+    select: str = "confidence"  # gate.select auto's rule for its samples
+    discriminator: bool = True  # it trains a discriminator (smote.features: discriminator reads it)
+    keys: tuple[str, ...] = ()  # gan config keys only this generator reads (set for another: a warning)
+
+
+GENERATORS: dict[str, GeneratorEntry] = {
+    "per_class": GeneratorEntry("augment.core.gan.dcgan:PerClass",
+                                "one DCGAN per class, all classes trained as one grouped network; shardable",
+                                shardable=True),
+    "conditional": GeneratorEntry("augment.core.gan.dcgan:Conditional",
+                                  "one label-conditioned DCGAN (projection discriminator) shared by all classes"),
+    # min_nz: augment.core.gan.mix.SELECT_DIMS + 1 (a test keeps them equal; this module imports no torch)
+    "mix": GeneratorEntry("augment.core.gan.mix:Mix",
+                          "an encoder-decoder that mixes the features of two real images of a class under a random "
+                          "mask (ChimeraMix/DAGAN style; projection discriminator), shared by all classes",
+                          min_nz=41, select="farthest", keys=("mix_reconstruction",)),
+    # min_nz: augment.core.gan.hydra.SELECT_DIMS + 1
+    "hydra": GeneratorEntry("augment.core.gan.hydra:Hydra",
+                            "the mix generator's encoder-decoder mixing three real images of a class, each "
+                            "over one region of a random Voronoi partition (HydraMix style)",
+                            min_nz=55, select="farthest", keys=("mix_reconstruction",)),
+}
+# gan.mode names one generator or an ensemble of several joined by "+" ("per_class+mix"): each member
+# trained as alone, half the kept samples of each class from each (augment.core.gan.ensemble).
+
+
 # --------------------------------------------------------------------------- arms
 
 ArmKind = Literal["baseline", "synthetic", "diagnostic"]
@@ -55,11 +93,27 @@ RECIPES: dict[str, Arm] = {
                                          description="the classical copies, TrivialAugmentWide on the fly over them",
                                          recipe="real+classical+trivialaugment"),
 }
-# Sources: what an arm adds to its recipe's batches as a side stream (the manifest's source names).
+
+
+def member_source(mode: str) -> str:
+    """The source of one generator's kept samples: "mix" -> "gan:mix" (manifest rows: source gan, generator mix)."""
+    return f"gan:{mode}"
+
+
+def source_member(source: str) -> tuple[str, str | None]:
+    """(the manifest source, the generator) of a source name: "gan:mix" -> ("gan", "mix"), "smote" -> ("smote", None)."""
+    stage, _, member = source.partition(":")
+    return stage, member or None
+
+
+# Sources: what an arm adds to its recipe's batches as a side stream (a manifest source, or one generator's rows).
 CROSS_SOURCES: dict[str, str] = {
     "smote": "SMOTE rows decoded to images",
     "gan": "the GAN samples the gate kept",
+    # one member of an ensemble gan.mode alone ("gan:mix"): its share of the kept samples
+    **{member_source(m): f"the kept samples of the GAN member '{m}'" for m in GENERATORS},
 }
+DEFAULT_CROSS_SOURCES = ("smote", "gan")  # benchmark.cross_sources unless a config lists its own
 
 
 def crossed(recipe: str, source: str) -> str:
@@ -167,39 +221,6 @@ PROTOCOLS: dict[str, str] = {  # benchmark.selection (besides auto): where the b
 CLASSICAL_PRESETS = ("light", "medium", "heavy")  # classical.preset: augment.core.transforms.augmentation.PRESETS
 DIFFAUGMENT_POLICIES = ("color", "translation", "cutout")  # gan.diffaugment: augment.core.gan.diffaugment.POLICIES
 
-# --------------------------------------------------------------------------- generators
-
-
-@dataclass(frozen=True)
-class GeneratorEntry:
-    """One generator (a gan.mode): its code, a subclass of augment.core.gan.kinds.Kind named by import
-    path (resolved when used), and what the config and the stages need to know without importing it."""
-
-    impl: str  # "module:Class"
-    description: str
-    shardable: bool = False  # its classes are independent networks: gan.shards may split them, merge() joins them
-    min_nz: int = 2  # the smallest gan.nz it accepts
-    select: str = "confidence"  # gate.select auto's rule for its samples
-    discriminator: bool = True  # it trains a discriminator (smote.features: discriminator reads it)
-    keys: tuple[str, ...] = ()  # gan config keys only this generator reads (set for another: a warning)
-
-
-GENERATORS: dict[str, GeneratorEntry] = {
-    "per_class": GeneratorEntry("augment.core.gan.dcgan:PerClass",
-                                "one DCGAN per class, all classes trained as one grouped network; shardable",
-                                shardable=True),
-    "conditional": GeneratorEntry("augment.core.gan.dcgan:Conditional",
-                                  "one label-conditioned DCGAN (projection discriminator) shared by all classes"),
-    # min_nz: augment.core.gan.mix.SELECT_DIMS + 1 (a test keeps them equal; this module imports no torch)
-    "mix": GeneratorEntry("augment.core.gan.mix:Mix",
-                          "an encoder-decoder that mixes the features of two real images of a class under a random "
-                          "mask (ChimeraMix/DAGAN style; projection discriminator), shared by all classes",
-                          min_nz=41, select="farthest", keys=("mix_reconstruction",)),
-}
-# gan.mode names one generator or an ensemble of several joined by "+" ("per_class+mix"): each member
-# trained as alone, half the kept samples of each class from each (augment.core.gan.ensemble).
-
-
 def generator_modes(mode: str) -> list[str]:
     """The generators of gan.mode: "per_class+mix" -> ["per_class", "mix"]; one generator -> [mode]."""
     return mode.split("+")
@@ -213,3 +234,15 @@ def check_generator_mode(mode: str) -> str:
         raise ValueError(f"gan.mode {mode!r}: choose one of {', '.join(GENERATORS)}, or several joined by '+' "
                          f"(an ensemble, each generator once), e.g. 'per_class+mix'")
     return mode
+
+
+def check_members(arms: list[str], cross_sources: list[str], mode: str) -> None:
+    """ValueError naming the first arm or cross source that reads a generator gan.mode does not train
+    ("real+gan:mix" with gan.mode per_class)."""
+    named = [(f"benchmark.arms '{a}'", ARMS[a].source) for a in arms if a in ARMS]
+    named += [(f"benchmark.cross_sources '{s}'", s) for s in cross_sources]
+    for where, source in named:
+        member = source_member(source)[1] if source else None
+        if member is not None and member not in generator_modes(mode):
+            raise ValueError(f"{where} reads the samples of generator {member!r}, which gan.mode {mode!r} does not "
+                             f"train (its generators: {', '.join(generator_modes(mode))})")

@@ -26,7 +26,7 @@ from augment.atomic import atomic_path, write_json
 from augment.errors import UserError
 from augment.safe_text import file_label
 from augment.png import encode_png, load_images, save_png, to_channels  # noqa: F401  (the run directory's PNG io)
-from augment.registry import REASONS, SOURCES  # noqa: F401
+from augment.registry import REASONS, SOURCES, source_member  # noqa: F401
 
 log = logging.getLogger("augment")
 
@@ -154,8 +154,12 @@ def selected_generator(run_dir: Path) -> tuple[Path, float]:
 
 
 def split_rows(frame: pd.DataFrame, split: str, sources=("real",)) -> pd.DataFrame:
-    """The manifest rows load_split loads: kept images (with a file) of one split and sources."""
-    rows = frame[(frame["split"] == split) & frame["source"].isin(sources) & frame["kept"] & frame["path"].notna()]
+    """The manifest rows load_split loads: kept images (with a file) of one split and sources; a
+    member source ("gan:mix", augment.registry.member_source) is the rows of its source that generator drew."""
+    picked = frame["source"].isin(sources)
+    for stage, member in (source_member(s) for s in sources if ":" in s):
+        picked |= (frame["source"] == stage) & (frame["generator"] == member)
+    rows = frame[(frame["split"] == split) & picked & frame["kept"] & frame["path"].notna()]
     return rows.reset_index(drop=True)
 
 
@@ -313,7 +317,7 @@ def gan_rows(run_dir: Path, images: np.ndarray, intended: np.ndarray, j, n: int,
             sha256=save_png(run_dir, rel, image),
             height=image.shape[0], width=image.shape[1], channels=image.shape[2], score=float(j.score[i]),
             novelty=float(j.novelty[i]), kept=bool(j.kept[i]), reason_code=j.codes[i], reason=j.reasons[i],
-            **({} if j.parents is None or j.parents[i] is None else  # mix: both parents, as SMOTE rows record theirs
+            **({} if j.parents is None or j.parents[i] is None else  # mix, hydra: its parents, as SMOTE rows record theirs
                {"parent_id": j.parents[i][0], "params": json.dumps({"parents": j.parents[i]})}),
         ))
     return rows

@@ -46,7 +46,7 @@ def test_a_renamed_key_loads_with_a_warning_and_both_names_are_an_error(tmp_path
 
 @pytest.mark.parametrize("overrides, line", [
     (["smote.features=cnn", "smote.pca_components=8"], "smote.pca_components does nothing: smote.features is not pixels"),
-    (["gan.mode=per_class", "gan.mix_reconstruction=3"], "gan.mix_reconstruction does nothing: only gan.mode mix reads it"),
+    (["gan.mode=per_class", "gan.mix_reconstruction=3"], "gan.mix_reconstruction does nothing: only gan.mode mix or hydra reads it"),
     (["gan.enabled=false", "gan.steps=10"], "gan.steps does nothing: gan.enabled is false"),
     (["benchmark.synthetic_share=0.5", "benchmark.share_grid=[0.1]"], "benchmark.share_grid does nothing"),
     (["classical.transforms=[{__class_fullname__: Blur}]", "classical.preset=heavy"], "classical.preset does nothing"),

@@ -45,6 +45,31 @@ def test_the_recipe_is_chosen_on_val_alone_and_a_tie_goes_to_the_plainer_recipe(
     assert listed.added("real+classical") == ["real+classical+smote"]
 
 
+def test_a_member_source_is_its_generators_kept_rows_and_needs_that_generator():
+    """gan:mix is the kept GAN rows the mix member drew; an arm or cross source naming a generator gan.mode
+    does not train is a one-line config error; step (b) crosses with a member source where it has rows."""
+    import pandas as pd
+    import pytest
+
+    from augment.config import Config
+
+    frame = pd.DataFrame({"id": list("abcdef"), "split": "train", "path": "p", "kept": [True] * 5 + [False],
+                          "source": ["real", "gan", "gan", "gan", "smote", "gan"],
+                          "generator": ["in", "per_class", "mix", "mix", "SMOTE", "mix"]})
+    assert list(rundir.split_rows(frame, "train", ("gan:mix",))["id"]) == ["c", "d"]
+    assert list(rundir.split_rows(frame, "train", ("real", "gan:per_class"))["id"]) == ["a", "b"]
+    assert list(rundir.split_rows(frame, "train", ("gan", "gan:mix"))["id"]) == ["b", "c", "d"]
+    assert ARMS["real+gan:mix"].source == "gan:mix" and ARMS["real+gan:mix"].sources == ("real", "gan:mix")
+    with pytest.raises(ValueError, match="benchmark.cross_sources 'gan:hydra' reads the samples of generator 'hydra'"):
+        Config(benchmark={"cross_sources": ["gan", "gan:hydra"]})
+    with pytest.raises(ValueError, match="benchmark.arms 'real\\+gan:mix'.*gan.mode 'per_class'"):
+        Config(gan={"mode": "per_class"}, benchmark={"arms": ["real", "real+gan:mix"]})
+    b = BenchmarkConfig(cross_sources=["gan", "gan:per_class", "gan:mix"])
+    jobs = plan_jobs(b, 0, SOURCES | {"gan:per_class"}, True, 1.0, 10, False)
+    assert jobs.cross == ["gan", "gan:per_class"]  # no mix rows: no arm
+    assert jobs.added("real+trivialaugment") == ["real+trivialaugment+gan", "real+trivialaugment+gan:per_class"]
+
+
 def test_no_step_b_without_sources_and_none_for_a_source_without_images():
     assert plan_jobs(BenchmarkConfig(cross_sources=[]), 0, SOURCES, True, 1.0, 10, False).most_added == 0
     jobs = plan_jobs(BenchmarkConfig(), 0, {"real", "classical", "gan"}, True, 1.0, 10, False)
@@ -91,11 +116,14 @@ def test_a_crossed_arms_batches_hold_its_recipe_and_its_source(smoke_run):
     cfg, run_dir, _ = smoke_run
     frame = rundir.read_manifest(run_dir)
     k = len(rundir.ingest_info(run_dir)["classes"])
-    for arm, classical, sources in (("real+classical+trivialaugment+gan", transforms_for(cfg.classical, 1), {"gan"}),
+    on_the_fly = transforms_for(cfg.classical, 1)
+    for arm, classical, sources in (("real+classical+trivialaugment+gan", on_the_fly, {"gan"}),
+                                    ("real+classical+trivialaugment+gan:per_class", on_the_fly, {"gan:per_class"}),
                                     ("real+classical+trivialaugment+smote", None, {"classical", "smote"})):
         task = _task(_job(cfg, run_dir, arm, classical))
         assert (task.classical, task.augment) == (classical is not None, "trivialaugment")
         synthetic = rundir.split_rows(frame, "train", tuple(sources))
+        sources = {s.partition(":")[0] for s in sources}  # the manifest's source column
         assert len(task.x) == len(rundir.split_rows(frame, "train")) and len(synthetic) > 0
         assert np.array_equal(task.stream.x, rundir.load_rows(run_dir, synthetic)[0])  # exactly its source's rows
         n_real, batch = len(task.x), 32

@@ -98,7 +98,7 @@ def test_the_toy_is_a_gan_mode_and_the_config_knows_what_it_lacks(toy):
         GanConfig(mode="toy", shards=2)
     with pytest.raises(ValueError, match="smote.features 'discriminator'.*gan.mode 'toy'"):
         Config(gan=GanConfig(mode="toy"), smote={"features": "discriminator"})
-    with pytest.raises(ValueError, match="gan.mode 'tyo': choose one of per_class, conditional, mix, toy"):
+    with pytest.raises(ValueError, match="gan.mode 'tyo': choose one of per_class, conditional, mix, hydra, toy"):
         GanConfig(mode="tyo")
 
 

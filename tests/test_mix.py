@@ -16,10 +16,11 @@ from augment.registry import GENERATORS
 NZ = SELECT_DIMS + 8
 
 
-def mix_generator(counts=(4, 4, 4), size=16, channels=1, seed=0) -> MixGenerator:
+def mix_generator(counts=(4, 4, 4), size=16, channels=1, seed=0, mode="mix", nz=NZ) -> MixGenerator:
+    """A small generator of `mode` (mix, or a subclass such as hydra) with a random bank, in eval mode."""
     torch.manual_seed(seed)
     k = len(counts)
-    G = kind("mix").networks(GanSpec("mix", k, NZ, 4, 4, size, channels, max(counts)))[0]
+    G = kind(mode).networks(GanSpec(mode, k, nz, 4, 4, size, channels, max(counts)))[0]
     dcgan_init(G, torch.Generator().manual_seed(seed))
     G.set_bank(torch.rand(k, max(counts), channels, size, size) * 2 - 1, torch.tensor(counts))
     return G.eval()

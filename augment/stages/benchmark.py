@@ -31,7 +31,7 @@ from augment.core.base.parallel import auto_workers, job_pool, run_jobs
 from augment.core.bench.jobs import Job, JobPlan, plan_jobs
 from augment.core.bench.selection import fold_count, fold_indices, without_held_out
 from augment.core.bench.stats import ids_digest, linear_probe_scores, score_records, summarise
-from augment.registry import SOURCES, trained_as
+from augment.registry import SOURCES, member_source, trained_as
 from augment.runtime import derive_seed, resolve_device
 from augment.summary import METRICS, HeldOut, Selection, SideStreamChoice, write_summary
 
@@ -232,7 +232,8 @@ def _linear_probe(extractor, run_dir: Path, arms: list[str], held_out: dict, cla
 def _job_plan(cfg: Config, run_dir: Path, frame: pd.DataFrame, classes: list[str], device) -> JobPlan:
     """augment.core.bench.jobs.plan_jobs over what the run directory holds (the plan calls it over the config)."""
     # a source without images (SMOTE rows in a non-invertible feature space) has no CNN arm
-    sources = set(rundir.split_rows(frame, "train", SOURCES)["source"])
+    rows = rundir.split_rows(frame, "train", SOURCES)
+    sources = set(rows["source"]) | {member_source(g) for g in rows.loc[rows["source"] == "gan", "generator"]}
     real_counts = rundir.split_rows(frame, "train", ("real",))["label"].value_counts()
     val_per_class = int(rundir.split_rows(frame, "val", ("real",))["label"].value_counts()
                         .reindex(classes, fill_value=0).min())

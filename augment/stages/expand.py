@@ -89,7 +89,7 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     real = frame[frame["split"].isin(splits) & (frame["source"] == "real") & frame["kept"]]
     regenerate = cfg.expand.refit_generator and "gan" in spec.sources and splits != ("train",)
     from_manifest = set(spec.sources) - {"real"} - ({"gan"} if regenerate else set())
-    synthetic = frame[(frame["split"] == "train") & frame["source"].isin(from_manifest) & frame["kept"]]
+    synthetic = rundir.split_rows(frame, "train", tuple(sorted(from_manifest)))  # a member source: its generator's rows
     refit = refit_copies(cfg, run_dir, frame, splits) if "classical" in spec.sources else rundir.normalise([])
     if regenerate:
         copies = None  # gan.train_on real+classical: the generator learns from the refit splits' copies too

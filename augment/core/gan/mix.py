@@ -46,16 +46,22 @@ def _up(cin: int, cout: int) -> list[nn.Module]:
 
 
 class MixGenerator(nn.Module):
+    """Two parents under a grid mask; a subclass changes how many parents (n_parents), which of z's
+    dimensions pick them (select_dims, parents()) and the mask (weights())."""
+
+    mode, n_parents, select_dims = "mix", 2, SELECT_DIMS
+
     def __init__(self, n_classes: int, nz: int, ngf: int, nc: int, image_size: int, parents: int):
         super().__init__()
-        if nz <= SELECT_DIMS:
-            raise ValueError(f"gan.mode mix needs gan.nz > {SELECT_DIMS} (it reads {SELECT_DIMS} of z as parent and mask bits)")
-        self.k, self.nz, self.nc, self.mode = n_classes, nz, nc, "mix"
+        if nz <= self.select_dims:
+            raise ValueError(f"gan.mode {self.mode} needs gan.nz > {self.select_dims} "
+                             f"(it reads {self.select_dims} of z as parent and mask bits)")
+        self.k, self.nz, self.nc = n_classes, nz, nc
         self.register_buffer("bank", torch.zeros(n_classes, max(parents, 1), nc, image_size, image_size))
         self.register_buffer("counts", torch.ones(n_classes, dtype=torch.long))
         width = 2 * ngf  # channels of the feature map that is mixed, at image_size / 4
         self.encoder = nn.Sequential(*_down(nc, ngf), *_down(ngf, width))
-        self.noise = nn.Linear(nz - SELECT_DIMS, width)  # the noise, added to every cell of the mix
+        self.noise = nn.Linear(nz - self.select_dims, width)  # the noise, added to every cell of the mix
         self.decoder = nn.Sequential(
             nn.Conv2d(width, width, 3, 1, 1), nn.InstanceNorm2d(width, affine=True), nn.ReLU(True),  # blends the seams
             *_up(width, ngf), nn.ConvTranspose2d(ngf, nc, 4, 2, 1), nn.Tanh(),
@@ -97,6 +103,11 @@ class MixGenerator(nn.Module):
         cells = (z[..., 2 * PARENT_BITS : SELECT_DIMS] > 0).float().reshape(-1, 1, GRID, GRID)
         return F.interpolate(cells, size=(size, size), mode="nearest")
 
+    def weights(self, z: torch.Tensor, size: int) -> torch.Tensor:
+        """(B*K, n_parents, size, size): each parent's weight in every cell of the mix, summing to 1."""
+        m = self.mask(z, size)
+        return torch.cat([m, 1 - m], dim=1)
+
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """decode(encode(x)) for real images (B, K, nc, S, S): what the reconstruction loss compares to x."""
         out = self.decoder(self.encoder(x.flatten(0, 1)))
@@ -128,10 +139,11 @@ class MixGenerator(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         b, k, _ = z.shape
-        idx = self.parents(z)  # (B, K, 2)
-        feats = self._encode_bank(idx).flatten(0, 1)  # (B*K, 2, C, s, s)
-        m = self.mask(z, feats.shape[-1])
-        mixed = m * feats[:, 0] + (1 - m) * feats[:, 1] + self.noise(z[..., SELECT_DIMS:].reshape(b * k, -1))[:, :, None, None]
+        idx = self.parents(z)  # (B, K, n_parents)
+        feats = self._encode_bank(idx).flatten(0, 1)  # (B*K, n_parents, C, s, s)
+        w = self.weights(z, feats.shape[-1]).unsqueeze(2)  # (B*K, n_parents, 1, s, s)
+        noise = self.noise(z[..., self.select_dims :].reshape(b * k, -1))[:, :, None, None]
+        mixed = (w * feats).sum(1) + noise
         out = self.decoder(mixed)
         return out.view(b, k, self.nc, *out.shape[-2:])
 
@@ -141,13 +153,14 @@ class Mix(Adversarial):
     the reconstruction of real images (gan.mix_reconstruction), as ChimeraMix trains its encoder-decoder."""
 
     constant_buffers = ("bank", "counts")
+    generator_class = MixGenerator  # or a subclass of MixGenerator (augment.core.gan.hydra)
 
     def spec(self, cfg, n_classes: int, channels: int, bank: Bank | None) -> GanSpec:
         parents = bank[0].shape[1] if bank is not None else 0
         return GanSpec(cfg.mode, n_classes, cfg.nz, cfg.ngf, cfg.ndf, cfg.image_size, channels, parents)
 
     def networks(self, spec: GanSpec) -> tuple[nn.Module, nn.Module]:
-        return (MixGenerator(spec.n_classes, spec.nz, spec.ngf, spec.channels, spec.image_size, spec.parents),
+        return (self.generator_class(spec.n_classes, spec.nz, spec.ngf, spec.channels, spec.image_size, spec.parents),
                 Discriminator(spec.n_classes, spec.ndf, spec.channels, spec.image_size, "conditional"))
 
     def prepare(self, G: MixGenerator, bank: Bank) -> None:

@@ -43,7 +43,7 @@ def noise(n_per_class: int, n_classes: int, nz: int, seed: int, device, batch: i
 def sample_parents(G: torch.nn.Module, n_per_class: int, nz: int, n_classes: int, seed: int, device,
                    batch: int = 256) -> np.ndarray | None:
     """The real parents (indices within their class) of what `sample` draws with the same arguments,
-    (n, K, 2); None for a generator that has no parents (every mode but mix)."""
+    (n, K, parents per sample); None for a generator that has no parents (the DCGAN modes)."""
     if not hasattr(G, "parents"):
         return None
     parts = [G.parents(z) for z in noise(n_per_class, n_classes, nz, seed, device, batch)]
@@ -129,12 +129,15 @@ class EnsembleGenerator(nn.Module):
         return out
 
     def parents(self, z: torch.Tensor) -> torch.Tensor | None:
-        """(B, K, 2) parent indices of the rows a member with parents draws, -1 for the other rows; None without one."""
+        """(B, K, P) parent indices of the rows a member with parents draws (P: the most parents of a member),
+        -1 for the other rows and places; None without one."""
         if not any(hasattr(member, "parents") for member in self.members):
             return None
         m = len(self.members)
-        out = torch.full((*z.shape[:2], 2), -1, dtype=torch.long, device=z.device)
+        width = max(getattr(member, "n_parents", 0) for member in self.members)
+        out = torch.full((*z.shape[:2], width), -1, dtype=torch.long, device=z.device)
         for i, member in enumerate(self.members):
             if hasattr(member, "parents"):
-                out[i::m] = member.parents(z[i::m])
+                idx = member.parents(z[i::m])
+                out[i::m, :, : idx.shape[-1]] = idx  # a member with fewer parents: -1 after its own
         return out

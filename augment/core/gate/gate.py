@@ -169,7 +169,7 @@ class Judged:
     reasons: list[str | None]
     feats: np.ndarray  # (N, D) generated
     real_feats: np.ndarray  # (M, D) real train
-    parents: list[list[str] | None] | None = None  # mix mode: each sample's two parents' ids (None: an ensemble's non-mix rows)
+    parents: list[list[str] | None] | None = None  # mix, hydra: each sample's parents' ids (None: an ensemble's rows without)
     members: list[str] | None = None  # an ensemble: the mode of the member that drew each sample
 
 
@@ -205,7 +205,7 @@ def judge_samples(
 
 def selection_rule(select_how: str, mode: str | None) -> str:
     """gate.select for one generator: auto is the generator's own rule (augment.registry.GENERATORS:
-    a spread, farthest, of the mix generator's samples, the most confident of the others'; measured:
+    a spread, farthest, of the mix and hydra generators' samples, the most confident of the others'; measured:
     benchmarks/README.md, "Generators at 10 per class")."""
     if select_how != "auto":
         return select_how
@@ -246,7 +246,7 @@ def sample_and_judge(cfg: Config, G, judge, x_real: np.ndarray, real_ids: list[s
 
     bank: the ids and class indices of the images G was trained on, in its order (gan.train_on: the
     real images, or those and their classical copies); for a generator with parents (mix mode) that is
-    its image bank's order, and Judged.parents holds each sample's two parent ids."""
+    its image bank's order, and Judged.parents holds each sample's parent ids."""
     target = cfg.gan.samples_per_class
     n = math.ceil(target * cfg.gate.oversample)
     samples = sample(G, n, cfg.gan.nz, k, seed, device, scale=scale)  # (n, K, C, S, S)
@@ -258,9 +258,9 @@ def sample_and_judge(cfg: Config, G, judge, x_real: np.ndarray, real_ids: list[s
     parents = sample_parents(G, n, cfg.gan.nz, k, seed, device)
     if parents is not None:
         by_class = [np.asarray(bank[0])[np.asarray(bank[1]) == c] for c in range(k)]
-        pairs = parents.transpose(1, 0, 2).reshape(k * n, 2)  # class-major, as the images
-        judged.parents = [None if a < 0 else [str(by_class[c][a]), str(by_class[c][b])]  # -1: an ensemble's non-mix rows
-                          for c, (a, b) in zip(intended, pairs)]
+        rows = parents.transpose(1, 0, 2).reshape(k * n, -1)  # class-major, as the images
+        judged.parents = [None if row[0] < 0 else [str(by_class[c][a]) for a in row if a >= 0]  # -1: not a parent
+                          for c, row in zip(intended, rows)]
     return images, intended, judged, n
 
 
