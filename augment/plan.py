@@ -13,7 +13,7 @@ from augment import graph, rundir
 from augment.config import Config
 from augment.core.base.parallel import auto_workers, single_threaded
 from augment.core.bench.jobs import JobPlan, plan_jobs
-from augment.registry import trained_as
+from augment.registry import generator_modes, member_source, trained_as
 from augment.runtime import resolve_device
 
 @dataclass
@@ -210,6 +210,7 @@ def benchmark_jobs(cfg: Config, val_per_class: int, device) -> JobPlan:
     calls over the run directory): every enabled stage's images, class sizes from data's keys."""
     d = cfg.data
     sources = {"real"} | {s for s in ("classical", "smote", "gan") if getattr(cfg, s).enabled}
+    sources |= {member_source(m) for m in generator_modes(cfg.gan.mode)} if cfg.gan.enabled else set()  # gan:<member>
     counts = list(d.class_counts.values()) if d.class_counts else None
     equal = (d.per_class is not None and d.imbalance_ratio == 1.0) or (counts is not None and len(set(counts)) == 1)
     ratio = d.imbalance_ratio if d.per_class is not None else (max(counts) / min(counts) if counts else 1.0)

@@ -243,6 +243,9 @@ def check_members(arms: list[str], cross_sources: list[str], mode: str) -> None:
     named += [(f"benchmark.cross_sources '{s}'", s) for s in cross_sources]
     for where, source in named:
         member = source_member(source)[1] if source else None
+        if member is not None and generator_modes(mode) == [member]:
+            raise ValueError(f"{where}: gan.mode {mode!r} is one generator, so its samples are the source 'gan'; "
+                             f"name that instead")
         if member is not None and member not in generator_modes(mode):
             raise ValueError(f"{where} reads the samples of generator {member!r}, which gan.mode {mode!r} does not "
                              f"train (its generators: {', '.join(generator_modes(mode))})")

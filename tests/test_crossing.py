@@ -68,6 +68,10 @@ def test_a_member_source_is_its_generators_kept_rows_and_needs_that_generator():
     jobs = plan_jobs(b, 0, SOURCES | {"gan:per_class"}, True, 1.0, 10, False)
     assert jobs.cross == ["gan", "gan:per_class"]  # no mix rows: no arm
     assert jobs.added("real+trivialaugment") == ["real+trivialaugment+gan", "real+trivialaugment+gan:per_class"]
+    from augment.plan import benchmark_jobs  # --plan counts the member sources gan.mode trains
+
+    planned = benchmark_jobs(Config(benchmark={"cross_sources": ["gan", "gan:mix"]}), 10, "cpu")
+    assert planned.cross == ["gan", "gan:mix"]
 
 
 def test_no_step_b_without_sources_and_none_for_a_source_without_images():

@@ -85,7 +85,7 @@ def test_the_ensemble_runs_in_the_pipeline_its_members_train_as_alone_and_share_
     from augment.core.report.report_gan import quality_section
 
     text = quality_section(cfg, json.loads((run_dir / "gan" / "quality.json").read_text()), None, frame)
-    assert "ensemble `gan.mode: per_class+mix`" in text and "distinct pairs of parents" in text
+    assert "ensemble `gan.mode: per_class+mix`" in text and "distinct sets of parents" in text and "from two real train images" in text
 
 
 @pytest.mark.slow  # two ensembles trained and a CAS selection: about a minute on 2 cores

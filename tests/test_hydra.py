@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from augment.config import GanConfig
+from augment.config import Config, GanConfig
 from augment.core.gan.hydra import PARENTS, SEED_BITS, SELECT_DIMS, HydraGenerator
 from augment.core.gan.kinds import GanSpec, kind
 from augment.core.gan.mix import PARENT_BITS
@@ -102,3 +102,26 @@ def test_manifest_parents_of_an_ensemble_with_two_and_three_parent_members():
     assert parents.shape == (10, 3, PARENTS)
     assert (parents[0::2, :, 2] == -1).all() and (parents[0::2, :, :2] >= 0).all()  # mix's rows
     assert (parents[1::2] >= 0).all()  # hydra's rows
+
+
+class _Constant(torch.nn.Module):
+    """A member that draws images filled with its own index."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, z):
+        return torch.full((*z.shape[:2], 1, 2, 2), self.value)
+
+
+def test_every_row_of_a_three_member_ensemble_comes_from_the_member_the_manifest_names():
+    """Row b of the whole draw (not only of its batch of 256) is member b mod M, as member_of_rows says;
+    with three members and 400 rows per class a batch of 256 is not a whole number of rounds."""
+    from augment.core.gan.sampling import member_of_rows, sample
+
+    G = EnsembleGenerator([_Constant(0.0), _Constant(1.0), _Constant(2.0)])
+    drawn = sample(G, 400, 4, 2, seed=0, device="cpu")[:, :, 0, 0, 0]  # (400, K)
+    assert np.array_equal(drawn[:, 0].numpy(), member_of_rows(400, 3)) and torch.equal(drawn[:, 0], drawn[:, 1])
+    with pytest.raises(ValueError, match="gan.mode 'mix' is one generator"):  # gan:mix would be gan again
+        Config(gan={"mode": "mix"}, benchmark={"cross_sources": ["gan", "gan:mix"]})

@@ -183,7 +183,7 @@ def test_mix_runs_in_the_pipeline_and_the_manifest_names_both_parents(smoke_run,
     from augment.core.report.report_gan import quality_section
 
     text = quality_section(cfg, json.loads((run_dir / "gan" / "quality.json").read_text()), None, frame)
-    assert "`gan.mode: mix`" in text and "distinct pairs of parents" in text
+    assert "`gan.mode: mix`" in text and "distinct sets of parents" in text and "from two real train images" in text
 
 
 def test_a_mix_step_runs_in_channels_last():

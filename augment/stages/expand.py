@@ -52,8 +52,10 @@ def how_to_train(cfg: Config, summary, arm: str, rows) -> str:
         refit = rows["generator"].fillna("").str.contains(":refit", regex=False).any()
         lines.append("- GAN samples come from a generator trained again on the real images here (expand.refit_generator)."
                      if refit else "- GAN samples come from the generator the benchmark measured, trained on the train split "
-                     "only (expand.refit_generator: true trains it again on every real image here).")
-    if cfg.benchmark.online_gan and "gan" in set(rows["source"]):
+                     "only" + (" (expand.refit_generator: true trains it again on every real image here)." if "gan" in spec.sources
+                               else ", the kept samples of one ensemble member (expand.refit_generator re-trains only for the "
+                               "whole 'gan' source)."))
+    if cfg.benchmark.online_gan and "gan" in spec.sources:  # a member source (gan:mix) keeps its pool
         lines.append("- Every batch, the GAN images drawn are replaced by fresh generator samples of their class that "
                      "pass the quality gate (benchmark.online_gan; augment.load_training_data does it, the files here are "
                      "the kept pool).")

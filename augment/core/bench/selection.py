@@ -75,7 +75,7 @@ def parents(rows: pd.DataFrame) -> list[set[str]]:
 
 
 def without_held_out(rows: pd.DataFrame, held_out_ids) -> np.ndarray:
-    """A mask of the synthetic rows none of whose parents is held out (GAN samples have none: the
-    generator saw every real train image, a leak the report states)."""
+    """A mask of the synthetic rows none of whose parents is held out (a mix or hydra sample lists its
+    parents; the DCGANs' samples have none, yet the generator saw every real train image, a leak the report states)."""
     held = set(held_out_ids)
     return np.array([not (p & held) for p in parents(rows)], dtype=bool)

@@ -15,6 +15,8 @@ discriminator.
 z keeps the mix generator's contract: its first dimensions' signs are the bits of the parents' indices
 (PARENT_BITS each, distinct parents where the class has enough images) and of the seeds' positions
 (SEED_BITS per coordinate); the rest is the noise. A latent scale therefore scales only the noise.
+Two seeds on one place (1 sample in about 22) leave the later parent no region: the sample is a mix of
+fewer parents, and the manifest still names all three (k-fold then drops it with any of them: cautious).
 """
 
 from __future__ import annotations

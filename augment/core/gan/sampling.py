@@ -30,7 +30,14 @@ def sample(G: torch.nn.Module, n_per_class: int, nz: int, n_classes: int, seed: 
     """n_per_class samples per class, (n, K, C, S, S) in [-1, 1], from an explicit seed; `scale`
     multiplies the noise (the latent scale: below 1 trades variety for typical images)."""
     G.eval()
-    return torch.cat([G(z * scale).float() for z in noise(n_per_class, n_classes, nz, seed, device, batch)])
+    return torch.cat([G(z * scale).float() for z in noise(n_per_class, n_classes, nz, seed, device, _whole(G, batch))])
+
+
+def _whole(G: torch.nn.Module, batch: int) -> int:
+    """`batch` rounded down to whole rounds of an ensemble's members, so row b of the whole draw (not only of
+    its batch) comes from member b mod M, as member_of_rows says."""
+    m = len(G.members) if hasattr(G, "members") else 1
+    return max(m, batch - batch % m)
 
 
 def noise(n_per_class: int, n_classes: int, nz: int, seed: int, device, batch: int = 256):
@@ -46,7 +53,7 @@ def sample_parents(G: torch.nn.Module, n_per_class: int, nz: int, n_classes: int
     (n, K, parents per sample); None for a generator that has no parents (the DCGAN modes)."""
     if not hasattr(G, "parents"):
         return None
-    parts = [G.parents(z) for z in noise(n_per_class, n_classes, nz, seed, device, batch)]
+    parts = [G.parents(z) for z in noise(n_per_class, n_classes, nz, seed, device, _whole(G, batch))]
     return None if parts[0] is None else torch.cat(parts).cpu().numpy()  # an ensemble's rows without parents: -1
 
 
@@ -134,10 +141,9 @@ class EnsembleGenerator(nn.Module):
         if not any(hasattr(member, "parents") for member in self.members):
             return None
         m = len(self.members)
-        width = max(getattr(member, "n_parents", 0) for member in self.members)
+        parts = {i: member.parents(z[i::m]) for i, member in enumerate(self.members) if hasattr(member, "parents")}
+        width = max(idx.shape[-1] for idx in parts.values())
         out = torch.full((*z.shape[:2], width), -1, dtype=torch.long, device=z.device)
-        for i, member in enumerate(self.members):
-            if hasattr(member, "parents"):
-                idx = member.parents(z[i::m])
-                out[i::m, :, : idx.shape[-1]] = idx  # a member with fewer parents: -1 after its own
+        for i, idx in parts.items():
+            out[i::m, :, : idx.shape[-1]] = idx  # a member with fewer parents: -1 after its own
         return out

@@ -22,7 +22,7 @@ def _gate_summary(frame: pd.DataFrame) -> str:
     return f"Generated {len(gan)} images, kept {int(gan['kept'].sum())}" + (f"; not kept: {parts}." if parts else ".")
 
 
-KEPT_HOW = {"auto": "the most confident (a spread by farthest-point sampling for the mix generator)",
+KEPT_HOW = {"auto": "the most confident (a spread by farthest-point sampling for the mix and hydra generators)",
             "confidence": "the most confident", "random": "drawn at random",
             "farthest": "spread out by farthest-point sampling from the most confident"}
 
@@ -39,21 +39,25 @@ def _selection_lines(q: dict) -> list[str]:
 
 
 def _mix_lines(frame: pd.DataFrame, mode: str) -> list[str]:
-    """A generator that makes samples from real images (the manifest records two parents per sample):
-    how many of the kept are such mixes, and how many distinct parent pairs they use."""
+    """A generator that makes samples from real images (the manifest records each sample's parents): how
+    many of the kept are such mixes, of how many parents, and how many distinct parent sets they use."""
     kept = frame[(frame["source"] == "gan") & frame["kept"]]
     mixes = kept["params"].dropna() if "params" in kept else pd.Series([], dtype=object)
     if not len(mixes):
         return []
-    pairs = {tuple(sorted(json.loads(p)["parents"])) for p in mixes}
+    sets = [tuple(sorted(json.loads(p)["parents"])) for p in mixes]
+    sizes = " or ".join(NUMBERS.get(n, str(n)) for n in sorted({len(p) for p in sets}))
     if len(generator_modes(mode)) == 1:
-        head = f"The generator is `gan.mode: {mode}`: every sample is a new image made from two real train images of its class"
+        head = f"The generator is `gan.mode: {mode}`: every sample is a new image made from {sizes} real train images of its class"
     else:
         head = (f"The generator is the ensemble `gan.mode: {mode}`: each member trained on its own and gave its share of "
-                f"every class's kept samples; {len(mixes)} of the {len(kept)} kept are mixes, new images made from two "
+                f"every class's kept samples; {len(mixes)} of the {len(kept)} kept are mixes, new images made from {sizes} "
                 "real train images of their class")
-    return [f"{head}, their features mixed under a random mask (both parents are in manifest.parquet, `params`). The kept "
-            f"mixes come from {len(pairs)} distinct pairs of parents.", ""]
+    return [f"{head}, their features mixed under a random mask (the parents are in manifest.parquet, `params`). The kept "
+            f"mixes come from {len(set(sets))} distinct sets of parents.", ""]
+
+
+NUMBERS = {2: "two", 3: "three", 4: "four"}
 
 
 def quality_section(cfg: Config, q: dict | None, history: pd.DataFrame | None, frame: pd.DataFrame) -> str:
