@@ -24,7 +24,11 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def save_png(run_dir: Path, rel_path: str, image: np.ndarray) -> str:
     """Write one image atomically under the run directory; returns the file's sha256."""
-    data = encode_png(image)
+    return save_encoded(run_dir, rel_path, encode_png(image))
+
+
+def save_encoded(run_dir: Path, rel_path: str, data: bytes) -> str:
+    """Write PNG bytes (encode_png's) atomically under the run directory; returns their sha256."""
     write_bytes(Path(run_dir) / rel_path, data)
     return hashlib.sha256(data).hexdigest()
 

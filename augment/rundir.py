@@ -25,7 +25,7 @@ import pandas as pd
 from augment.atomic import atomic_path, write_json
 from augment.errors import UserError
 from augment.safe_text import file_label
-from augment.png import encode_png, load_images, save_png, to_channels  # noqa: F401  (the run directory's PNG io)
+from augment.png import encode_png, load_images, save_encoded, save_png, to_channels  # noqa: F401  (the run directory's PNG io)
 from augment.registry import REASONS, SOURCES, source_member  # noqa: F401
 
 log = logging.getLogger("augment")
@@ -321,3 +321,27 @@ def gan_rows(run_dir: Path, images: np.ndarray, intended: np.ndarray, j, n: int,
                {"parent_id": j.parents[i][0], "params": json.dumps({"parents": j.parents[i]})}),
         ))
     return rows
+
+
+def classical_rows(run_dir: Path, parents: list[tuple[dict, int, int]], made: list[list[tuple]], generator: str) -> list[dict]:
+    """Save each parent's classical copies (augment_copies' PNG bytes, shape and applied parameters)
+    under run_dir/images/classical/<class>/ and return their manifest rows."""
+    rows = []
+    for (parent, seed, _), copies in zip(parents, made):
+        for c, (data, shape, params) in enumerate(copies):
+            cid = f"classical-{parent['id']}-{c}"
+            rel = f"images/classical/{parent['label']}/{cid}.png"
+            rows.append(dict(
+                id=cid, path=rel, label=parent["label"], split="train", source="classical", parent_id=parent["id"],
+                seed=seed % 2**32, generator=generator, sha256=save_encoded(run_dir, rel, data),
+                height=shape[0], width=shape[1], channels=shape[2], kept=True, params=params,
+            ))
+    return rows
+
+
+def classical_jobs(run_dir: Path, plan: list[tuple[dict, int, int]], per_job: int, **common) -> list[dict]:
+    """The copy plan as augment_copies jobs of `per_job` parents each, every parent's image read
+    (at its stored size) into its job; `common` (transforms) goes into every job."""
+    images = load_images(run_dir, [parent["path"] for parent, _, _ in plan], None, ingest_info(run_dir)["channels"])
+    return [dict(common, parents=[(images[i], seed, k) for i, (_, seed, k) in enumerate(plan[j : j + per_job], start=j)])
+            for j in range(0, len(plan), per_job)]

@@ -48,10 +48,10 @@ def run(cfg: Config, run_dir: Path, progress=None, fingerprint: str = "") -> dic
     size = info["size"]
     workers = auto_workers(n_out, size[0] * size[1] * info["channels"], c.workers)
     per_job = math.ceil(len(plan) / (workers * 4))  # a few jobs per worker evens out the load
-    jobs = [dict(run_dir=str(run_dir), transforms=transforms, channels=info["channels"],
-                 generator=f"albumentations:{name}", parents=plan[i : i + per_job])
-            for i in range(0, len(plan), per_job)]
-    rows = run_jobs(jobs, workers, progress)
+    jobs = rundir.classical_jobs(run_dir, plan, per_job, transforms=transforms)
+    rows = []
+    for j, made in enumerate(run_jobs(jobs, workers, progress)):  # each job's copies written as it comes back
+        rows += rundir.classical_rows(run_dir, plan[j * per_job : (j + 1) * per_job], made, f"albumentations:{name}")
     rundir.replace_source(run_dir, "classical", rows)
     per_class: dict[str, int] = {}
     for row in rows:

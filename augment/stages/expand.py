@@ -136,9 +136,10 @@ def refit_copies(cfg: Config, run_dir: Path, frame: pd.DataFrame, splits: tuple[
     extra = {label: max(0, n - before.get(label, 0)) for label, n in after.items()}
     plan = plan_copies(added[["id", "path", "label"]].to_dict("records"), extra,
                        lambda pid: derive_seed(cfg.seed, "classical", pid))
-    job = dict(run_dir=str(run_dir), transforms=transforms_for(c, info["channels"]), channels=info["channels"],
-               generator="albumentations:refit", parents=plan)
-    rows = run_jobs([job], 1)
+    if not plan:
+        return rundir.normalise([])
+    jobs = rundir.classical_jobs(run_dir, plan, len(plan), transforms=transforms_for(c, info["channels"]))
+    rows = rundir.classical_rows(run_dir, plan, next(run_jobs(jobs, 1)), "albumentations:refit")
     split_of = dict(zip(added["id"], added["split"]))
     return rundir.normalise([{**r, "split": split_of[r["parent_id"]]} for r in rows])
 

@@ -1,11 +1,13 @@
 """Classical augmentation with albumentations: the only module that imports it.
 
 Presets and custom pipelines in albumentations' own serialisation format, strict validation,
-seeded copies, and the worker that writes them. Light on purpose: a spawned worker imports only
-numpy, Pillow and albumentations (not pandas, scikit-learn, pydantic or torch: albumentations
-imports torch only for its optional ToTensorV2, and the worker initializer blocks that import,
-which takes a worker's start from about 4 s to under 1 s on 2 cores). albumentations itself is
-imported on first use, after the initializer has run.
+seeded copies, and the worker that computes and encodes them (it reads and writes no file: the
+stages hand it images and write what it returns, augment.rundir.classical_rows). Light on
+purpose: a spawned worker imports only numpy, Pillow and albumentations (not pandas,
+scikit-learn, pydantic or torch: albumentations imports torch only for its optional ToTensorV2,
+and the worker initializer blocks that import, which takes a worker's start from about 4 s to
+under 1 s on 2 cores). albumentations itself is imported on first use, after the initializer
+has run.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -320,32 +322,27 @@ def copies_of(pipeline, image: np.ndarray, seed: int, copies: int):
         yield pipeline(image=image)
 
 
-def augment_parents(job: dict) -> list[dict]:
-    """One worker's share: read each parent, write its augmented copies, return their manifest rows.
+def augment_copies(job: dict) -> list[list[tuple[bytes, tuple[int, int, int], str]]]:
+    """One worker's share of the classical copies, computed and encoded, no file read or written:
+    for each parent, its copies as (PNG bytes, shape, applied parameters as JSON), drawn from the
+    parent's own seeded stream. A top-level function so a process pool can run it.
 
-    `job`: run_dir, transforms, channels, generator and parents [(row dict, seed, copies)]. A
-    top-level function so a process pool can run it.
+    `job`: transforms and parents [(image uint8 (H, W, C), seed, copies)]. The classical stage
+    and the take-home refit write the bytes (augment.rundir.classical_rows).
     """
-    from augment.png import load_images, save_png
+    from augment.png import encode_png
 
-    run_dir = Path(job["run_dir"])
     pipeline = build_pipeline(job["transforms"], save_params=True)
-    rows = []
-    for parent, seed, copies in job["parents"]:
+    out = []
+    for image, seed, copies in job["parents"]:
         check_stop()  # in this process: a SIGTERM stops between images (a pool's workers finish their job)
-        image = load_images(run_dir, [parent["path"]], None, job["channels"])[0]  # native size
-        for c, result in enumerate(copies_of(pipeline, image, seed, copies)):
+        made = []
+        for result in copies_of(pipeline, image, seed, copies):
             aug = result["image"].reshape(image.shape)
             applied = [[name, _plain(p)] for name, p in result.get("applied_transforms", [])]
-            cid = f"classical-{parent['id']}-{c}"
-            rel = f"images/classical/{parent['label']}/{cid}.png"
-            rows.append(dict(
-                id=cid, path=rel, label=parent["label"], split="train", source="classical", parent_id=parent["id"],
-                seed=seed % 2**32, generator=job["generator"], sha256=save_png(run_dir, rel, aug),
-                height=aug.shape[0], width=aug.shape[1], channels=aug.shape[2], kept=True,
-                params=json.dumps(applied, default=str),
-            ))
-    return rows
+            made.append((encode_png(aug), tuple(aug.shape), json.dumps(applied, default=str)))
+        out.append(made)
+    return out
 
 
 def classical_augment(pipeline, batch, seed: int):
@@ -370,23 +367,19 @@ def _init_worker() -> None:
     cv2.setNumThreads(1)  # one process per core: no nested thread pools
 
 
-def run_jobs(jobs: list[dict], workers: int, progress=None) -> list[dict]:
-    """Run augment_parents over jobs, in-process or in a pool of `workers` processes (spawned:
-    safe beside torch's threads); rows come back in job order either way. progress(done, total)
-    after each job."""
+def run_jobs(jobs: list[dict], workers: int, progress=None) -> Iterator[list]:
+    """Yield augment_copies(job) for each job in job order, in-process or from a pool of `workers`
+    processes (spawned: safe beside torch's threads). progress(done, total) after each job."""
     def done(parts):
-        out = []
-        for n, rows in enumerate(parts, start=1):
-            out += rows
+        for n, made in enumerate(parts, start=1):
+            yield made
             if progress is not None:
                 progress(n, len(jobs))
-        return out
 
     if workers <= 1 or len(jobs) <= 1:
-        return done(augment_parents(job) for job in jobs)
+        yield from done(augment_copies(job) for job in jobs)
+        return
     import multiprocessing
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker) as pool:
-        return done(pool.map(augment_parents, jobs))
-
-
+        yield from done(pool.map(augment_copies, jobs))
