@@ -25,8 +25,8 @@ from augment import rundir
 from augment.atomic import write_json, write_text
 from augment.config import BenchmarkConfig, ClassicalConfig, Config, GanConfig
 from augment.config_file import dump_config
-from augment.errors import MachineError, UserError
-from augment.runtime import check_stop, describe_device, graceful_stop, resolve_device
+from augment.errors import MachineError, UserError, check_stop
+from augment.runtime import describe_device, graceful_stop, resolve_device
 from augment.stages import benchmark, classical, expand, gan, ingest, judge, report, smote, synthesize
 from augment.summary import Summary, read_summary
 

@@ -219,7 +219,7 @@ def benchmark_jobs(cfg: Config, val_per_class: int, device) -> JobPlan:
 
 def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_train: int, val_per_class: int,
                         step: float) -> tuple[float, str]:
-    from augment.core.transforms.augmentation import transforms_for
+    from augment.core.transforms.copies import transforms_for
 
     b = cfg.benchmark
     steps = b.steps_for(n_train)

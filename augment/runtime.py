@@ -1,4 +1,5 @@
-"""The device (chosen once per run and passed down), named stable seeds, and stopping on a signal."""
+"""The device (chosen once per run and passed down), named stable seeds, and the signal handlers that
+ask a run to stop (the request itself, which loops check, is augment.errors')."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import signal
 import threading
 from pathlib import Path
 
-from augment.errors import UserError
+from augment.errors import UserError, request_stop, stop_requested
 
 log = logging.getLogger("augment")
 
@@ -49,32 +50,6 @@ def derive_seed(seed: int, *parts: object) -> int:
 
 
 # --------------------------------------------------------------------------- stopping on a signal
-
-_STOP = threading.Event()
-_SIGNAL: list[int] = []  # the signal that asked to stop
-
-
-class Interrupted(UserError):
-    """A run stopped on SIGTERM or SIGINT at a step boundary, its resumable state written."""
-
-
-def request_stop(signum: int) -> None:
-    _SIGNAL[:] = [signum]
-    _STOP.set()
-
-
-def stop_requested() -> int | None:
-    """The signal number that asked the run to stop, or None."""
-    return _SIGNAL[0] if _STOP.is_set() and _SIGNAL else None
-
-
-def check_stop() -> None:
-    """Raise Interrupted if a stop was requested: long loops call this once per step."""
-    signum = stop_requested()
-    if signum is not None:
-        raise Interrupted(f"stopped by {signal.Signals(signum).name}; finished stages and the last GAN checkpoint "
-                          "are kept: run the same command again to resume")
-
 
 def _children(pid: int) -> list[int]:
     """Child processes of pid (Linux /proc), e.g. the temporary Prefect server."""
@@ -114,8 +89,3 @@ def graceful_stop(signals=(signal.SIGTERM, signal.SIGINT)):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-def reset_stop() -> None:
-    _STOP.clear()
-    _SIGNAL.clear()

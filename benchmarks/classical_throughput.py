@@ -58,7 +58,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "classical_throughput.json")
     args = parser.parse_args()
     from augment import rundir
-    from augment.core.transforms.augmentation import build_pipeline, transforms_for
+    from augment.core.transforms.augmentation import build_pipeline
+    from augment.core.transforms.copies import transforms_for
     from augment.atomic import write_json
     from augment.graph import load_config, run_stage
 

@@ -43,7 +43,7 @@ arms = json.loads(sys.argv[5])
 import torch
 import engine_job
 x, y, train, test = engine_job.data(size)
-from augment.core.transforms.augmentation import transforms_for
+from augment.core.transforms.copies import transforms_for
 from augment.config import ClassicalConfig
 classical = transforms_for(ClassicalConfig(preset="medium"), 1)
 kw = dict(steps=steps, batch_size=64, width=32)
@@ -97,7 +97,7 @@ def run(item):
     import sys
     repo, size, steps, members = item
     sys.path.insert(0, repo)
-    from augment.core.transforms.augmentation import transforms_for
+    from augment.core.transforms.copies import transforms_for
     from augment.config import ClassicalConfig
     from augment.core.classify.classifier import train_classifiers
     from augment.core.classify.engine import Task

@@ -32,8 +32,8 @@ from augment import graph
 from augment.config import Config, OrchestrationConfig
 from augment.core.report.report_text import arm_rows, summary_markdown
 from augment.safe_text import md
-from augment.errors import UserError, kind
-from augment.runtime import check_stop, graceful_stop
+from augment.errors import UserError, check_stop, kind
+from augment.runtime import graceful_stop
 from augment.summary import read_summary
 
 log = logging.getLogger("augment")

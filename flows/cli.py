@@ -252,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("augment").setLevel(level)
     from flows.augment_flow import augment_dataset
 
-    from augment.runtime import graceful_stop, stop_requested
+    from augment.errors import stop_requested
+    from augment.runtime import graceful_stop
 
     try:
         with graceful_stop():  # also during Prefect's start-up; the flow installs it again inside

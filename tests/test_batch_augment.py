@@ -8,7 +8,8 @@ import torch
 from scipy import stats
 
 from augment.config import ClassicalConfig
-from augment.core.transforms.augmentation import batched_specs, build_pipeline, transforms_for
+from augment.core.transforms.augmentation import batched_specs, build_pipeline
+from augment.core.transforms.copies import transforms_for
 from augment.core.transforms.batch_augment import TA_OPS, TA_UNIFORMS, ta_params, ta_table, trivial_augment_batch, trivial_augment_wide
 from augment.core.transforms.batch_classical import ClassicalBatch
 

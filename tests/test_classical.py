@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from augment import rundir
-from augment.core.transforms.augmentation import (PRESETS, augment_images, build_pipeline, copies_per_class, spread,
-                               transforms_for, validate_transforms)
+from augment.core.transforms.augmentation import PRESETS, augment_images, build_pipeline, validate_transforms
+from augment.core.transforms.copies import copies_per_class, spread, transforms_for
 from augment.config import ClassicalConfig
 from augment.graph import load_config
 from augment.graph import run_stage

@@ -114,7 +114,7 @@ def test_a_crossed_arms_batches_hold_its_recipe_and_its_source(smoke_run):
     TrivialAugmentWide on the fly, and a quarter of every batch is drawn from the kept GAN samples, no
     other row; with the classical copies instead, +smote's side stream is the copies and the SMOTE images."""
     from augment.core.classify.side_stream import BatchSampler, per_batch
-    from augment.core.transforms.augmentation import transforms_for
+    from augment.core.transforms.copies import transforms_for
     from augment.stages.benchmark import _task
 
     cfg, run_dir, _ = smoke_run

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from augment.config import ClassicalConfig
-from augment.core.transforms.augmentation import transforms_for
-from augment.core.classify.classifier import build_network, network_spec, predict_proba, predict_round, train_classifiers
-from augment.core.classify.engine import CHUNK, Recipe, Task, _Sampler, schedule
+from augment.core.transforms.copies import transforms_for
+from augment.core.classify.classifier import build_network, network_spec, predict_proba, predict_round, recipe_of, train_classifiers
+from augment.core.classify.engine import CHUNK, Task, _Sampler, schedule
 from augment.core.classify.side_stream import SideStream, per_batch, soften
 from augment.core.classify.stacked import StackedCNN
 from augment.errors import UserError
@@ -91,10 +91,10 @@ def test_augmentation_runs_where_benchmark_augment_on_says():
     """device: the batched ops; cpu: albumentations and torchvision image by image; auto falls back to
     cpu for a transform with no batched op, and device refuses it with the key to change."""
     invert = [{"__class_fullname__": "InvertImg", "p": 1.0}]
-    assert Recipe.of(MEDIUM).ran_on == "device" and Recipe.of(MEDIUM, "cpu").ran_on == "cpu"
-    assert Recipe.of(invert).ran_on == "cpu"
+    assert recipe_of(MEDIUM).ran_on == "device" and recipe_of(MEDIUM, "cpu").ran_on == "cpu"
+    assert recipe_of(invert).ran_on == "cpu"
     with pytest.raises(UserError, match="benchmark.augment_on: device"):
-        Recipe.of(invert, "device")
+        recipe_of(invert, "device")
     task = Task(X, Y, 0, classical=True, augment="trivialaugment")
     on = {where: predict_proba(train_classifiers([task], 4, steps=5, batch_size=8, width=4, classical=MEDIUM,
                                                  augment_on=where)[0], X) for where in ("cpu", "device")}

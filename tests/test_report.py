@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from augment.core.report.report_text import _pct
+from augment.core.report.numbers import pct
 from augment.stages.report import list_runs
 from flows.cli import main
 
@@ -78,7 +78,7 @@ def test_headline_matches_summary_json(smoke_run):
     rec = summary["recommendation"]
     metric = summary["primary_metric"]
     for arm in {rec["arm"], "real"}:
-        assert _pct(summary["arms"][arm]["test"]["metrics"][metric]["mean"]) in headline
+        assert pct(summary["arms"][arm]["test"]["metrics"][metric]["mean"]) in headline
     assert rec["best_baseline"] in headline or rec["arm"] in headline
     if rec["arm"] != "real":
         assert f"{100 * rec['test_gain_over_real']['gain']:+.1f} points" in headline

@@ -175,7 +175,9 @@ def test_the_classical_pipeline_runs_on_the_fly_over_real_and_synthetic_rows(mon
     xs, ys = images(40, value=255)
     seen = []
     real = augmentation.classical_augment  # InvertImg has no batched op: albumentations, image by image
-    monkeypatch.setattr(augmentation, "classical_augment", lambda p, b, s: seen.append(real(p, b, s)) or seen[-1])
+    from augment.core.classify import classifier  # classifier.recipe_of hands the engine the reference
+
+    monkeypatch.setattr(classifier, "classical_augment", lambda p, b, s: seen.append(real(p, b, s)) or seen[-1])
     train_classifier(x, y, 3, steps=4, batch_size=8, width=4, seed=0, synthetic=SideStream(xs, ys, share=0.5), classical=INVERT)
     assert len(seen) == 4 and all(int((b == 0).flatten(1).all(1).sum()) == 4 for b in seen)  # synthetic rows inverted
     assert all(not (b == 255).flatten(1).all(1).any() for b in seen)  # none passed through unchanged

@@ -199,7 +199,7 @@ def test_patience_stops_the_gan_when_cas_stops_rising_and_the_synthesize_stage_r
 
     from augment import rundir
     from augment.core.gate import gate
-    from augment.core.gan.train import snapshots
+    from augment.core.gan.checkpoint import snapshots
     from augment.graph import load_config, run_stage
     from augment.stages import gan
     from conftest import SMOKE

@@ -19,13 +19,13 @@ from augment import rundir
 from augment.atomic import atomic_path, write_json
 from augment.config import Config
 from augment.errors import UserError
-from augment.core.classify.classifier import (load_classifier, predict_proba, predict_round, pretrained_weights_path, train_classifier,
-                                     train_classifiers)
-from augment.core.classify.engine import Recipe, Task
+from augment.core.classify.classifier import (load_classifier, predict_proba, predict_round, pretrained_weights_path, recipe_of,
+                                              train_classifier, train_classifiers)
+from augment.core.classify.engine import Task
 from augment.core.gate.online import OnlineSamples
 from augment.core.gan.sampling import load_generator
 from augment.core.classify.side_stream import SideStream, soften
-from augment.core.transforms.augmentation import transforms_for
+from augment.core.transforms.copies import transforms_for
 from augment.core.smote.features import load_extractor, make_extractor
 from augment.core.base.parallel import auto_workers, job_pool, run_jobs
 from augment.core.bench.jobs import Job, JobPlan, plan_jobs
@@ -388,7 +388,7 @@ def _summary(cfg: Config, run_dir: Path, frame: pd.DataFrame, classes: list[str]
     summary.confusion_test = confusion
     summary.side_stream = {arm: SideStreamChoice(weight=b.synthetic_weight, soft_labels=b.soft_labels,
                                                  temperature=b.temperature, **choice) for arm, choice in shares.items()}
-    summary.augment_on = Recipe.of(classical, b.augment_on).ran_on if any(spec(a).augment or spec(a).classical for a in arms) else None
+    summary.augment_on = recipe_of(classical, b.augment_on).ran_on if any(spec(a).augment or spec(a).classical for a in arms) else None
     summary.models_per_round = jobs.per_round
     summary.balanced_sampling = bool(jobs.balanced)
     return summary

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from augment import rundir
 from augment.config import Config
-from augment.core.transforms.augmentation import (auto_workers, copies_per_class, plan_copies, run_jobs, transforms_for,
-                                       validate_transforms)
+from augment.core.transforms.augmentation import validate_transforms
+from augment.core.transforms.copies import auto_workers, copies_per_class, plan_copies, run_jobs, transforms_for
 from augment.errors import UserError
 from augment.runtime import derive_seed
 

@@ -14,7 +14,8 @@ import pandas as pd
 from augment import rundir
 from augment.config import Config
 from augment.atomic import atomic_path
-from augment.core.transforms.augmentation import copies_per_class, plan_copies, run_jobs, save_pipeline, transforms_for
+from augment.core.transforms.augmentation import save_pipeline
+from augment.core.transforms.copies import copies_per_class, plan_copies, run_jobs, transforms_for
 from augment.rundir import CLASSICAL_PIPELINE, REFIT_GAN, REFIT_ROWS, REFIT_SPLITS, TEACHER, write_recipe
 from augment.runtime import derive_seed, resolve_device
 from augment.registry import ARMS, trained_as
@@ -151,7 +152,7 @@ def refit_generator(cfg: Config, run_dir: Path, splits: tuple[str, ...], fingerp
     samples gated as the synthesize stage gates (the same judge; novelty against these real images; the
     collapse alarm): manifest-shaped rows, kept or not, generator "<mode>:refit" (an ensemble's rows: "<member>:refit")."""
     from augment.core.classify.networks import load_classifier
-    from augment.core.gan.ensemble import train_generators
+    from augment.core.gan.train import train_generators
     from augment.core.gate.gate import gate_quality, sample_and_judge
     from augment.core.gan.sampling import load_generator
 

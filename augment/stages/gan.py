@@ -19,11 +19,11 @@ from augment.config import Config
 from augment.core.base.accel import resolve_precision
 from augment.atomic import write_json
 from augment.core.classify.networks import load_classifier
-from augment.core.gan.checkpoint import read_checkpoint
-from augment.core.gan.ensemble import merge_parts, train_generators
+from augment.core.gan.checkpoint import read_checkpoint, snapshots
+from augment.core.gan.ensemble import merge_parts
 from augment.core.gan.kinds import kind
 from augment.core.gan.sampling import interpolate, load_generator, sample, save_grid
-from augment.core.gan.train import Progress, class_shards, snapshots, train_gan
+from augment.core.gan.train import Progress, class_shards, train_gan, train_generators
 from augment.core.gate.gate import better, score_generator
 from augment.safe_text import file_label
 from augment.runtime import derive_seed, resolve_device

@@ -91,7 +91,7 @@ def _choose(cfg: Config, run_dir: Path, data, judge, device, progress):
 def generators(cfg: Config, run_dir: Path) -> list[tuple[int, Path]]:
     """The (step, checkpoint) the synthesize stage may sample: the last step's, or with
     gan.checkpoint_selection: cas every snapshot the gan stage kept (the last step among them)."""
-    from augment.core.gan.train import snapshots
+    from augment.core.gan.checkpoint import snapshots
 
     found = snapshots(Path(run_dir) / "gan") if cfg.gan.checkpoint_selection == "cas" else []
     return found or [(cfg.gan.steps, Path(run_dir) / rundir.GAN_CHECKPOINT)]

@@ -14,7 +14,7 @@ import os
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-from augment.runtime import check_stop
+from augment.errors import check_stop
 
 
 @contextmanager

@@ -78,6 +78,78 @@ def _stat(values: np.ndarray) -> Stat:
     return Stat(mean=mean, std=sd, ci_low=lo, ci_high=hi)
 
 
+class _Scores:
+    """The long results table read per arm: per-seed primary scores, paired gains, val means."""
+
+    def __init__(self, results: pd.DataFrame, per_arm: dict):
+        self.results, self.per_arm = results, per_arm
+
+    def per_seed(self, arm: str, split: str) -> np.ndarray:
+        r = self.results
+        sel = r[(r["arm"] == arm) & (r["split"] == split) & (r["metric"] == PRIMARY)]
+        return sel.sort_values("seed")["value"].to_numpy()
+
+    def gain(self, arm: str, base: str, split: str) -> Gain:
+        return paired_gain(self.per_seed(arm, split), self.per_seed(base, split))
+
+    def val_mean(self, arm: str) -> float:
+        return self.per_arm[arm]["val"]["metrics"][PRIMARY].mean
+
+    def best_over(self, candidates: list[str], base: str) -> tuple[str | None, Gain | None, Gain | None]:
+        """The candidate best on val, and its val and test gains over `base`."""
+        if not candidates:
+            return None, None, None
+        best = max(candidates, key=self.val_mean)
+        return best, self.gain(best, base, "val"), self.gain(best, base, "test")
+
+
+def _per_arm(results: pd.DataFrame, arms: list[str], train_images: dict[str, int] | None) -> dict:
+    """Each arm's train image count and, per split, its metrics' and per-class recalls' Stats."""
+    per_arm: dict = {}
+    for arm in arms:
+        mine = results[results["arm"] == arm]
+        per_arm[arm] = {"train_images": (train_images or {}).get(arm, 0)}
+        for split in ("val", "test"):
+            rows = mine[mine["split"] == split].sort_values("seed")
+            metrics = {m: _stat(g["value"].to_numpy()) for m, g in rows[rows["metric"] != "recall"].groupby("metric")}
+            recall = {c: _stat(g["value"].to_numpy())
+                      for c, g in rows[rows["metric"] == "recall"].groupby("class", sort=False)}
+            per_arm[arm][split] = {"metrics": metrics, "recall": recall}
+    return per_arm
+
+
+def _recommend(scores: _Scores, arms: list[str]) -> Recommendation:
+    """A synthetic arm is recommended only if it beats the best arm without generated images on
+    val by a margin the seeds support (paired t-test), never on test and never on a tie."""
+    best_baseline = max(arms_of("baseline", arms), key=scores.val_mean)
+    synthetic = arms_of("synthetic", arms)
+    best_synthetic = max(synthetic, key=scores.val_mean) if synthetic else None
+    val_gain = scores.gain(best_synthetic, best_baseline, "val") if synthetic else None
+    helps = bool(val_gain and val_gain.gain > 0 and val_gain.p_value < SIGNIFICANCE)
+    best = best_synthetic if helps else best_baseline
+    return Recommendation(
+        arm=best,
+        rule=f"best synthetic arm if its paired val gain over the best baseline is > 0 with p < {SIGNIFICANCE}",
+        best_baseline=best_baseline,
+        best_synthetic=best_synthetic,
+        synthetic_val_gain_over_best_baseline=val_gain,
+        synthetic_helps_on_val=helps,
+        test_gain_over_real=scores.gain(best, "real", "test"),
+        test_gain_over_best_baseline=scores.gain(best, best_baseline, "test"),
+        synthetic_test_gain_over_best_baseline=scores.gain(best_synthetic, best_baseline, "test") if synthetic else None,
+    )
+
+
+def _crossing(scores: _Scores, arms: list[str], recipe: str, on_recipe: list[str], cross: list[str]) -> Crossing:
+    """Step (b): the source best on val over the chosen recipe, and the same over plain real."""
+    best, val_g, test_g = scores.best_over(on_recipe, recipe)
+    plain_best, plain_val, plain_test = scores.best_over(
+        [crossed("real", s) for s in cross if crossed("real", s) in arms], "real")
+    return Crossing(recipe=recipe, chosen_on="val", val={a: scores.val_mean(a) for a in arms if ARMS[a].recipe == a},
+                    arms={ARMS[a].source: a for a in on_recipe}, best=best, val_gain=val_g, test_gain=test_g,
+                    plain_best=plain_best, plain_val_gain=plain_val, plain_test_gain=plain_test)
+
+
 def summarise(results: pd.DataFrame, arms: list[str], train_images: dict[str, int] | None = None,
               recipe: str | None = None, cross: list[str] = ()) -> Summary:
     """Per-arm means and intervals per split; gains over real, real+classical and the chosen `recipe`;
@@ -90,24 +162,8 @@ def summarise(results: pd.DataFrame, arms: list[str], train_images: dict[str, in
     results = results.copy()
     if "class" not in results:
         results["class"] = None
-    per_arm: dict = {}
-    for arm in arms:
-        mine = results[results["arm"] == arm]
-        per_arm[arm] = {"train_images": (train_images or {}).get(arm, 0)}
-        for split in ("val", "test"):
-            rows = mine[mine["split"] == split].sort_values("seed")
-            metrics = {m: _stat(g["value"].to_numpy()) for m, g in rows[rows["metric"] != "recall"].groupby("metric")}
-            recall = {c: _stat(g["value"].to_numpy())
-                      for c, g in rows[rows["metric"] == "recall"].groupby("class", sort=False)}
-            per_arm[arm][split] = {"metrics": metrics, "recall": recall}
-
-    def per_seed(arm: str, split: str) -> np.ndarray:
-        sel = results[(results["arm"] == arm) & (results["split"] == split) & (results["metric"] == PRIMARY)]
-        return sel.sort_values("seed")["value"].to_numpy()
-
-    def gain(arm: str, base: str, split: str) -> Gain:
-        return paired_gain(per_seed(arm, split), per_seed(base, split))
-
+    scores = _Scores(results, _per_arm(results, arms, train_images))
+    gain = scores.gain
     comparisons = [Comparison(arm=arm, base=base, val=gain(arm, base, "val"), test=gain(arm, base, "test"))
                    for base in GAIN_BASES if base in arms
                    for arm in arms if arm != base and not (base != "real" and arm == "real")]
@@ -115,46 +171,9 @@ def summarise(results: pd.DataFrame, arms: list[str], train_images: dict[str, in
     if recipe is not None and recipe not in GAIN_BASES:  # step (b)'s arms over the recipe they add to
         comparisons += [Comparison(arm=a, base=recipe, val=gain(a, recipe, "val"), test=gain(a, recipe, "test"))
                         for a in on_recipe]
-
-    def val_mean(arm: str) -> float:
-        return per_arm[arm]["val"]["metrics"][PRIMARY].mean
-
-    def best_over(candidates: list[str], base: str) -> tuple[str | None, Gain | None, Gain | None]:
-        """The candidate best on val, and its val and test gains over `base`."""
-        if not candidates:
-            return None, None, None
-        best = max(candidates, key=val_mean)
-        return best, gain(best, base, "val"), gain(best, base, "test")
-
-    best_baseline = max(arms_of("baseline", arms), key=val_mean)
-    synthetic = arms_of("synthetic", arms)
-    best_synthetic = max(synthetic, key=val_mean) if synthetic else None
-    # A synthetic arm is recommended only if it beats the best arm without generated images on
-    # val by a margin the seeds support (paired t-test), never on test and never on a tie.
-    val_gain = gain(best_synthetic, best_baseline, "val") if synthetic else None
-    helps = bool(val_gain and val_gain.gain > 0 and val_gain.p_value < SIGNIFICANCE)
-    best = best_synthetic if helps else best_baseline
-    recommendation = Recommendation(
-        arm=best,
-        rule=f"best synthetic arm if its paired val gain over the best baseline is > 0 with p < {SIGNIFICANCE}",
-        best_baseline=best_baseline,
-        best_synthetic=best_synthetic,
-        synthetic_val_gain_over_best_baseline=val_gain,
-        synthetic_helps_on_val=helps,
-        test_gain_over_real=gain(best, "real", "test"),
-        test_gain_over_best_baseline=gain(best, best_baseline, "test"),
-        synthetic_test_gain_over_best_baseline=gain(best_synthetic, best_baseline, "test") if synthetic else None,
-    )
-    crossing = None
-    if recipe is not None:
-        best, val_g, test_g = best_over(on_recipe, recipe)
-        plain_best, plain_val, plain_test = best_over([crossed("real", s) for s in cross if crossed("real", s) in arms],
-                                                      "real")
-        crossing = Crossing(recipe=recipe, chosen_on="val", val={a: val_mean(a) for a in arms if ARMS[a].recipe == a},
-                            arms={ARMS[a].source: a for a in on_recipe}, best=best, val_gain=val_g, test_gain=test_g,
-                            plain_best=plain_best, plain_val_gain=plain_val, plain_test_gain=plain_test)
-    return Summary.model_validate({"primary_metric": PRIMARY, "arms": per_arm, "comparisons": comparisons,
-                                   "recommendation": recommendation, "crossing": crossing})
+    crossing = _crossing(scores, arms, recipe, on_recipe, cross) if recipe is not None else None
+    return Summary.model_validate({"primary_metric": PRIMARY, "arms": scores.per_arm, "comparisons": comparisons,
+                                   "recommendation": _recommend(scores, arms), "crossing": crossing})
 
 
 def ids_digest(ids) -> str:

@@ -3,6 +3,7 @@ batched engine, augment.core.classify.engine; the networks: augment.core.classif
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,10 @@ from augment.core.classify.networks import (  # noqa: F401  (the networks' names
     Backbone, SmallCNN, backbone_transforms, build_backbone, build_network, load_classifier, network_spec, predict,
     predict_proba, predict_round, pretrained_weights_path, save_classifier)
 from augment.core.classify.side_stream import SideStream
-from augment.core.transforms.augmentation import classical_augment  # noqa: F401  (the per-image references, re-exported)
-from augment.core.transforms.batch_augment import trivial_augment  # noqa: F401
+from augment.core.transforms.augmentation import batched_specs, build_pipeline, classical_augment
+from augment.core.transforms.batch_augment import trivial_augment  # noqa: F401  (the per-image references, re-exported)
+from augment.core.transforms.batch_classical import ClassicalBatch
+from augment.errors import UserError
 
 
 def _optimizer(net: nn.Module, device, lr: float, weight_decay: float, schedule: str, steps: int):
@@ -26,6 +29,26 @@ def _optimizer(net: nn.Module, device, lr: float, weight_decay: float, schedule:
     caller's own loop (the recipe export). The engine precomputes the same schedule."""
     opt = engine.optimizer(net, device, lr, weight_decay)
     return opt, engine.scheduler(opt, steps, lr, schedule)
+
+
+def recipe_of(classical: list[dict] | None, augment_on: str = "auto") -> Recipe:
+    """The engine's Recipe for a classical transform list (albumentations dicts, or None) under
+    benchmark.augment_on: the batched ops where every transform has one (auto, device), else
+    albumentations image by image on the CPU (cpu, or auto with a transform that has none)."""
+    if augment_on not in engine.AUGMENT_ON:
+        raise ValueError(f"benchmark.augment_on must be one of {engine.AUGMENT_ON}, got {augment_on!r}")
+    recipe = Recipe(classical, augment_on, ran_on="cpu" if augment_on == "cpu" else "device")
+    if classical is None:
+        return recipe
+    specs = None if augment_on == "cpu" else batched_specs(classical)
+    if specs is None:
+        if augment_on == "device":
+            raise UserError("benchmark.augment_on: device, but classical.transforms holds a transform (or an "
+                            "argument) with no batched equivalent: set benchmark.augment_on: auto or cpu")
+        recipe.cpu, recipe.ran_on = partial(classical_augment, build_pipeline(classical)), "cpu"
+    else:
+        recipe.batched = ClassicalBatch(specs)
+    return recipe
 
 
 def train_classifiers(
@@ -49,7 +72,7 @@ def train_classifiers(
     by albumentations and torchvision image by image. precision ("auto", "fp32", "bf16") is the
     forward pass's autocast; the loss is fp32. progress(done, total) counts steps over all rounds.
     """
-    recipe = Recipe.of(classical, augment_on)
+    recipe = recipe_of(classical, augment_on)
     budgets = [step_budget(steps, len(t.x), batch_size, epochs, min_steps, max_steps) for t in tasks]
     batches = [min(batch_size, t.rows) for t in tasks]
     device = torch.device(device)

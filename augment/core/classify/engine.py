@@ -15,6 +15,7 @@ cost more per model than plain ones, so the cores are better used by processes).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,12 +25,10 @@ from torch import nn
 
 from augment.core.base.accel import adam, autocast
 from augment.core.transforms.batch_augment import TA_UNIFORMS, trivial_augment, trivial_augment_batch
-from augment.core.transforms.batch_classical import ClassicalBatch
 from augment.core.classify.side_stream import SideStream, per_batch, refresh
 from augment.core.classify.stacked import StackedCNN
 from augment.core.base.tensors import scale
-from augment.errors import UserError
-from augment.runtime import check_stop
+from augment.errors import check_stop
 
 CHUNK = 16  # steps whose draws a model makes at once (a constant: the draws depend on it, never on the round)
 AUGMENT_ON = ("auto", "cpu", "device")
@@ -193,33 +192,16 @@ def _round_rows(tasks: list[Task], n_classes: int, batch: int, device) -> _Round
 @dataclass
 class Recipe:
     """What a round's on-the-fly augmentation is: the classical pipeline (albumentations transform
-    dicts) and where it runs (benchmark.augment_on: the batched ops on the training device, or
-    albumentations and torchvision image by image on the CPU)."""
+    dicts) and where it runs (benchmark.augment_on): `batched`, the batched ops on the training
+    device (a ClassicalBatch, augment.core.transforms.batch_classical), or `cpu(batch, seed)`,
+    albumentations and torchvision image by image on the CPU. augment.core.classify.classifier.recipe_of
+    makes one from the transform list."""
 
     classical: list[dict] | None = None
     augment_on: str = "auto"
-    batched: ClassicalBatch | None = None
-    pipeline: object = None
+    batched: Callable | None = None
+    cpu: Callable | None = None
     ran_on: str = "device"
-
-    @classmethod
-    def of(cls, classical: list[dict] | None, augment_on: str = "auto") -> Recipe:
-        if augment_on not in AUGMENT_ON:
-            raise ValueError(f"benchmark.augment_on must be one of {AUGMENT_ON}, got {augment_on!r}")
-        recipe = cls(classical, augment_on, ran_on="cpu" if augment_on == "cpu" else "device")
-        if classical is None:
-            return recipe
-        from augment.core.transforms.augmentation import batched_specs, build_pipeline
-
-        specs = None if augment_on == "cpu" else batched_specs(classical)
-        if specs is None:
-            if augment_on == "device":
-                raise UserError("benchmark.augment_on: device, but classical.transforms holds a transform (or an "
-                                "argument) with no batched equivalent: set benchmark.augment_on: auto or cpu")
-            recipe.pipeline, recipe.ran_on = build_pipeline(classical), "cpu"
-        else:
-            recipe.batched = ClassicalBatch(specs)
-        return recipe
 
 
 def _draws(task: Task, gen: torch.Generator, batch: int, recipe: Recipe, features: int, device) -> dict:
@@ -239,8 +221,6 @@ def _augment(x: torch.Tensor, tasks: list[Task], draws: list[dict], s: int, reci
     """The round's uint8 batch (M, B, C, H, W), each model's rows by its own recipe and draws: the
     batched ops run once over the rows of every model that asks for them (each row with its own
     model's draws); the references run image by image on the CPU."""
-    from augment.core.transforms.augmentation import classical_augment
-
     m, b = x.shape[:2]
     out = x.clone()
     classical = [i for i, t in enumerate(tasks) if t.classical and recipe.classical is not None]
@@ -254,7 +234,7 @@ def _augment(x: torch.Tensor, tasks: list[Task], draws: list[dict], s: int, reci
     elif classical:  # albumentations, image by image, on the CPU
         for i in classical:
             seed = int(torch.randint(2**62, (1,), generator=host_gens[i]))
-            out[i] = classical_augment(recipe.pipeline, out[i].cpu(), seed).to(x.device)
+            out[i] = recipe.cpu(out[i].cpu(), seed).to(x.device)
     ta = [i for i, t in enumerate(tasks) if t.augment]
     if ta and recipe.ran_on == "device":
         u = torch.cat([draws[i]["ta"][s] for i in ta])

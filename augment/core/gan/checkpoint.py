@@ -1,4 +1,5 @@
-"""Reading generator checkpoints safely: tensors and plain containers only, never arbitrary pickles."""
+"""A generator's files: reading its checkpoints safely (tensors and plain containers only, never
+arbitrary pickles) and where its snapshots lie in its training directory."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from augment.core.gan.kinds import GanSpec
 from augment.errors import UserError
 
 
@@ -23,6 +23,10 @@ def read_checkpoint(path: Path) -> dict:
     return payload
 
 
-def checkpoint_spec(payload: dict) -> GanSpec:
-    """The model settings a checkpoint was trained with."""
-    return GanSpec(**payload["model"])
+def snapshot_path(out_dir: Path, step: int) -> Path:
+    return Path(out_dir) / "snapshots" / f"step_{step:06d}.pt"
+
+
+def snapshots(out_dir: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the EMA generator snapshots in out_dir, by step."""
+    return sorted((int(p.stem.split("_")[1]), p) for p in (Path(out_dir) / "snapshots").glob("step_*.pt"))

@@ -1,8 +1,9 @@
-"""Training gan.mode's generator: one generator, or an ensemble's members stepped together, merged.
+"""One generator from parts trained apart: an ensemble's members, a per-class GAN's shards, merged.
 
-Each member trains exactly as its generator alone (same seed, same data) in gan/members/<mode>/, with
-its own checkpoint and resume; the members take their steps in turn in one loop (augment.core.gan.train.
-train_members), so their snapshots fall together and can be judged as one ensemble while training.
+Each member of an ensemble trains exactly as its generator alone (same seed, same data) in
+gan/members/<mode>/, with its own checkpoint and resume; the members take their steps in turn in one
+loop (augment.core.gan.train.train_generators), so their snapshots fall together and can be judged
+as one ensemble while training.
 The merged checkpoint (and the snapshots of gan.checkpoint_selection cas) hold what every member's
 sampling needs (Kind.sampler_keys), which augment.core.gan.sampling.load_generator turns into an
 EnsembleGenerator. The synthesize stage gates each member's samples apart (gate.select: auto picks
@@ -11,18 +12,14 @@ each member's rule) and keeps gan.samples_per_class split evenly between them.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from augment.atomic import atomic_path, write_torch
-from augment.core.gan import train as gan_train
-from augment.core.gan.checkpoint import read_checkpoint
+from augment.core.gan.checkpoint import read_checkpoint, snapshot_path
 from augment.core.gan.kinds import kind
-from augment.core.gan.train import snapshot_path, snapshots
-from augment.registry import generator_modes
 
 MEMBERS = "members"  # gan/members/<mode>/: each member's training directory
 
@@ -49,7 +46,7 @@ def merge_snapshot(out_dir: Path, parts: list[Path], combine, step: int) -> Path
     return path
 
 
-def _members(payloads: list[dict]) -> dict:
+def merge_members(payloads: list[dict]) -> dict:
     """The generator part of an ensemble's checkpoint or snapshot: every member's settings and EMA state."""
     return {"step": payloads[0]["step"], "model": {"members": [p["model"] for p in payloads]},
             "members": [{key: p[key] for key in kind(p["model"]["mode"]).sampler_keys} for p in payloads]}
@@ -67,27 +64,3 @@ def merge_histories(paths: list[Path], weights: np.ndarray, out: Path) -> None:
     mean["step_seconds"] = pd.concat([f["step_seconds"] for f in frames], axis=1).max(axis=1)
     with atomic_path(out) as tmp:
         mean.reset_index().to_csv(tmp, index=False)
-
-
-def train_generators(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg, *, seed: int, device, out_dir: Path,
-                     fingerprint: str = "", progress=None, val=None, on_snapshot=None) -> int:
-    """Train (or resume) gan.mode's generator into out_dir, an ensemble's members stepped together
-    (each as its generator alone, in out_dir/members/<mode>/), then merge them; the steps trained.
-
-    on_snapshot(step, path): the generator's snapshot of `step` (an ensemble's merged one) is at
-    `path`; True stops the training there (train_members)."""
-    modes = generator_modes(cfg.mode)
-    if len(modes) == 1:
-        member = gan_train.start_member(images, labels, n_classes, cfg, seed=seed, device=device, out_dir=out_dir,
-                                        fingerprint=fingerprint, val=val)
-        hook = None if on_snapshot is None else (lambda step: on_snapshot(step, snapshot_path(out_dir, step)))
-        return gan_train.train_members([member], progress, on_snapshot=hook)
-    members = [gan_train.start_member(images, labels, n_classes, cfg.model_copy(update={"mode": mode}), seed=seed,
-                                      device=device, out_dir=member_dir(out_dir, mode), fingerprint=f"{fingerprint}-{mode}",
-                                      val=val) for mode in modes]
-    dirs = [member_dir(out_dir, m) for m in modes]
-    hook = None if on_snapshot is None else (lambda step: on_snapshot(step, merge_snapshot(out_dir, dirs, _members, step)))
-    steps = gan_train.train_members(members, progress, on_snapshot=hook)
-    shutil.rmtree(Path(out_dir) / "snapshots", ignore_errors=True)  # an earlier training's are not these members'
-    merge_parts(out_dir, dirs, _members, np.ones(len(modes)), [step for step, _ in snapshots(dirs[0])], fingerprint=fingerprint)
-    return steps

@@ -109,6 +109,11 @@ class Kind:
 _KINDS: dict[str, Kind] = {}  # by import path
 
 
+def checkpoint_spec(payload: dict) -> GanSpec:
+    """The model settings a checkpoint was trained with."""
+    return GanSpec(**payload["model"])
+
+
 def kind(mode: str) -> Kind:
     """The Kind of one generator named in augment.registry.GENERATORS (its module imported on first use)."""
     impl = GENERATORS[mode].impl

@@ -18,8 +18,8 @@ from torch import nn
 from torchvision.utils import make_grid
 
 from augment.atomic import write_bytes
-from augment.core.gan.checkpoint import checkpoint_spec, read_checkpoint
-from augment.core.gan.kinds import GanSpec, kind
+from augment.core.gan.checkpoint import read_checkpoint
+from augment.core.gan.kinds import GanSpec, checkpoint_spec, kind
 from augment.errors import UserError
 from augment.png import encode_png
 

@@ -1,5 +1,6 @@
 """Training any generator (augment.core.gan.kinds): the loop, its checkpoints, history, sample grids,
-snapshots and shards. The loop only loops: the step, evaluating and the checkpoint's contents are the
+snapshots and shards, and an ensemble's members stepped together then merged (augment.core.gan.ensemble
+merges). The loop only loops: the step, evaluating and the checkpoint's contents are the
 generator's (Kind.step, Kind.evaluate, Kind.payload); building, resuming and saving are helpers here.
 """
 
@@ -18,10 +19,13 @@ import torch
 
 from augment.atomic import atomic_path, write_torch
 from augment.config import GanConfig
-from augment.core.gan.checkpoint import read_checkpoint
+from augment.core.gan.checkpoint import read_checkpoint, snapshot_path, snapshots
+from augment.core.gan.ensemble import member_dir, merge_members, merge_parts, merge_snapshot
 from augment.core.gan.kinds import Bank, kind, prepare_real
 from augment.core.gan.sampling import sample, save_grid
-from augment.runtime import check_stop, derive_seed, stop_requested
+from augment.errors import check_stop, stop_requested
+from augment.registry import generator_modes
+from augment.runtime import derive_seed
 
 log = logging.getLogger("augment")
 Progress = Callable[[int, int], None]
@@ -119,15 +123,6 @@ class Pending:
         rows = [{"step": s, **dict(zip(self.names, v)), "step_seconds": seconds} for s, v in zip(self.steps, values)]
         self.__init__(self.names)
         return rows
-
-
-def snapshot_path(out_dir: Path, step: int) -> Path:
-    return Path(out_dir) / "snapshots" / f"step_{step:06d}.pt"
-
-
-def snapshots(out_dir: Path) -> list[tuple[int, Path]]:
-    """(step, path) of the EMA generator snapshots in out_dir, by step."""
-    return sorted((int(p.stem.split("_")[1]), p) for p in (Path(out_dir) / "snapshots").glob("step_*.pt"))
 
 
 def _save(out_dir: Path, state, fingerprint: str, history: list[dict]) -> None:
@@ -253,3 +248,27 @@ def class_shards(n_classes: int, shards: int) -> list[np.ndarray]:
     workers, GPUs) and Kind.merge joins them, in class order, into the one K-class generator.
     """
     return list(np.array_split(np.arange(n_classes), min(shards, n_classes)))
+
+
+def train_generators(images: np.ndarray, labels: np.ndarray, n_classes: int, cfg, *, seed: int, device, out_dir: Path,
+                     fingerprint: str = "", progress=None, val=None, on_snapshot=None) -> int:
+    """Train (or resume) gan.mode's generator into out_dir, an ensemble's members stepped together
+    (each as its generator alone, in out_dir/members/<mode>/), then merge them; the steps trained.
+
+    on_snapshot(step, path): the generator's snapshot of `step` (an ensemble's merged one) is at
+    `path`; True stops the training there (train_members)."""
+    modes = generator_modes(cfg.mode)
+    if len(modes) == 1:
+        member = start_member(images, labels, n_classes, cfg, seed=seed, device=device, out_dir=out_dir,
+                                        fingerprint=fingerprint, val=val)
+        hook = None if on_snapshot is None else (lambda step: on_snapshot(step, snapshot_path(out_dir, step)))
+        return train_members([member], progress, on_snapshot=hook)
+    members = [start_member(images, labels, n_classes, cfg.model_copy(update={"mode": mode}), seed=seed,
+                                      device=device, out_dir=member_dir(out_dir, mode), fingerprint=f"{fingerprint}-{mode}",
+                                      val=val) for mode in modes]
+    dirs = [member_dir(out_dir, m) for m in modes]
+    hook = None if on_snapshot is None else (lambda step: on_snapshot(step, merge_snapshot(out_dir, dirs, merge_members, step)))
+    steps = train_members(members, progress, on_snapshot=hook)
+    shutil.rmtree(Path(out_dir) / "snapshots", ignore_errors=True)  # an earlier training's are not these members'
+    merge_parts(out_dir, dirs, merge_members, np.ones(len(modes)), [step for step, _ in snapshots(dirs[0])], fingerprint=fingerprint)
+    return steps

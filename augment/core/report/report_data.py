@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 from augment.safe_text import md
 from augment.registry import SPLIT_ORIGINS
 from augment.summary import Summary
-
-
-def _pct(x: float) -> str:
-    return "n/a" if x is None or math.isnan(x) else f"{100 * x:.1f}%"
-
-
-def _num(x: float | None, digits: int = 2) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
 def data_table(frame: pd.DataFrame) -> str:

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 
 from augment.config import Config
-from augment.core.report.report_data import _num, _pct
+from augment.core.report.numbers import num, pct
 from augment.safe_text import md
 from augment.registry import generator_modes
 
@@ -35,7 +35,7 @@ def _selection_lines(q: dict) -> list[str]:
     return [f"The generator sampled is the EMA generator at step {sel['step']} with latent scale {sel['scale']:g}: the "
             "best classification accuracy score on val among the snapshots and scales tried (`gan.checkpoint_selection`, "
             "`gan.latent_scales`; never test):", "", "| step | latent scale | CAS on val |", "|---:|---:|---:|",
-            *[f"| {r['step']} | {r['scale']:g} | {_pct(r['cas_accuracy_on_val'])} |" for r in sel["curve"]], ""]
+            *[f"| {r['step']} | {r['scale']:g} | {pct(r['cas_accuracy_on_val'])} |" for r in sel["curve"]], ""]
 
 
 def _mix_lines(frame: pd.DataFrame, mode: str) -> list[str]:
@@ -73,7 +73,7 @@ def quality_section(cfg: Config, q: dict | None, history: pd.DataFrame | None, f
         f"{q['generated_per_class']} generated: {KEPT_HOW[cfg.gate.select]} (`gate.select`). Metrics are in the "
         f"judge's feature space against the real train images of the class (k = {q['k']} for precision and recall); "
         f"CAS recall is the val recall of a classifier trained on kept samples only (overall "
-        f"{_pct(q['cas_accuracy_on_val'])}). Copying is the kept samples' median distance to their nearest real train "
+        f"{pct(q['cas_accuracy_on_val'])}). Copying is the kept samples' median distance to their nearest real train "
         f"image over the same for held-out real (val) images: well below 1, the samples hug the training images.", "",
         *_selection_lines(q),
         "| class | kept | Frechet distance | precision | recall | diversity (all / kept) | median novelty | copying | CAS recall | alarm |",
@@ -82,16 +82,16 @@ def quality_section(cfg: Config, q: dict | None, history: pd.DataFrame | None, f
     for label, c in q["classes"].items():
         k = c["kept"]
         lines.append(
-            f"| {md(label)} | {k['n']} | {_num(k['frechet_distance'])} | {_num(k['precision'])} | {_num(k['recall'])} "
-            f"| {_num(c['generated']['diversity'])} / {_num(k['diversity'])} | {_num(c['median_novelty'])} "
-            f"| {_num((c.get('copying') or {}).get('ratio'))} | {_pct(c['cas_recall'])} | {c['alarm'] or ''} |"
+            f"| {md(label)} | {k['n']} | {num(k['frechet_distance'])} | {num(k['precision'])} | {num(k['recall'])} "
+            f"| {num(c['generated']['diversity'])} / {num(k['diversity'])} | {num(c['median_novelty'])} "
+            f"| {num((c.get('copying') or {}).get('ratio'))} | {pct(c['cas_recall'])} | {c['alarm'] or ''} |"
         )
     if history is not None:
         h = history
         if {"d_acc_train", "d_acc_val"} <= set(h.columns) and h["d_acc_val"].notna().any():
             last = h[h["d_acc_val"].notna()].iloc[-1]
             lines += ["", (
-                f"Discriminator overfitting signal at step {int(last['step'])}: D calls {_pct(last['d_acc_train'])} of "
-                f"the training images real and {_pct(last['d_acc_val'])} of held-out real (val) images; a wide gap "
+                f"Discriminator overfitting signal at step {int(last['step'])}: D calls {pct(last['d_acc_train'])} of "
+                f"the training images real and {pct(last['d_acc_val'])} of held-out real (val) images; a wide gap "
                 f"means D memorised the training set (history in gan/history.csv).")]
     return "\n".join(lines) + "\n"

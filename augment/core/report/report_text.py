@@ -15,7 +15,8 @@ import pandas as pd
 
 from augment.config import Config
 from augment.config_file import dump_config
-from augment.core.report.report_data import _pct, data_table, skipped_inputs, split_text
+from augment.core.report.numbers import pct
+from augment.core.report.report_data import data_table, skipped_inputs, split_text
 from augment.core.report.report_gan import quality_section
 from augment.safe_text import fence, md
 from augment.summary import Gain, Stat, Summary
@@ -29,8 +30,8 @@ def _pts(x: float) -> str:
 
 def _ci(stat: Stat) -> str:
     if math.isnan(stat.ci_low):
-        return _pct(stat.mean)
-    return f"{_pct(stat.mean)} [{_pct(stat.ci_low)}, {_pct(stat.ci_high)}]"
+        return pct(stat.mean)
+    return f"{pct(stat.mean)} [{pct(stat.ci_low)}, {pct(stat.ci_high)}]"
 
 
 def _p(p: float) -> str:
@@ -108,18 +109,18 @@ def verdict(summary: Summary, run_dir: Path | None = None, path_text=str) -> str
             g = rec.test_gain_over_real
             lead += (
                 f"'{arm}'{_grown(n_images, arm)} scored {metric} "
-                f"{_pct(summary.mean(arm))} on the real test split against {_pct(real_test)} for "
+                f"{pct(summary.mean(arm))} on the real test split against {pct(real_test)} for "
                 f"real images alone ({_pts(g.gain)} points, 95% CI [{_pts(g.ci_low)}, {_pts(g.ci_high)}], "
                 f"paired t-test p={_p(g.p_value)} over {seeds} seeds: {_significance(g)})."
             )
         else:
-            lead += f"Real images alone scored {metric} {_pct(real_test)} on the test split ({seeds} seeds)."
+            lead += f"Real images alone scored {metric} {pct(real_test)} on the test split ({seeds} seeds)."
         return lead + crossing_text(summary) + where
     g, gb = rec.test_gain_over_real, rec.test_gain_over_best_baseline
     return (
         f"Expanding {n_images['real']} real training images to {n_images[arm]} with '{arm}' (chosen on "
-        f"{_where(rec)}) changed {metric} on the untouched real test split from {_pct(real_test)} to "
-        f"{_pct(summary.mean(arm))}: {_pts(g.gain)} points, 95% CI [{_pts(g.ci_low)}, "
+        f"{_where(rec)}) changed {metric} on the untouched real test split from {pct(real_test)} to "
+        f"{pct(summary.mean(arm))}: {_pts(g.gain)} points, 95% CI [{_pts(g.ci_low)}, "
         f"{_pts(g.ci_high)}], paired t-test p={_p(g.p_value)} over {seeds} seeds, "
         f"{_significance(g)}. Against the best arm "
         f"without synthetic images ('{rec.best_baseline}') the gain is {_pts(gb.gain)} points "
@@ -165,7 +166,7 @@ def _side_stream_text(summary: Summary) -> str:
     """How each arm with synthetic images fed them: the share of every batch, and how it was chosen."""
     if not summary.side_stream:
         return ""
-    rows = [f"| {arm} | {c.share:.0%} | {'on ' + chosen_on(summary) + ': ' + ', '.join(f'{float(g):.0%} {_pct(v)}' for g, v in c.val.items()) if c.val else 'config'} "
+    rows = [f"| {arm} | {c.share:.0%} | {'on ' + chosen_on(summary) + ': ' + ', '.join(f'{float(g):.0%} {pct(v)}' for g, v in c.val.items()) if c.val else 'config'} "
             f"| {c.weight:g} | {'T = %g' % c.temperature if c.soft_labels else 'no'} |" for arm, c in summary.side_stream.items()]
     return ("\nSynthetic images (classical copies, SMOTE images, GAN samples) enter as a side stream: a fixed share of "
             "every batch, the rest real images.\n\n| arm | share of each batch | chosen | loss weight | soft labels |\n"
@@ -193,8 +194,8 @@ def _linear_table(summary: Summary) -> str:
         return "The linear probe was off (benchmark.linear_probe)."
     lines = ["| arm | test accuracy | test balanced accuracy | val balanced accuracy |", "|---|---:|---:|---:|"]
     for arm, splits in probe.items():
-        lines.append(f"| {arm} | {_pct(splits['test']['accuracy'])} | {_pct(splits['test']['balanced_accuracy'])} "
-                     f"| {_pct(splits['val']['balanced_accuracy'])} |")
+        lines.append(f"| {arm} | {pct(splits['test']['accuracy'])} | {pct(splits['test']['balanced_accuracy'])} "
+                     f"| {pct(splits['val']['balanced_accuracy'])} |")
     return "\n".join(lines)
 
 
@@ -211,7 +212,7 @@ def _recall_table(summary: Summary, order: list[str]) -> str:
     arms = summary.arms
     lines = ["| class | " + " | ".join(arms) + " |", "|---|" + "---:|" * len(arms)]
     for c in order:
-        lines.append(f"| {md(c)} | " + " | ".join(_pct(arms[a].test.recall[c].mean) for a in arms) + " |")
+        lines.append(f"| {md(c)} | " + " | ".join(pct(arms[a].test.recall[c].mean) for a in arms) + " |")
     return "\n".join(lines)
 
 
@@ -360,7 +361,7 @@ def run_row(run: str, finished: str, data: dict, summary: Summary) -> dict:
         "train images": summary.train_images.get("real"),
         "recommended": rec.arm,
         "synthetic helps": rec.synthetic_helps_on_val,
-        f"test {METRIC_NAMES[metric]}": _pct(summary.mean(rec.arm, "test", metric)),
+        f"test {METRIC_NAMES[metric]}": pct(summary.mean(rec.arm, "test", metric)),
         "gain over real": f"{_pts(g.gain)} [{_pts(g.ci_low)}, {_pts(g.ci_high)}]",
         "p": _p(g.p_value),
         "test set": summary.held_out["test"].ids_sha256[:8] if "test" in summary.held_out else "?",

@@ -1,34 +1,23 @@
 """Classical augmentation with albumentations: the only module that imports it.
 
 Presets and custom pipelines in albumentations' own serialisation format, strict validation,
-seeded copies, and the worker that computes and encodes them (it reads and writes no file: the
-stages hand it images and write what it returns, augment.rundir.classical_rows). Light on
-purpose: a spawned worker imports only numpy, Pillow and albumentations (not pandas,
-scikit-learn, pydantic or torch: albumentations imports torch only for its optional ToTensorV2,
-and the worker initializer blocks that import, which takes a worker's start from about 4 s to
-under 1 s on 2 cores). albumentations itself is imported on first use, after the initializer
-has run.
+building a pipeline, seeded copies of an image, the batched ops' specs of a pipeline, and the
+per-image reference on a torch batch. Which transforms a config asks for, how many copies, and the
+worker that makes them: augment.core.transforms.copies. Light on purpose: a spawned worker imports
+only numpy, Pillow and albumentations (not pandas, scikit-learn, pydantic or torch). albumentations
+itself is imported on first use, after the worker's initializer has run.
 """
 
 from __future__ import annotations
 
-import heapq
 import inspect
-import json
 import os
-import sys
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from augment.errors import UserError
-from augment.runtime import check_stop
-
-if TYPE_CHECKING:
-    from augment.config import ClassicalConfig
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check on import
 
@@ -124,19 +113,6 @@ def read_pipeline_file(path: Path) -> list[dict]:
     return transforms
 
 
-def transforms_for(c: ClassicalConfig, channels: int) -> list[dict]:
-    """The configured transform list: a custom list or file, else the preset (+ flips).
-
-    Presets drop colour jitter on greyscale images (it needs three channels to mean anything).
-    """
-    if c.transforms is not None:
-        return c.transforms
-    if c.pipeline_file is not None:
-        return read_pipeline_file(c.pipeline_file)
-    out = [t for t in PRESETS[c.preset] if channels == 3 or t["__class_fullname__"] != "ColorJitter"]
-    return out + [FLIP] if c.flips else out
-
-
 def augment_images(images: np.ndarray, parent_seeds: list[int], pipeline, copies: int | list[int]) -> np.ndarray:
     """Augmented versions of each image (`copies` each, or copies[i] for image i); uint8, parent-major.
 
@@ -153,57 +129,6 @@ def augment_images(images: np.ndarray, parent_seeds: list[int], pipeline, copies
             out[n] = result["image"].reshape(image.shape)
             n += 1
     return out
-
-
-def copies_per_class(counts: dict[str, int], c: ClassicalConfig) -> dict[str, int]:
-    """How many augmented images each class gets.
-
-    multiplier: every real image gets `multiplier` copies. target: each class is filled up to
-    `target` images (real + augmented). balance: the same budget as multiplier (multiplier x all
-    real train images), given one image at a time to the class that has the fewest so far, so
-    minority classes are filled first.
-    """
-    if c.target is not None:
-        return {label: max(0, c.target - n) for label, n in counts.items()}
-    if not c.balance:
-        return {label: c.multiplier * n for label, n in counts.items()}
-    extra = {label: 0 for label in counts}
-    heap = [(n, label) for label, n in sorted(counts.items())]
-    heapq.heapify(heap)
-    for _ in range(c.multiplier * sum(counts.values())):  # one image at a time to the smallest class
-        n, label = heapq.heappop(heap)
-        extra[label] += 1
-        heapq.heappush(heap, (n + 1, label))
-    return extra
-
-
-def spread(total: int, parents: int) -> list[int]:
-    """`total` copies over `parents` images, as evenly as possible (the first ones get the remainder)."""
-    base, rest = divmod(total, parents)
-    return [base + (i < rest) for i in range(parents)]
-
-
-def plan_copies(parents: list[dict], extra: dict[str, int], seed_of) -> list[tuple[dict, int, int]]:
-    """(parent, seed, copies) for every parent that gets copies: each class's `extra` copies spread
-    over its parents (in the order given), each parent's stream seeded by seed_of(parent id)."""
-    plan = []
-    for label in sorted({p["label"] for p in parents}):
-        group = [p for p in parents if p["label"] == label]
-        for parent, k in zip(group, spread(extra.get(label, 0), len(group))):
-            if k:
-                plan.append((parent, seed_of(parent["id"]), k))
-    return plan
-
-
-AUTO_POOL_PIXELS = 100_000_000  # output pixels (H x W x C summed) from which a pool pays off
-
-
-def auto_workers(n_outputs: int, pixels_each: int, configured: int | None) -> int:
-    """classical.workers, else every core once there is enough work to repay starting processes
-    (each spawned worker imports albumentations and torch: about 4 s on this machine)."""
-    if configured is not None:
-        return configured
-    return (os.cpu_count() or 1) if n_outputs * pixels_each >= AUTO_POOL_PIXELS else 1
 
 
 def with_p(item: dict) -> dict:
@@ -298,7 +223,7 @@ def batched_specs(transforms: list[dict]) -> list[dict] | None:
     return specs
 
 
-def _plain(params: dict) -> dict:
+def plain_params(params: dict) -> dict:
     """Applied parameters without arrays (transformation matrices) and numpy scalars, for JSON."""
     out = {}
     for k, v in params.items():
@@ -307,7 +232,7 @@ def _plain(params: dict) -> dict:
         if isinstance(v, np.generic):
             v = v.item()
         elif isinstance(v, dict):
-            v = _plain(v)
+            v = plain_params(v)
         elif isinstance(v, (list, tuple)):
             v = [x.item() if isinstance(x, np.generic) else x for x in v]
         out[k] = v
@@ -320,29 +245,6 @@ def copies_of(pipeline, image: np.ndarray, seed: int, copies: int):
     pipeline.set_random_seed(seed % 2**32)
     for _ in range(copies):
         yield pipeline(image=image)
-
-
-def augment_copies(job: dict) -> list[list[tuple[bytes, tuple[int, int, int], str]]]:
-    """One worker's share of the classical copies, computed and encoded, no file read or written:
-    for each parent, its copies as (PNG bytes, shape, applied parameters as JSON), drawn from the
-    parent's own seeded stream. A top-level function so a process pool can run it.
-
-    `job`: transforms and parents [(image uint8 (H, W, C), seed, copies)]. The classical stage
-    and the take-home refit write the bytes (augment.rundir.classical_rows).
-    """
-    from augment.png import encode_png
-
-    pipeline = build_pipeline(job["transforms"], save_params=True)
-    out = []
-    for image, seed, copies in job["parents"]:
-        check_stop()  # in this process: a SIGTERM stops between images (a pool's workers finish their job)
-        made = []
-        for result in copies_of(pipeline, image, seed, copies):
-            aug = result["image"].reshape(image.shape)
-            applied = [[name, _plain(p)] for name, p in result.get("applied_transforms", [])]
-            made.append((encode_png(aug), tuple(aug.shape), json.dumps(applied, default=str)))
-        out.append(made)
-    return out
 
 
 def classical_augment(pipeline, batch, seed: int):
@@ -358,28 +260,3 @@ def classical_augment(pipeline, batch, seed: int):
         raise UserError(f"classical.transforms: on the fly (benchmark.classical_on_the_fly) the pipeline must keep "
                         f"the image size {images.shape[1]}x{images.shape[2]} ({exc})") from None
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
-
-
-def _init_worker() -> None:
-    sys.modules.setdefault("torch", None)  # albumentations then skips its torch-only transforms
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core: no nested thread pools
-
-
-def run_jobs(jobs: list[dict], workers: int, progress=None) -> Iterator[list]:
-    """Yield augment_copies(job) for each job in job order, in-process or from a pool of `workers`
-    processes (spawned: safe beside torch's threads). progress(done, total) after each job."""
-    def done(parts):
-        for n, made in enumerate(parts, start=1):
-            yield made
-            if progress is not None:
-                progress(n, len(jobs))
-
-    if workers <= 1 or len(jobs) <= 1:
-        yield from done(augment_copies(job) for job in jobs)
-        return
-    import multiprocessing
-
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker) as pool:
-        yield from done(pool.map(augment_copies, jobs))
