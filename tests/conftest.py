@@ -76,3 +76,17 @@ def smoke_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("smoke")
     cfg = load_config(SMOKE)
     return cfg, run_dir, run_pipeline(cfg, run_dir)
+
+
+def changes_only_its_own_class(G, nz: int, klass: int = 1):
+    """A generator made from real images (mix, hydra): replacing class `klass`'s bank changes that
+    class's samples and no other's; returns the noise and the samples after, for further checks."""
+    z = torch.randn(6, G.bank.shape[0], nz)
+    before = G(z)
+    G.bank[klass] = torch.rand_like(G.bank[klass])
+    after = G(z)
+    others = [k for k in range(G.bank.shape[0]) if k != klass]
+    assert not torch.allclose(before[:, klass], after[:, klass])
+    assert torch.equal(before[:, others], after[:, others])
+    return z, after
+
