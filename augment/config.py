@@ -122,8 +122,7 @@ class SmoteConfig(_Section):
     backbone: str = "resnet18"
     weights: Path | None = None
     input_size: int = Field(default=64, ge=16, le=512)
-    # every class is filled up to this multiple of the largest class's train count (was smote.multiplier,
-    # a name classical.multiplier uses for copies per image)
+    # every class filled up to this multiple of the largest class's train count (was smote.multiplier)
     fill_ratio: float = Field(default=3.0, ge=1.0, le=100.0)
 
     @model_validator(mode="before")
@@ -187,6 +186,7 @@ class GanConfig(_Section):
     shards: int = Field(default=1, ge=1)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
     channels_last: Bool | None = None  # null: channels_last on CUDA only
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"  # auto: the step as one CUDA graph on CUDA; on: CUDA or error
 
     @field_validator("mode")
     @classmethod
@@ -222,9 +222,8 @@ class GateConfig(_Section):
     oversample: float = Field(default=2.0, ge=1.0, le=20.0)
     min_diversity: float = Field(default=0.5, ge=0.0)
     keep_collapsed: Bool = False
-    # which passing samples of a class are kept: the most confident, a seeded random draw, or a
-    # spread in the judge's feature space (farthest-point sampling from the most confident); auto:
-    # farthest for the mix and hydra generators, confidence for the others (each member of an ensemble its own)
+    # which passing samples of a class are kept: the most confident, a seeded random draw, or a spread in the judge's
+    # feature space (farthest-point from the most confident); auto: farthest for mix and hydra, else confidence
     select: Literal["auto", "confidence", "random", "farthest"] = "auto"
 
 
@@ -281,6 +280,7 @@ class BenchmarkConfig(_Section):
     # on-the-fly augmentation batched on the device, or image by image on the CPU; auto: device if every op has one
     augment_on: Literal["auto", "cpu", "device"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 elsewhere
+    cuda_graphs: Literal["auto", "on", "off"] = "off"  # auto/on: a round's step as one CUDA graph; not yet run on a GPU
 
     def steps_for(self, n_train: int) -> int:
         """The step budget for `n_train` real train images (benchmark.steps, or auto)."""
@@ -297,7 +297,7 @@ class BenchmarkConfig(_Section):
     TRAINER_KEYS: ClassVar[tuple[str, ...]] = ("steps", "epochs", "min_steps", "max_steps", "batch_size", "lr",
                                                "weight_decay", "schedule", "label_smoothing", "width", "depth",
                                                "dropout", "classifier", "weights", "input_size", "precision",
-                                               "augment_on")
+                                               "augment_on", "cuda_graphs")
 
     def trainer_kwargs(self) -> dict:
         """The classifier settings every arm (and the quality gate's judge) trains with."""

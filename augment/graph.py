@@ -235,7 +235,11 @@ def run_part(name: str, cfg: Config, run_dir: Path, part: int, progress=None, fp
 def check_config(cfg: Config) -> Config:
     """Every check the config allows before any work: the device, and each stage's own checks
     (the input exists, albumentations transforms, sampler arguments, weights on disk)."""
-    resolve_device(cfg.device)  # 'cuda' without CUDA, or cuda:N that does not exist
+    device = resolve_device(cfg.device)  # 'cuda' without CUDA, or cuda:N that does not exist
+    for key, value in (("gan.cuda_graphs", cfg.gan.cuda_graphs), ("benchmark.cuda_graphs", cfg.benchmark.cuda_graphs)):
+        if value == "on" and device.type != "cuda":
+            raise UserError(f"config key '{key}': on needs a CUDA device (device {cfg.device} is {device}); "
+                            "set it to auto or off")
     for stage in STAGES:
         if stage.check is not None:
             stage.check(cfg)

@@ -147,3 +147,29 @@ def test_batched_trivialaugment_is_a_pure_function_of_its_uniforms():
     a, b = trivial_augment_batch(x, u), trivial_augment_batch(x.clone(), u.clone())
     assert torch.equal(a, b) and not torch.equal(a, x)
     assert torch.equal(trivial_augment_batch(x[:5], u[:5]), a[:5])  # an image's result does not depend on the others
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_without_host_syncs_the_batched_ops_give_the_same_images(channels, monkeypatch):
+    """Under sync_free (a GPU, a captured step) every op runs on every image and torch.where picks:
+    the same pixels as skipping the ops that no image of the batch takes (the CPU's way). Six images,
+    so that some ops are taken by none and are really skipped without it."""
+    import augment.core.transforms.batch_augment as batch_augment
+    import augment.core.transforms.batch_classical as batch_classical
+
+    x = images(6, (channels, 16, 16))
+    g = torch.Generator().manual_seed(5)
+    u = torch.rand(6, TA_UNIFORMS, generator=g)
+    heavy = ClassicalBatch(batched_specs(transforms_for(ClassicalConfig(preset="heavy"), channels)))
+    uc, z = torch.rand(6, heavy.uniforms, generator=g), torch.randn(6, heavy.noise, channels, 16, 16, generator=g)
+    asked = []
+    needed = batch_augment.needed
+    for module in (batch_augment, batch_classical):
+        monkeypatch.setattr(module, "needed", lambda mask: asked.append(needed(mask)) or asked[-1])
+    plain = trivial_augment_batch(x, u), heavy(x, uc, z)
+    assert False in asked  # some branch was skipped
+    with batch_augment.sync_free():
+        free = trivial_augment_batch(x, u), heavy(x, uc, z)
+    assert all(torch.equal(a, b) for a, b in zip(plain, free))
+    medium = ClassicalBatch(batched_specs(transforms_for(ClassicalConfig(preset="medium"), channels)))
+    assert medium.capturable and not heavy.capturable  # GaussianBlur's kernel size is drawn: no CUDA graph

@@ -109,3 +109,41 @@ def test_the_round_is_seeded_and_ignores_the_global_rng():
     torch.manual_seed(2)
     b = [predict_proba(m, X) for m in train_classifiers(tasks, 4, **kw)]
     assert all(np.array_equal(p, q) for p, q in zip(a, b))
+
+
+def test_a_round_is_captured_only_where_its_step_needs_no_host():
+    """benchmark.cuda_graphs captures a round whose step runs on the device alone: SmallCNNs, batched
+    augmentation without a drawn kernel size, no online GAN rows."""
+    from augment.core.classify.engine import _capturable
+
+    tasks, none = round_of_8(), [False] * 8
+    heavy = recipe_of(transforms_for(ClassicalConfig(preset="heavy"), 1))
+    assert _capturable(tasks, True, recipe_of(MEDIUM), none)
+    assert not _capturable(tasks, True, heavy, none)  # GaussianBlur
+    assert not _capturable(tasks, True, recipe_of(MEDIUM, "cpu"), none)  # albumentations on the CPU
+    assert not _capturable(tasks, True, recipe_of(MEDIUM), [True] + none[1:])  # benchmark.online_gan
+    assert not _capturable(tasks, False, recipe_of(MEDIUM), none)  # a torchvision backbone
+    assert _capturable([Task(X, Y, seed=1)], True, heavy, [False])  # no task takes the pipeline
+
+
+@pytest.mark.gpu
+def test_a_captured_round_trains_as_the_eager_round(monkeypatch):
+    """benchmark.cuda_graphs on: the round of 8 replayed as a CUDA graph (over two CHUNKs of draws, the
+    schedule's lr and beta1 on the device) predicts what the eager round predicts, in fp32."""
+    import augment.core.classify.engine as engine
+
+    made = []
+
+    class Spy(engine.CapturedStep):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+
+    monkeypatch.setattr(engine, "CapturedStep", Spy)
+    kw = dict(steps=2 * CHUNK + 4, batch_size=16, width=8, classical=MEDIUM, device="cuda", precision="fp32", stack=8)
+    graphed = train_classifiers(round_of_8(), 4, cuda_graphs="on", **kw)
+    assert len(made) == 1 and made[0].graph is not None
+    eager = train_classifiers(round_of_8(), 4, cuda_graphs="off", **kw)
+    assert len(made) == 1
+    for a, b in zip(graphed, eager):
+        np.testing.assert_allclose(predict_proba(a, X), predict_proba(b, X), atol=2e-3)

@@ -57,7 +57,7 @@ def train_classifiers(
     label_smoothing: float = 0.0, epochs: float = 40, min_steps: int = 600, max_steps: int = 4000,
     device: torch.device | str = "cpu", model: str = "cnn", weights: str | Path | None = None,
     input_size: int | None = None, precision: str = "fp32", classical: list[dict] | None = None,
-    augment_on: str = "auto", stack: int = 1, progress=None,
+    augment_on: str = "auto", cuda_graphs: str = "auto", stack: int = 1, progress=None,
 ) -> list[nn.Module]:
     """Train one classifier per task (augment.core.classify.engine.Task) for a fixed step budget, in rounds of
     up to `stack` models trained as one stacked network; each task's seed fixes its initialisation,
@@ -69,7 +69,8 @@ def train_classifiers(
     (step_budget on each task's real images). `classical` (albumentations transforms, A.to_dict
     format) applies on the fly to the tasks that ask for it, before TrivialAugmentWide, real and
     synthetic rows alike; augment_on (benchmark.augment_on) says where: batched on the device, or
-    by albumentations and torchvision image by image. precision ("auto", "fp32", "bf16") is the
+    by albumentations and torchvision image by image; cuda_graphs (benchmark.cuda_graphs), whether a
+    round's step is replayed as a CUDA graph on a GPU. precision ("auto", "fp32", "bf16") is the
     forward pass's autocast; the loss is fp32. progress(done, total) counts steps over all rounds.
     """
     recipe = recipe_of(classical, augment_on)
@@ -91,7 +92,7 @@ def train_classifiers(
             trained = engine.train_round([tasks[i] for i in chunk], built, n_classes, steps=n_steps, batch_size=batch_size,
                                          lr=lr, weight_decay=weight_decay, schedule_kind=schedule,
                                          label_smoothing=label_smoothing, device=device, precision=precision,
-                                         recipe=recipe, progress=tick)
+                                         recipe=recipe, cuda_graphs=cuda_graphs, progress=tick)
             for i, net in zip(chunk, trained):
                 nets[i] = net
             done += n_steps * len(chunk)

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from augment.core.base.accel import adam, autocast
-from augment.core.transforms.batch_augment import TA_UNIFORMS, trivial_augment, trivial_augment_batch
+from augment.core.base.accel import CapturedStep, adam, autocast, use_cuda_graphs
+from augment.core.transforms.batch_augment import TA_UNIFORMS, sync_free, trivial_augment, trivial_augment_batch
 from augment.core.classify.side_stream import SideStream, per_batch, refresh
 from augment.core.classify.stacked import StackedCNN
 from augment.core.base.tensors import scale
@@ -216,33 +216,55 @@ def _draws(task: Task, gen: torch.Generator, batch: int, recipe: Recipe, feature
     return out
 
 
-def _augment(x: torch.Tensor, tasks: list[Task], draws: list[dict], s: int, recipe: Recipe,
-             gens: list[torch.Generator], host_gens: list[torch.Generator]) -> torch.Tensor:
+def _at(t: torch.Tensor, s: int | torch.Tensor) -> torch.Tensor:
+    """t[s]: by a number, or by a (1,) index on the device (a captured step reads its step from there)."""
+    return t[s] if isinstance(s, int) else t.index_select(0, s).squeeze(0)
+
+
+def _augment(x: torch.Tensor, tasks: list[Task], draws: list[dict], s: int | torch.Tensor, recipe: Recipe,
+             gens: list[torch.Generator], host_gens: list[torch.Generator], which: dict) -> torch.Tensor:
     """The round's uint8 batch (M, B, C, H, W), each model's rows by its own recipe and draws: the
     batched ops run once over the rows of every model that asks for them (each row with its own
-    model's draws); the references run image by image on the CPU."""
+    model's draws); the references run image by image on the CPU. `which`: _which's."""
     m, b = x.shape[:2]
     out = x.clone()
-    classical = [i for i, t in enumerate(tasks) if t.classical and recipe.classical is not None]
+    classical, idx = which["classical"]
     if classical and recipe.batched is not None:
         z = None
         if recipe.batched.noise:  # normal fields, each model's from its own generator
             z = torch.cat([torch.randn(b, recipe.batched.noise, *x.shape[2:], generator=gens[i], device=x.device)
                            for i in classical])
-        u = torch.cat([draws[i]["classical"][s] for i in classical])
-        out[classical] = recipe.batched(out[classical].flatten(0, 1), u, z).view(len(classical), b, *x.shape[2:])
+        u = torch.cat([_at(draws[i]["classical"], s) for i in classical])
+        done = recipe.batched(out.index_select(0, idx).flatten(0, 1), u, z)
+        out.index_copy_(0, idx, done.view(len(classical), b, *x.shape[2:]))
     elif classical:  # albumentations, image by image, on the CPU
         for i in classical:
             seed = int(torch.randint(2**62, (1,), generator=host_gens[i]))
             out[i] = recipe.cpu(out[i].cpu(), seed).to(x.device)
-    ta = [i for i, t in enumerate(tasks) if t.augment]
+    ta, idx = which["ta"]
     if ta and recipe.ran_on == "device":
-        u = torch.cat([draws[i]["ta"][s] for i in ta])
-        out[ta] = trivial_augment_batch(out[ta].flatten(0, 1), u).view(len(ta), b, *x.shape[2:])
+        u = torch.cat([_at(draws[i]["ta"], s) for i in ta])
+        done = trivial_augment_batch(out.index_select(0, idx).flatten(0, 1), u)
+        out.index_copy_(0, idx, done.view(len(ta), b, *x.shape[2:]))
     else:
         for i in ta:
             out[i] = trivial_augment(out[i].cpu(), int(torch.randint(2**62, (1,), generator=host_gens[i]))).to(x.device)
     return out
+
+
+def _which(tasks: list[Task], recipe: Recipe, device) -> dict:
+    """The models that take the classical pipeline and TrivialAugmentWide, as lists and index tensors."""
+    kinds = {"classical": [i for i, t in enumerate(tasks) if t.classical and recipe.classical is not None],
+             "ta": [i for i, t in enumerate(tasks) if t.augment]}
+    return {k: (v, torch.tensor(v, dtype=torch.long, device=device)) for k, v in kinds.items()}
+
+
+def _capturable(tasks: list[Task], cnn: bool, recipe: Recipe, online: list[bool]) -> bool:
+    """Whether a round's step runs on the device alone (a CUDA graph can replay it): SmallCNNs, no online
+    GAN rows, every on-the-fly augmentation batched with no host-sized op (augment.core.transforms)."""
+    classical, ta = any(t.classical for t in tasks) and recipe.classical is not None, any(t.augment for t in tasks)
+    return (cnn and not any(online) and (not classical or (recipe.batched is not None and recipe.batched.capturable))
+            and (not ta or recipe.ran_on == "device"))
 
 
 def _stream_gens(tasks: list[Task], device) -> tuple[list[torch.Generator], list[torch.Generator]]:
@@ -254,9 +276,12 @@ def _stream_gens(tasks: list[Task], device) -> tuple[list[torch.Generator], list
 
 def train_round(tasks: list[Task], nets: list[nn.Module], n_classes: int, *, steps: int, batch_size: int, lr: float,
                 weight_decay: float, schedule_kind: str, label_smoothing: float, device, precision: str = "fp32",
-                recipe: Recipe | None = None, channels_last: bool = True, progress=None) -> list[nn.Module]:
+                recipe: Recipe | None = None, channels_last: bool = True, cuda_graphs: str = "auto",
+                progress=None) -> list[nn.Module]:
     """Train `nets` (freshly built, one per task, on `device`) for `steps` steps as one stacked model;
-    returns them trained, in eval mode. Every task draws min(batch_size, its rows) images a step."""
+    returns them trained, in eval mode. Every task draws min(batch_size, its rows) images a step.
+    cuda_graphs (benchmark.cuda_graphs; augment.core.base.accel.use_cuda_graphs): on CUDA, a round whose
+    step needs no host (_capturable) is replayed as one CUDA graph after a few eager steps."""
     recipe = recipe or Recipe()
     batch = min(batch_size, min(t.rows for t in tasks))
     if any(min(batch_size, t.rows) != batch for t in tasks):
@@ -272,41 +297,62 @@ def train_round(tasks: list[Task], nets: list[nn.Module], n_classes: int, *, ste
     net.train()
     features = (net.width if len(nets) > 1 else nets[0].head.in_features) if cnn and nets[0].spec["dropout"] > 0 else 0
     p_drop = nets[0].spec["dropout"] if cnn else 0.0
-    opt = optimizer(net, device, lr, weight_decay)
-    plan = schedule(steps, lr, schedule_kind)
     gens, host_gens = _stream_gens(tasks, device)
     online = [t.synthetic and t.stream.online is not None for t in tasks]
+    graphed = use_cuda_graphs(cuda_graphs, device) and _capturable(tasks, cnn, recipe, online)
+    opt = optimizer(net, device, lr, weight_decay)
+    plan = schedule(steps, lr, schedule_kind)
+    which = _which(tasks, recipe, device)
     draws: list[dict] = []
     m = len(tasks)
-    for step in range(steps):
-        check_stop()  # SIGTERM/SIGINT: abandon this round within one step
-        if progress is not None:
-            progress(step, steps)
-        s = step % CHUNK
-        if s == 0:
-            draws = [_draws(t, g, batch, recipe, features, device) for t, g in zip(tasks, gens)]
-        rows = torch.stack([sampler(d["rows"][s]) for sampler, d in zip(data.samplers, draws)])  # (M, B)
+
+    def work(s: int | torch.Tensor) -> torch.Tensor:
+        """Step s of the chunk's draws: the batch, its augmentation, the gradients; the loss (on the device).
+        Replayed as a CUDA graph, it writes the gradients where the capture put them (opt.step reads them)."""
+        rows = torch.stack([sampler(_at(d["rows"], s)) for sampler, d in zip(data.samplers, draws)])  # (M, B)
         images, targets, weights = data.images[data.row_image[rows]], data.targets[rows], data.weights[rows]
         for j in (j for j in range(m) if online[j]):
             _refresh_online(tasks[j], rows[j] - data.offsets[j], images[j], targets[j], data.labels[rows[j]], host_gens[j])
-        images = _augment(images, tasks, draws, s, recipe, gens, host_gens)
+        images = _augment(images, tasks, draws, s, recipe, gens, host_gens, which)
         inputs = scale(images.transpose(0, 1).flatten(1, 2))  # (B, M*C, H, W)
         if channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         mask = None
         if features:
-            mask = (torch.stack([d["dropout"][s] for d in draws]) >= p_drop).to(inputs.dtype) / (1.0 - p_drop)
-        lr_s, beta1 = plan[step]
-        for group in opt.param_groups:
-            group["lr"], group["betas"] = lr_s, (beta1, group["betas"][1])
-        with autocast(device, precision):
+            mask = (torch.stack([_at(d["dropout"], s) for d in draws]) >= p_drop).to(inputs.dtype) / (1.0 - p_drop)
+        with autocast(device, precision, cache=not graphed):
             logits = _forward(net, inputs, mask, len(nets) > 1, cnn, host_gens[0])
         per_image = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(0, 1), reduction="none",
                                     label_smoothing=label_smoothing).view(m, batch)
         loss = (per_image * weights).mean(dim=1).sum()  # each model's gradient is its own loss's
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        return loss.detach()
+
+    captured = CapturedStep(gens) if graphed else None
+    at = torch.zeros(1, dtype=torch.long, device=device) if graphed else None
+    with sync_free(device.type == "cuda"):  # on a GPU every batched op runs, none asks the device first
+        for step in range(steps):
+            check_stop()  # SIGTERM/SIGINT: abandon this round within one step
+            if progress is not None:
+                progress(step, steps)
+            s = step % CHUNK
+            if s == 0:
+                fresh = [_draws(t, g, batch, recipe, features, device) for t, g in zip(tasks, gens)]
+                if captured is not None and draws:  # the graph reads the first chunk's tensors: refill them
+                    for mine, new in zip(draws, fresh):
+                        for key, value in new.items():
+                            mine[key].copy_(value)
+                else:
+                    draws = fresh
+            lr_s, beta1 = plan[step]
+            for group in opt.param_groups:
+                group["lr"], group["betas"] = lr_s, (beta1, group["betas"][1])
+            if captured is None:
+                work(s)
+            else:  # benchmark.cuda_graphs: one graph; the draws in fixed tensors, the place in the chunk in `at`
+                captured(lambda: work(at), (at.fill_(s),))
+            opt.step()  # the fused AdamW at this step's lr and beta1, outside any graph
     if len(nets) > 1:
         net.unstack(nets)
     for n in nets:

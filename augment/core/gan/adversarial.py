@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 
-from augment.core.base.accel import adam, autocast, to_memory_format, use_channels_last
+from augment.core.base.accel import CapturedStep, adam, autocast, to_memory_format, use_channels_last, use_cuda_graphs
 from augment.core.gan.diffaugment import diff_augment
 from augment.core.gan.kinds import Bank, GanSpec, Kind, balanced_batch, balanced_indices
 
@@ -40,9 +40,9 @@ def lecam_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, anchor_real
 
 
 def update_anchors(ema: torch.Tensor, real_logits: torch.Tensor, fake_logits: torch.Tensor, decay: float,
-                   step: int) -> tuple[torch.Tensor, torch.Tensor]:
+                   step: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Update the (2, K) moving averages of D's mean logits per class in place (real, fake) and return
-    the bias-corrected anchors after `step` updates (TF's zero_debias)."""
+    the bias-corrected anchors after `step` updates (TF's zero_debias; `step` may be a tensor on the device)."""
     means = torch.stack([real_logits.detach().float().mean(0), fake_logits.detach().float().mean(0)])
     ema.mul_(decay).add_(means, alpha=1 - decay)
     anchors = ema / (1 - decay ** step)
@@ -120,6 +120,7 @@ class TrainState:
     step: int = 0
     lecam: torch.Tensor | None = None  # (2, K) moving averages of D's logits on real and fake (gan.lecam)
     ema_update: EmaUpdate | None = None
+    captured: CapturedStep | None = None  # gan.cuda_graphs: the step replayed as one CUDA graph
 
 
 # --------------------------------------------------------------------------- the kind
@@ -170,14 +171,27 @@ class Adversarial(Kind):
         if bank is not None:  # before the EMA copies G: the copy holds the same images
             self.prepare(G, bank)
         ema = AveragedModel(G, multi_avg_fn=ema_with_warmup(cfg.ema_decay), use_buffers=True)
-        opt_g = adam(G.parameters(), device, lr=cfg.lr, betas=(cfg.beta1, 0.999))
-        opt_d = adam(D.parameters(), device, lr=cfg.lr, betas=(cfg.beta1, 0.999))
+        graphs = use_cuda_graphs(cfg.cuda_graphs, device)
+        opt_g = adam(G.parameters(), device, lr=cfg.lr, betas=(cfg.beta1, 0.999), capturable=graphs)
+        opt_d = adam(D.parameters(), device, lr=cfg.lr, betas=(cfg.beta1, 0.999), capturable=graphs)
         gen = torch.Generator(device=device).manual_seed(seed % 2**63 + 1)
         return TrainState(spec, G, D, ema, opt_g, opt_d, gen, lecam=torch.zeros(2, spec.n_classes, device=device),
-                          ema_update=EmaUpdate(ema, G, cfg.ema_decay, self.constant_buffers))
+                          ema_update=EmaUpdate(ema, G, cfg.ema_decay, self.constant_buffers),
+                          captured=CapturedStep([gen]) if graphs else None)
 
     def step(self, state: TrainState, bank: torch.Tensor, counts: torch.Tensor, cfg) -> torch.Tensor:
-        """One step on a class-balanced batch; its metrics as a (4,) tensor on the device."""
+        """One step on a class-balanced batch; its metrics as a (4,) tensor on the device. With
+        gan.cuda_graphs the same update, replayed as one CUDA graph after a few eager steps."""
+        if state.captured is not None:
+            out = state.captured(lambda: self.update(state, bank, counts, cfg), (bank, counts))
+        else:
+            out = self.update(state, bank, counts, cfg)
+        state.step += 1
+        return out
+
+    def update(self, state: TrainState, bank: torch.Tensor, counts: torch.Tensor, cfg) -> torch.Tensor:
+        """The step's work on the device alone (no host round-trip, no Python state changed but the
+        tensors'), so that it can be captured as a CUDA graph; its metrics as a (4,) tensor."""
         G, D, gen = state.G, state.D, state.gen
         idx = balanced_indices(counts, cfg.batch_size, gen)
         real = bank[torch.arange(bank.shape[0], device=bank.device), idx]  # (B, K, C, S, S)
@@ -187,7 +201,7 @@ class Adversarial(Kind):
         def aug(x: torch.Tensor) -> torch.Tensor:  # DiffAugment per image, the same policy for real and fake
             return diff_augment(x.flatten(0, 1), policy, gen).view_as(x)
 
-        ctx = autocast(bank.device, cfg.precision)
+        ctx = autocast(bank.device, cfg.precision, cache=state.captured is None)
         # (1) Update D network: real -> 1, then fake.detach() -> 0
         with ctx:
             fake = G(z)
@@ -198,7 +212,8 @@ class Adversarial(Kind):
             fake_logits = D(aug(fake.detach()))
             loss_d = d_loss(real_logits.float(), fake_logits.float())
         if cfg.lecam > 0:  # anchors from this step's logits too, as the reference updates before regularising
-            anchor_real, anchor_fake = update_anchors(state.lecam, real_logits, fake_logits, cfg.lecam_decay, state.step + 1)
+            anchor_real, anchor_fake = update_anchors(state.lecam, real_logits, fake_logits, cfg.lecam_decay,
+                                                        state.ema.n_averaged + 1)  # this step's number, on the device
             loss_d = loss_d + cfg.lecam * lecam_loss(real_logits.float(), fake_logits.float(), anchor_real, anchor_fake)
         if cfg.r1 > 0:
             loss_d = loss_d + cfg.r1 / 2 * r1_penalty(real_logits, real_in)
@@ -218,7 +233,6 @@ class Adversarial(Kind):
         D.requires_grad_(True)
         state.opt_g.step()
         state.ema_update()
-        state.step += 1
         return torch.stack([loss_d.detach(), loss_g.detach(), torch.sigmoid(real_logits.detach().float()).mean(),
                             torch.sigmoid(fake_logits.detach().float()).mean()])
 

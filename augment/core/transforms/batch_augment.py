@@ -16,9 +16,46 @@ Images are uint8 (N, C, H, W) in and out, as the references take them.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+
 import torch
 import torch.nn.functional as F
+
+# --------------------------------------------------------------------------- ops without the host
+
+_SYNC_FREE = contextvars.ContextVar("augment_sync_free", default=False)
+
+
+@contextlib.contextmanager
+def sync_free(on: bool = True):
+    """Within: needed() answers True without asking the device, so batched ops never wait for it (a
+    CUDA graph's capture allows no wait; on a GPU the wait costs more than computing an unused op)."""
+    token = _SYNC_FREE.set(on)
+    try:
+        yield
+    finally:
+        _SYNC_FREE.reset(token)
+
+
+def needed(mask: torch.Tensor) -> bool:
+    """Whether any image of a batch takes a branch (mask (N,)): skipping one no image takes saves its
+    work on the CPU; under sync_free() every branch is computed and torch.where picks, the same images."""
+    return True if _SYNC_FREE.get() else bool(mask.any())
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(values: tuple, dtype: torch.dtype, device: str) -> torch.Tensor:
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def constant(values, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """A small constant tensor on `device`, made once and kept (read it, never write it): no
+    host-to-device copy at every call, which a CUDA graph's capture would refuse."""
+    key = tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in values)
+    return _constant(key, dtype, str(torch.device(device)))
+
 
 # --------------------------------------------------------------------------- shared kernels
 
@@ -43,7 +80,7 @@ def sample_grid(x: torch.Tensor, inverse: torch.Tensor, mode: str) -> torch.Tens
     ones = torch.ones_like(xs)
     base = torch.stack([xs, ys, ones], dim=-1).view(1, h * w, 3)
     src = base.expand(n, -1, -1).bmm(inverse.transpose(1, 2))  # (N, H*W, 2) input pixel coordinates
-    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=inverse.dtype, device=x.device)
+    scale = constant([2.0 / w, 2.0 / h], inverse.dtype, x.device)
     grid = ((src + 0.5) * scale - 1.0).view(n, h, w, 2).to(x.dtype)  # align_corners=False normalisation
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
@@ -84,10 +121,15 @@ def ta_table(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(rows), torch.tensor(signed)
 
 
+@functools.lru_cache(maxsize=16)
+def _ta_table_on(height: int, width: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return tuple(t.to(device) for t in ta_table(height, width))
+
+
 def ta_params(u: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(op index (N,), signed magnitude (N,) float64) from uniforms (N, 3), as TrivialAugmentWide
     draws them: an op uniformly, a magnitude bin uniformly, and for signed ops a minus half the time."""
-    table, signed = (t.to(u.device) for t in ta_table(height, width))
+    table, signed = _ta_table_on(height, width, str(u.device))
     ops, bins = table.shape
     op = (u[:, 0] * ops).long().clamp_(max=ops - 1)
     b = (u[:, 1] * bins).long().clamp_(max=bins - 1)
@@ -120,7 +162,7 @@ def _tv_grid_transform(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     base[..., 0].copy_(torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=x.device))
     base[..., 1].copy_(torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=x.device).unsqueeze_(-1))
     base[..., 2].fill_(1)
-    rescaled = theta.transpose(1, 2).div(torch.tensor([0.5 * w, 0.5 * h], dtype=torch.float32, device=x.device))
+    rescaled = theta.transpose(1, 2).div(constant([0.5 * w, 0.5 * h], torch.float32, x.device))
     grid = base.view(1, h * w, 3).expand(n, -1, -1).bmm(rescaled).view(n, h, w, 2)
     out = F.grid_sample(x.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return out.round_().to(x.dtype)
@@ -142,14 +184,14 @@ def _ta_geometry(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> 
         torch.where(is_["TranslateX"], torch.trunc(magnitude), zero), torch.where(is_["TranslateY"], torch.trunc(magnitude), zero),
         torch.where(is_["ShearX"], shear, zero), torch.where(is_["ShearY"], shear, zero))
     geometric = is_["ShearX"] | is_["ShearY"] | is_["TranslateX"] | is_["TranslateY"] | is_["Rotate"]
-    if not bool(geometric.any()):
+    if not needed(geometric):
         return x
     out = where(geometric, _tv_grid_transform(x, theta), x)
     if h == w:  # torchvision rotates by multiples of 90 degrees with rot90 (exact), not the grid
         angle = torch.remainder(magnitude, 360.0)
         for quarter, k in ((90.0, 1), (180.0, 2), (270.0, 3)):
             exact = is_["Rotate"] & (angle == quarter)
-            if bool(exact.any()):
+            if needed(exact):
                 out = where(exact, torch.rot90(x, k=k, dims=(-2, -1)), out)
     return out
 
@@ -173,7 +215,7 @@ def _sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     if h <= 2 or w <= 2:
         return x
     a, b = 1.0 / 13.0, 5.0 / 13.0
-    kernel = torch.tensor([[a, a, a], [a, b, a], [a, a, a]], dtype=torch.float32, device=x.device).expand(c, 1, 3, 3)
+    kernel = constant([[a, a, a], [a, b, a], [a, a, a]], torch.float32, x.device).expand(c, 1, 3, 3)
     out = x.to(torch.float32, copy=True)
     blurred = F.conv2d(out, kernel, groups=c).round_()
     view = out[..., 1:-1, 1:-1]
@@ -201,7 +243,7 @@ def trivial_augment_wide(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Ten
     }
     for name, fn in cases.items():
         mask = op == index[name]
-        if bool(mask.any()):
+        if needed(mask):
             out = where(mask, fn(), out)
     return out
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from augment.core.transforms.batch_augment import per_image as _per_image, sample_grid as _sample_grid, to_uint8 as _uint8, where as _where
+from augment.core.transforms.batch_augment import needed, per_image as _per_image, sample_grid as _sample_grid, to_uint8 as _uint8, where as _where
 
 def _range(u: torch.Tensor, bounds) -> torch.Tensor:
     lo, hi = float(bounds[0]), float(bounds[1])
@@ -45,7 +45,7 @@ def _affine(x: torch.Tensor, u: torch.Tensor, spec: dict) -> torch.Tensor:
     translate = mat([[one, zero, tx], [zero, one, ty], [zero, zero, one]])
     shift_c = mat([[one, zero, cx * one], [zero, one, cy * one], [zero, zero, one]])
     forward = shift_c @ translate @ shear @ rotate @ scale @ shift_tl  # source pixel -> destination pixel
-    inverse = torch.linalg.inv(forward)[:, :2]
+    inverse = torch.linalg.inv_ex(forward).inverse[:, :2]  # inv_ex: no check of the result on the host (a sync)
     out = _sample_grid(x.float(), inverse, spec["interpolation"])
     return _uint8(out, "round")
 
@@ -138,7 +138,7 @@ def _color_jitter(x: torch.Tensor, u: torch.Tensor, spec: dict) -> torch.Tensor:
         step = out
         for which in range(4):
             mine = order[:, position] == which
-            if bool(mine.any()):
+            if needed(mine):
                 step = _where(mine, _jitter_one(out, which, factors[which]), step)
         out = step
     return out
@@ -202,6 +202,7 @@ class _Op:
     uniforms: int  # after the one that decides whether it applies (p)
     noise: int  # normal fields (C, H, W) per image
     fn: object
+    capturable: bool = True  # False: its shapes depend on its draws (it asks the device), no CUDA graph
 
 
 _OPS = {
@@ -212,7 +213,7 @@ _OPS = {
     "gauss_noise": _Op(2, 1, lambda x, u, z, s: _gauss_noise(x, u, z, s)),
     "salt_and_pepper": _Op(2, 1, lambda x, u, z, s: _salt_and_pepper(x, u, z, s)),
     "sharpen": _Op(2, 0, lambda x, u, z, s: _sharpen(x, u, s)),
-    "gaussian_blur": _Op(2, 0, lambda x, u, z, s: _gaussian_blur(x, u, s)),
+    "gaussian_blur": _Op(2, 0, lambda x, u, z, s: _gaussian_blur(x, u, s), capturable=False),  # kernel size
     "hflip": _Op(0, 0, lambda x, u, z, s: x.flip(-1)),
     "vflip": _Op(0, 0, lambda x, u, z, s: x.flip(-2)),
 }
@@ -230,6 +231,7 @@ class ClassicalBatch:
         self.specs = list(specs)
         self.uniforms = sum(1 + _OPS[s["op"]].uniforms for s in specs)
         self.noise = sum(_OPS[s["op"]].noise for s in specs)
+        self.capturable = all(_OPS[s["op"]].capturable for s in specs)  # augment.core.classify.engine._capturable
 
     def __call__(self, x: torch.Tensor, u: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 (N, C, H, W) -> uint8, with uniforms u (N, self.uniforms) and normals z (N, self.noise, C, H, W)."""
@@ -241,6 +243,6 @@ class ClassicalBatch:
             apply, params = u[:, i] < spec["p"], u[:, i + 1 : i + 1 + op.uniforms]
             noise = None if op.noise == 0 else z[:, j]
             i, j = i + 1 + op.uniforms, j + op.noise
-            if bool(apply.any()):
+            if needed(apply):
                 x = _where(apply, op.fn(x, params, noise, spec), x)
         return x
