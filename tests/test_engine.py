@@ -147,3 +147,41 @@ def test_a_captured_round_trains_as_the_eager_round(monkeypatch):
     assert len(made) == 1
     for a, b in zip(graphed, eager):
         np.testing.assert_allclose(predict_proba(a, X), predict_proba(b, X), atol=2e-3)
+
+
+def test_a_capturable_round_asks_the_host_nothing(monkeypatch):
+    """What a CUDA graph cannot hold, checked on the CPU: under sync_free (as on a GPU) the batched
+    augmentation and the forward pass of a capturable round read no tensor on the host, and the batched
+    ops call none of the torch functions that wait for the device to size or check a result
+    (torch.linalg.inv's error check broke the first capture on an H200)."""
+    import inspect
+
+    import augment.core.classify.engine as engine
+    import augment.core.transforms.batch_augment as batch_augment
+    import augment.core.transforms.batch_classical as batch_classical
+
+    reads = []
+    names = ("item", "__bool__", "tolist", "__int__", "__float__", "__index__", "numpy", "cpu")
+    plain = {n: getattr(torch.Tensor, n) for n in names}
+
+    def watched(fn):
+        def inner(*args, **kwargs):
+            for n in names:
+                monkeypatch.setattr(torch.Tensor, n, lambda self, *a, _n=n, **k: reads.append(_n) or plain[_n](self, *a, **k))
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                for n, f in plain.items():
+                    monkeypatch.setattr(torch.Tensor, n, f)
+        return inner
+
+    monkeypatch.setattr(engine, "sync_free", lambda on=True: batch_augment.sync_free(True))
+    monkeypatch.setattr(engine, "_augment", watched(engine._augment))
+    monkeypatch.setattr(engine, "_forward", watched(engine._forward))
+    tasks = round_of_8()
+    assert engine._capturable(tasks, True, recipe_of(MEDIUM), [False] * 8)
+    train_classifiers(tasks, 4, steps=4, batch_size=16, width=8, classical=MEDIUM, stack=8)
+    assert reads == []
+    source = inspect.getsource(batch_augment) + inspect.getsource(batch_classical)
+    for waits in ("linalg.inv(", "nonzero(", "unique(", "masked_select(", ".item("):
+        assert waits not in source, waits
