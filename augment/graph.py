@@ -25,6 +25,7 @@ from augment import rundir
 from augment.atomic import write_json, write_text
 from augment.config import BenchmarkConfig, ClassicalConfig, Config, GanConfig
 from augment.config_file import dump_config
+from augment.core.base.accel import use_cuda_graphs
 from augment.errors import MachineError, UserError, check_stop
 from augment.runtime import describe_device, graceful_stop, resolve_device
 from augment.stages import benchmark, classical, expand, gan, ingest, judge, report, smote, synthesize
@@ -237,9 +238,10 @@ def check_config(cfg: Config) -> Config:
     (the input exists, albumentations transforms, sampler arguments, weights on disk)."""
     device = resolve_device(cfg.device)  # 'cuda' without CUDA, or cuda:N that does not exist
     for key, value in (("gan.cuda_graphs", cfg.gan.cuda_graphs), ("benchmark.cuda_graphs", cfg.benchmark.cuda_graphs)):
-        if value == "on" and device.type != "cuda":
-            raise UserError(f"config key '{key}': on needs a CUDA device (device {cfg.device} is {device}); "
-                            "set it to auto or off")
+        try:
+            use_cuda_graphs(value, device, key)
+        except ValueError as exc:
+            raise UserError(f"config key {exc}") from None
     for stage in STAGES:
         if stage.check is not None:
             stage.check(cfg)

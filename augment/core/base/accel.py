@@ -57,12 +57,12 @@ def adam(params, device: torch.device | str, lr: float, betas=(0.9, 0.999), weig
     return cls(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True, capturable=capturable)
 
 
-def use_cuda_graphs(setting: str, device: torch.device | str) -> bool:
-    """gan.cuda_graphs: 'auto' -> on CUDA only; 'on' -> CUDA or a one-line error; 'off' -> never."""
+def use_cuda_graphs(setting: str, device: torch.device | str, key: str = "gan.cuda_graphs") -> bool:
+    """gan.cuda_graphs or benchmark.cuda_graphs (`key`): 'auto' -> on CUDA only; 'on' -> CUDA or a
+    one-line error naming the key; 'off' -> never."""
     cuda = torch.device(device).type == "cuda"
     if setting == "on" and not cuda:
-        raise ValueError(f"gan.cuda_graphs: on needs a CUDA device (the run's device is {torch.device(device)}); "
-                         "set it to auto or off")
+        raise ValueError(f"'{key}': on needs a CUDA device (the device is {torch.device(device)}); set it to auto or off")
     return cuda and setting != "off"
 
 

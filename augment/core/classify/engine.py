@@ -252,17 +252,22 @@ def _augment(x: torch.Tensor, tasks: list[Task], draws: list[dict], s: int | tor
     return out
 
 
+def _kinds(tasks: list[Task], recipe: Recipe) -> dict[str, list[int]]:
+    """The models that take the classical pipeline and those that take TrivialAugmentWide."""
+    return {"classical": [i for i, t in enumerate(tasks) if t.classical and recipe.classical is not None],
+            "ta": [i for i, t in enumerate(tasks) if t.augment]}
+
+
 def _which(tasks: list[Task], recipe: Recipe, device) -> dict:
-    """The models that take the classical pipeline and TrivialAugmentWide, as lists and index tensors."""
-    kinds = {"classical": [i for i, t in enumerate(tasks) if t.classical and recipe.classical is not None],
-             "ta": [i for i, t in enumerate(tasks) if t.augment]}
-    return {k: (v, torch.tensor(v, dtype=torch.long, device=device)) for k, v in kinds.items()}
+    """_kinds' lists, each with its index tensor on the device."""
+    return {k: (v, torch.tensor(v, dtype=torch.long, device=device)) for k, v in _kinds(tasks, recipe).items()}
 
 
 def _capturable(tasks: list[Task], cnn: bool, recipe: Recipe, online: list[bool]) -> bool:
     """Whether a round's step runs on the device alone (a CUDA graph can replay it): SmallCNNs, no online
     GAN rows, every on-the-fly augmentation batched with no host-sized op (augment.core.transforms)."""
-    classical, ta = any(t.classical for t in tasks) and recipe.classical is not None, any(t.augment for t in tasks)
+    kinds = _kinds(tasks, recipe)
+    classical, ta = bool(kinds["classical"]), bool(kinds["ta"])
     return (cnn and not any(online) and (not classical or (recipe.batched is not None and recipe.batched.capturable))
             and (not ta or recipe.ran_on == "device"))
 
@@ -299,7 +304,7 @@ def train_round(tasks: list[Task], nets: list[nn.Module], n_classes: int, *, ste
     p_drop = nets[0].spec["dropout"] if cnn else 0.0
     gens, host_gens = _stream_gens(tasks, device)
     online = [t.synthetic and t.stream.online is not None for t in tasks]
-    graphed = use_cuda_graphs(cuda_graphs, device) and _capturable(tasks, cnn, recipe, online)
+    graphed = use_cuda_graphs(cuda_graphs, device, "benchmark.cuda_graphs") and _capturable(tasks, cnn, recipe, online)
     opt = optimizer(net, device, lr, weight_decay)
     plan = schedule(steps, lr, schedule_kind)
     which = _which(tasks, recipe, device)
