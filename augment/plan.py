@@ -37,7 +37,7 @@ class Plan:
         from augment.atomic import write_json
 
         write_json(Path(self.run_dir) / rundir.PLAN, {"fingerprints": graph.fingerprints(cfg), "estimates": {
-            s.name: None if s.seconds is None else round(s.seconds, 1) for s in self.stages if not s.cached}})
+            s.name: None if s.seconds is None else max(round(s.seconds, 3), 0.001) for s in self.stages if not s.cached}})
 
     @property
     def seconds(self) -> float:
@@ -150,7 +150,10 @@ def _classifier_step_seconds(cfg: Config, k: int, size: tuple[int, int], channel
 
     with single_threaded() if str(device).startswith("cpu") and not threaded else _nothing():
         run(2)
-        return max(run(25) - run(5), 1e-4) / 20
+        # the least of two timings each: a pause of a loaded machine in the short run could make the
+        # difference nothing (or negative); then the long run's own mean per step stands
+        long, short = min(run(25), run(25)), min(run(5), run(5))
+        return (long - short) / 20 if long > short else long / 25
 
 
 class _nothing:

@@ -87,3 +87,23 @@ def test_a_run_records_the_plans_estimate_beside_each_stages_time(tmp_path, caps
     assert all(r["estimate_seconds"] is not None and r["estimate_seconds"] > 0 for r in records.values())
     report = (run_dir / "report" / "report.md").read_text()
     assert "## Time" in report and "| gan |" in report and "| total |" in report
+
+
+def test_a_short_stages_estimate_stays_positive_and_a_pause_in_the_probe_cannot_zero_it(tmp_path, monkeypatch):
+    """CI once failed here: under load the probe's 5-step run took as long as its 25-step one, and
+    a judge of 40 steps at ~1 ms was written to plan.json as 0.0 s."""
+    import json
+
+    from augment import plan as plan_mod
+    from augment.plan import Plan, StagePlan, _classifier_step_seconds
+
+    cfg = load_config(SMOKE)
+    Plan(tmp_path, "cpu", "", [StagePlan("judge", False, 0.04), StagePlan("gan", True, None)]).record(cfg)
+    assert json.loads((tmp_path / "plan.json").read_text())["estimates"] == {"judge": 0.04}
+    Plan(tmp_path, "cpu", "", [StagePlan("judge", False, 1e-6)]).record(cfg)
+    assert json.loads((tmp_path / "plan.json").read_text())["estimates"]["judge"] > 0
+
+    ticks = iter([0.0, 1.0, 0.0, 2.0, 0.0, 2.0, 0.0, 2.0, 0.0, 2.0])  # run(2), then every run takes 2 s
+    monkeypatch.setattr(plan_mod.time, "perf_counter", lambda: next(ticks))
+    monkeypatch.setattr("augment.core.classify.classifier.train_classifiers", lambda *a, **k: None)
+    assert _classifier_step_seconds(cfg, 10, (8, 8), 1, torch.device("cpu")) == pytest.approx(2.0 / 25)
