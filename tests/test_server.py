@@ -134,16 +134,22 @@ class Server:
 
     def finished(self, run_id: str) -> dict:
         """The flow run once it is final: the server and the worker running it are the producers."""
-        return self.wait(f"flow run {run_id}", lambda: (r := self.flow_run(run_id))["state"]["type"] in
-                         ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") and r)
+        return self.wait(f"flow run {run_id}", lambda: (_state(r := self.flow_run(run_id), "type") in
+                         ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")) and r)
 
     def task_states(self, run_id: str) -> dict[str, str]:
         runs = self.api("POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [run_id]}}, "limit": 100})
-        return {r["name"].rsplit("-", 1)[0]: r["state"]["name"] for r in runs}
+        return {r["name"].rsplit("-", 1)[0]: _state(r, "name") for r in runs}
 
     def close(self) -> None:
         for proc in reversed(self.procs):
             _stop(proc)
+
+
+def _state(run: dict, field: str) -> str | None:
+    """A run's state field, or None while the server knows the run but not yet its state (task runs
+    reach it as events: CI once read a task run whose state was still null)."""
+    return (run.get("state") or {}).get(field)
 
 
 def _healthy(url: str) -> bool:
