@@ -195,6 +195,20 @@ def _schedule(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
+def _typed_config(config, overrides) -> None:
+    """The config file and overrides against the typed model, and the input's existence (no other
+    stage's checks, no torch import): the commonest mistakes, reported before Prefect's temporary
+    server is started. Its warnings are left to _load_config_once."""
+    import warnings
+
+    from augment.config_file import load_config
+    from augment.stages import ingest
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ingest.check(load_config(config, overrides))
+
+
 def _load_config_once(load_config, config, overrides):
     """load_config, each ConfigWarning (a renamed key, a key that does nothing) one line on stderr, once:
     the flow loads the config again and says nothing more."""
@@ -220,11 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("report", "runs", "init"):
         return _offline(args)
     from augment.errors import UserError
-    from augment.graph import check_run_dir, default_run_dir, load_config
+    from flows.local_server import EarlyServer
 
     debug = os.environ.get("AUGMENT_DEBUG", "") not in ("", "0") or getattr(args, "verbose", False)
     config = args.config or str(default_config_path())
+    early = EarlyServer()
     try:  # every mistake the config and the run directory can show, before paying for Prefect's start-up
+        if args.command == "run" and not args.plan:
+            _typed_config(config, args.overrides)  # the commonest mistakes, in about a second
+            early = EarlyServer.start()  # Prefect's temporary server boots while the imports, checks and plan run
+        from augment.graph import check_run_dir, default_run_dir, load_config
+
         cfg = _load_config_once(load_config, config, args.overrides)
         if args.command == "schedule":
             _cron(args.cron, args.timezone)
@@ -244,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
             (run_dir / rundir.PLAN).unlink(missing_ok=True)
     except UserError as err:
+        early.discard()
         if debug:
             traceback.print_exc()
         print(f"augment: error: {err}", file=sys.stderr)
@@ -257,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with graceful_stop():  # also during Prefect's start-up; the flow installs it again inside
+            early.ready()
             state = augment_dataset(config, args.overrides, str(run_dir), return_state=True)
     except KeyboardInterrupt:  # Ctrl-C before the flow started (Prefect's start-up)
         print("augment: stopped by SIGINT before any stage ran", file=sys.stderr)

@@ -70,3 +70,54 @@ def test_task_runner_mistakes_are_one_line():
         task_runner(OrchestrationConfig(task_runner="dask", dask_cluster="no_such_module.Cluster"), 2)
     runner = task_runner(OrchestrationConfig(task_runner="thread"), 3)
     assert runner._max_workers == 3
+
+
+def test_a_typed_config_mistake_is_reported_before_prefects_server_is_started(capsys, monkeypatch, tmp_path):
+    from flows.local_server import EarlyServer
+
+    started = []
+    monkeypatch.setattr(EarlyServer, "start", classmethod(lambda cls: started.append(1) or cls()))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gan:\n  steps: -3\n")
+    assert main(["run", str(bad)]) == 2 and started == []
+    assert "'gan.steps'" in capsys.readouterr().err
+
+
+def test_with_a_prefect_api_configured_no_temporary_server_is_started():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.local_server import EarlyServer
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        early = EarlyServer.start()
+    assert early.server is None
+    early.ready()
+    early.discard()
+
+
+@pytest.mark.slow
+def test_the_early_server_is_the_one_the_flow_gets_and_a_later_mistake_ends_it(capsys, monkeypatch, tmp_path):
+    """The temporary server started before the imports is Prefect's own instance, answering when the
+    flow starts; a mistake found after it started kills it at once and Prefect forgets it."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from conftest import SMOKE
+    from flows.local_server import EarlyServer
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        early = EarlyServer.start()
+        early.ready()
+        assert early.error is None and SubprocessASGIServer() is early.server and early.server.running
+        proc = early.server.server_process
+        early.discard()
+        assert proc.poll() is not None and not early.server.running and None not in SubprocessASGIServer._instances
+
+        real, made = EarlyServer.start.__func__, []
+        monkeypatch.setattr(EarlyServer, "start", classmethod(lambda cls: made.append(real(cls)) or made[-1]))
+        not_a_folder = tmp_path / "file"
+        not_a_folder.write_text("")
+        assert main(["run", str(SMOKE), "--run-dir", str(not_a_folder)]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    late = made[-1]
+    assert late.server is not None and late.server.server_process is None and not late.server.running
