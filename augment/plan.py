@@ -135,7 +135,7 @@ def _classifier_step_seconds(cfg: Config, k: int, size: tuple[int, int], channel
                              models: int = 1, classical: list[dict] | None = None, threaded: bool = False) -> float:
     """Seconds of one training step of a round of `models` classifiers as the engine trains them (one
     thread per worker on a CPU, or this process's threads): the time of 25 steps less that of 5, over
-    20 (no set-up in it)."""
+    20 (no set-up in it), each the least of two timings."""
     from augment.core.classify.classifier import train_classifiers
     from augment.core.classify.engine import Task
 

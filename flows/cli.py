@@ -234,37 +234,38 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("report", "runs", "init"):
         return _offline(args)
     from augment.errors import UserError
-    from flows.local_server import EarlyServer
+    from flows.local_server import EarlyServer, until_the_flow
 
     debug = os.environ.get("AUGMENT_DEBUG", "") not in ("", "0") or getattr(args, "verbose", False)
     config = args.config or str(default_config_path())
     early = EarlyServer()
-    try:  # every mistake the config and the run directory can show, before paying for Prefect's start-up
+    try:  # every mistake the config and the run directory can show, before the flow starts
         if args.command == "run" and not args.plan:
             _typed_config(config, args.overrides)  # the commonest mistakes, in about a second
-            early = EarlyServer.start()  # Prefect's temporary server boots while the imports, checks and plan run
-        from augment.graph import check_run_dir, default_run_dir, load_config
+            early = EarlyServer.start()  # Prefect's temporary server boots while the imports and checks run
+        with until_the_flow(early):
+            from augment.graph import check_run_dir, default_run_dir, load_config
 
-        cfg = _load_config_once(load_config, config, args.overrides)
-        if args.command == "schedule":
-            _cron(args.cron, args.timezone)
-            return _schedule(args, cfg)
-        run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg, config)
-        if args.plan:
-            return _plan(cfg, run_dir, args)
-        run_dir = check_run_dir(cfg, run_dir)
-        for stage in args.force:
-            from augment.plan import force
+            cfg = _load_config_once(load_config, config, args.overrides)
+            if args.command == "schedule":
+                _cron(args.cron, args.timezone)
+                return _schedule(args, cfg)
+            run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(cfg, config)
+            if args.plan:
+                return _plan(cfg, run_dir, args)
+            run_dir = check_run_dir(cfg, run_dir)
+            for stage in args.force:
+                from augment.plan import force
 
-            print(f"--force {stage}: will run {', '.join(force(cfg, run_dir, stage))}")
-        if not args.quiet:
-            print(_plan_text(cfg, run_dir, args.max_minutes, record=True), flush=True)
-        else:  # no plan this run: an earlier run's estimates are not this one's
-            from augment import rundir
+                print(f"--force {stage}: will run {', '.join(force(cfg, run_dir, stage))}")
+            early.ready()  # before the plan's probe: its timings are this machine's alone
+            if not args.quiet:
+                print(_plan_text(cfg, run_dir, args.max_minutes, record=True), flush=True)
+            else:  # no plan this run: an earlier run's estimates are not this one's
+                from augment import rundir
 
-            (run_dir / rundir.PLAN).unlink(missing_ok=True)
+                (run_dir / rundir.PLAN).unlink(missing_ok=True)
     except UserError as err:
-        early.discard()
         if debug:
             traceback.print_exc()
         print(f"augment: error: {err}", file=sys.stderr)
@@ -278,7 +279,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with graceful_stop():  # also during Prefect's start-up; the flow installs it again inside
-            early.ready()
             state = augment_dataset(config, args.overrides, str(run_dir), return_state=True)
     except KeyboardInterrupt:  # Ctrl-C before the flow started (Prefect's start-up)
         print("augment: stopped by SIGINT before any stage ran", file=sys.stderr)

@@ -97,19 +97,35 @@ def test_with_a_prefect_api_configured_no_temporary_server_is_started():
 
 @pytest.mark.slow
 def test_the_early_server_is_the_one_the_flow_gets_and_a_later_mistake_ends_it(capsys, monkeypatch, tmp_path):
-    """The temporary server started before the imports is Prefect's own instance, answering when the
-    flow starts; a mistake found after it started kills it at once and Prefect forgets it."""
+    """The temporary server started before the imports is the one the flow's client talks to (no
+    second boot); a mistake found after it started kills it at once and Prefect forgets it. A server
+    it did not start (a test harness's) is never touched."""
+    from prefect.client.orchestration import get_client
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from conftest import SMOKE
     from flows.local_server import EarlyServer
 
+    monkeypatch.setattr(SubprocessASGIServer, "_instances", {})  # this test's servers only
     with temporary_settings(updates={PREFECT_API_URL: None}):
         early = EarlyServer.start()
         early.ready()
-        assert early.error is None and SubprocessASGIServer() is early.server and early.server.running
+        assert early.error is None and early.server.running
         proc = early.server.server_process
+
+        def second_boot(self):
+            raise AssertionError("the flow's client started a second server")
+
+        boot = SubprocessASGIServer._run_uvicorn_command
+        monkeypatch.setattr(SubprocessASGIServer, "_run_uvicorn_command", second_boot)
+        with get_client(sync_client=True) as client:
+            assert str(client.api_url).rstrip("/") == early.server.api_url and client.api_healthcheck() is None
+        ours = EarlyServer.start()  # a running instance (a harness's, another call's): not ours to stop
+        assert ours.server is None
+        ours.discard()
+        assert proc.poll() is None
+        monkeypatch.setattr(SubprocessASGIServer, "_run_uvicorn_command", boot)
         early.discard()
         assert proc.poll() is not None and not early.server.running and None not in SubprocessASGIServer._instances
 

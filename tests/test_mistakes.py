@@ -94,7 +94,8 @@ def test_a_run_directory_that_cannot_be_created_is_one_line(tmp_path, where, rea
 
 
 def test_the_same_checks_hold_in_process(tmp_path, capsys):
-    """main() as a notebook or a wrapper script calls it: the same one line, no Prefect start-up."""
+    """main() as a notebook or a wrapper script calls it: the same one line (a temporary server
+    started meanwhile is ended: tests/test_cli.py)."""
     (tmp_path / "f").write_text("")
     assert main(["run", str(SMOKE), "--run-dir", str(tmp_path / "f" / "run")]) == 2
     assert capsys.readouterr().err.startswith(f"augment: error: run directory {tmp_path / 'f' / 'run'} cannot be")
@@ -102,7 +103,7 @@ def test_the_same_checks_hold_in_process(tmp_path, capsys):
 
 def test_the_cli_shows_a_trace_only_when_asked(tmp_path):
     """A user's mistake is one line; AUGMENT_DEBUG=1 (or -v) adds the full trace. Real processes,
-    as a user runs them (no Prefect start-up: the mistake is found first)."""
+    as a user runs them (the mistake is found before the flow starts)."""
     args = ["run", str(SMOKE), "--set", "smote.params={k_neighbours: 3}", "--run-dir", str(tmp_path / "run")]
     plain = _cli(*args)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr

@@ -93,6 +93,7 @@ def test_a_short_stages_estimate_stays_positive_and_a_pause_in_the_probe_cannot_
     """CI once failed here: under load the probe's 5-step run took as long as its 25-step one, and
     a judge of 40 steps at ~1 ms was written to plan.json as 0.0 s."""
     import json
+    from types import SimpleNamespace
 
     from augment import plan as plan_mod
     from augment.plan import Plan, StagePlan, _classifier_step_seconds
@@ -104,6 +105,6 @@ def test_a_short_stages_estimate_stays_positive_and_a_pause_in_the_probe_cannot_
     assert json.loads((tmp_path / "plan.json").read_text())["estimates"]["judge"] > 0
 
     ticks = iter([0.0, 1.0, 0.0, 2.0, 0.0, 2.0, 0.0, 2.0, 0.0, 2.0])  # run(2), then every run takes 2 s
-    monkeypatch.setattr(plan_mod.time, "perf_counter", lambda: next(ticks))
+    monkeypatch.setattr(plan_mod, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))  # the plan's clock only
     monkeypatch.setattr("augment.core.classify.classifier.train_classifiers", lambda *a, **k: None)
     assert _classifier_step_seconds(cfg, 10, (8, 8), 1, torch.device("cpu")) == pytest.approx(2.0 / 25)
