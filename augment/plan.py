@@ -132,15 +132,18 @@ def _gan_step_seconds(cfg: Config, k: int, channels: int, device) -> float:
 
 
 def _classifier_step_seconds(cfg: Config, k: int, size: tuple[int, int], channels: int, device, augment=None,
-                             models: int = 1, classical: list[dict] | None = None, threaded: bool = False) -> float:
+                             models: int = 1, classical: list[dict] | None = None, threaded: bool = False,
+                             rows: int | None = None) -> float:
     """Seconds of one training step of a round of `models` classifiers as the engine trains them (one
     thread per worker on a CPU, or this process's threads): the time of 25 steps less that of 5, over
-    20 (no set-up in it), each the least of two timings."""
+    20 (no set-up in it), each the least of two timings. `rows`: the images a classifier has (it
+    draws min(benchmark.batch_size, rows) a step); default a full batch."""
     from augment.core.classify.classifier import train_classifiers
     from augment.core.classify.engine import Task
 
-    x = np.random.default_rng(0).integers(0, 256, (64, *size, channels), dtype=np.uint8)
-    tasks = [Task(x, np.arange(64) % k, seed=i, augment=augment, classical=classical is not None) for i in range(models)]
+    rows = rows or max(cfg.benchmark.batch_size, k)
+    x = np.random.default_rng(0).integers(0, 256, (rows, *size, channels), dtype=np.uint8)
+    tasks = [Task(x, np.arange(rows) % k, seed=i, augment=augment, classical=classical is not None) for i in range(models)]
     kw = {**cfg.benchmark.trainer_kwargs()}
 
     def run(steps: int) -> float:
@@ -231,15 +234,37 @@ def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_trai
     costed = arms + max((jobs.added(r) for r in jobs.recipes), key=len, default=[])  # with step (b) at its most
     specs = {a: trained_as(a, b.classical_on_the_fly) for a in costed}
     select, main = jobs.count()
-    augmented = any(specs[a].augment or specs[a].classical for a in costed)
-    aug = step
-    if augmented:
-        classical = transforms_for(cfg.classical, channels) if b.classical_on_the_fly else None
-        aug = _classifier_step_seconds(cfg, k, size, channels, device, "trivialaugment", classical=classical)
-    share_aug = sum(1 for a in costed if specs[a].augment or specs[a].classical) / max(1, len(costed))
-    per = step * (1 - share_aug) + aug * share_aug
     total = select + main
     workers = auto_workers(total, b.workers, device, steps)
+    augmented = [a for a in costed if specs[a].augment or specs[a].classical]
+    classical = transforms_for(cfg.classical, channels) if augmented and b.classical_on_the_fly else None
+
+    probed: dict[int | None, float] = {}
+
+    def per_step(arms: list[str], rows: int | None, plain: float) -> float:
+        """One step of these arms' classifiers, the augmented ones probed (once a batch size) with the
+        pipeline on the fly."""
+        aug = [a for a in arms if a in augmented]
+        if not aug:
+            return plain
+        if rows not in probed:
+            probed[rows] = _classifier_step_seconds(cfg, k, size, channels, device, "trivialaugment", classical=classical,
+                                                    rows=rows)
+        return plain + (probed[rows] - plain) * len(aug) / len(arms)
+
+    # An arm without a side stream draws min(batch_size, its real images) a step: on a small folder
+    # fewer than a full batch (under k-fold its pool is train and val less one fold); a side-stream
+    # arm draws full batches. Each is probed at the batch it will draw.
+    plain_arms = [a for a in jobs.plain if a in costed]
+    plain_jobs = len(plain_arms) * b.seeds
+    pool = n_train + (val_per_class * k if jobs.protocol == "kfold" else 0)
+    folds = max(2, min(b.folds, pool // max(k, 1)))  # lowered to the smallest class's images, as the stage does
+    rows = int(pool * (1 - 1 / folds)) if jobs.protocol == "kfold" else n_train
+    small = min(b.batch_size, rows) < b.batch_size and plain_jobs > 0
+    plain_step = _classifier_step_seconds(cfg, k, size, channels, device, rows=max(rows, 1)) if small else step
+    per_plain = per_step(plain_arms, max(rows, 1) if small else None, plain_step)
+    per_stream = per_step([a for a in costed if a not in plain_arms], None, step)
+    per = (per_plain * plain_jobs + per_stream * (total - plain_jobs)) / max(1, total)
     if jobs.per_round > 1:  # stacked: a round of up to per_round models costs about per_round steps of one over its speed-up
         per = _classifier_step_seconds(cfg, k, size, channels, device, models=min(8, total)) / min(8, total)
     start = 6.0 * (workers > 1) + 0.3 * total / workers  # spawning the workers; each job's images
@@ -248,7 +273,9 @@ def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_trai
     extra = total - (len(arms) + crossing) * b.seeds  # the share choices' classifiers beyond one per arm and seed
     how = (f"{len(arms)} arms" + (f" + {crossing} crossing the recipe chosen on {'k-fold' if jobs.protocol == 'kfold' else 'val'}" if crossing else "")
            + f" x {b.seeds} seeds + {extra} share choices, {steps} steps at {step:.3f} s") + (
-        f" ({aug:.3f} s augmented on the fly)" if augmented else "") + f" on {workers} worker(s)" + (
+        f" ({probed[None]:.3f} s augmented on the fly)" if None in probed else "") + (
+        f"; {plain_step:.3f} s{f' ({probed[rows]:.3f} s augmented)' if rows in probed else ''} at the {rows} images a "
+        "step of the arms without a side stream" if small else "") + f" on {workers} worker(s)" + (
         ", choices by k-fold over train+val (val too small)" if jobs.protocol == "kfold" else "")
     return seconds, how
 

@@ -108,3 +108,29 @@ def test_a_short_stages_estimate_stays_positive_and_a_pause_in_the_probe_cannot_
     monkeypatch.setattr(plan_mod, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))  # the plan's clock only
     monkeypatch.setattr("augment.core.classify.classifier.train_classifiers", lambda *a, **k: None)
     assert _classifier_step_seconds(cfg, 10, (8, 8), 1, torch.device("cpu")) == pytest.approx(2.0 / 25)
+
+
+def test_the_benchmark_estimate_costs_each_arm_at_the_batch_it_draws(monkeypatch):
+    """An arm without a side stream draws min(batch_size, its real images) a step: on a small folder
+    fewer than a full batch, probed as such (the plan was 2x over on a 3-class folder under k-fold)."""
+    from augment import plan as plan_mod
+
+    calls = []
+
+    def probe(cfg, k, size, channels, device, augment=None, models=1, classical=None, threaded=False, rows=None):
+        calls.append((augment, rows))
+        return 1e-3 * min(cfg.benchmark.batch_size, rows or cfg.benchmark.batch_size) * (2 if augment else 1)
+
+    monkeypatch.setattr(plan_mod, "_classifier_step_seconds", probe)
+    arms = "[real, real+trivialaugment, real+gan]"
+    big = load_config(SMOKE, ["benchmark.batch_size=64", f"benchmark.arms={arms}", "benchmark.cross_sources=[]",
+                              "benchmark.share_grid=[0.5]", "benchmark.workers=1", "benchmark.seeds=2"])
+    full, _ = plan_mod._benchmark_estimate(big, 10, (8, 8), 1, torch.device("cpu"), 200, 10, 0.064)
+    assert all(rows is None for _, rows in calls)  # 200 images: every arm draws full batches
+    calls.clear()
+    seconds, how = plan_mod._benchmark_estimate(big, 10, (8, 8), 1, torch.device("cpu"), 20, 10, 0.064)
+    assert ("trivialaugment", 20) in calls and (None, 20) in calls and "at the 20 images a step" in how
+    steps, jobs = big.benchmark.steps_for(20), big.benchmark.seeds * 3 + 1  # 3 arms x 2 seeds + 1 share choice
+    plain = (0.020 + 0.040) / 2  # real and real+trivialaugment at 20 images a step
+    assert seconds == pytest.approx(steps * (plain * 4 + 0.064 * 3) + 0.3 * jobs, rel=1e-6)
+    assert full > seconds
