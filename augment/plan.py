@@ -252,10 +252,10 @@ def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_trai
                                                     rows=rows)
         return plain + (probed[rows] - plain) * len(aug) / len(arms)
 
-    # An arm without a side stream draws min(batch_size, its real images) a step: on a small folder
-    # fewer than a full batch (under k-fold its pool is train and val less one fold); a side-stream
-    # arm draws full batches. Each is probed at the batch it will draw.
-    plain_arms = [a for a in jobs.plain if a in costed]
+    # An arm of the real images alone (no side stream) draws min(batch_size, their count) a step: on a
+    # small folder fewer than a full batch (under k-fold its pool is train and val less one fold); an
+    # arm with generated images or copies draws full batches. Each is probed at the batch it will draw.
+    plain_arms = [a for a in jobs.plain if a in costed and specs[a].sources == ("real",)]
     plain_jobs = len(plain_arms) * b.seeds
     pool = n_train + (val_per_class * k if jobs.protocol == "kfold" else 0)
     folds = max(2, min(b.folds, pool // max(k, 1)))  # lowered to the smallest class's images, as the stage does
