@@ -261,12 +261,14 @@ def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_trai
     folds = max(2, min(b.folds, pool // max(k, 1)))  # lowered to the smallest class's images, as the stage does
     rows = int(pool * (1 - 1 / folds)) if jobs.protocol == "kfold" else n_train
     small = min(b.batch_size, rows) < b.batch_size and plain_jobs > 0
-    plain_step = _classifier_step_seconds(cfg, k, size, channels, device, rows=max(rows, 1)) if small else step
-    per_plain = per_step(plain_arms, max(rows, 1) if small else None, plain_step)
-    per_stream = per_step([a for a in costed if a not in plain_arms], None, step)
-    per = (per_plain * plain_jobs + per_stream * (total - plain_jobs)) / max(1, total)
     if jobs.per_round > 1:  # stacked: a round of up to per_round models costs about per_round steps of one over its speed-up
+        small = False
         per = _classifier_step_seconds(cfg, k, size, channels, device, models=min(8, total)) / min(8, total)
+    else:
+        plain_step = _classifier_step_seconds(cfg, k, size, channels, device, rows=max(rows, 1)) if small else step
+        per_plain = per_step(plain_arms, max(rows, 1) if small else None, plain_step)
+        per_stream = per_step([a for a in costed if a not in plain_arms], None, step)
+        per = (per_plain * plain_jobs + per_stream * (total - plain_jobs)) / max(1, total)
     start = 6.0 * (workers > 1) + 0.3 * total / workers  # spawning the workers; each job's images
     seconds = steps * total * per / workers + start
     crossing = jobs.most_added  # step (b)'s arms, at their most
