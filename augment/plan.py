@@ -211,7 +211,7 @@ def make_plan(cfg: Config, run_dir: Path) -> Plan:
     return plan
 
 
-def benchmark_jobs(cfg: Config, val_per_class: int, device) -> JobPlan:
+def benchmark_jobs(cfg: Config, val_per_class: int, device, size: tuple[int, int]) -> JobPlan:
     """The benchmark's jobs as far as the config tells (augment.core.bench.jobs.plan_jobs, which the stage
     calls over the run directory): every enabled stage's images, class sizes from data's keys."""
     d = cfg.data
@@ -220,7 +220,8 @@ def benchmark_jobs(cfg: Config, val_per_class: int, device) -> JobPlan:
     counts = list(d.class_counts.values()) if d.class_counts else None
     equal = (d.per_class is not None and d.imbalance_ratio == 1.0) or (counts is not None and len(set(counts)) == 1)
     ratio = d.imbalance_ratio if d.per_class is not None else (max(counts) / min(counts) if counts else 1.0)
-    return plan_jobs(cfg.benchmark, cfg.seed, sources, equal, ratio, val_per_class, str(device).startswith("cuda"))
+    return plan_jobs(cfg.benchmark, cfg.seed, sources, equal, ratio, val_per_class, str(device).startswith("cuda"),
+                     size[0] * size[1])
 
 
 def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_train: int, val_per_class: int,
@@ -229,7 +230,7 @@ def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_trai
 
     b = cfg.benchmark
     steps = b.steps_for(n_train)
-    jobs = benchmark_jobs(cfg, val_per_class, device)
+    jobs = benchmark_jobs(cfg, val_per_class, device, size)
     arms = jobs.arms
     costed = arms + max((jobs.added(r) for r in jobs.recipes), key=len, default=[])  # with step (b) at its most
     specs = {a: trained_as(a, b.classical_on_the_fly) for a in costed}
@@ -239,7 +240,15 @@ def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_trai
     augmented = [a for a in costed if specs[a].augment or specs[a].classical]
     classical = transforms_for(cfg.classical, channels) if augmented and b.classical_on_the_fly else None
 
+    cuda = str(device).startswith("cuda")
+    # benchmark.models_per_round: a round of m models costs a round's step; each model's share, m probed together
+    m = max(1, min(8 if cuda else 4, jobs.per_round, total))
     probed: dict[int | None, float] = {}
+
+    def probe(augment=None, rows: int | None = None) -> float:
+        """One model's share of a round's step (one model alone when unstacked)."""
+        return _classifier_step_seconds(cfg, k, size, channels, device, augment, classical=classical if augment else None,
+                                        rows=rows, models=m) / m
 
     def per_step(arms: list[str], rows: int | None, plain: float) -> float:
         """One step of these arms' classifiers, the augmented ones probed (once a batch size) with the
@@ -248,8 +257,7 @@ def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_trai
         if not aug:
             return plain
         if rows not in probed:
-            probed[rows] = _classifier_step_seconds(cfg, k, size, channels, device, "trivialaugment", classical=classical,
-                                                    rows=rows)
+            probed[rows] = probe("trivialaugment", rows)
         return plain + (probed[rows] - plain) * len(aug) / len(arms)
 
     # An arm of the real images alone (no side stream) draws min(batch_size, their count) a step: on a
@@ -261,20 +269,22 @@ def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_trai
     folds = max(2, min(b.folds, pool // max(k, 1)))  # lowered to the smallest class's images, as the stage does
     rows = int(pool * (1 - 1 / folds)) if jobs.protocol == "kfold" else n_train
     small = min(b.batch_size, rows) < b.batch_size and plain_jobs > 0
-    if jobs.per_round > 1:  # stacked: a round of up to per_round models costs about per_round steps of one over its speed-up
+    if jobs.per_round > 1 and cuda:  # a GPU's stacked rounds: the augmentation there costs little beside the models
         small = False
-        per = _classifier_step_seconds(cfg, k, size, channels, device, models=min(8, total)) / min(8, total)
+        per = shown = probe()
     else:
-        plain_step = _classifier_step_seconds(cfg, k, size, channels, device, rows=max(rows, 1)) if small else step
+        shown = step if m == 1 else probe()  # `step`: make_plan's probe of one model at a full batch
+        plain_step = probe(rows=max(rows, 1)) if small else shown
         per_plain = per_step(plain_arms, max(rows, 1) if small else None, plain_step)
-        per_stream = per_step([a for a in costed if a not in plain_arms], None, step)
+        per_stream = per_step([a for a in costed if a not in plain_arms], None, shown)
         per = (per_plain * plain_jobs + per_stream * (total - plain_jobs)) / max(1, total)
     start = 6.0 * (workers > 1) + 0.3 * total / workers  # spawning the workers; each job's images
     seconds = steps * total * per / workers + start
     crossing = jobs.most_added  # step (b)'s arms, at their most
     extra = total - (len(arms) + crossing) * b.seeds  # the share choices' classifiers beyond one per arm and seed
     how = (f"{len(arms)} arms" + (f" + {crossing} crossing the recipe chosen on {'k-fold' if jobs.protocol == 'kfold' else 'val'}" if crossing else "")
-           + f" x {b.seeds} seeds + {extra} share choices, {steps} steps at {step:.3f} s") + (
+           + f" x {b.seeds} seeds + {extra} share choices, {steps} steps at {shown:.3f} s"
+           + (f" a model in rounds of up to {jobs.per_round}" if jobs.per_round > 1 else "")) + (
         f" ({probed[None]:.3f} s augmented on the fly)" if None in probed else "") + (
         f"; {plain_step:.3f} s{f' ({probed[rows]:.3f} s augmented)' if rows in probed else ''} at the {rows} images a "
         "step of the arms without a side stream" if small else "") + f" on {workers} worker(s)" + (

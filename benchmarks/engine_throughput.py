@@ -1,7 +1,7 @@
 """Wall time of training 16 benchmark classifiers: one after another vs the batched engine. Writes JSON.
 
     python benchmarks/engine_throughput.py [--size 8] [--steps 600] [--baseline-rev b7f9012]
-        [--variants previous sequential engine stacked] [--repeats 2] [--out FILE]
+        [--variants previous sequential engine one_per_worker stacked] [--repeats 2] [--out FILE]
 
 The 16 classifiers are the benchmark's recipe mix, four seeds each of real, real+classical (the
 medium preset on the fly), real+trivialaugment and real+classical+trivialaugment, on 100 digits
@@ -11,7 +11,10 @@ process, timed from the first model's construction to the last one trained:
               train_classifier 16 times, one after another, in one process (torch's threads)
   sequential  this code's train_classifier 16 times one after another in one process
   engine      what the benchmark stage runs: benchmark.models_per_round auto on this device and
-              benchmark.workers auto (on a CPU, a pool of one single-threaded process per core)
+              benchmark.workers auto (on a CPU, a pool of one single-threaded process per core, each
+              training its round of the models stacked, up to 16 at once, at most 16x16 pixels)
+  one_per_worker  the same pool, each worker training one model at a time (the CPU's auto before
+              2026-12-06, and still its auto above 16x16 pixels)
   stacked     all 16 as one stacked network (models_per_round 16) in one process
 Variants alternate (A B C D A B C D ...) over --repeats rounds; the JSON keeps every time, the
 medians and each variant's speed-up over `previous`, and each model's accuracy on 500 held-out
@@ -58,12 +61,16 @@ else:
     from augment.core.classify.engine import Task
     from augment.core.base.parallel import auto_workers, job_pool, run_jobs
     tasks = [Task(x[train], y[train], seed, classical=c, augment=a) for arm, c, a, seed in jobs]
-    per_round = len(tasks) if variant == "stacked" else (64 if torch.cuda.is_available() else 1)
+    import os
+    from augment.config import BenchmarkConfig
+    from augment.core.bench.jobs import auto_per_round, rounds_of
+    cuda = torch.cuda.is_available()
+    per_round = {"stacked": len(tasks), "one_per_worker": 1}.get(variant) or auto_per_round(BenchmarkConfig(), cuda, size * size)
     if variant == "stacked":
         models = train_classifiers(tasks, 10, classical=classical, stack=per_round, **kw)
     else:
         import engine_job
-        rounds = [list(range(i, min(i + per_round, len(tasks)))) for i in range(0, len(tasks), per_round)]
+        rounds = rounds_of(list(range(len(tasks))), per_round, 1 if cuda else os.cpu_count() or 1)
         workers = auto_workers(len(rounds), None, "cuda" if torch.cuda.is_available() else "cpu", steps * per_round)
         models = [None] * len(tasks)
         with job_pool(workers) as pool:

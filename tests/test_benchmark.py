@@ -168,3 +168,31 @@ def test_arms_are_reported_baselines_first_then_synthetic_as_configured():
                                                       "real+smote") for sp in ("val", "test")})
     s = summarise(table, ["real+gan", "synthetic_only", "real", "real+smote", "real+classical"])
     assert list(s.arms) == ["real", "real+classical", "real+gan", "real+smote", "synthetic_only"]
+
+
+def test_rounds_are_cut_evenly_for_the_cores_and_never_above_models_per_round():
+    """benchmark.models_per_round > 1: a stage's jobs in contiguous rounds of near-equal size, as many as
+    a multiple of the cores (every worker the same work), each at most models_per_round; one a round
+    is the jobs one by one."""
+    from augment.core.bench.jobs import rounds_of
+
+    for n, per_round, cores, sizes in [(22, 16, 2, [11, 11]), (34, 16, 2, [9, 9, 8, 8]), (7, 16, 2, [4, 3]),
+                                       (5, 16, 4, [2, 1, 1, 1]), (3, 16, 4, [1, 1, 1]), (100, 64, 1, [50, 50]),
+                                       (5, 1, 2, [1] * 5), (0, 16, 2, [])]:
+        rounds = rounds_of(list(range(n)), per_round, cores)
+        assert [len(r) for r in rounds] == sizes and sum(rounds, []) == list(range(n)), (n, per_round, cores)
+
+
+def test_models_per_round_auto_stacks_small_images_on_a_cpu_and_many_on_a_gpu():
+    """auto: up to 16 SmallCNNs a round on a CPU for images of at most 16x16 (measured faster there),
+    one at a time above it or for a torchvision backbone, up to 64 on a GPU; a number as configured."""
+    from augment.config import BenchmarkConfig
+    from augment.core.bench.jobs import auto_per_round
+
+    auto = BenchmarkConfig()
+    assert auto_per_round(auto, False, 8 * 8) == auto_per_round(auto, False, 16 * 16) == 16
+    assert auto_per_round(auto, False, 28 * 28) == auto_per_round(auto, False, 16 * 17) == 1
+    assert auto_per_round(auto, True, 224 * 224) == 64
+    assert auto_per_round(BenchmarkConfig(models_per_round=3), False, 64 * 64) == 3
+    backbone = BenchmarkConfig.model_construct(**{**auto.model_dump(), "classifier": "resnet18"})
+    assert auto_per_round(backbone, False, 8 * 8) == 1

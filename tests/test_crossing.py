@@ -32,7 +32,7 @@ def test_every_recipe_crossed_with_every_source_is_an_arm_of_that_recipe_and_sou
 
 
 def test_the_recipe_is_chosen_on_val_alone_and_a_tie_goes_to_the_plainer_recipe():
-    jobs = plan_jobs(BenchmarkConfig(seeds=2), 0, SOURCES, True, 1.0, 10, False)
+    jobs = plan_jobs(BenchmarkConfig(seeds=2), 0, SOURCES, True, 1.0, 10, False, 64)
     assert jobs.recipes == list(RECIPES) and jobs.cross == ["smote", "gan"]
     finished = {f"{a}/{s}": _records(v, 1 - v) for a, v in zip(RECIPES, (0.5, 0.8, 0.8, 0.7)) for s in range(2)}
     assert jobs.recipe(finished) == "real+classical"  # tied with real+trivialaugment on val; test (inverted) unread
@@ -41,7 +41,7 @@ def test_the_recipe_is_chosen_on_val_alone_and_a_tie_goes_to_the_plainer_recipe(
     assert jobs.crossed("real+classical") == jobs.added("real+classical") == ["real+classical+smote", "real+classical+gan"]
     assert jobs.added("real") == [] and jobs.most_added == 2
     listed = plan_jobs(BenchmarkConfig(arms=["real", "real+classical", "real+classical+gan"]), 0, SOURCES, True, 1.0, 10,
-                       False)
+                       False, 64)
     assert listed.added("real+classical") == ["real+classical+smote"]
 
 
@@ -65,18 +65,18 @@ def test_a_member_source_is_its_generators_kept_rows_and_needs_that_generator():
     with pytest.raises(ValueError, match="benchmark.arms 'real\\+gan:mix'.*gan.mode 'per_class'"):
         Config(gan={"mode": "per_class"}, benchmark={"arms": ["real", "real+gan:mix"]})
     b = BenchmarkConfig(cross_sources=["gan", "gan:per_class", "gan:mix"])
-    jobs = plan_jobs(b, 0, SOURCES | {"gan:per_class"}, True, 1.0, 10, False)
+    jobs = plan_jobs(b, 0, SOURCES | {"gan:per_class"}, True, 1.0, 10, False, 64)
     assert jobs.cross == ["gan", "gan:per_class"]  # no mix rows: no arm
     assert jobs.added("real+trivialaugment") == ["real+trivialaugment+gan", "real+trivialaugment+gan:per_class"]
     from augment.plan import benchmark_jobs  # --plan counts the member sources gan.mode trains
 
-    planned = benchmark_jobs(Config(benchmark={"cross_sources": ["gan", "gan:mix"]}), 10, "cpu")
+    planned = benchmark_jobs(Config(benchmark={"cross_sources": ["gan", "gan:mix"]}), 10, "cpu", (8, 8))
     assert planned.cross == ["gan", "gan:mix"]
 
 
 def test_no_step_b_without_sources_and_none_for_a_source_without_images():
-    assert plan_jobs(BenchmarkConfig(cross_sources=[]), 0, SOURCES, True, 1.0, 10, False).most_added == 0
-    jobs = plan_jobs(BenchmarkConfig(), 0, {"real", "classical", "gan"}, True, 1.0, 10, False)
+    assert plan_jobs(BenchmarkConfig(cross_sources=[]), 0, SOURCES, True, 1.0, 10, False, 64).most_added == 0
+    jobs = plan_jobs(BenchmarkConfig(), 0, {"real", "classical", "gan"}, True, 1.0, 10, False, 64)
     assert jobs.cross == ["gan"] and jobs.added("real+classical+trivialaugment") == ["real+classical+trivialaugment+gan"]
 
 
@@ -159,7 +159,7 @@ def _train_all(tmp_path, monkeypatch, finished=None, **benchmark):
     trained = []
     monkeypatch.setattr(stage, "train_and_score", lambda jobs: trained.extend(j["key"] for j in jobs) or _fake_round(jobs))
     cfg = load_config(SMOKE, [f"benchmark.{k}={v}" for k, v in {"workers": 1, "seeds": 2, **benchmark}.items()])
-    jobs = plan_jobs(cfg.benchmark, 0, SOURCES, True, 1.0, 10, False)
+    jobs = plan_jobs(cfg.benchmark, 0, SOURCES, True, 1.0, 10, False, 64)
     finished = dict(finished or {})
     shares, recipe = stage._train_all(cfg, tmp_path, jobs, lambda j: dict(key=j.key, arm=j.arm, share=j.share), finished,
                                       "fp", 1, torch.device("cpu"), None)

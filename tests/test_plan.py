@@ -68,10 +68,10 @@ def test_the_plan_counts_the_arms_and_jobs_the_benchmark_trains(smoke_run):
     summary = read_summary(run_dir)
     stage = benchmark._job_plan(cfg, run_dir, rundir.read_manifest(run_dir), rundir.ingest_info(run_dir)["classes"],
                                 torch.device("cpu"))
-    plan = benchmark_jobs(cfg, summary.selection.val_per_class, "cpu")
+    plan = benchmark_jobs(cfg, summary.selection.val_per_class, "cpu", tuple(rundir.ingest_info(run_dir)["size"]))
     added = stage.added(summary.crossing.recipe)  # step (b): the chosen recipe's crossed arms not configured
     assert plan.arms == stage.arms and set(summary.arms) == set(stage.arms + added) and "real+balanced" in summary.skipped_arms
-    assert plan.count() == stage.count() and [j.key for j in plan.select] == [j.key for j in stage.select]
+    assert plan.count() == stage.count() and plan.per_round == stage.per_round and [j.key for j in plan.select] == [j.key for j in stage.select]
     assert len(added) <= plan.most_added and plan.most_added == 2  # real+classical (the copies) + smote, + gan
     assert plan.main_keys == stage.main_keys and plan.protocol == stage.protocol == summary.selection.protocol
 
@@ -118,13 +118,14 @@ def test_the_benchmark_estimate_costs_each_arm_at_the_batch_it_draws(monkeypatch
     calls = []
 
     def probe(cfg, k, size, channels, device, augment=None, models=1, classical=None, threaded=False, rows=None):
-        calls.append((augment, rows))
-        return 1e-3 * min(cfg.benchmark.batch_size, rows or cfg.benchmark.batch_size) * (2 if augment else 1)
+        calls.append((augment, rows))  # a round of `models` costs `models` times one model's step here
+        return 1e-3 * min(cfg.benchmark.batch_size, rows or cfg.benchmark.batch_size) * (2 if augment else 1) * models
 
     monkeypatch.setattr(plan_mod, "_classifier_step_seconds", probe)
     arms = "[real, real+trivialaugment, real+gan]"
-    big = load_config(SMOKE, ["benchmark.batch_size=64", f"benchmark.arms={arms}", "benchmark.cross_sources=[]",
-                              "benchmark.share_grid=[0.5]", "benchmark.workers=1", "benchmark.seeds=2"])
+    keys = ["benchmark.batch_size=64", f"benchmark.arms={arms}", "benchmark.cross_sources=[]",
+            "benchmark.share_grid=[0.5]", "benchmark.workers=1", "benchmark.seeds=2"]
+    big = load_config(SMOKE, [*keys, "benchmark.models_per_round=1"])
     full, _ = plan_mod._benchmark_estimate(big, 10, (8, 8), 1, torch.device("cpu"), 200, 10, 0.064)
     assert all(rows is None for _, rows in calls)  # 200 images: every arm draws full batches
     calls.clear()
@@ -134,3 +135,10 @@ def test_the_benchmark_estimate_costs_each_arm_at_the_batch_it_draws(monkeypatch
     plain = (0.020 + 0.040) / 2  # real and real+trivialaugment at 20 images a step
     assert seconds == pytest.approx(steps * (plain * 4 + 0.064 * 3) + 0.3 * jobs, rel=1e-6)
     assert full > seconds
+    # stacked rounds on a CPU (models_per_round auto at 8x8): each model's share of a round probed the same way
+    stacked = load_config(SMOKE, keys)
+    assert plan_mod.benchmark_jobs(stacked, 10, "cpu", (8, 8)).per_round == 16
+    calls.clear()
+    rounds, how = plan_mod._benchmark_estimate(stacked, 10, (8, 8), 1, torch.device("cpu"), 20, 10, 0.064)
+    assert ("trivialaugment", 20) in calls and "in rounds of up to 16" in how
+    assert rounds == pytest.approx(steps * (plain * 4 + 0.064 * 3) + 0.3 * jobs, rel=1e-6)

@@ -91,7 +91,7 @@ def test_the_share_is_chosen_on_val_only():
                 "real+gan/share=0.5": records(0.85, 0.50)}
     from augment.core.bench.jobs import plan_jobs
 
-    jobs = plan_jobs(BenchmarkConfig(share_grid=[0.1, 0.25, 0.5]), 0, {"real", "gan"}, True, 1.0, 10, False)
+    jobs = plan_jobs(BenchmarkConfig(share_grid=[0.1, 0.25, 0.5]), 0, {"real", "gan"}, True, 1.0, 10, False, 64)
     choice = jobs.choose_share("real+gan", finished)
     assert choice["share"] == 0.25  # best on val; the tie with 0.5 goes to the smaller share; test is never read
     assert choice["val"] == {"0.1": 0.80, "0.25": 0.85, "0.5": 0.85} and choice["chosen_on"] == "val"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from augment.core.classify.side_stream import SideStream, soften
 from augment.core.transforms.copies import transforms_for
 from augment.core.smote.features import load_extractor, make_extractor
 from augment.core.base.parallel import auto_workers, job_pool, run_jobs
-from augment.core.bench.jobs import Job, JobPlan, plan_jobs
+from augment.core.bench.jobs import Job, JobPlan, plan_jobs, rounds_of
 from augment.core.bench.selection import fold_count, fold_indices, without_held_out
 from augment.core.bench.stats import ids_digest, linear_probe_scores, score_records, summarise
 from augment.registry import SOURCES, member_source, trained_as
@@ -238,8 +239,9 @@ def _job_plan(cfg: Config, run_dir: Path, frame: pd.DataFrame, classes: list[str
     val_per_class = int(rundir.split_rows(frame, "val", ("real",))["label"].value_counts()
                         .reindex(classes, fill_value=0).min())
     ratio = real_counts.max() / real_counts.min()
+    size = rundir.ingest_info(run_dir)["size"]
     jobs = plan_jobs(cfg.benchmark, cfg.seed, sources, real_counts.nunique() == 1, ratio, val_per_class,
-                     device.type == "cuda")
+                     device.type == "cuda", size[0] * size[1])
     if jobs.no_images:
         log.warning("benchmark: arm(s) %s skipped, their stage produced no images", jobs.no_images)
     if jobs.same:
@@ -278,8 +280,11 @@ def _train_all(cfg: Config, run_dir: Path, jobs: JobPlan, to_dict, finished: dic
 
     def execute(todo: list, pool) -> None:
         nonlocal done
-        todo = [to_dict(j) for j in todo if j.key not in finished]
-        rounds = [todo[i : i + jobs.per_round] for i in range(0, len(todo), jobs.per_round)]
+        # rounds cut over the whole list, finished jobs included, then those dropped: a resumed run trains
+        # each unfinished model in the round it had (a round's results are saved together)
+        rounds = [[to_dict(j) for j in r if j.key not in finished]
+                  for r in rounds_of(todo, jobs.per_round, 1 if str(device).startswith("cuda") else os.cpu_count() or 1)]
+        rounds = [r for r in rounds if r]
         for i, outs in run_jobs(train_and_score, rounds, 1, pool=pool):
             for j, out in zip(rounds[i], outs):
                 finished[j["key"]] = out
@@ -295,7 +300,7 @@ def _train_all(cfg: Config, run_dir: Path, jobs: JobPlan, to_dict, finished: dic
         execute(jobs.select + jobs.main(jobs.plain), pool)  # the share choices and, meanwhile, the plain arms
         shares = jobs.choose_shares(jobs.streams, finished, b.synthetic_share)
         later = [] if jobs.shares_from_select else jobs.main(jobs.streams, shares)  # the side-stream arms at their shares
-        if not all(f"{a}/{s}" in finished for a in jobs.recipes for s in range(b.seeds)):
+        if later and any(r in jobs.streams for r in jobs.recipes):
             execute(later, pool)  # a recipe with a side stream (the classical copies): step (a) waits for it
             later = []
         recipe = jobs.recipe(finished)

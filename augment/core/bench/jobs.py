@@ -22,6 +22,20 @@ from augment.registry import RECIPES, crossed, trained_as
 from augment.runtime import derive_seed
 
 BALANCE_RATIO = 1.5  # benchmark.balanced_sampling auto: every arm balances classes beyond this size ratio
+# benchmark.models_per_round auto: up to 64 SmallCNNs a round on a GPU; on a CPU up to 16 in each worker's
+# round for images of at most 16x16 pixels (one thread's grouped convolutions there cost no more than the
+# models one by one, and the batched augmentation and the optimizer's calls are shared: at 8x8 a model's
+# step 0.6-0.95x; at 32x32 it is 1.25-1.5x, so larger images train one at a time; benchmarks/engine_throughput.py)
+PER_ROUND_GPU, PER_ROUND_CPU, STACK_CPU_PIXELS = 64, 16, 16 * 16
+
+
+def auto_per_round(b: BenchmarkConfig, cuda: bool, pixels: int) -> int:
+    """benchmark.models_per_round: as configured, or auto (above) for images of `pixels` (H x W)."""
+    if b.models_per_round != "auto":
+        return b.models_per_round
+    if cuda:
+        return PER_ROUND_GPU
+    return PER_ROUND_CPU if b.classifier == "cnn" and pixels <= STACK_CPU_PIXELS else 1
 
 
 @dataclass(frozen=True)
@@ -138,16 +152,30 @@ class JobPlan:
         return len(self.select) + extra * per_arm, len(self.main_keys) + extra * results
 
 
+def rounds_of(todo: list, per_round: int, parallel: int) -> list[list]:
+    """`todo` in contiguous rounds of at most `per_round` jobs, sizes differing by one at most, their number
+    a multiple of `parallel` where there are enough jobs, so that `parallel` workers get the same work.
+    The stage passes the machine's core count, not benchmark.workers: which models share a round (and
+    so the results, to float rounding) never depends on how many workers train the rounds."""
+    if not todo:
+        return []
+    parallel = max(1, parallel)
+    n = min(len(todo), -(-len(todo) // per_round // parallel) * parallel) if per_round > 1 else len(todo)
+    size, extra = divmod(len(todo), n)
+    bounds = np.cumsum([0] + [size + (i < extra) for i in range(n)])
+    return [todo[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def share_key(arm: str, share: float, seed: str) -> str:
     """The key of the job that tries `share` for `arm` at `seed` ("select": a choice on val, its own seed)."""
     return f"{arm}/share={share}" + (f"/{seed}" if seed != "select" else "")
 
 
 def plan_jobs(b: BenchmarkConfig, seed: int, sources: set[str], equal_classes: bool, ratio: float,
-              val_per_class: int, cuda: bool) -> JobPlan:
+              val_per_class: int, cuda: bool, pixels: int) -> JobPlan:
     """The job list of benchmark config `b` when the run has images of `sources`, its real train classes
-    are all of one size (`equal_classes`) or differ by `ratio` (largest over smallest), and its smallest
-    class has `val_per_class` real val images."""
+    are all of one size (`equal_classes`) or differ by `ratio` (largest over smallest), its smallest
+    class has `val_per_class` real val images, and its images `pixels` (H x W) pixels."""
     spec = {a: trained_as(a, b.classical_on_the_fly) for a in b.arms}
     arms = [a for a in b.arms if set(spec[a].sources) <= sources]
     no_images = [a for a in b.arms if a not in arms]
@@ -161,7 +189,7 @@ def plan_jobs(b: BenchmarkConfig, seed: int, sources: set[str], equal_classes: b
     cross = [s for s in b.cross_sources if s in sources]
     grid = sorted(set(b.share_grid)) if b.synthetic_share == "auto" and (streams or cross) else []
     select_seeds = ["select"] if protocol == "val" else [str(s) for s in range(b.seeds)]
-    per_round = b.models_per_round if b.models_per_round != "auto" else (64 if cuda else 1)
+    per_round = auto_per_round(b, cuda, pixels)
     recipes = [r for r in RECIPES if r in arms and spec[r].recipe == r] if cross else []  # the registry's order
     plan = JobPlan(arms, no_images, same, balanced, streams, protocol, reason, grid, [], select_seeds, per_round,
                    b.seeds, val_per_class, seed, recipes, cross)

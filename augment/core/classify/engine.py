@@ -8,9 +8,14 @@ Every model draws its batches, augmentation parameters and dropout masks from it
 generator, CHUNK steps at a time, so a model's result does not depend on which others share its
 round (tests/test_engine.py: one model alone equals the same model inside a round of 8).
 
-Where the round's models stack is a measured choice (benchmarks/engine_throughput.py): on a GPU
-all of them at once; on a CPU one at a time in each worker process (oneDNN's grouped convolutions
-cost more per model than plain ones, so the cores are better used by processes).
+Where the round's models stack is a measured choice (benchmarks/engine_throughput.py,
+augment.core.bench.jobs.auto_per_round): on a GPU up to 64 at once; on a CPU, in each worker process,
+up to 16 at once for images of at most 16x16 pixels (one thread's grouped convolutions cost about
+what the models one by one do there, and the batched augmentation, the sampling and the optimizer's
+calls are shared), one at a time above that (grouped convolutions cost 1.25-1.5x per model at 32x32).
+"Equals" is to float rounding: grouped convolutions sum in another order than plain ones, and over
+hundreds of steps such differences grow into another draw of the same training, so which models
+share a round is fixed by the job list and the machine's core count (rounds_of), never by timing.
 """
 
 from __future__ import annotations
