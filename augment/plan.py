@@ -12,7 +12,7 @@ import numpy as np
 from augment import graph, rundir
 from augment.config import Config
 from augment.core.base.parallel import auto_workers, single_threaded
-from augment.core.bench.jobs import JobPlan, plan_jobs
+from augment.core.bench.jobs import JobPlan, plan_jobs, round_parallel, rounds_of
 from augment.registry import generator_modes, member_source, trained_as
 from augment.runtime import resolve_device
 
@@ -242,7 +242,9 @@ def _benchmark_estimate(cfg: Config, k: int, size, channels: int, device, n_trai
 
     cuda = str(device).startswith("cuda")
     # benchmark.models_per_round: a round of m models costs a round's step; each model's share, m probed together
-    m = max(1, min(8 if cuda else 4, jobs.per_round, total))
+    # (m: the first round the stage cuts for the whole list, at most 8 on a GPU and 4 on a CPU to keep the probe short)
+    first = rounds_of(list(range(total)), jobs.per_round, round_parallel(cuda))
+    m = max(1, min(8 if cuda else 4, len(first[0]) if first else 1))
     probed: dict[int | None, float] = {}
 
     def probe(augment=None, rows: int | None = None) -> float:

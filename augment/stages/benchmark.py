@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from augment.core.classify.side_stream import SideStream, soften
 from augment.core.transforms.copies import transforms_for
 from augment.core.smote.features import load_extractor, make_extractor
 from augment.core.base.parallel import auto_workers, job_pool, run_jobs
-from augment.core.bench.jobs import Job, JobPlan, plan_jobs, rounds_of
+from augment.core.bench.jobs import Job, JobPlan, plan_jobs, round_parallel, rounds_of
 from augment.core.bench.selection import fold_count, fold_indices, without_held_out
 from augment.core.bench.stats import ids_digest, linear_probe_scores, score_records, summarise
 from augment.registry import SOURCES, member_source, trained_as
@@ -283,7 +282,7 @@ def _train_all(cfg: Config, run_dir: Path, jobs: JobPlan, to_dict, finished: dic
         # rounds cut over the whole list, finished jobs included, then those dropped: a resumed run trains
         # each unfinished model in the round it had (a round's results are saved together)
         rounds = [[to_dict(j) for j in r if j.key not in finished]
-                  for r in rounds_of(todo, jobs.per_round, 1 if str(device).startswith("cuda") else os.cpu_count() or 1)]
+                  for r in rounds_of(todo, jobs.per_round, round_parallel(str(device).startswith("cuda")))]
         rounds = [r for r in rounds if r]
         for i, outs in run_jobs(train_and_score, rounds, 1, pool=pool):
             for j, out in zip(rounds[i], outs):

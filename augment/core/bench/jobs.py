@@ -11,6 +11,7 @@ counts the most it can add.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,10 +24,17 @@ from augment.runtime import derive_seed
 
 BALANCE_RATIO = 1.5  # benchmark.balanced_sampling auto: every arm balances classes beyond this size ratio
 # benchmark.models_per_round auto: up to 64 SmallCNNs a round on a GPU; on a CPU up to 16 in each worker's
-# round for images of at most 16x16 pixels (one thread's grouped convolutions there cost no more than the
-# models one by one, and the batched augmentation and the optimizer's calls are shared: at 8x8 a model's
-# step 0.6-0.95x; at 32x32 it is 1.25-1.5x, so larger images train one at a time; benchmarks/engine_throughput.py)
+# round for images of at most 16x16 pixels (one thread's grouped convolutions there cost about what the models'
+# plain ones do, and the batched augmentation and the optimizer's calls are shared: 16 classifiers took 0.77x
+# the time at 8x8 and 0.97x at 16x16, benchmarks/engine_throughput.py; at 32x32 a one-off timing gave 1.25-1.55x
+# per model, so larger images train one at a time)
 PER_ROUND_GPU, PER_ROUND_CPU, STACK_CPU_PIXELS = 64, 16, 16 * 16
+
+
+def round_parallel(cuda: bool) -> int:
+    """What rounds_of cuts a stage's jobs for: the machine's cores on a CPU (not benchmark.workers, which
+    then changes no number), one on a GPU. The plan and the stage both ask here."""
+    return 1 if cuda else os.cpu_count() or 1
 
 
 def auto_per_round(b: BenchmarkConfig, cuda: bool, pixels: int) -> int:
