@@ -275,8 +275,7 @@ class BenchmarkConfig(_Section):
     folds: int = Field(default=5, ge=2)
     linear_probe: Bool = True
     workers: int | None = Field(default=None, ge=1)  # processes for the arms x seeds classifiers; null: every core on CPU
-    # classifiers stacked in one network (core.classify.engine); auto (core.bench.jobs.auto_per_round): on a CPU up
-    # to 16 in each worker's round for images of at most 16x16 pixels, else 1; up to 64 on a GPU
+    # classifiers stacked in one network (core.classify.engine); auto: core.bench.jobs.auto_per_round (docs/config.md)
     models_per_round: Literal["auto"] | Annotated[int, Field(ge=1)] = "auto"
     # on-the-fly augmentation batched on the device, or image by image on the CPU; auto: device if every op has one
     augment_on: Literal["auto", "cpu", "device"] = "auto"
