@@ -168,7 +168,7 @@ def rounds_of(todo: list, per_round: int, parallel: int) -> list[list]:
     if not todo:
         return []
     parallel = max(1, parallel)
-    n = min(len(todo), -(-len(todo) // per_round // parallel) * parallel) if per_round > 1 else len(todo)
+    n = min(len(todo), -(-len(todo) // per_round // parallel) * parallel)  # per_round 1: every job its own round
     size, extra = divmod(len(todo), n)
     bounds = np.cumsum([0] + [size + (i < extra) for i in range(n)])
     return [todo[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
