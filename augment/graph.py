@@ -27,7 +27,7 @@ from augment.config import BenchmarkConfig, ClassicalConfig, Config, GanConfig
 from augment.config_file import dump_config
 from augment.core.base.accel import use_cuda_graphs
 from augment.errors import MachineError, UserError, check_stop
-from augment.runtime import describe_device, graceful_stop, resolve_device
+from augment.runtime import describe_device, graceful_stop, resolve_device, tune_allocator
 from augment.stages import benchmark, classical, expand, gan, ingest, judge, report, smote, synthesize
 from augment.summary import Summary, read_summary
 
@@ -193,6 +193,7 @@ def run_stage(name: str, cfg: Config, run_dir: Path, progress=None, fps: dict[st
         log.info("stage %s: unchanged since the last run, skipped", name)
         return {**record, "skipped": True}
     rundir.clear_stage_record(run_dir, name)
+    tune_allocator()  # whichever process runs the stage (the flow's, a Prefect or Dask worker)
     start = time.perf_counter()
     log.info("stage %s: started", name)
     with _disk_errors(f"stage {name}"):
@@ -226,6 +227,7 @@ def fan_out(name: str, cfg: Config, run_dir: Path, fps: dict[str, str] | None = 
 def run_part(name: str, cfg: Config, run_dir: Path, part: int, progress=None, fps: dict[str, str] | None = None) -> dict:
     """Run (or resume, or find finished) one part of a stage."""
     bar = terminal_bar(f"{name} part {part}", position=part + 1)
+    tune_allocator()
     with _disk_errors(f"stage {name} part {part}"):  # a full disk in a shard is the same one line
         return BY_NAME[name].run_part(cfg, Path(run_dir), part, (fps or fingerprints(cfg))[name], _both(bar, progress))
 

@@ -14,7 +14,7 @@ from augment.config import Config
 from augment.core.base.parallel import auto_workers, single_threaded
 from augment.core.bench.jobs import JobPlan, plan_jobs, round_parallel, rounds_of
 from augment.registry import generator_modes, member_source, trained_as
-from augment.runtime import resolve_device
+from augment.runtime import resolve_device, tune_allocator
 
 @dataclass
 class StagePlan:
@@ -171,6 +171,7 @@ def make_plan(cfg: Config, run_dir: Path) -> Plan:
     """Which stages will run, and about how long each takes here; runs no stage."""
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
+    tune_allocator()  # the probes time the steps as the stages will run them
     fps = graph.fingerprints(cfg)
     cached = {s.name: graph.is_current(s.name, cfg, run_dir, fps) for s in graph.STAGES}
     data, k, size, channels, n_train, val_per_class = _data(cfg, run_dir, cached["ingest"])
