@@ -45,6 +45,15 @@ def describe_device(device) -> dict:
     return {"device": str(device), "gpu": gpu, "torch": torch.__version__}
 
 
+def cpu_cores() -> int:
+    """The processors this process may run on (its CPU affinity: taskset, a container's cpuset), else
+    the machine's count: what the worker pools and the benchmark's rounds are sized by."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
+
+
 def derive_seed(seed: int, *parts: object) -> int:
     """A stable 63-bit seed for a named sub-stream, so stages never share random streams."""
     blob = json.dumps([seed, *[str(p) for p in parts]]).encode()

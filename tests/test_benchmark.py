@@ -196,3 +196,22 @@ def test_models_per_round_auto_stacks_small_images_on_a_cpu_and_many_on_a_gpu():
     assert auto_per_round(BenchmarkConfig(models_per_round=3), False, 64 * 64) == 3
     backbone = BenchmarkConfig.model_construct(**{**auto.model_dump(), "classifier": "resnet18"})
     assert auto_per_round(backbone, False, 8 * 8) == 1
+
+
+def test_workers_and_rounds_follow_the_processors_this_process_may_use(monkeypatch):
+    """A container's cpuset or taskset gives fewer processors than the machine has: the worker pools and
+    the benchmark's rounds are sized by the affinity, not by os.cpu_count()."""
+    import os
+
+    from augment.core.base.parallel import auto_workers
+    from augment.core.bench.jobs import round_parallel
+    from augment.core.transforms.copies import auto_workers as classical_workers
+    from augment.runtime import cpu_cores
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert cpu_cores() == round_parallel(False) == auto_workers(40, None, "cpu", 10_000) == 3
+    assert classical_workers(10**6, 10**6, None) == 3
+    assert round_parallel(True) == 1
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS, Windows: the machine's count
+    assert cpu_cores() == 64

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.pool
-import os
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from augment.errors import check_stop
-from augment.runtime import tune_allocator
+from augment.runtime import cpu_cores, tune_allocator
 
 
 @contextmanager
@@ -40,7 +39,7 @@ def auto_workers(jobs: int, configured: int | None, device, steps_per_job: int =
         return max(1, min(configured, jobs))
     if str(device).startswith("cuda") or jobs * steps_per_job < POOL_MIN_STEPS:
         return 1
-    return max(1, min(os.cpu_count() or 1, jobs))
+    return max(1, min(cpu_cores(), jobs))
 
 
 def _init_worker() -> None:

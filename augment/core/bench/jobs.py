@@ -11,7 +11,6 @@ counts the most it can add.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +19,7 @@ from augment.config import BenchmarkConfig
 from augment.core.bench.selection import choose_protocol, choose_recipe
 from augment.core.bench.stats import PRIMARY
 from augment.registry import RECIPES, crossed, trained_as
-from augment.runtime import derive_seed
+from augment.runtime import cpu_cores, derive_seed
 
 BALANCE_RATIO = 1.5  # benchmark.balanced_sampling auto: every arm balances classes beyond this size ratio
 # benchmark.models_per_round auto: up to 64 SmallCNNs a round on a GPU; on a CPU up to 16 in each worker's
@@ -34,7 +33,7 @@ PER_ROUND_GPU, PER_ROUND_CPU, STACK_CPU_PIXELS = 64, 16, 16 * 16
 def round_parallel(cuda: bool) -> int:
     """What rounds_of cuts a stage's jobs for: the machine's cores on a CPU (not benchmark.workers, which
     then changes no number), one on a GPU. The plan and the stage both ask here."""
-    return 1 if cuda else os.cpu_count() or 1
+    return 1 if cuda else cpu_cores()
 
 
 def auto_per_round(b: BenchmarkConfig, cuda: bool, pixels: int) -> int:

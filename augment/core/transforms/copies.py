@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import heapq
 import json
-import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Iterator
 
 from augment.core.transforms.augmentation import FLIP, PRESETS, plain_params, build_pipeline, copies_of, read_pipeline_file
 from augment.errors import check_stop
+from augment.runtime import cpu_cores
 
 if TYPE_CHECKING:
     from augment.config import ClassicalConfig
@@ -84,7 +84,7 @@ def auto_workers(n_outputs: int, pixels_each: int, configured: int | None) -> in
     (each spawned worker imports albumentations and torch: about 4 s on this machine)."""
     if configured is not None:
         return configured
-    return (os.cpu_count() or 1) if n_outputs * pixels_each >= AUTO_POOL_PIXELS else 1
+    return cpu_cores() if n_outputs * pixels_each >= AUTO_POOL_PIXELS else 1
 
 
 def augment_copies(job: dict) -> list[list[tuple[bytes, tuple[int, int, int], str]]]:
