@@ -72,20 +72,24 @@ def tune_allocator() -> bool:
     """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
 
     By default each large tensor (above about 128 KiB, glibc's dynamic threshold) is mmap'ed when
-    allocated and unmapped when freed, so every training step faults its pages in again, the kernel
-    zeroing each one: 11,000-13,000 page faults a step of the default GAN (both members, 16 px), a
-    fifth of its time, and about a tenth of a benchmark round's at 8 px (benchmarks/README.md). With
-    these two settings (what the MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_ environment
-    variables set at a process's start) the steps reuse the heap: ~50 faults a step. Nothing is
-    computed differently. Called by every process that trains (the flow's stages, the plan's probes,
-    the worker processes); once per process. Left alone where the user set either variable, or
-    where the C library is not glibc. True when the settings are in place.
+    allocated and unmapped when freed, or the heap's free top handed back, so every training step
+    faults its pages in again, the kernel zeroing each one: about 10,000 page faults a step of the
+    default GAN (both members, 16 px; a tenth to a fifth of its time alone) and of a benchmark round
+    at 8 px. With these two settings (what the MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_
+    environment variables set at a process's start) the steps reuse the heap: under 100 a step
+    (docs/figures.md). Nothing is computed differently (tests/test_accel.py). Called by every process
+    that trains (the flow's stages, the plan's probes, the worker processes); once per process. Left
+    alone where the user chose: either variable, a glibc.malloc tunable in GLIBC_TUNABLES, or another
+    allocator preloaded (LD_PRELOAD naming a malloc); and where the C library is not glibc. True
+    when both settings are in place (should glibc refuse the second, the first stays).
     """
     global _tuned
     if _tuned is not None:
         return _tuned
     _tuned = False
-    if sys.platform != "linux" or any(f"MALLOC_{k}_" in os.environ for k in ("MMAP_THRESHOLD", "TRIM_THRESHOLD")):
+    chosen = (any(f"MALLOC_{k}_" in os.environ for k in ("MMAP_THRESHOLD", "TRIM_THRESHOLD"))
+              or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") or "malloc" in os.environ.get("LD_PRELOAD", ""))
+    if sys.platform != "linux" or chosen:
         return _tuned
     try:
         mallopt = ctypes.CDLL(None).mallopt  # glibc's; musl has none

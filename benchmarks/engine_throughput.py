@@ -63,14 +63,14 @@ else:
     tasks = [Task(x[train], y[train], seed, classical=c, augment=a) for arm, c, a, seed in jobs]
     import os
     from augment.config import BenchmarkConfig
-    from augment.core.bench.jobs import auto_per_round, rounds_of
+    from augment.core.bench.jobs import auto_per_round, round_parallel, rounds_of
     cuda = torch.cuda.is_available()
     per_round = {"stacked": len(tasks), "one_per_worker": 1}.get(variant) or auto_per_round(BenchmarkConfig(), cuda, size * size)
     if variant == "stacked":
         models = train_classifiers(tasks, 10, classical=classical, stack=per_round, **kw)
     else:
         import engine_job
-        rounds = rounds_of(list(range(len(tasks))), per_round, 1 if cuda else os.cpu_count() or 1)
+        rounds = rounds_of(list(range(len(tasks))), per_round, round_parallel(cuda))
         workers = auto_workers(len(rounds), None, "cuda" if torch.cuda.is_available() else "cpu", steps * per_round)
         models = [None] * len(tasks)
         with job_pool(workers) as pool:
