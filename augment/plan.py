@@ -79,10 +79,14 @@ def _data(cfg: Config, run_dir: Path, ingest_cached: bool) -> tuple[str, int, tu
     if d.source == "digits":
         k, size, total = 10, (8, 8), 1797
     elif d.source == "folder":
+        from augment.core.data.splits import auto_side
         from augment.core.data.survey import survey_folder
 
         survey = survey_folder(Path(d.path))
-        k, size = len(survey["classes"]), min(survey["sizes"], key=lambda hw: hw[0] * hw[1])
+        sizes = survey["sizes"]  # (H, W) -> images: ingest's working size, as data.image_size auto picks it
+        k = len(survey["classes"])
+        side = auto_side(np.repeat([min(hw) for hw in sizes], list(sizes.values()))) if len(sizes) > 1 else None
+        size = next(iter(sizes), (32, 32)) if side is None else (side, side)  # none readable: ingest will say so
         total = sum(survey["classes"].values())
     else:  # idx: the files' own count and size (cheap: one small decompression); csv: a guess
         k, size, total = 10, (28, 28), 0

@@ -142,3 +142,27 @@ def test_the_benchmark_estimate_costs_each_arm_at_the_batch_it_draws(monkeypatch
     rounds, how = plan_mod._benchmark_estimate(stacked, 10, (8, 8), 1, torch.device("cpu"), 20, 10, 0.064)
     assert ("trivialaugment", 20) in calls and "in rounds of up to 16" in how
     assert rounds == pytest.approx(steps * (plain * 4 + 0.064 * 3) + 0.3 * jobs, rel=1e-6)
+
+
+def test_the_plans_working_size_of_a_mixed_folder_is_the_one_ingest_picks(tmp_path):
+    """data.image_size auto over images of several sizes: the plan (from the folder's headers) times the
+    stages at the size ingest will pick (the median shorter side), not at the smallest image's."""
+    import numpy as np
+    from PIL import Image
+
+    from augment.core.data.splits import working_size
+    from augment.plan import _data
+
+    sides = {"a": [12, 12, 30, 40, 40], "b": [12, 30, 30, 40, 64]}
+    images, origins = [], []
+    for label, ss in sides.items():
+        (tmp_path / "in" / label).mkdir(parents=True)
+        for i, s in enumerate(ss):
+            arr = np.full((s, s + 3), 50 * i, np.uint8)  # wider than tall: the shorter side counts
+            Image.fromarray(arr).save(tmp_path / "in" / label / f"{i}.png")
+            images.append(arr[..., None])
+            origins.append(f"{label}/{i}.png")
+    cfg = load_config(SMOKE, ["data.source=folder", f"data.path={tmp_path / 'in'}", "data.image_size=auto",
+                              "data.per_class=null"])
+    size = _data(cfg, tmp_path / "run", False)[2]
+    assert size == working_size(images, origins, "auto", "test")[0] == (30, 30)

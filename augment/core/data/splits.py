@@ -130,6 +130,12 @@ def simulate_scarcity(labels, split: np.ndarray, counts: dict[str, int], seed: i
 AUTO_MAX_SIZE = 64  # data.image_size auto never picks more: small CNNs and GANs on a CPU
 
 
+def auto_side(shorter_sides) -> int:
+    """data.image_size auto over images of several sizes: the median shorter side, at most AUTO_MAX_SIZE
+    (ingest over the decoded images; the plan over the folder's headers, before ingest has run)."""
+    return int(min(AUTO_MAX_SIZE, np.median(shorter_sides)))
+
+
 def working_size(images: list[np.ndarray], origins: list[str], image_size: int | str, where: str
                  ) -> tuple[tuple[int, int], str]:
     """The (H, W) every stage trains at, and a sentence saying how it was chosen.
@@ -151,7 +157,7 @@ def working_size(images: list[np.ndarray], origins: list[str], image_size: int |
         more = f" and {len(examples) - 4} more sizes" if len(examples) > 4 else ""
         raise UserError(f"{where}: data.image_size is native but the images differ in size: {listed}{more}; "
                         "set data.image_size to auto or a number")
-    side = int(min(AUTO_MAX_SIZE, np.median([min(im.shape[:2]) for im in images])))
+    side = auto_side([min(im.shape[:2]) for im in images])
     lo, hi = min(examples), max(examples)
     return (side, side), (f"data.image_size auto: {len(examples)} image sizes ({lo[0]}x{lo[1]} to {hi[0]}x{hi[1]}); "
                           f"working size {side}x{side} (the median shorter side, at most {AUTO_MAX_SIZE})")
