@@ -49,15 +49,24 @@ def fit_to(pil: Image.Image, size: tuple[int, int], fit: str = "pad") -> Image.I
     return ImageOps.pad(pil, target, Image.Resampling.BILINEAR, color=0)
 
 
-def load_images(run_dir: Path, rel_paths, size: tuple[int, int] | None = None, channels: int = 1,
-                fit: str = "pad") -> np.ndarray:
-    """Read PNGs from the run directory into uint8 (N, H, W, C), fitted to `size` (H, W) if given."""
+def load_each(run_dir: Path, rel_paths, size: tuple[int, int] | None = None, channels: int = 1,
+              fit: str = "pad") -> list[np.ndarray]:
+    """Read PNGs from the run directory, each uint8 (H, W, C): fitted to `size` (H, W) if given, else
+    at its stored size (a folder's images keep theirs until a stage fits them to the working size)."""
     out = []
     for rel in rel_paths:
         with Image.open(Path(run_dir) / rel) as pil:
             if size is not None:
                 pil = fit_to(pil, size, fit)
             out.append(to_channels(pil, channels))
+    return out
+
+
+def load_images(run_dir: Path, rel_paths, size: tuple[int, int] | None = None, channels: int = 1,
+                fit: str = "pad") -> np.ndarray:
+    """Read PNGs from the run directory into uint8 (N, H, W, C), fitted to `size` (H, W) if given
+    (without one, the images must share their size)."""
+    out = load_each(run_dir, rel_paths, size, channels, fit)
     if not out:
         h, w = size or (0, 0)
         return np.zeros((0, h, w, channels), np.uint8)

@@ -25,7 +25,7 @@ import pandas as pd
 from augment.atomic import atomic_path, write_json
 from augment.errors import UserError
 from augment.safe_text import file_label
-from augment.png import encode_png, load_images, save_encoded, save_png, to_channels  # noqa: F401  (the run directory's PNG io)
+from augment.png import encode_png, load_each, load_images, save_encoded, save_png, to_channels  # noqa: F401  (the run directory's PNG io)
 from augment.registry import REASONS, SOURCES, source_member  # noqa: F401
 
 log = logging.getLogger("augment")
@@ -342,6 +342,6 @@ def classical_rows(run_dir: Path, parents: list[tuple[dict, int, int]], made: li
 def classical_jobs(run_dir: Path, plan: list[tuple[dict, int, int]], per_job: int, **common) -> list[dict]:
     """The copy plan as augment_copies jobs of `per_job` parents each, every parent's image read
     (at its stored size) into its job; `common` (transforms) goes into every job."""
-    images = load_images(run_dir, [parent["path"] for parent, _, _ in plan], None, ingest_info(run_dir)["channels"])
+    images = load_each(run_dir, [parent["path"] for parent, _, _ in plan], None, ingest_info(run_dir)["channels"])
     return [dict(common, parents=[(images[i], seed, k) for i, (_, seed, k) in enumerate(plan[j : j + per_job], start=j)])
             for j in range(0, len(plan), per_job)]

@@ -123,3 +123,29 @@ def test_a_process_pool_gives_the_same_images_as_one_process(ingested, tmp_path)
     _, two = _classical(ingested, "classical.workers=2", "classical.target=9")
     assert len(one) == 9 * 10 - 40
     assert one[["id", "sha256", "params"]].equals(two[["id", "sha256", "params"]])
+
+
+def test_the_stage_copies_a_folder_of_mixed_image_sizes(tmp_path):
+    """data.image_size auto over images of several sizes: ingest keeps each at its own size (stages fit
+    them to the working size when they load them), so the classical stage augments each parent at its
+    stored size, and the copies load at the working size like every other image."""
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "in", {"a": 8, "b": 8}, size=(12, 10))
+    write_image_folder(tmp_path / "in", {"a": 4, "b": 4}, size=(20, 16), seed=1)  # more files, another size
+    for label in ("a", "b"):  # the second call wrote 000-003 again: rename them apart
+        for i in range(4):
+            (root / label / f"{i:03d}.png").rename(root / label / f"big{i}.png")
+    write_image_folder(tmp_path / "in", {"a": 4, "b": 4}, size=(12, 10), seed=2)
+    cfg = load_config(None, ["data.source=folder", f"data.path={root}", "data.min_per_class=5", "data.per_class=null",
+                             "data.image_size=auto", "classical.multiplier=1"])
+    run_dir = tmp_path / "run"
+    run_stage("ingest", cfg, run_dir)
+    assert rundir.ingest_info(run_dir)["size"] == [10, 10]
+    info = run_stage("classical", cfg, run_dir)
+    frame = rundir.read_manifest(run_dir)
+    copies = frame[frame["source"] == "classical"]
+    assert len(copies) > 0 and not info["skipped"]
+    assert {(h, w) for h, w in zip(copies["height"], copies["width"])} == {(12, 10), (20, 16)}
+    x, _, _ = rundir.load_split(run_dir, "train", ("real", "classical"))
+    assert x.shape[1:] == (10, 10, 1)
