@@ -78,17 +78,17 @@ def _data(cfg: Config, run_dir: Path, ingest_cached: bool) -> tuple[str, int, tu
     train_share = 1.0 - d.val_fraction - d.test_fraction
     if d.source == "digits":
         k, size, total = 10, (8, 8), 1797
-    elif d.source == "folder":
+    elif d.source in ("folder", "csv"):  # the image headers: classes, counts, and ingest's working size
         from augment.core.data.splits import auto_side
-        from augment.core.data.survey import survey_folder
+        from augment.core.data.survey import survey_csv, survey_folder
 
-        survey = survey_folder(Path(d.path))
+        survey = (survey_folder if d.source == "folder" else survey_csv)(Path(d.path))
         sizes = survey["sizes"]  # (H, W) -> images: ingest's working size, as data.image_size auto picks it
         k = len(survey["classes"])
         side = auto_side(np.repeat([min(hw) for hw in sizes], list(sizes.values()))) if len(sizes) > 1 else None
         size = next(iter(sizes), (32, 32)) if side is None else (side, side)  # none readable: ingest will say so
         total = sum(survey["classes"].values())
-    else:  # idx: the files' own count and size (cheap: one small decompression); csv: a guess
+    else:  # idx: the files' own count and size (cheap: one small decompression)
         k, size, total = 10, (28, 28), 0
         if d.source == "idx":
             from augment.core.data.idx import read_idx_files

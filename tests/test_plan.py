@@ -166,3 +166,25 @@ def test_the_plans_working_size_of_a_mixed_folder_is_the_one_ingest_picks(tmp_pa
                               "data.per_class=null"])
     size = _data(cfg, tmp_path / "run", False)[2]
     assert size == working_size(images, origins, "auto", "test")[0] == (30, 30)
+
+
+def test_the_plan_reads_a_csv_sources_classes_counts_and_working_size(tmp_path):
+    """data.source csv: the plan looks at the listed images' headers (classes, counts, ingest's working
+    size) instead of guessing 10 classes of 28x28; rows ingest would refuse are left out."""
+    import numpy as np
+    from PIL import Image
+
+    from augment.plan import _data
+
+    (tmp_path / "img").mkdir()
+    rows = ["path,label"]
+    for i, (label, side) in enumerate([("cat", 16), ("cat", 16), ("dog", 40), ("dog", 40), ("dog", 40), ("emu", 24)]):
+        Image.fromarray(np.full((side, side), 9 * i, np.uint8)).save(tmp_path / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png,{label}")
+    rows += ["img/missing.png,cat", "../outside.png,dog", ",emu"]
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    cfg = load_config(SMOKE, ["data.source=csv", f"data.path={tmp_path / 'data.csv'}", "data.image_size=auto",
+                              "data.per_class=null"])
+    description, k, size, channels, n_train, _ = _data(cfg, tmp_path / "run", False)
+    assert (k, size) == (3, (32, 32))  # the median shorter side of 16, 16, 24, 40, 40, 40, as ingest takes it
+    assert n_train == int(6 * (1 - cfg.data.val_fraction - cfg.data.test_fraction))

@@ -1,5 +1,6 @@
 """A first look at a user's image folder (`augment init`): classes, counts, modes and sizes, and a
-starting config that `augment run` accepts. Reads image headers only."""
+starting config that `augment run` accepts; the same look at a path,label CSV (the plan's). Reads
+image headers only."""
 
 from __future__ import annotations
 
@@ -41,6 +42,35 @@ def survey_folder(root: Path) -> dict:
     return {"path": str(root.resolve()), "classes": dict(sorted(counts.items())), "sizes": dict(sizes.most_common()),
             "channels": 3 if colour else 1, "unreadable": unreadable}
 
+
+
+def survey_csv(path: Path) -> dict:
+    """Classes, images per class and image sizes of a path,label CSV (data.source csv), from the image
+    headers; rows ingest would refuse (empty, outside the CSV's folder, not a readable image) are
+    left out here, ingest names each."""
+    import pandas as pd
+
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
+        raise UserError(f"{safe_text(str(path))}: not a readable CSV") from None
+    if not {"path", "label"} <= set(table.columns):
+        raise UserError(f"{safe_text(str(path))}: expected columns path,label")
+    base = path.parent.resolve()
+    counts: Counter = Counter()
+    sizes: Counter = Counter()
+    for rel, label in zip(table["path"], table["label"]):
+        f = (path.parent / rel).resolve()
+        if not rel.strip() or not label.strip() or not f.is_relative_to(base) or not regular_file(f):
+            continue
+        try:
+            with Image.open(f) as im:  # the header only
+                sizes[im.size[::-1]] += 1
+        except Exception:  # noqa: BLE001  (ingest names each unreadable file)
+            continue
+        counts[label.strip()] += 1
+    return {"classes": dict(counts), "sizes": dict(sizes.most_common())}
 
 def starting_config(survey: dict) -> str:
     """A commented YAML config for the surveyed folder: every key it sets is explained."""
