@@ -61,7 +61,6 @@ else:
     from augment.core.classify.engine import Task
     from augment.core.base.parallel import auto_workers, job_pool, run_jobs
     tasks = [Task(x[train], y[train], seed, classical=c, augment=a) for arm, c, a, seed in jobs]
-    import os
     from augment.config import BenchmarkConfig
     from augment.core.bench.jobs import auto_per_round, round_parallel, rounds_of
     cuda = torch.cuda.is_available()

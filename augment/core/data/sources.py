@@ -245,10 +245,9 @@ def _read_classes(root: Path, real_root: Path, d: DataConfig, out: _Collector, s
                     origin, label, split)
 
 
-def read_csv(d: DataConfig, path: Path | None = None) -> RawDataset:
-    """A CSV with columns path,label and optionally split (train, val, test, or empty: drawn by
-    hash); paths are relative to the CSV's folder and must stay inside it."""
-    csv_path = Path(path or d.path)
+def csv_table(csv_path: Path) -> pd.DataFrame:
+    """A data.source csv file's table, every cell a string; a one-line error if it is not a file, not
+    a readable CSV, or lacks the path and label columns."""
     if not csv_path.is_file():
         raise UserError(f"{csv_path}: data.path is not a file")
     try:
@@ -258,6 +257,14 @@ def read_csv(d: DataConfig, path: Path | None = None) -> RawDataset:
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise UserError(f"{csv_path}: missing column(s) {sorted(missing)}; expected columns path,label")
+    return table
+
+
+def read_csv(d: DataConfig, path: Path | None = None) -> RawDataset:
+    """A CSV with columns path,label and optionally split (train, val, test, or empty: drawn by
+    hash); paths are relative to the CSV's folder and must stay inside it."""
+    csv_path = Path(path or d.path)
+    table = csv_table(csv_path)
     base = csv_path.parent.resolve()
     out = _Collector(d.on_bad_image)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from PIL import Image
 
 from augment.core.data.idx import regular_file
-from augment.core.data.sources import IMG_EXTENSIONS, class_files, safe_text, split_folders, subfolders
+from augment.core.data.sources import IMG_EXTENSIONS, class_files, csv_table, safe_text, split_folders, subfolders
 from augment.errors import UserError
 
 
@@ -43,20 +43,12 @@ def survey_folder(root: Path) -> dict:
             "channels": 3 if colour else 1, "unreadable": unreadable}
 
 
-
 def survey_csv(path: Path) -> dict:
     """Classes, images per class and image sizes of a path,label CSV (data.source csv), from the image
     headers; rows ingest would refuse (empty, outside the CSV's folder, not a readable image) are
     left out here, ingest names each."""
-    import pandas as pd
-
     path = Path(path)
-    try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError):
-        raise UserError(f"{safe_text(str(path))}: not a readable CSV") from None
-    if not {"path", "label"} <= set(table.columns):
-        raise UserError(f"{safe_text(str(path))}: expected columns path,label")
+    table = csv_table(path)  # ingest's reading of it, and its one-line errors
     base = path.parent.resolve()
     counts: Counter = Counter()
     sizes: Counter = Counter()
@@ -71,6 +63,7 @@ def survey_csv(path: Path) -> dict:
             continue
         counts[label.strip()] += 1
     return {"classes": dict(counts), "sizes": dict(sizes.most_common())}
+
 
 def starting_config(survey: dict) -> str:
     """A commented YAML config for the surveyed folder: every key it sets is explained."""
