@@ -153,7 +153,7 @@ class GanConfig(_Section):
     enabled: Bool = True
     mode: str = "per_class+mix"  # a generator of augment.registry.GENERATORS, or several joined by "+" (an ensemble)
     steps: int = Field(default=2000, ge=1)
-    image_size: Literal[16, 32, 64] = 32
+    image_size: Literal[8, 16, 32, 64] = 32
     batch_size: int = Field(default=32, ge=2)
     nz: int = Field(default=64, ge=2)
     ngf: int = Field(default=32, ge=4)

@@ -23,7 +23,7 @@ def toy_data(k=3, n=5, size=8, channels=1, seed=0):
 
 
 @pytest.mark.parametrize("mode", ["per_class", "conditional"])
-@pytest.mark.parametrize("size", [16, 32, 64])
+@pytest.mark.parametrize("size", [8, 16, 32, 64])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_shapes(mode, size, channels):
     G, D = Generator(4, 8, 4, channels, size, mode), Discriminator(4, 4, channels, size, mode)

@@ -26,7 +26,7 @@ def mix_generator(counts=(4, 4, 4), size=16, channels=1, seed=0, mode="mix", nz=
     return G.eval()
 
 
-@pytest.mark.parametrize("size", [16, 32, 64])
+@pytest.mark.parametrize("size", [8, 16, 32, 64])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_shapes_and_the_projection_discriminator(size, channels):
     spec = GanSpec("mix", 3, NZ, 4, 4, size, channels, 5)

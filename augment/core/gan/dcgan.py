@@ -19,13 +19,14 @@ import torch
 from torch import nn
 
 from augment.core.gan.adversarial import Adversarial
+from augment.core.gan.layers import Conv2d, ConvTranspose2d
 from augment.core.gan.kinds import GanSpec
 
 
 def _n_up(image_size: int) -> int:
     n = int(math.log2(image_size)) - 2
-    if 2 ** (n + 2) != image_size or n < 2:
-        raise ValueError(f"image_size must be a power of two >= 16, got {image_size}")
+    if 2 ** (n + 2) != image_size or n < 1:
+        raise ValueError(f"image_size must be a power of two >= 8, got {image_size}")
     return n
 
 
@@ -41,19 +42,19 @@ class Generator(nn.Module):
         z_in = nz * (2 if mode == "conditional" else 1)
         # input: (B', g*z_in, 1, 1)
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(g * z_in, g * ch, 4, 1, 0, bias=False, groups=g),
+            ConvTranspose2d(g * z_in, g * ch, 4, 1, 0, bias=False, groups=g),
             nn.BatchNorm2d(g * ch),
             nn.ReLU(True),
         ]  # state size. (g*ngf*2^(n_up-1)) x 4 x 4
         for _ in range(n_up - 1):
             layers += [
-                nn.ConvTranspose2d(g * ch, g * ch // 2, 4, 2, 1, bias=False, groups=g),
+                ConvTranspose2d(g * ch, g * ch // 2, 4, 2, 1, bias=False, groups=g),
                 nn.BatchNorm2d(g * ch // 2),
                 nn.ReLU(True),
             ]  # state size. doubles in height and width, halves in channels
             ch //= 2
         # state size. (g*ngf) x S/2 x S/2 -> output (g*nc) x S x S, no batch norm at G's output
-        layers += [nn.ConvTranspose2d(g * ch, g * nc, 4, 2, 1, bias=False, groups=g), nn.Tanh()]
+        layers += [ConvTranspose2d(g * ch, g * nc, 4, 2, 1, bias=False, groups=g), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -75,19 +76,19 @@ class Discriminator(nn.Module):
         n_down = _n_up(image_size)
         # input: (B', g*nc, S, S); no batch norm at D's input
         layers: list[nn.Module] = [
-            nn.Conv2d(g * nc, g * ndf, 4, 2, 1, bias=False, groups=g),
+            Conv2d(g * nc, g * ndf, 4, 2, 1, bias=False, groups=g),
             nn.LeakyReLU(0.2, inplace=True),
         ]  # state size. (g*ndf) x S/2 x S/2
         ch = ndf
         for _ in range(n_down - 1):
             layers += [
-                nn.Conv2d(g * ch, g * ch * 2, 4, 2, 1, bias=False, groups=g),
+                Conv2d(g * ch, g * ch * 2, 4, 2, 1, bias=False, groups=g),
                 nn.BatchNorm2d(g * ch * 2),
                 nn.LeakyReLU(0.2, inplace=True),
             ]  # state size. halves in height and width, doubles in channels
             ch *= 2
         self.features = nn.Sequential(*layers)  # state size. (g*ndf*2^(n_down-1)) x 4 x 4
-        self.head = nn.Conv2d(g * ch, g, 4, 1, 0, bias=False, groups=g)  # -> (g) x 1 x 1
+        self.head = Conv2d(g * ch, g, 4, 1, 0, bias=False, groups=g)  # -> (g) x 1 x 1
         if mode == "conditional":
             self.embed = nn.Embedding(n_classes, ch)  # projection: <embed(y), pooled features>
 

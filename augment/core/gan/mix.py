@@ -25,6 +25,7 @@ from torch import nn
 from augment.core.gan.adversarial import Adversarial, TrainState
 from augment.core.gan.dcgan import Discriminator
 from augment.core.gan.kinds import Bank, GanSpec
+from augment.core.gan.layers import Conv2d, ConvTranspose2d
 
 PARENT_BITS = 12  # index bits per parent: uniform over classes of up to 4,096 images
 GRID = 4  # the mask is a GRID x GRID grid of cells over the feature map
@@ -38,11 +39,11 @@ def _bits(z: torch.Tensor) -> torch.Tensor:
 
 
 def _down(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, 4, 2, 1), nn.InstanceNorm2d(cout, affine=True), nn.LeakyReLU(0.2, inplace=True)]
+    return [Conv2d(cin, cout, 4, 2, 1), nn.InstanceNorm2d(cout, affine=True), nn.LeakyReLU(0.2, inplace=True)]
 
 
 def _up(cin: int, cout: int) -> list[nn.Module]:
-    return [nn.ConvTranspose2d(cin, cout, 4, 2, 1), nn.InstanceNorm2d(cout, affine=True), nn.ReLU(True)]
+    return [ConvTranspose2d(cin, cout, 4, 2, 1), nn.InstanceNorm2d(cout, affine=True), nn.ReLU(True)]
 
 
 class MixGenerator(nn.Module):
@@ -63,8 +64,8 @@ class MixGenerator(nn.Module):
         self.encoder = nn.Sequential(*_down(nc, ngf), *_down(ngf, width))
         self.noise = nn.Linear(nz - self.select_dims, width)  # the noise, added to every cell of the mix
         self.decoder = nn.Sequential(
-            nn.Conv2d(width, width, 3, 1, 1), nn.InstanceNorm2d(width, affine=True), nn.ReLU(True),  # blends the seams
-            *_up(width, ngf), nn.ConvTranspose2d(ngf, nc, 4, 2, 1), nn.Tanh(),
+            Conv2d(width, width, 3, 1, 1), nn.InstanceNorm2d(width, affine=True), nn.ReLU(True),  # blends the seams
+            *_up(width, ngf), ConvTranspose2d(ngf, nc, 4, 2, 1), nn.Tanh(),
         )
 
     def set_bank(self, bank: torch.Tensor, counts: torch.Tensor) -> None:

@@ -1,0 +1,85 @@
+"""Convolutions of the GAN networks with matrix-product fast paths on the CPU.
+
+At 16-32 px and grey images, several DCGAN layers are shapes oneDNN's CPU kernels handle slowly: D's
+4x4 head (a valid convolution whose kernel covers the whole input), G's first layer (a 1x1 input
+projected to 4x4), and the layers with one image channel a group (D's first convolution, its gradient
+to the input in G's update, and G's last transposed convolution). Each is a matrix product per group,
+with F.unfold / F.fold where windows overlap; torch.einsum runs them at BLAS speed. They pay where
+these layers are most of the network: the embedded default's GAN at 8x8 (benchmarks/gan_layers.py);
+at 16x16 and above the wide middle layers take the time and the gain is within noise.
+
+The modules subclass nn.Conv2d and nn.ConvTranspose2d: the same parameters, state_dict keys,
+initialisation and checkpoints. The fast paths compute the same function (to float rounding; tested
+against the plain modules, outputs and gradients) and run only on CPU float32 tensors without
+autocast; on a GPU, cuDNN's kernels and the CUDA graphs run exactly as before.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# one fast path per layer kind; channels a group on the image side at most this (grey or RGB)
+IMAGE_CHANNELS = 3
+
+
+def _fast(x: torch.Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
+def _plain_geometry(m: nn.Module) -> bool:
+    return m.padding_mode == "zeros" and tuple(m.dilation) == (1, 1)
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d; on the CPU a head (the kernel covers the whole unpadded input) is one product per
+    group, and a layer with at most IMAGE_CHANNELS input channels a group unfolds its input when the
+    input's gradient is needed (oneDNN's backward to the input is slow there)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (_fast(x) and _plain_geometry(self)):
+            return super().forward(x)
+        g, (kh, kw) = self.groups, self.kernel_size
+        b, c, h, w = x.shape
+        per_out = self.out_channels // g
+        if (h, w) == (kh, kw) and tuple(self.padding) == (0, 0):  # any stride: one output position
+            out = torch.einsum("bgi,goi->bgo", x.reshape(b, g, -1), self.weight.reshape(g, per_out, -1))
+            return self._bias(out.reshape(b, self.out_channels, 1, 1))
+        if c // g <= IMAGE_CHANNELS and x.requires_grad:
+            (sh, sw), (ph, pw) = self.stride, self.padding
+            oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+            cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw)).view(b, g, -1, oh * ow)
+            out = torch.einsum("bgkl,gok->bgol", cols, self.weight.reshape(g, per_out, -1))
+            return self._bias(out.reshape(b, self.out_channels, oh, ow))
+        return super().forward(x)
+
+    def _bias(self, out: torch.Tensor) -> torch.Tensor:
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+
+
+class ConvTranspose2d(nn.ConvTranspose2d):
+    """nn.ConvTranspose2d; on the CPU a 1x1 input (G's first layer) is one product per group, and a
+    layer with at most IMAGE_CHANNELS output channels a group (G's image layer) is a product folded
+    back onto the image (the transposed convolution's own definition)."""
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if not (_fast(x) and _plain_geometry(self)) or output_size is not None or any(self.output_padding):
+            return super().forward(x, output_size)
+        g, (kh, kw) = self.groups, self.kernel_size
+        b, c, h, w = x.shape
+        per_out = self.out_channels // g
+        weight = self.weight.reshape(g, c // g, -1)  # (in, out/g, kh, kw) -> (g, in/g, out/g*kh*kw)
+        (sh, sw), (ph, pw) = self.stride, self.padding
+        if (h, w) == (1, 1) and (ph, pw) == (0, 0):
+            out = torch.einsum("bgc,gck->bgk", x.reshape(b, g, c // g), weight)
+            return self._bias(out.reshape(b, self.out_channels, kh, kw))
+        if per_out <= IMAGE_CHANNELS:
+            cols = torch.einsum("bgcl,gck->bgkl", x.reshape(b, g, c // g, h * w), weight)
+            size = ((h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw)
+            out = F.fold(cols.reshape(b, -1, h * w), size, (kh, kw), padding=(ph, pw), stride=(sh, sw))
+            return self._bias(out)
+        return super().forward(x, output_size)
+
+    def _bias(self, out: torch.Tensor) -> torch.Tensor:
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
