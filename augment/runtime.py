@@ -74,7 +74,7 @@ def tune_allocator() -> bool:
     By default each large tensor (above about 128 KiB, glibc's dynamic threshold) is mmap'ed when
     allocated and unmapped when freed, or the heap's free top handed back, so every training step
     faults its pages in again, the kernel zeroing each one: about 10,000 page faults a step of the
-    default GAN (both members, 16 px; a tenth to a fifth of its time alone) and of a benchmark round
+    default GAN as it was (both members, 16 px; a tenth to a fifth of its time alone) and of a benchmark round
     at 8 px. With these two settings (what the MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_
     environment variables set at a process's start) the steps reuse the heap: under 100 a step
     (docs/figures.md). Nothing is computed differently (tests/test_accel.py). Called by every process

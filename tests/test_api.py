@@ -57,6 +57,17 @@ def test_init_writes_a_config_that_run_accepts(tmp_path, monkeypatch, capsys):
     assert main(["init", str(root), "--force"]) == 0
 
 
+@pytest.mark.parametrize(("side", "gan_size"), [(8, 8), (12, 16), (28, 32)])
+def test_init_trains_the_gan_near_the_images_own_size(tmp_path, monkeypatch, side, gan_size):
+    """8x8 images (the digits' size): the GAN at their own size, as the embedded default trains it."""
+    from augment.graph import load_config
+
+    root = write_image_folder(tmp_path / "small", {"a": 3, "b": 3}, size=(side, side), mode="L")
+    monkeypatch.chdir(tmp_path)
+    assert main(["init", str(root)]) == 0
+    assert load_config(tmp_path / "small.yaml").gan.image_size == gan_size
+
+
 def test_init_on_a_folder_without_classes_is_one_line(tmp_path):
     from augment.core.data.survey import survey_folder
 

@@ -71,7 +71,7 @@ def starting_config(survey: dict) -> str:
     smallest, largest = min(counts.values()), max(counts.values())
     sizes = survey["sizes"]
     shortest = min(min(hw) for hw in sizes)
-    gan_size = 16 if shortest < 24 else 32
+    gan_size = 8 if shortest <= 8 else 16 if shortest < 24 else 32  # 8x8 images: the GAN at their own size
     size_note = (f"all {next(iter(sizes))[0]}x{next(iter(sizes))[1]}" if len(sizes) == 1
                  else f"{len(sizes)} sizes: auto picks one and pads each image to it")
     lines = [

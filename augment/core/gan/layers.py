@@ -1,9 +1,9 @@
 """Convolutions of the GAN networks with matrix-product fast paths on the CPU.
 
-At 16-32 px and grey images, several DCGAN layers are shapes oneDNN's CPU kernels handle slowly: D's
+At small sizes and grey images, several DCGAN layers are shapes oneDNN's CPU kernels handle slowly: D's
 4x4 head (a valid convolution whose kernel covers the whole input), G's first layer (a 1x1 input
-projected to 4x4), and the layers with one image channel a group (D's first convolution, its gradient
-to the input in G's update, and G's last transposed convolution). Each is a matrix product per group,
+projected to 4x4), and the grouped layers with one image channel a group (per_class D's first
+convolution, its gradient to the input in G's update, and per_class G's last transposed convolution). Each is a matrix product per group,
 with F.unfold / F.fold where windows overlap; torch.einsum runs them at BLAS speed. They pay where
 these layers are most of the network: the embedded default's GAN at 8x8 (benchmarks/gan_layers.py);
 at 16x16 and above the wide middle layers take the time and the gain is within noise.
@@ -28,17 +28,22 @@ def _fast(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
 
 
-def _plain_geometry(m: nn.Module) -> bool:
-    return m.padding_mode == "zeros" and tuple(m.dilation) == (1, 1)
+def _plain_geometry(m: nn.Module, x: torch.Tensor) -> bool:
+    """A batch of at least one image with the layer's channels, zero padding given in pixels, no
+    dilation: anything else (an empty or unbatched input, padding='same', a wrong channel count)
+    goes to nn.Conv2d's own path and its own errors."""
+    return (x.dim() == 4 and x.shape[0] > 0 and x.shape[1] == m.in_channels and isinstance(m.padding, tuple)
+            and m.padding_mode == "zeros" and tuple(m.dilation) == (1, 1))
 
 
 class Conv2d(nn.Conv2d):
     """nn.Conv2d; on the CPU a head (the kernel covers the whole unpadded input) is one product per
-    group, and a layer with at most IMAGE_CHANNELS input channels a group unfolds its input when the
-    input's gradient is needed (oneDNN's backward to the input is slow there)."""
+    group, and a grouped layer with at most IMAGE_CHANNELS input channels a group unfolds its input
+    when the input's gradient is needed (oneDNN's grouped backward to the input is slow there; its
+    ungrouped kernels are not, and im2col's loop over the images costs more at the mix's batch)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (_fast(x) and _plain_geometry(self)):
+        if not (_fast(x) and _plain_geometry(self, x)):
             return super().forward(x)
         g, (kh, kw) = self.groups, self.kernel_size
         b, c, h, w = x.shape
@@ -46,7 +51,7 @@ class Conv2d(nn.Conv2d):
         if (h, w) == (kh, kw) and tuple(self.padding) == (0, 0):  # any stride: one output position
             out = torch.einsum("bgi,goi->bgo", x.reshape(b, g, -1), self.weight.reshape(g, per_out, -1))
             return self._bias(out.reshape(b, self.out_channels, 1, 1))
-        if c // g <= IMAGE_CHANNELS and x.requires_grad:
+        if g > 1 and c // g <= IMAGE_CHANNELS and x.requires_grad:
             (sh, sw), (ph, pw) = self.stride, self.padding
             oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
             cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw)).view(b, g, -1, oh * ow)
@@ -60,11 +65,11 @@ class Conv2d(nn.Conv2d):
 
 class ConvTranspose2d(nn.ConvTranspose2d):
     """nn.ConvTranspose2d; on the CPU a 1x1 input (G's first layer) is one product per group, and a
-    layer with at most IMAGE_CHANNELS output channels a group (G's image layer) is a product folded
-    back onto the image (the transposed convolution's own definition)."""
+    grouped layer with at most IMAGE_CHANNELS output channels a group (per_class G's image layer) is a
+    product folded back onto the image (the transposed convolution's own definition)."""
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if not (_fast(x) and _plain_geometry(self)) or output_size is not None or any(self.output_padding):
+        if not (_fast(x) and _plain_geometry(self, x)) or output_size is not None or any(self.output_padding):
             return super().forward(x, output_size)
         g, (kh, kw) = self.groups, self.kernel_size
         b, c, h, w = x.shape
@@ -74,7 +79,7 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         if (h, w) == (1, 1) and (ph, pw) == (0, 0):
             out = torch.einsum("bgc,gck->bgk", x.reshape(b, g, c // g), weight)
             return self._bias(out.reshape(b, self.out_channels, kh, kw))
-        if per_out <= IMAGE_CHANNELS:
+        if g > 1 and per_out <= IMAGE_CHANNELS:
             cols = torch.einsum("bgcl,gck->bgkl", x.reshape(b, g, c // g, h * w), weight)
             size = ((h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw)
             out = F.fold(cols.reshape(b, -1, h * w), size, (kh, kw), padding=(ph, pw), stride=(sh, sw))
