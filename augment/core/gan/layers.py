@@ -1,12 +1,13 @@
 """Convolutions of the GAN networks with matrix-product fast paths on the CPU.
 
-At small sizes and grey images, several DCGAN layers are shapes oneDNN's CPU kernels handle slowly: D's
-4x4 head (a valid convolution whose kernel covers the whole input), G's first layer (a 1x1 input
+At small sizes and grey images, several DCGAN layers are shapes oneDNN's CPU kernels handle slowly:
+D's 4x4 head (a valid convolution whose kernel covers the whole input), G's first layer (a 1x1 input
 projected to 4x4), and the grouped layers with one image channel a group (per_class D's first
-convolution, its gradient to the input in G's update, and per_class G's last transposed convolution). Each is a matrix product per group,
-with F.unfold / F.fold where windows overlap; torch.einsum runs them at BLAS speed. They pay where
-these layers are most of the network: the embedded default's GAN at 8x8 (benchmarks/gan_layers.py);
-at 16x16 and above the wide middle layers take the time and the gain is within noise.
+convolution, its gradient to the input in G's update, and per_class G's last transposed
+convolution). Each is a matrix product per group, with F.unfold / F.fold where windows overlap;
+torch.einsum runs them at BLAS speed. They pay most where these layers are most of the network: the
+embedded default's GAN at 8x8 (per_class's step 0.64x); at 16x16 and 32x32 the wide middle layers
+take the time (both members' step 0.93x and 0.97x; benchmarks/gan_layers.py).
 
 The modules subclass nn.Conv2d and nn.ConvTranspose2d: the same parameters, state_dict keys,
 initialisation and checkpoints. The fast paths compute the same function (to float rounding; tested
@@ -26,6 +27,10 @@ IMAGE_CHANNELS = 3
 
 def _fast(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
+def _with_bias(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
 def _plain_geometry(m: nn.Module, x: torch.Tensor) -> bool:
@@ -50,17 +55,14 @@ class Conv2d(nn.Conv2d):
         per_out = self.out_channels // g
         if (h, w) == (kh, kw) and tuple(self.padding) == (0, 0):  # any stride: one output position
             out = torch.einsum("bgi,goi->bgo", x.reshape(b, g, -1), self.weight.reshape(g, per_out, -1))
-            return self._bias(out.reshape(b, self.out_channels, 1, 1))
+            return _with_bias(out.reshape(b, self.out_channels, 1, 1), self.bias)
         if g > 1 and c // g <= IMAGE_CHANNELS and x.requires_grad:
             (sh, sw), (ph, pw) = self.stride, self.padding
             oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
             cols = F.unfold(x, (kh, kw), padding=(ph, pw), stride=(sh, sw)).view(b, g, -1, oh * ow)
             out = torch.einsum("bgkl,gok->bgol", cols, self.weight.reshape(g, per_out, -1))
-            return self._bias(out.reshape(b, self.out_channels, oh, ow))
+            return _with_bias(out.reshape(b, self.out_channels, oh, ow), self.bias)
         return super().forward(x)
-
-    def _bias(self, out: torch.Tensor) -> torch.Tensor:
-        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
@@ -78,13 +80,10 @@ class ConvTranspose2d(nn.ConvTranspose2d):
         (sh, sw), (ph, pw) = self.stride, self.padding
         if (h, w) == (1, 1) and (ph, pw) == (0, 0):
             out = torch.einsum("bgc,gck->bgk", x.reshape(b, g, c // g), weight)
-            return self._bias(out.reshape(b, self.out_channels, kh, kw))
+            return _with_bias(out.reshape(b, self.out_channels, kh, kw), self.bias)
         if g > 1 and per_out <= IMAGE_CHANNELS:
             cols = torch.einsum("bgcl,gck->bgkl", x.reshape(b, g, c // g, h * w), weight)
             size = ((h - 1) * sh - 2 * ph + kh, (w - 1) * sw - 2 * pw + kw)
             out = F.fold(cols.reshape(b, -1, h * w), size, (kh, kw), padding=(ph, pw), stride=(sh, sw))
-            return self._bias(out)
+            return _with_bias(out, self.bias)
         return super().forward(x, output_size)
-
-    def _bias(self, out: torch.Tensor) -> torch.Tensor:
-        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
