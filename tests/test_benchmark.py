@@ -215,3 +215,16 @@ def test_workers_and_rounds_follow_the_processors_this_process_may_use(monkeypat
     assert round_parallel(True) == 1
     monkeypatch.delattr(os, "sched_getaffinity")  # macOS, Windows: the machine's count
     assert cpu_cores() == 64
+
+
+def test_pool_workers_import_their_jobs_modules_frozen_and_collect_the_rest():
+    """job_pool's workers import the jobs' modules with the collector off and freeze them (no collection
+    walks them again), then train with the collector on."""
+    import gc
+    import operator
+
+    from augment.core.base.parallel import job_pool, run_jobs
+
+    with job_pool(2, ("augment.stages.benchmark",)) as pool:
+        out = dict(run_jobs(operator.call, [gc.isenabled, gc.get_freeze_count], 2, pool=pool))
+    assert out[0] is True and out[1] > 10_000

@@ -137,3 +137,33 @@ def test_the_early_server_is_the_one_the_flow_gets_and_a_later_mistake_ends_it(c
     assert "is not a folder" in capsys.readouterr().err
     late = made[-1]
     assert late.server is not None and late.server.server_process is None and not late.server.running
+
+
+def test_the_command_imports_without_the_collector_and_runs_the_flow_with_it(monkeypatch):
+    """entry() (the `augment` command): the cyclic collector is off while main() starts up, on again (the
+    imports frozen) once the flow is imported, and the whole heap frozen before the interpreter's exit.
+    main() called from Python leaves the caller's collector alone."""
+    import gc
+
+    import flows.cli as cli
+
+    seen = {}
+
+    def fake_main(argv=None, *, own_process=False):
+        seen["during start-up"] = gc.isenabled()
+        cli._imported(own_process)
+        seen["during the flow"], seen["frozen"] = gc.isenabled(), gc.get_freeze_count()
+        return 3
+
+    monkeypatch.setattr(cli, "main", fake_main)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            cli.entry()
+    finally:
+        gc.unfreeze()
+        gc.enable()
+    assert stopped.value.code == 3
+    assert seen["during start-up"] is False and seen["during the flow"] is True and seen["frozen"] > 0
+    before = gc.isenabled(), gc.get_freeze_count()
+    cli._imported(False)
+    assert (gc.isenabled(), gc.get_freeze_count()) == before

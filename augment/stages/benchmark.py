@@ -295,7 +295,7 @@ def _train_all(cfg: Config, run_dir: Path, jobs: JobPlan, to_dict, finished: dic
     log.info("benchmark: %d classifiers to train (%d arms x %d seeds, %d to choose synthetic shares; at most %d "
              "arms crossing the chosen recipe with %s), %d steps each", total, len(jobs.arms), b.seeds,
              len(jobs.select), jobs.most_added, jobs.cross, steps)
-    with job_pool(auto_workers(total, b.workers, device, steps)) as pool:  # spawned once for every round
+    with job_pool(auto_workers(total, b.workers, device, steps), (__name__,)) as pool:  # spawned once for every round
         execute(jobs.select + jobs.main(jobs.plain), pool)  # the share choices and, meanwhile, the plain arms
         shares = jobs.choose_shares(jobs.streams, finished, b.synthetic_share)
         later = [] if jobs.shares_from_select else jobs.main(jobs.streams, shares)  # the side-stream arms at their shares
