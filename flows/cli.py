@@ -303,25 +303,26 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     from augment.runtime import graceful_stop
 
     _imported(own_process)
-    try:
-        with graceful_stop():  # also during Prefect's start-up; the flow installs it again inside
-            state = augment_dataset(config, args.overrides, str(run_dir), return_state=True)
-    except KeyboardInterrupt:  # Ctrl-C before the flow started (Prefect's start-up)
-        print("augment: stopped by SIGINT before any stage ran", file=sys.stderr)
-        return 130
-    if stop_requested() is not None:  # SIGTERM/SIGINT: stopped at a step boundary, resumable
-        print(f"augment: {state.message}", file=sys.stderr)
-        return 128 + stop_requested()
-    if state.is_failed():
-        from augment.errors import EXIT_STATUS
+    with early.for_the_flow():  # the flow's API: the server started above, if one was
+        try:
+            with graceful_stop():  # also during Prefect's start-up; the flow installs it again inside
+                state = augment_dataset(config, args.overrides, str(run_dir), return_state=True)
+        except KeyboardInterrupt:  # Ctrl-C before the flow started (Prefect's start-up)
+            print("augment: stopped by SIGINT before any stage ran", file=sys.stderr)
+            return 130
+        if stop_requested() is not None:  # SIGTERM/SIGINT: stopped at a step boundary, resumable
+            print(f"augment: {state.message}", file=sys.stderr)
+            return 128 + stop_requested()
+        if state.is_failed():
+            from augment.errors import EXIT_STATUS
 
-        print(f"augment: error: {state.message}", file=sys.stderr)
-        return EXIT_STATUS.get(state.name, 1)  # 2 a mistake, 3 the machine refused, wherever caught; 1 a bug
-    result = state.result()
-    report = Path(result["run_dir"]) / "report"
-    print(f"\n{result['verdict']}\nReport to send: {report / 'report.html'} (one self-contained file; "
-          f"Markdown beside it: {report / 'report.md'})")
-    return 0
+            print(f"augment: error: {state.message}", file=sys.stderr)
+            return EXIT_STATUS.get(state.name, 1)  # 2 a mistake, 3 the machine refused, wherever caught; 1 a bug
+        result = state.result()
+        report = Path(result["run_dir"]) / "report"
+        print(f"\n{result['verdict']}\nReport to send: {report / 'report.html'} (one self-contained file; "
+              f"Markdown beside it: {report / 'report.md'})")
+        return 0
 
 
 if __name__ == "__main__":

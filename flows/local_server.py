@@ -1,84 +1,137 @@
-"""Prefect's temporary server for a local `augment run`, started before this process's heavy imports.
+"""The temporary Prefect server of a local `augment run`, started as the command starts.
 
-With no PREFECT_API_URL, Prefect starts a temporary server (a uvicorn subprocess) at the flow's
-first API call, and the run waits for it: about 4 s on 2 cores. Started here instead, in a thread,
-right after Prefect's server module is imported, the subprocess boots while this process imports
-torch and the stages and checks the config and the run directory. The flow then finds it running
-(Prefect keeps one SubprocessASGIServer per port) and waits for nothing. Prefect's own rules
-decide whether there is one: a configured API URL (a server, a worker) or
-PREFECT_SERVER_EPHEMERAL_ENABLED=false start nothing here.
+With no PREFECT_API_URL, Prefect starts a temporary server (uvicorn serving Prefect's API in a
+subprocess) at the flow's first API call, and the run waits for it. To start it, this process
+first imports Prefect's server module (about 2 s on 2 cores), then the subprocess imports it
+again and boots (about 3 s). Here the subprocess is started as soon as the config has passed its
+typed check, without that import in this process: it boots while this process imports torch and
+the stages and checks the config and the run directory, and the flow is pointed at it
+(PREFECT_API_URL, for the flow only). The subprocess runs this module: Prefect's own app factory
+and uvicorn, the way Prefect runs them (its environment, its settings, the UI off), with the
+cyclic collector off during its imports (their collections cost about 0.8 s of its boot).
+
+Prefect's own rules decide whether there is one: a configured API URL (a server, a worker, a test
+harness) or PREFECT_SERVER_EPHEMERAL_ENABLED=false start nothing here. One server serves every
+flow this process runs; it is stopped at exit, or at once when no flow will run (a mistake found
+first). Should it fail to start, it is ended and the flow starts Prefect's own, which reports
+its error as it would have.
 """
 
 from __future__ import annotations
 
-import contextvars
+import atexit
+import contextlib
+import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from typing import Iterator
 
+PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind its port (another process took it first)
+
 
 class EarlyServer:
-    """The temporary server being started in the background, or nothing to wait for. Only a server
-    this object started is ever stopped by it (a test harness's server is left alone)."""
+    """The temporary server this process started for its flows, or nothing (None: Prefect's rules
+    start none, or it failed and the flow starts Prefect's own)."""
+
+    _running: EarlyServer | None = None  # the one serving this process's flows (a later run reuses it)
 
     def __init__(self) -> None:
-        self.server = None
+        self.process: subprocess.Popen | None = None
+        self.port: int | None = None
         self.error: Exception | None = None
-        self._thread: threading.Thread | None = None
+        self.up = False
+        self._env: dict[str, str] = {}
+
+    @property
+    def api_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.port}/api" if self.port is not None else None
 
     @classmethod
     def start(cls) -> EarlyServer:
-        early = cls()
-        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+        """The server being started (or the one already serving this process), or nothing to wait for."""
+        from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, get_current_settings
 
         if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
-            return early
-        # imported by the caller's thread before the server's thread starts: the module imports half of
-        # Prefect, and two threads importing one package at once can see each other's half-made modules
-        from prefect.server.api.server import SubprocessASGIServer
-
-        server = SubprocessASGIServer()
-        if not server.running:
-            early.server = server
-            # the caller's context: Prefect's settings (temporary_settings, a profile) are context variables
-            early._thread = threading.Thread(target=contextvars.copy_context().run, args=(early._start,),
-                                             name="prefect-temporary-server", daemon=True)
-            early._thread.start()
+            return cls()
+        if cls._running is not None and cls._running.process.poll() is None:
+            return cls._running
+        early = cls()
+        early._env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
+                      "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+        early._launch()
+        EarlyServer._running = early
+        atexit.register(early.stop)
         return early
 
-    def _start(self) -> None:
-        try:
-            self.server.start()
-        except Exception as err:  # ready() ends what is left of it; the flow's first call starts one anew
-            self.error = err
+    def _launch(self, port: int | None = None) -> None:
+        if port is None:
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a free port now; uvicorn binds it
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+        self.port = port
+        self.process = subprocess.Popen([sys.executable, "-m", "flows.local_server", str(self.port)], env=self._env)
 
     def ready(self) -> None:
-        """Wait until the server answers. If its start failed, end what it left (Prefect leaves a
-        timed-out process running), so the flow starts one as it would have and reports its error."""
-        if self._thread is None:
+        """Wait until the server answers (Prefect's startup timeout: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS).
+        If it fails, end it: the flow then starts Prefect's own server, which reports its error."""
+        if self.process is None or self.up:
             return
-        self._thread.join()
-        if self.error is not None:
-            self._end()
+        from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+        deadline = time.monotonic() + PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+        while time.monotonic() < deadline:
+            status = self.process.poll()
+            if status == PORT_IN_USE:  # taken between our check and its bind: another port
+                self._launch()
+            elif status is not None:
+                self.error = RuntimeError(f"the temporary Prefect server exited with status {status}")
+                break
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=5) as reply:
+                    if reply.status == 200:
+                        self.up = True
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        self.error = self.error or TimeoutError("the temporary Prefect server did not answer in time")
+        self.stop()
+
+    @contextmanager
+    def for_the_flow(self) -> Iterator[None]:
+        """Prefect's settings inside: the flow's API is this server (no UI link: it serves none)."""
+        if not self.up:
+            yield
+            return
+        from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: self.api_url, PREFECT_UI_URL: ""}):
+            yield
 
     def discard(self) -> None:
-        """No flow will run (a mistake found first, a stop): end a server that served nothing at once,
-        not after Prefect's graceful stop at exit. It waits for the start under way first (in the CLI
-        a mistake is found after the imports, by when the server is up): a kill before the thread's
-        Popen would leave the server it then starts running."""
-        if self._thread is None:
-            return
-        self._thread.join()
-        self._end()
+        """No flow will run (a mistake found first, a stop): end the server now, not at exit."""
+        self.stop()
 
-    def _end(self) -> None:
-        proc = self.server.server_process
+    def stop(self) -> None:
+        """End the server (at exit: it served every flow of this process). Nothing it holds is needed:
+        the flows' logs and events were sent before (Prefect drains them as its flows end)."""
+        proc, self.process, self.up = self.process, None, False
+        if EarlyServer._running is self:
+            EarlyServer._running = None
         if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        self.server.stop()  # Prefect forgets it: a later flow in this process starts its own
-        self._thread = None
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @contextmanager
@@ -91,7 +144,7 @@ def until_the_flow(early: EarlyServer) -> Iterator[None]:
     def stop(signum, frame):
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, stop) if main and early._thread is not None else None
+    previous = signal.signal(signal.SIGTERM, stop) if main and early.process is not None else None
     try:
         yield
     except BaseException:
@@ -100,3 +153,25 @@ def until_the_flow(early: EarlyServer) -> Iterator[None]:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _serve(port: int) -> None:
+    """The server process: Prefect's app (its factory, as `uvicorn --factory` calls it: ephemeral, the UI
+    off, from this environment) served by uvicorn on 127.0.0.1:port, as Prefect's temporary server is."""
+    import gc
+
+    gc.disable()  # the imports' objects live as long as the server: frozen, no collection walks them
+    try:
+        import uvicorn
+        from prefect.server.api.server import create_app
+
+        app = create_app()
+    finally:
+        gc.freeze()
+        gc.enable()
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", lifespan="on")
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))

@@ -84,59 +84,87 @@ def test_a_typed_config_mistake_is_reported_before_prefects_server_is_started(ca
 
 
 def test_with_a_prefect_api_configured_no_temporary_server_is_started():
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
 
     from flows.local_server import EarlyServer
 
-    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-        early = EarlyServer.start()
-    assert early.server is None
-    early.ready()
-    early.discard()
+    for updates in ({PREFECT_API_URL: "http://127.0.0.1:9/api"}, {PREFECT_API_URL: None, PREFECT_SERVER_EPHEMERAL_ENABLED: False}):
+        with temporary_settings(updates=updates):
+            early = EarlyServer.start()
+            assert early.process is None and early.api_url is None
+            early.ready()
+            with early.for_the_flow():
+                assert PREFECT_API_URL.value() == updates[PREFECT_API_URL]
+        early.discard()
 
 
 @pytest.mark.slow
 def test_the_early_server_is_the_one_the_flow_gets_and_a_later_mistake_ends_it(capsys, monkeypatch, tmp_path):
-    """The temporary server started before the imports is the one the flow's client talks to (no
-    second boot); a mistake found after it started kills it at once and Prefect forgets it. A server
-    it did not start (a test harness's) is never touched."""
+    """The temporary server started before the imports is the one the flow's client talks to (Prefect
+    boots none of its own), and later runs of this process reuse it; a port taken before it bound
+    its own is replaced; a mistake found after it started ends it at once."""
+    import socket
+
     from prefect.client.orchestration import get_client
     from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
     from conftest import SMOKE
     from flows.local_server import EarlyServer
 
-    monkeypatch.setattr(SubprocessASGIServer, "_instances", {})  # this test's servers only
+    def second_boot(self):
+        raise AssertionError("the flow's client started a server of Prefect's own")
+
+    monkeypatch.setattr(SubprocessASGIServer, "_run_uvicorn_command", second_boot)
+    monkeypatch.setattr(EarlyServer, "_running", None)  # this test's server only
+    launch, ports = EarlyServer._launch, []
+    with socket.socket() as taken:  # the first port it picks is taken before its server binds it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        monkeypatch.setattr(EarlyServer, "_launch", lambda self, port=None: ports.append(port) or launch(
+            self, busy if len(ports) == 1 else port))
+        with temporary_settings(updates={PREFECT_API_URL: None}):
+            early = EarlyServer.start()
+            early.ready()
+    proc = early.process
+    try:
+        assert early.error is None and early.up and len(ports) == 2 and early.port != busy
+    except AssertionError:
+        early.stop()
+        raise
     with temporary_settings(updates={PREFECT_API_URL: None}):
-        early = EarlyServer.start()
-        early.ready()
-        assert early.error is None and early.server.running
-        proc = early.server.server_process
+        with early.for_the_flow(), get_client(sync_client=True) as client:
+            assert str(client.api_url).rstrip("/") == early.api_url and client.api_healthcheck() is None
+            assert PREFECT_UI_URL.value() == ""  # no "View at" link to a UI it does not serve
+        assert EarlyServer.start() is early  # a later run in this process: the same server
 
-        def second_boot(self):
-            raise AssertionError("the flow's client started a second server")
-
-        boot = SubprocessASGIServer._run_uvicorn_command
-        monkeypatch.setattr(SubprocessASGIServer, "_run_uvicorn_command", second_boot)
-        with get_client(sync_client=True) as client:
-            assert str(client.api_url).rstrip("/") == early.server.api_url and client.api_healthcheck() is None
-        ours = EarlyServer.start()  # a running instance (a harness's, another call's): not ours to stop
-        assert ours.server is None
-        ours.discard()
-        assert proc.poll() is None
-        monkeypatch.setattr(SubprocessASGIServer, "_run_uvicorn_command", boot)
-        early.discard()
-        assert proc.poll() is not None and not early.server.running and None not in SubprocessASGIServer._instances
-
-        real, made = EarlyServer.start.__func__, []
-        monkeypatch.setattr(EarlyServer, "start", classmethod(lambda cls: made.append(real(cls)) or made[-1]))
         not_a_folder = tmp_path / "file"
         not_a_folder.write_text("")
         assert main(["run", str(SMOKE), "--run-dir", str(not_a_folder)]) == 2
     assert "is not a folder" in capsys.readouterr().err
-    late = made[-1]
-    assert late.server is not None and late.server.server_process is None and not late.server.running
+    assert proc.poll() is not None and early.process is None and EarlyServer._running is None
+
+
+def test_a_temporary_server_that_fails_to_start_is_ended_and_prefect_starts_its_own(monkeypatch):
+    """A server that exits during its start: ready() records why, and the flow's settings are left
+    alone (Prefect then starts its own temporary server, which reports its own error)."""
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.local_server import EarlyServer
+
+    monkeypatch.setattr(EarlyServer, "_running", None)
+    monkeypatch.setattr(EarlyServer, "_launch", lambda self, port=None: setattr(self, "port", 9) or setattr(
+        self, "process", subprocess.Popen([sys.executable, "-c", "raise SystemExit(7)"])))
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        early = EarlyServer.start()
+        early.ready()
+        assert "status 7" in str(early.error) and early.process is None and EarlyServer._running is None
+        with early.for_the_flow():
+            assert PREFECT_API_URL.value() is None
 
 
 def test_the_command_imports_without_the_collector_and_runs_the_flow_with_it(monkeypatch):
