@@ -228,3 +228,46 @@ def test_pool_workers_import_their_jobs_modules_frozen_and_collect_the_rest():
     with job_pool(2, ("augment.stages.benchmark",)) as pool:
         out = dict(run_jobs(operator.call, [gc.isenabled, gc.get_freeze_count], 2, pool=pool))
     assert out[0] is True and out[1] > 10_000
+
+
+def test_the_benchmark_warms_its_workers_fork_server_as_a_run_begins(monkeypatch, tmp_path):
+    """graph.warm_up asks each stage that will run (not current) to start what it needs: the benchmark's
+    fork server on a CPU with more than one worker, whose forks are then the pool's workers. One worker
+    or a GPU start nothing."""
+    import multiprocessing
+    import operator
+    import os
+    from multiprocessing import forkserver
+
+    from augment import graph
+    from augment.config import Config
+    from augment.core.base import parallel
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server on this platform: workers are spawned")
+    asked = []
+    monkeypatch.setattr(parallel, "warm_up", lambda *a: asked.append(a))
+    from augment.stages import benchmark
+
+    monkeypatch.setattr(benchmark, "warm_up", parallel.warm_up)
+    cfg = Config()
+    monkeypatch.setattr(graph, "is_current", lambda name, *a: name != "benchmark")
+    graph.warm_up(cfg, tmp_path, {})
+    assert len(asked) == 1 and asked[0][0] == ("augment.stages.benchmark",)
+    monkeypatch.setattr(graph, "is_current", lambda name, *a: True)  # a finished benchmark: nothing to warm
+    graph.warm_up(cfg, tmp_path, {})
+    assert len(asked) == 1
+    monkeypatch.undo()
+
+    started = []
+    monkeypatch.setattr(forkserver, "ensure_running", lambda: started.append(1))
+    parallel.warm_up(("augment.stages.benchmark",), 1, "cpu")
+    parallel.warm_up(("augment.stages.benchmark",), None, "cuda")
+    assert started == []
+    monkeypatch.undo()
+    parallel.warm_up(("augment.stages.benchmark",), 2, "cpu")
+    server = forkserver._forkserver._forkserver_pid
+    assert server is not None
+    with parallel.job_pool(2, ("augment.stages.benchmark",)) as pool:
+        parents = {p for _, p in parallel.run_jobs(operator.call, [os.getppid, os.getppid], 2, pool=pool)}
+    assert parents == {server}
