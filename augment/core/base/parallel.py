@@ -61,7 +61,7 @@ def _init_worker(preload: tuple[str, ...] = ()) -> None:
     try:
         import torch
 
-        for name in preload:
+        for name in (*WORKER_IMPORTS, *preload):
             importlib.import_module(name)
     finally:
         gc.freeze()
@@ -76,13 +76,18 @@ def _call(item: tuple[Callable, int, object]) -> tuple[int, object]:
     return i, fn(job)
 
 
+# what every worker imports: torch, and torch._dynamo, which torch's optimizers import at their first use
+# (about 1.5 s on 2 cores, in each worker's first round when it was left to them)
+WORKER_IMPORTS = ("torch", "torch._dynamo")
+
+
 def _context(preload: tuple[str, ...]) -> multiprocessing.context.BaseContext:
     """The fork server's context, importing `preload` as it starts (a server already running keeps what it
     imported: the modules are only imported earlier, never skipped), or spawn's where there is none."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(sorted({"torch", *preload}))
+    ctx.set_forkserver_preload(sorted({*WORKER_IMPORTS, *preload}))
     return ctx
 
 
