@@ -55,7 +55,6 @@ class Stage:
     parts: Callable[[Config, Path], int] | None = None  # independent parts an orchestrator may fan out
     run_part: Callable[..., dict] | None = None  # run_part(cfg, run_dir, i, fingerprint, progress)
     progress: str | None = None  # a progress artifact key, for stages long enough to show one
-    warm: Callable[[Config], None] | None = None  # starts what it will need (worker processes) as the run begins
 
     def upstream(self, cfg: Config) -> Keys:
         return self.after(cfg) if callable(self.after) else self.after
@@ -103,7 +102,7 @@ STAGES: tuple[Stage, ...] = (
           after=("gan", "classical", "judge"), reads=("seed", "gate", "device", "gan.latent_scales", *_TRAINER_KEYS)),
     Stage("benchmark", benchmark.run, "Train the classifier per arm and seed; score on the real test split.",
           after=("ingest", "classical", "smote", "synthesize"), reads=("seed", "device", "gate", *_section("benchmark", BenchmarkConfig, but=("workers", "models_per_round"))),
-          check=benchmark.check, progress="benchmark-classifiers", warm=benchmark.warm),
+          check=benchmark.check, progress="benchmark-classifiers"),
     Stage("expand", expand.run, "Build the expanded ImageFolder and the recipe export for the recommended arm.",
           after=("benchmark",), reads=("expand",)),
     Stage("report", report.run, "Write the report and publish it.", after=("benchmark", "expand"),
@@ -151,13 +150,6 @@ def fingerprints(cfg: Config) -> dict[str, str]:
 def is_current(name: str, cfg: Config, run_dir: Path, fps: dict[str, str] | None = None) -> bool:
     """Whether the stage finished with the fingerprint it would have now (it would be skipped)."""
     return rundir.recorded_fingerprint(run_dir, name) == (fps or fingerprints(cfg))[name]
-
-
-def warm_up(cfg: Config, run_dir: Path, fps: dict[str, str] | None = None) -> None:
-    """As a run begins: each stage that will run (not current) starts what it will need in the background."""
-    for stage in STAGES:
-        if stage.warm is not None and not is_current(stage.name, cfg, run_dir, fps):
-            stage.warm(cfg)
 
 
 def terminal_bar(desc: str, position: int = 0):

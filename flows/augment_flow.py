@@ -185,7 +185,6 @@ def augment_dataset(config_path: str | None = None, overrides: list[str] | None 
         with graceful_stop(), graph.open_run(cfg, Path(run_dir) if run_dir else graph.default_run_dir(cfg, config_path)) as path:
             out, info = str(path), {}
             fps = graph.fingerprints(cfg)  # once: the input's content is hashed once per run
-            graph.warm_up(cfg, path, fps)  # worker processes a later stage will need, started now
             for stage in graph.STAGES:
                 check_stop()  # SIGTERM/SIGINT between stages: stop before the next one
                 if n := graph.fan_out(stage.name, cfg, path, fps):

@@ -27,7 +27,7 @@ from augment.core.gan.sampling import load_generator
 from augment.core.classify.side_stream import SideStream, soften
 from augment.core.transforms.copies import transforms_for
 from augment.core.smote.features import load_extractor, make_extractor
-from augment.core.base.parallel import auto_workers, job_pool, run_jobs, warm_up
+from augment.core.base.parallel import auto_workers, job_pool, run_jobs
 from augment.core.bench.jobs import Job, JobPlan, plan_jobs, round_parallel, rounds_of
 from augment.core.bench.selection import fold_count, fold_indices, without_held_out
 from augment.core.bench.stats import ids_digest, linear_probe_scores, score_records, summarise
@@ -46,8 +46,12 @@ def _finished(run_dir: Path, fingerprint: str) -> dict[str, dict]:
     """The jobs (by key) a stopped run of the same fingerprint finished: a resumed benchmark
     trains only the rest (each job is independent and seeded, so the result is the same)."""
     path = Path(run_dir) / PARTIAL
-    saved = json.loads(path.read_text()) if path.is_file() else {}
-    return saved["done"] if saved.get("fingerprint") == fingerprint and isinstance(saved.get("done"), dict) else {}
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    if saved.get("fingerprint") != fingerprint or not isinstance(saved.get("done"), dict):
+        return {}
+    return saved["done"]
 
 
 @functools.lru_cache(maxsize=16)
@@ -182,11 +186,6 @@ def train_and_score(jobs: list[dict]) -> list[dict]:
                                            split=split, classifier=job["classifier"])],
         "confusion": confusion_matrix(held_out["test"][1], p["test"], labels=range(k)).tolist(),
     } for job, held_out, p in zip(jobs, scored, pred)]
-
-
-def warm(cfg: Config) -> None:
-    """The workers' fork server, started as the run begins (augment.core.base.parallel.warm_up)."""
-    warm_up((__name__,), cfg.benchmark.workers, resolve_device(cfg.device))
 
 
 def check(cfg: Config) -> None:

@@ -4,18 +4,11 @@ Tiny CNNs gain nothing from torch's intra-op threads (one thread was faster than
 so N processes with one thread each beat one process with N threads. Every job runs with one
 thread wherever it runs, in a pool or in this process: the results do not depend on the number
 of workers. A stop request (SIGTERM/SIGINT, augment.runtime) ends the pool within a poll interval.
-
-Where the platform has it (Linux, macOS), workers are forked from a fork server: a process started
-fresh (never a fork of this threaded one) that imports the jobs' modules once; each worker is then a
-fork of it, ready at once. warm_up starts it as a run begins (augment.graph.warm_up), so those imports
-(about 3.5 s of torch, pandas and scikit-learn on 2 cores) are done while the earlier stages run,
-not when the benchmark starts its workers. Elsewhere each worker is a fresh spawned interpreter.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import multiprocessing.context
 import multiprocessing.pool
 from contextlib import contextmanager
 from typing import Callable, Iterator
@@ -49,6 +42,10 @@ def auto_workers(jobs: int, configured: int | None, device, steps_per_job: int =
     return max(1, min(cpu_cores(), jobs))
 
 
+# torch._dynamo: torch's optimizers import it at their first use (about 1.5 s on 2 cores), frozen here with the rest
+WORKER_IMPORTS = ("torch", "torch._dynamo")
+
+
 def _init_worker(preload: tuple[str, ...] = ()) -> None:
     """A worker's set-up: one thread, the tuned allocator, and `preload` (the jobs' modules) imported with the
     cyclic garbage collector off, then frozen (gc.freeze): no collection in the worker walks the ~400,000
@@ -76,43 +73,14 @@ def _call(item: tuple[Callable, int, object]) -> tuple[int, object]:
     return i, fn(job)
 
 
-# what every worker imports: torch, and torch._dynamo, which torch's optimizers import at their first use
-# (about 1.5 s on 2 cores, in each worker's first round when it was left to them)
-WORKER_IMPORTS = ("torch", "torch._dynamo")
-
-
-def _context(preload: tuple[str, ...]) -> multiprocessing.context.BaseContext:
-    """The fork server's context, importing `preload` as it starts (a server already running keeps what it
-    imported: the modules are only imported earlier, never skipped), or spawn's where there is none."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(sorted({*WORKER_IMPORTS, *preload}))
-    return ctx
-
-
-def warm_up(preload: tuple[str, ...], configured: int | None = None, device="cpu") -> None:
-    """Start the fork server now, importing `preload` in the background, so that a job_pool later
-    starts its workers at once: where a pool may start (auto_workers: more than one worker on a CPU;
-    `configured`, a stage's worker setting). Nothing where workers are spawned."""
-    if str(device).startswith("cuda") or (configured if configured is not None else cpu_cores()) <= 1:
-        return
-    ctx = _context(preload)
-    if ctx.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
-
-
 @contextmanager
 def job_pool(workers: int, preload: tuple[str, ...] = ()) -> Iterator[multiprocessing.pool.Pool | None]:
-    """Worker processes to pass to several run_jobs calls (started once); None for one worker.
-    `preload`: the modules the jobs run from, imported by the fork server or by each spawned worker
-    as it starts (_init_worker)."""
+    """Worker processes to pass to several run_jobs calls (spawned once); None for one worker.
+    `preload`: the modules the jobs run from, imported as each worker starts (_init_worker)."""
     if workers <= 1:
         yield None
         return
-    pool = _context(tuple(preload)).Pool(workers, initializer=_init_worker, initargs=(tuple(preload),))
+    pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(tuple(preload),))
     try:
         yield pool
     finally:  # every result is in (or none is wanted): end the workers rather than wait ~1.5 s for their teardown
