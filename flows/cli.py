@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
     args = build_parser().parse_args(argv)
     settings.apply(quiet=getattr(args, "quiet", False))  # before anything imports Prefect or albumentations
     if args.command in ("report", "runs", "init"):
+        _imported(own_process)  # nothing heavy imported yet: the collector runs for the whole command
         return _offline(args)
     from augment.errors import UserError
     from flows.local_server import EarlyServer, until_the_flow
@@ -283,9 +284,15 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
                 from augment.plan import force
 
                 print(f"--force {stage}: will run {', '.join(force(cfg, run_dir, stage))}")
-            # torch's optimizers import torch._dynamo at their first use (the judge's: about 1.5 s on 2 cores):
-            # imported here, while the server still boots
+            # the flow's imports, while the server still boots; torch's optimizers import torch._dynamo at
+            # their first use (the judge's: about 1.5 s on 2 cores): imported here too
             import torch._dynamo  # noqa: F401
+
+            from augment.errors import stop_requested
+            from augment.runtime import graceful_stop
+            from flows.augment_flow import augment_dataset
+
+            _imported(own_process)
             early.ready()  # before the plan's probe: its timings are this machine's alone
             if not args.quiet:
                 print(_plan_text(cfg, run_dir, args.max_minutes, record=True), flush=True)
@@ -300,12 +307,6 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
         return err.exit_status
     level = logging.DEBUG if debug else logging.WARNING if args.quiet else logging.INFO
     logging.getLogger("augment").setLevel(level)
-    from flows.augment_flow import augment_dataset
-
-    from augment.errors import stop_requested
-    from augment.runtime import graceful_stop
-
-    _imported(own_process)
     with early.for_the_flow():  # the flow's API: the server started above, if one was
         try:
             with graceful_stop():  # also during Prefect's start-up; the flow installs it again inside

@@ -33,9 +33,6 @@ import urllib.request
 from contextlib import contextmanager
 from typing import Iterator
 
-PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind its port (another process took it first)
-
-
 class EarlyServer:
     """The temporary server this process started for its flows, or nothing (None: Prefect's rules
     start none, or it failed and the flow starts Prefect's own)."""
@@ -63,34 +60,41 @@ class EarlyServer:
         if cls._running is not None and cls._running.process.poll() is None:
             return cls._running
         early = cls()
-        early._env = {**os.environ, **get_current_settings().to_environment_variables(exclude_unset=True),
-                      "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
-        early._launch()
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+               **get_current_settings().to_environment_variables(exclude_unset=True)}  # Prefect's own order
+        try:
+            early._launch(env)
+        except OSError as err:  # no process to start: the flow starts Prefect's own server
+            early.error = err
+            return cls()
         EarlyServer._running = early
         atexit.register(early.stop)
         return early
 
-    def _launch(self, port: int | None = None) -> None:
-        if port is None:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # a free port now; uvicorn binds it
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-        self.port = port
-        self.process = subprocess.Popen([sys.executable, "-m", "flows.local_server", str(self.port)], env=self._env)
+    def _launch(self, env: dict[str, str]) -> None:
+        """The server process, on a port bound here and handed over (no other process can take it in between).
+        It runs this file by path with -P (a `flows` package in the current folder cannot shadow it), in a
+        session of its own (a Ctrl-C in the terminal is this process's to handle, not the server's), and
+        ends itself should this process end without stopping it (a SIGKILL)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+            self.process = subprocess.Popen(
+                [sys.executable, "-P", os.path.abspath(__file__), str(sock.fileno()), str(os.getpid())],
+                env=env, pass_fds=(sock.fileno(),), start_new_session=True)
 
     def ready(self) -> None:
         """Wait until the server answers (Prefect's startup timeout: PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS).
         If it fails, end it: the flow then starts Prefect's own server, which reports its error."""
-        if self.process is None or self.up:
+        if self.process is None or (self.up and self.process.poll() is None):
             return
         from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
 
+        self.up = False
         deadline = time.monotonic() + PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
         while time.monotonic() < deadline:
             status = self.process.poll()
-            if status == PORT_IN_USE:  # taken between our check and its bind: another port
-                self._launch()
-            elif status is not None:
+            if status is not None:
                 self.error = RuntimeError(f"the temporary Prefect server exited with status {status}")
                 break
             try:
@@ -155,9 +159,10 @@ def until_the_flow(early: EarlyServer) -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-def _serve(port: int) -> None:
+def _serve(fd: int, parent: int) -> None:
     """The server process: Prefect's app (its factory, as `uvicorn --factory` calls it: ephemeral, the UI
-    off, from this environment) served by uvicorn on 127.0.0.1:port, as Prefect's temporary server is."""
+    off, from this environment) served by uvicorn on the socket `fd` (bound by the parent, on 127.0.0.1),
+    as Prefect's temporary server is. Ends when process `parent` does."""
     import gc
 
     gc.disable()  # the imports' objects live as long as the server: frozen, no collection walks them
@@ -169,9 +174,17 @@ def _serve(port: int) -> None:
     finally:
         gc.freeze()
         gc.enable()
+
+    def watch() -> None:  # the parent gone without stopping us (killed): stop as if told to
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on"))
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", lifespan="on")
+        server.run(sockets=[socket.socket(fileno=fd)])
 
 
 if __name__ == "__main__":
-    _serve(int(sys.argv[1]))
+    _serve(int(sys.argv[1]), int(sys.argv[2]))

@@ -101,10 +101,8 @@ def test_with_a_prefect_api_configured_no_temporary_server_is_started():
 @pytest.mark.slow
 def test_the_early_server_is_the_one_the_flow_gets_and_a_later_mistake_ends_it(capsys, monkeypatch, tmp_path):
     """The temporary server started before the imports is the one the flow's client talks to (Prefect
-    boots none of its own), and later runs of this process reuse it; a port taken before it bound
-    its own is replaced; a mistake found after it started ends it at once."""
-    import socket
-
+    boots none of its own), and later runs of this process reuse it; a mistake found after it started
+    ends it at once."""
     from prefect.client.orchestration import get_client
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
@@ -117,19 +115,12 @@ def test_the_early_server_is_the_one_the_flow_gets_and_a_later_mistake_ends_it(c
 
     monkeypatch.setattr(SubprocessASGIServer, "_run_uvicorn_command", second_boot)
     monkeypatch.setattr(EarlyServer, "_running", None)  # this test's server only
-    launch, ports = EarlyServer._launch, []
-    with socket.socket() as taken:  # the first port it picks is taken before its server binds it
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        busy = taken.getsockname()[1]
-        monkeypatch.setattr(EarlyServer, "_launch", lambda self, port=None: ports.append(port) or launch(
-            self, busy if len(ports) == 1 else port))
-        with temporary_settings(updates={PREFECT_API_URL: None}):
-            early = EarlyServer.start()
-            early.ready()
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        early = EarlyServer.start()
+        early.ready()
     proc = early.process
     try:
-        assert early.error is None and early.up and len(ports) == 2 and early.port != busy
+        assert early.error is None and early.up
     except AssertionError:
         early.stop()
         raise
@@ -146,6 +137,44 @@ def test_the_early_server_is_the_one_the_flow_gets_and_a_later_mistake_ends_it(c
     assert proc.poll() is not None and early.process is None and EarlyServer._running is None
 
 
+@pytest.mark.slow
+def test_the_temporary_server_ends_itself_when_its_process_is_killed(tmp_path):
+    """A SIGKILL leaves no atexit hook to stop it: the server notices its parent is gone and ends."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time\n"
+        "from prefect.settings import PREFECT_API_URL, temporary_settings\n"
+        "from flows.local_server import EarlyServer\n"
+        "with temporary_settings(updates={PREFECT_API_URL: None}):\n"
+        "    early = EarlyServer.start()\n"
+        "    early.ready()\n"
+        "print(early.process.pid, early.up, flush=True)\n"
+        "time.sleep(600)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    pid, up = parent.stdout.readline().split()
+    assert up == "True"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            break
+        if open(f"/proc/{pid}/stat").read().split()[2] == "Z":  # ended, not yet reaped by init
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(int(pid), signal.SIGKILL)
+        raise AssertionError("the server outlived its killed parent")
+
+
 def test_a_temporary_server_that_fails_to_start_is_ended_and_prefect_starts_its_own(monkeypatch):
     """A server that exits during its start: ready() records why, and the flow's settings are left
     alone (Prefect then starts its own temporary server, which reports its own error)."""
@@ -157,7 +186,7 @@ def test_a_temporary_server_that_fails_to_start_is_ended_and_prefect_starts_its_
     from flows.local_server import EarlyServer
 
     monkeypatch.setattr(EarlyServer, "_running", None)
-    monkeypatch.setattr(EarlyServer, "_launch", lambda self, port=None: setattr(self, "port", 9) or setattr(
+    monkeypatch.setattr(EarlyServer, "_launch", lambda self, env: setattr(self, "port", 9) or setattr(
         self, "process", subprocess.Popen([sys.executable, "-c", "raise SystemExit(7)"])))
     with temporary_settings(updates={PREFECT_API_URL: None}):
         early = EarlyServer.start()
@@ -181,17 +210,20 @@ def test_the_command_imports_without_the_collector_and_runs_the_flow_with_it(mon
         seen["during start-up"] = gc.isenabled()
         cli._imported(own_process)
         seen["during the flow"], seen["frozen"] = gc.isenabled(), gc.get_freeze_count()
+        seen["made"] = [[] for _ in range(1000)]  # the run's objects: entry() freezes them before the exit
         return 3
 
     monkeypatch.setattr(cli, "main", fake_main)
     try:
         with pytest.raises(SystemExit) as stopped:
             cli.entry()
+        seen["at exit"] = gc.get_freeze_count()
     finally:
         gc.unfreeze()
         gc.enable()
     assert stopped.value.code == 3
     assert seen["during start-up"] is False and seen["during the flow"] is True and seen["frozen"] > 0
+    assert seen["at exit"] > seen["frozen"] + 900
     before = gc.isenabled(), gc.get_freeze_count()
     cli._imported(False)
     assert (gc.isenabled(), gc.get_freeze_count()) == before
