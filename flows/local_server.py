@@ -65,8 +65,8 @@ class EarlyServer:
         try:
             early._launch(env)
         except OSError as err:  # no process to start: the flow starts Prefect's own server
-            early.error = err
-            return cls()
+            early.port, early.error = None, err
+            return early
         EarlyServer._running = early
         atexit.register(early.stop)
         return early

@@ -195,6 +195,19 @@ def test_a_temporary_server_that_fails_to_start_is_ended_and_prefect_starts_its_
         with early.for_the_flow():
             assert PREFECT_API_URL.value() is None
 
+    def refused(self, env):  # no process can be started (a sandbox, no file descriptors left)
+        self.port = 9
+        raise OSError("no process")
+
+    monkeypatch.setattr(EarlyServer, "_launch", refused)
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        early = EarlyServer.start()
+        early.ready()
+        assert "no process" in str(early.error) and early.process is None and early.api_url is None
+        assert EarlyServer._running is None and not early.up
+        with early.for_the_flow():
+            assert PREFECT_API_URL.value() is None
+
 
 def test_the_command_imports_without_the_collector_and_runs_the_flow_with_it(monkeypatch):
     """entry() (the `augment` command): the cyclic collector is off while main() starts up, on again (the
