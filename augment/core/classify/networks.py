@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from augment.atomic import write_torch
+from augment.core.base.small_maps import Conv2d
 from augment.core.base.tensors import to_tensor
 from augment.core.classify.stacked import StackedCNN
 from augment.errors import UserError
@@ -29,7 +30,7 @@ class SmallCNN(nn.Module):
         cin = in_channels
         for i in range(depth):
             cout = width * 2**i
-            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            layers += [Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
                        nn.MaxPool2d(2, ceil_mode=True)]  # state size. cout x ceil(H/2^(i+1)) x ...
             cin = cout
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())

@@ -19,7 +19,8 @@ class StackedCNN(nn.Module):
         convs = [[mod for mod in n.features if isinstance(mod, nn.Conv2d)] for n in nets]
         bns = [[mod for mod in n.features if isinstance(mod, nn.BatchNorm2d)] for n in nets]
         for i, conv in enumerate(convs[0]):
-            c = nn.Conv2d(m * conv.in_channels, m * conv.out_channels, 3, padding=1, bias=False, groups=m)
+            # the members' own convolution class (augment.core.base.small_maps'), grouped
+            c = type(conv)(m * conv.in_channels, m * conv.out_channels, 3, padding=1, bias=False, groups=m)
             b = nn.BatchNorm2d(m * conv.out_channels, eps=bns[0][i].eps, momentum=bns[0][i].momentum)
             with torch.no_grad():
                 c.weight.copy_(torch.cat([n[i].weight for n in convs]))

@@ -89,6 +89,25 @@ def where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(per_image(mask), a, b)
 
 
+def where_taken(mask: torch.Tensor, fn, x: torch.Tensor, *per_image_args, into: torch.Tensor | None = None) -> torch.Tensor:
+    """fn(x, *per_image_args) on the images that take a branch (mask (N,)), `into` (default x) elsewhere.
+    Every op here is per image (an image's pixels depend on its own pixels and draws alone), so on a
+    CPU fn runs only on those images, its arguments' rows picked alike (None passes through): an op
+    that a tenth of the batch takes costs a tenth. Under sync_free() fn runs on every image and
+    torch.where picks (no host-sized index): the same pixels (tests/test_batch_augment.py)."""
+    into = x if into is None else into
+    if _SYNC_FREE.get():
+        return where(mask, fn(x, *per_image_args), into)
+    rows = mask.nonzero().squeeze(1)
+    if len(rows) == 0:
+        return into
+    if len(rows) == len(x):
+        return fn(x, *per_image_args)
+    out = into.clone()
+    out[rows] = fn(x[rows], *(None if a is None else a[rows] for a in per_image_args))
+    return out
+
+
 # --------------------------------------------------------------------------- TrivialAugmentWide
 
 
@@ -184,9 +203,7 @@ def _ta_geometry(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Tensor) -> 
         torch.where(is_["TranslateX"], torch.trunc(magnitude), zero), torch.where(is_["TranslateY"], torch.trunc(magnitude), zero),
         torch.where(is_["ShearX"], shear, zero), torch.where(is_["ShearY"], shear, zero))
     geometric = is_["ShearX"] | is_["ShearY"] | is_["TranslateX"] | is_["TranslateY"] | is_["Rotate"]
-    if not needed(geometric):
-        return x
-    out = where(geometric, _tv_grid_transform(x, theta), x)
+    out = where_taken(geometric, _tv_grid_transform, x, theta)
     if h == w:  # torchvision rotates by multiples of 90 degrees with rot90 (exact), not the grid
         angle = torch.remainder(magnitude, 360.0)
         for quarter, k in ((90.0, 1), (180.0, 2), (270.0, 3)):
@@ -229,22 +246,19 @@ def trivial_augment_wide(x: torch.Tensor, op: torch.Tensor, magnitude: torch.Ten
 
     index = {name: i for i, name in enumerate(TA_OPS)}
     out = _ta_geometry(x, op, magnitude)
-    factor = 1.0 + magnitude
     c = x.shape[1]
-    cases = {
-        "Brightness": lambda: x.float().mul(per_image(factor.to(torch.float32))).clamp_(0, 255).to(x.dtype),
-        "Color": lambda: x if c == 1 else _blend(x, _grey(x), factor),
-        "Contrast": lambda: _blend(x, (_grey(x) if c == 3 else x.float()).mean(dim=(-3, -2, -1), keepdim=True), factor),
-        "Sharpness": lambda: _sharpness(x, factor),
-        "Posterize": lambda: x & per_image(((255 << (8 - magnitude.to(torch.int64).clamp(0, 8))) & 255).to(torch.uint8)),
-        "Solarize": lambda: torch.where(x >= per_image((255.0 * magnitude).to(torch.float32)), 255 - x, x),
-        "AutoContrast": lambda: TF.autocontrast(x),
-        "Equalize": lambda: TF.equalize(x),
+    cases = {  # each op of images x at their magnitudes m (the factor: 1 + m)
+        "Brightness": lambda x, m: x.float().mul(per_image((1.0 + m).to(torch.float32))).clamp_(0, 255).to(x.dtype),
+        "Color": lambda x, m: x if c == 1 else _blend(x, _grey(x), 1.0 + m),
+        "Contrast": lambda x, m: _blend(x, (_grey(x) if c == 3 else x.float()).mean(dim=(-3, -2, -1), keepdim=True), 1.0 + m),
+        "Sharpness": lambda x, m: _sharpness(x, 1.0 + m),
+        "Posterize": lambda x, m: x & per_image(((255 << (8 - m.to(torch.int64).clamp(0, 8))) & 255).to(torch.uint8)),
+        "Solarize": lambda x, m: torch.where(x >= per_image((255.0 * m).to(torch.float32)), 255 - x, x),
+        "AutoContrast": lambda x, m: TF.autocontrast(x),
+        "Equalize": lambda x, m: TF.equalize(x),
     }
     for name, fn in cases.items():
-        mask = op == index[name]
-        if needed(mask):
-            out = where(mask, fn(), out)
+        out = where_taken(op == index[name], fn, x, magnitude, into=out)
     return out
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from augment.core.transforms.batch_augment import needed, per_image as _per_image, sample_grid as _sample_grid, to_uint8 as _uint8, where as _where
+from augment.core.transforms.batch_augment import per_image as _per_image, sample_grid as _sample_grid, to_uint8 as _uint8, where as _where, where_taken
 
 def _range(u: torch.Tensor, bounds) -> torch.Tensor:
     lo, hi = float(bounds[0]), float(bounds[1])
@@ -137,9 +137,8 @@ def _color_jitter(x: torch.Tensor, u: torch.Tensor, spec: dict) -> torch.Tensor:
     for position in range(4):
         step = out
         for which in range(4):
-            mine = order[:, position] == which
-            if needed(mine):
-                step = _where(mine, _jitter_one(out, which, factors[which]), step)
+            step = where_taken(order[:, position] == which, lambda x, f, which=which: _jitter_one(x, which, f), out,
+                               factors[which], into=step)
         out = step
     return out
 
@@ -157,7 +156,8 @@ def _salt_and_pepper(x: torch.Tensor, u: torch.Tensor, z: torch.Tensor, spec: di
     n, c, h, w = x.shape
     pixels = torch.trunc(h * w * _range(u[:, 0], spec["amount"]))
     salt = torch.trunc(pixels * _range(u[:, 1], spec["salt_vs_pepper"]))
-    rank = torch.argsort(torch.argsort(z[:, 0].reshape(n, h * w), dim=1), dim=1).view(n, 1, h, w)  # a random order
+    order = torch.argsort(z[:, 0].reshape(n, h * w), dim=1)  # a random order of the pixels; each pixel's place in it:
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(h * w, device=x.device).expand(n, -1)).view(n, 1, h, w)
     noisy, white = rank < _per_image(pixels), rank < _per_image(salt)
     return torch.where(noisy & white, torch.full_like(x, 255), torch.where(noisy, torch.zeros_like(x), x))
 
@@ -243,6 +243,5 @@ class ClassicalBatch:
             apply, params = u[:, i] < spec["p"], u[:, i + 1 : i + 1 + op.uniforms]
             noise = None if op.noise == 0 else z[:, j]
             i, j = i + 1 + op.uniforms, j + op.noise
-            if needed(apply):
-                x = _where(apply, op.fn(x, params, noise, spec), x)
+            x = where_taken(apply, lambda x, u, z, op=op, spec=spec: op.fn(x, u, z, spec), x, params, noise)
         return x
