@@ -9,7 +9,7 @@ import torch
 
 from augment import rundir
 from augment.config import BenchmarkConfig
-from augment.core.bench.jobs import plan_jobs
+from augment.core.bench.jobs import JobPlan, plan_jobs
 from augment.core.bench.selection import choose_recipe
 from augment.registry import ARMS, CROSS_SOURCES, RECIPES, crossed
 
@@ -140,9 +140,11 @@ def test_a_crossed_arms_batches_hold_its_recipe_and_its_source(smoke_run):
         assert drawn_from == sources  # every source of the stream reaches the batches
 
 
-def _fake_round(jobs: list[dict]) -> list[dict]:
+VAL = {"real": 0.5, "real+classical": 0.6, "real+trivialaugment": 0.7, "real+classical+trivialaugment": 0.7}
+
+
+def _fake_round(jobs: list[dict], val: dict = VAL) -> list[dict]:
     """A stand-in for train_and_score: val decided by the arm and share, test by nothing the choice may read."""
-    val = {"real": 0.5, "real+classical": 0.6, "real+trivialaugment": 0.7, "real+classical+trivialaugment": 0.7}
     out = []
     for j in jobs:
         v = val[j["arm"]] if j["arm"] in val else 0.6 + (j["share"] or 0) / 10
@@ -150,14 +152,20 @@ def _fake_round(jobs: list[dict]) -> list[dict]:
     return [dict(o, key=j["key"]) for o, j in zip(out, jobs)]
 
 
-def _train_all(tmp_path, monkeypatch, finished=None, **benchmark):
-    """The stage's job loop over a plan with _fake_round: (plan, shares, recipe, keys trained, finished)."""
+def _train_all(tmp_path, monkeypatch, finished=None, val=VAL, phases=None, **benchmark):
+    """The stage's job loop over a plan with _fake_round: (plan, shares, recipe, keys trained, finished);
+    `phases` (a list) gets the keys of each call's rounds, one list a call."""
     from augment.graph import load_config
     from augment.stages import benchmark as stage
     from conftest import SMOKE
 
     trained = []
-    monkeypatch.setattr(stage, "train_and_score", lambda jobs: trained.extend(j["key"] for j in jobs) or _fake_round(jobs))
+    monkeypatch.setattr(stage, "train_and_score", lambda jobs: trained.extend(j["key"] for j in jobs) or _fake_round(jobs, val))
+    if phases is not None:
+        from augment.core.base.parallel import run_jobs
+
+        monkeypatch.setattr(stage, "run_jobs", lambda fn, rounds, *a, **k: phases.append([j["key"] for r in rounds for j in r])
+                            or run_jobs(fn, rounds, *a, **k))
     cfg = load_config(SMOKE, [f"benchmark.{k}={v}" for k, v in {"workers": 1, "seeds": 2, **benchmark}.items()])
     jobs = plan_jobs(cfg.benchmark, 0, SOURCES, True, 1.0, 10, False, 64)
     finished = dict(finished or {})
@@ -173,12 +181,36 @@ def test_the_job_loop_trains_every_job_once_under_each_protocol(tmp_path, monkey
     for extra in ({}, {"selection": "kfold"}, {"synthetic_share": 0.3}, {"selection": "kfold", "synthetic_share": 0.3}):
         jobs, shares, recipe, trained, finished = _train_all(tmp_path, monkeypatch, **extra)
         assert recipe == "real+trivialaugment"  # 0.7, tied with +classical: the plainer one
-        assert len(trained) == len(set(trained)) == sum(jobs.count()), extra  # nothing twice; the plan's count exact
+        # nothing twice; the plan's count exact, but for step (b)'s choices foreseen for another recipe (val only)
+        assert bool(jobs.foreseen) == (extra == {})
+        assert len(trained) == len(set(trained)) == sum(jobs.count()) + len(jobs.foreseen), extra
         arms = jobs.arms + jobs.added(recipe)
         assert jobs.added(recipe) == ["real+trivialaugment+smote", "real+trivialaugment+gan"]
         assert all(f"{a}/{s}" in finished for a in arms for s in range(2)) and set(shares) == set(jobs.streams + jobs.added(recipe))
         if "synthetic_share" not in extra:
             assert all(c["share"] == 0.5 for a, c in shares.items() if a not in RECIPES)  # the fake's best, on val
+
+
+def test_step_b_foreseen_for_the_chosen_recipe_trains_one_round_sooner(tmp_path, monkeypatch):
+    """JobPlan.foreseen: step (b)'s share choices for the last recipe train with step (a)'s first rounds.
+    When val chooses that recipe, its crossed arms train in the next call, beside the side-stream arms
+    (one call fewer than when it does not), each job once, and every choice and result is the one
+    made without foreseeing (the fake's scores depend on the job alone)."""
+    best = {**VAL, "real+classical+trivialaugment": 0.8}
+    runs = {}
+    for foresee in (True, False):
+        if not foresee:
+            monkeypatch.setattr(JobPlan, "foreseen", property(lambda self: []))
+        phases = []
+        jobs, shares, recipe, trained, finished = _train_all(tmp_path / str(foresee), monkeypatch, val=best, phases=phases)
+        assert recipe == "real+classical+trivialaugment"
+        assert len(trained) == len(set(trained)) == sum(jobs.count())  # nothing twice, nothing spent for nothing
+        runs[foresee] = (phases, shares, {k: v["records"] for k, v in finished.items()})
+    (seen, shares, done), (plain, plain_shares, plain_done) = runs[True], runs[False]
+    choices = [j.key for j in jobs.select_for(jobs.added(recipe))]
+    assert set(choices) <= set(seen[0]) and not set(choices) & set(plain[0])  # in the first call, foreseen
+    assert len(seen) == len(plain) - 1
+    assert shares == plain_shares and done == plain_done
 
 
 def test_a_resumed_job_loop_trains_only_what_is_left(tmp_path, monkeypatch):

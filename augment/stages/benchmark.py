@@ -269,9 +269,10 @@ def _kfold(cfg: Config, run_dir: Path, jobs: JobPlan) -> tuple | None:
 def _train_all(cfg: Config, run_dir: Path, jobs: JobPlan, to_dict, finished: dict, fingerprint: str, steps: int,
                device, progress) -> tuple[dict[str, dict], str | None]:
     """Train every job not finished, saving each round to benchmark/partial.json: (a) the share choices
-    and the plain arms, then the side-stream arms at their chosen shares and, once the recipe is chosen,
-    (b) the share choices of the arms crossing it with the sources, then those arms. Returns the chosen
-    share per side-stream arm and the recipe."""
+    (with step (b)'s for the likeliest recipe, JobPlan.foreseen) and the plain arms, then the side-stream
+    arms at their chosen shares and, once the recipe is chosen, (b) the share choices of the arms crossing
+    it with the sources (unless foreseen), then those arms. Returns the chosen share per side-stream arm
+    and the recipe."""
     b = cfg.benchmark
     select, main = jobs.count()  # step (b) at its most until the recipe is chosen
     total = select + main - sum(k in finished for k in [j.key for j in jobs.select] + jobs.main_keys)
@@ -296,7 +297,7 @@ def _train_all(cfg: Config, run_dir: Path, jobs: JobPlan, to_dict, finished: dic
              "arms crossing the chosen recipe with %s), %d steps each", total, len(jobs.arms), b.seeds,
              len(jobs.select), jobs.most_added, jobs.cross, steps)
     with job_pool(auto_workers(total, b.workers, device, steps), (__name__,)) as pool:  # spawned once for every round
-        execute(jobs.select + jobs.main(jobs.plain), pool)  # the share choices and, meanwhile, the plain arms
+        execute(jobs.select + jobs.foreseen + jobs.main(jobs.plain), pool)  # the share choices and, meanwhile, the plain arms
         shares = jobs.choose_shares(jobs.streams, finished, b.synthetic_share)
         later = [] if jobs.shares_from_select else jobs.main(jobs.streams, shares)  # the side-stream arms at their shares
         if later and any(r in jobs.streams for r in jobs.recipes):
@@ -309,10 +310,11 @@ def _train_all(cfg: Config, run_dir: Path, jobs: JobPlan, to_dict, finished: dic
                      jobs.crossed(recipe))
         choices, last = jobs.select_for(added), [] if jobs.shares_from_select else jobs.main(added)
         total = done + sum(j.key not in finished for j in later + choices + last)  # now known
-        execute(later + choices, pool)  # and step (b)'s share choices
+        if any(j.key not in finished for j in choices):  # not foreseen: step (b)'s share choices first
+            execute(later + choices, pool)
+            later = []
         shares |= jobs.choose_shares(added, finished, b.synthetic_share)
-        if last:
-            execute(jobs.main(added, shares), pool)  # step (b)'s arms at their shares
+        execute(later + (jobs.main(added, shares) if last else []), pool)  # and step (b)'s arms at their shares
     return shares, recipe
 
 

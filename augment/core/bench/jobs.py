@@ -93,6 +93,19 @@ class JobPlan:
                 for a in arms for g in self.grid for s in range(self.seeds)]
 
     @property
+    def foreseen(self) -> list[Job]:
+        """Step (b)'s share choices for the recipe it most likely crosses, trained in step (a)'s first
+        rounds, before the choice (speculatively): the last trained recipe in the registry's order, each
+        adding to the ones before it (what val chose in 4 of the 5 measured cases, docs/figures.md). When
+        val chooses it, step (b)'s arms train in the same rounds as the plain source arms, one round
+        fewer; when not, these classifiers were spent for nothing and the choices train as before. Jobs
+        are keyed by what they train, never by when: the same classifiers and choices either way. None
+        under k-fold, where every seed trains at every share and the choices are the results."""
+        if self.protocol != "val" or not self.grid or not self.recipes:
+            return []
+        return self.select_for(self.added(self.recipes[-1]))
+
+    @property
     def most_added(self) -> int:
         """The most arms step (b) can add, whichever recipe (a) chooses."""
         return max((len(self.added(r)) for r in self.recipes), default=0)
