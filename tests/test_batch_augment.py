@@ -179,3 +179,20 @@ def test_without_host_syncs_the_batched_ops_give_the_same_images(channels, n, mo
     assert all(torch.equal(a, b) for a, b in zip(plain, free))
     medium = ClassicalBatch(batched_specs(transforms_for(ClassicalConfig(preset="medium"), channels)))
     assert medium.capturable and not heavy.capturable  # GaussianBlur's kernel size is drawn: no CUDA graph
+
+
+def test_salt_and_pepper_ranks_each_pixel_by_its_noise():
+    """The pixels salted or peppered are the `int(H*W*amount)` with the smallest noise of their image,
+    the first `int(that * salt ratio)` of them white: each pixel's rank in its image's noise order."""
+    from augment.core.transforms import batch_classical
+
+    x = images(16, (1, 8, 8))
+    g = torch.Generator().manual_seed(2)
+    u, z = torch.rand(16, 2, generator=g), torch.randn(16, 1, 8, 8, generator=g)
+    spec = {"amount": (0.1, 0.4), "salt_vs_pepper": (0.2, 0.8)}
+    out = batch_classical._salt_and_pepper(x, u, z, spec)
+    rank = torch.argsort(torch.argsort(z[:, 0].reshape(16, 64), dim=1), dim=1).view(16, 1, 8, 8)
+    pixels = torch.trunc(64 * (0.1 + (0.4 - 0.1) * u[:, 0].double())).view(-1, 1, 1, 1)
+    salt = torch.trunc(pixels.flatten() * (0.2 + (0.8 - 0.2) * u[:, 1].double())).view(-1, 1, 1, 1)
+    expected = torch.where(rank < salt, 255, torch.where(rank < pixels, 0, x.long())).to(torch.uint8)
+    assert torch.equal(out, expected) and (out != x).any()

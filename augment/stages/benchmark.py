@@ -275,7 +275,7 @@ def _train_all(cfg: Config, run_dir: Path, jobs: JobPlan, to_dict, finished: dic
     and the recipe."""
     b = cfg.benchmark
     select, main = jobs.count()  # step (b) at its most until the recipe is chosen
-    total = select + main - sum(k in finished for k in [j.key for j in jobs.select] + jobs.main_keys)
+    total = select + main - sum(k in finished for k in [j.key for j in jobs.select + jobs.foreseen] + jobs.main_keys)
     done = 0
 
     def execute(todo: list, pool) -> None:

@@ -51,6 +51,7 @@ class _Dense(torch.autograd.Function):
         return y.view(m, b, p, co).permute(1, 2, 0, 3).reshape(b, h, w, m * co).permute(0, 3, 1, 2)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # no gradient of this gradient (it would be silently wrong)
     def backward(ctx, grad: torch.Tensor):
         xd, dense = ctx.saved_tensors
         m, b, h, w, ci, co = ctx.dims
