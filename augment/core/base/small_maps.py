@@ -13,7 +13,8 @@ benchmarks/engine_throughput.py times whole rounds).
 Conv2d subclasses nn.Conv2d (the same parameters, state_dict keys, initialisation and checkpoints) and
 takes this path only for CPU float32 inputs outside autocast; elsewhere (a GPU, larger maps) it is
 nn.Conv2d. The same function to float rounding: outputs and both gradients are tested against
-nn.Conv2d (tests/test_small_maps.py).
+nn.Conv2d (tests/test_small_maps.py). The checks of where a convolution's CPU fast path may run are
+here too, shared with the GAN's layers (augment.core.gan.layers).
 """
 
 from __future__ import annotations
@@ -24,6 +25,23 @@ import torch
 from torch import nn
 
 TAPS = 3  # the kernel size the dense form handles (padding 1, stride 1: every pair of pixels of a 2x2 map)
+
+
+def cpu_float32(x: torch.Tensor) -> bool:
+    """Where the CPU fast paths of a convolution run (here and augment.core.gan.layers): CPU float32, no autocast."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
+def plain_geometry(m: nn.Module, x: torch.Tensor) -> bool:
+    """A batch of at least one image with the layer's channels, zero padding given in pixels, no
+    dilation: anything else (an empty or unbatched input, padding='same', a wrong channel count)
+    goes to nn.Conv2d's own path and its own errors."""
+    return (x.dim() == 4 and x.shape[0] > 0 and x.shape[1] == m.in_channels and isinstance(m.padding, tuple)
+            and m.padding_mode == "zeros" and tuple(m.dilation) == (1, 1))
+
+
+def with_bias(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
 
 
 @functools.lru_cache(maxsize=8)
@@ -73,13 +91,10 @@ class Conv2d(nn.Conv2d):
     one matrix product per group (above)."""
 
     def _dense(self, x: torch.Tensor) -> bool:
-        return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-                and x.dim() == 4 and x.shape[0] > 0 and x.shape[1] == self.in_channels and x.shape[2] <= 2
-                and x.shape[3] <= 2 and tuple(self.kernel_size) == (TAPS, TAPS) and tuple(self.stride) == (1, 1)
-                and self.padding == (1, 1) and tuple(self.dilation) == (1, 1) and self.padding_mode == "zeros")
+        return (cpu_float32(x) and plain_geometry(self, x) and x.shape[2] <= 2 and x.shape[3] <= 2
+                and tuple(self.kernel_size) == (TAPS, TAPS) and tuple(self.stride) == (1, 1) and self.padding == (1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._dense(x):
             return super().forward(x)
-        out = _Dense.apply(x, self.weight, self.groups)
-        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
+        return with_bias(_Dense.apply(x, self.weight, self.groups), self.bias)

@@ -21,24 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from augment.core.base.small_maps import cpu_float32 as _fast
+from augment.core.base.small_maps import plain_geometry as _plain_geometry, with_bias as _with_bias
+
 # one fast path per layer kind; channels a group on the image side at most this (grey or RGB)
 IMAGE_CHANNELS = 3
-
-
-def _fast(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
-
-
-def _with_bias(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return out if bias is None else out + bias.view(1, -1, 1, 1)
-
-
-def _plain_geometry(m: nn.Module, x: torch.Tensor) -> bool:
-    """A batch of at least one image with the layer's channels, zero padding given in pixels, no
-    dilation: anything else (an empty or unbatched input, padding='same', a wrong channel count)
-    goes to nn.Conv2d's own path and its own errors."""
-    return (x.dim() == 4 and x.shape[0] > 0 and x.shape[1] == m.in_channels and isinstance(m.padding, tuple)
-            and m.padding_mode == "zeros" and tuple(m.dilation) == (1, 1))
 
 
 class Conv2d(nn.Conv2d):
